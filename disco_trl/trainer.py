@@ -1,0 +1,260 @@
+"""`DiscoTrainer`: TRL's `GRPOTrainer` with DisCO's objective (arXiv:2505.12366).
+
+Everything TRL does stays TRL's: generation (transformers, vLLM server/colocate), reward functions, weight sync,
+PEFT, DeepSpeed, logging, model cards. DisCO changes three things, each a small override:
+
+1. `_calculate_rewards` / `_generate_and_score_completions`: carry each completion's raw reward and its question's
+   group id to the loss (TRL keeps only normalised advantages, which DisCO does not use).
+2. `_prepare_inputs`: shuffle the generation batch by whole questions instead of by rows, so that every question's
+   completions land in one micro-batch on one process (the objective compares a question's positives with its
+   negatives).
+3. `_compute_loss`: minimise -J (DisCO or DisCO-b, `disco_trl.losses`) plus the squared-hinge KL penalty, scaled so
+   that one optimizer step follows the gradient of the paper's mini-batch objective whatever the per-device batch,
+   gradient accumulation, `steps_per_generation` or number of processes.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Any
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
+
+from .config import DiscoConfig
+from .losses import discriminative_objective, hinge_from_kl, sequence_scores
+
+
+def group_permutation(num_rows: int, group_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random row permutation that moves whole groups of `group_size` consecutive rows (order inside kept)."""
+    if num_rows % group_size != 0:
+        raise ValueError(f"{num_rows} rows cannot be cut into whole groups of {group_size}.")
+    group_order = torch.randperm(num_rows // group_size, generator=generator)
+    return (group_order[:, None] * group_size + torch.arange(group_size)[None, :]).reshape(-1)
+
+
+def shuffle_groups(batch: dict[str, Any], group_size: int) -> dict[str, Any]:
+    """Like TRL's `shuffle_sequence_dict`, but permutes whole questions so no group is split across micro-batches."""
+    num_rows = len(batch["completion_ids"])
+    permutation = group_permutation(num_rows, group_size)
+
+    def permute(value):
+        if value is None or (isinstance(value, torch.Tensor) and value.ndim == 0):
+            return value
+        if isinstance(value, torch.Tensor):
+            return value[permutation.to(value.device)]
+        return [value[i] for i in permutation.tolist()]
+
+    return {key: permute(value) for key, value in batch.items()}
+
+
+class DiscoTrainer(GRPOTrainer):
+    """
+    Trainer for DisCO, Discriminative Constrained Optimization ([arXiv:2505.12366](https://arxiv.org/abs/2505.12366)).
+
+    A drop-in replacement for TRL's [`GRPOTrainer`]: same arguments (model, reward functions, datasets, PEFT config,
+    callbacks, ...) with a [`DiscoConfig`]. For each question, the completions whose reward exceeds
+    `reward_threshold` are positives, the others negatives. DisCO maximises, per mini-batch,
+
+        J = 1/|B| sum_q [ mean_{o+} s(o+) - tau * log mean_{o-} exp(s(o-)/tau) ]     (DisCO, `disco_variant="dro"`)
+        J = 1/|B| sum_q [ mean_{o+} s(o+) - mean_{o-} s(o-) ]                        (DisCO-b, `"basic"`)
+
+    with s the mean token log-likelihood (`score_type="log_l"`) or likelihood ratio (`"l_ratio"`), subject to
+    KL(pi_old || pi_theta) <= kl_delta, enforced by the penalty kl_beta * max(KL - kl_delta, 0)^2 computed on each
+    micro-step's tokens (summed over processes). No reference model, no clipping, no advantage normalisation.
+    """
+
+    _tag_names = ["trl", "disco"]
+    _name = "DisCO"
+    _paper = {
+        "title": "DisCO: Reinforcing Large Reasoning Models with Discriminative Constrained Optimization",
+        "id": "2505.12366",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{li2025disco,
+                title        = {{DisCO: Reinforcing Large Reasoning Models with Discriminative Constrained Optimization}},
+                author       = {Gang Li and Ming Lin and Tomer Galanti and Zhengzhong Tu and Tianbao Yang},
+                year         = 2025,
+                eprint       = {arXiv:2505.12366},
+            }"""),
+    }
+
+    def __init__(self, model, reward_funcs, args: DiscoConfig | None = None, **kwargs):
+        if args is None:
+            from trl.trainer.utils import get_config_model_id
+
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = DiscoConfig(f"{str(model_name).split('/')[-1]}-DisCO")
+        elif not isinstance(args, DiscoConfig):
+            kind = "GRPOConfig" if isinstance(args, GRPOConfig) else type(args).__name__
+            raise TypeError(
+                f"DiscoTrainer needs a DiscoConfig, got a {kind}. Build `DiscoConfig(...)` with the same arguments "
+                "(it subclasses GRPOConfig) and set DisCO's own fields there (score_type, disco_variant, tau, kl_delta, "
+                "kl_beta)."
+            )
+        super().__init__(model, reward_funcs, args=args, **kwargs)
+        self._disco_rewards_per_func = None
+
+    # ------------------------------------------------------------------ data flow: keep rewards and groups
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._disco_rewards_per_func = rewards_per_func  # (all processes' completions, num_reward_funcs)
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        mode = "train" if self.model.training else "eval"
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+
+        rewards_per_func = self._disco_rewards_per_func
+        self._disco_rewards_per_func = None
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: neither positive nor negative
+
+        num_local = output["completion_ids"].size(0)
+        if num_local % group_size != 0:
+            raise RuntimeError(
+                f"A process received {num_local} completions, not whole groups of {group_size}; check the batch sizes."
+            )
+        process_index = self.accelerator.process_index
+        output["disco_rewards"] = rewards[process_index * num_local : (process_index + 1) * num_local]
+        # Group ids unique across processes: question k of process p is p * (num_local / G) + k.
+        output["disco_group_ids"] = (
+            torch.arange(num_local, device=rewards.device) // group_size + process_index * (num_local // group_size)
+        )
+        self._log_group_statistics(rewards, group_size, mode)
+        return output
+
+    def _log_group_statistics(self, rewards: torch.Tensor, group_size: int, mode: str) -> None:
+        """Per-question counts over the whole generation batch (all processes): what DisCO can learn from."""
+        grouped = rewards.view(-1, group_size)
+        valid = ~torch.isnan(grouped)
+        n_pos = ((grouped > self.args.reward_threshold) & valid).sum(dim=1).float()
+        n_neg = valid.sum(dim=1).float() - n_pos
+        mixed = (n_pos > 0) & (n_neg > 0)
+        metrics = self._metrics[mode]
+        metrics["disco/frac_mixed_questions"].append(mixed.float().mean().item())
+        metrics["disco/frac_all_positive"].append(((n_neg == 0) & (n_pos > 0)).float().mean().item())
+        metrics["disco/frac_all_negative"].append(((n_pos == 0) & (n_neg > 0)).float().mean().item())
+        metrics["disco/positives_per_question"].append(n_pos.mean().item())
+        metrics["disco/negatives_per_question"].append(n_neg.mean().item())
+        if mixed.any():
+            metrics["disco/neg_per_pos_mixed"].append((n_neg[mixed] / n_pos[mixed]).mean().item())
+            metrics["disco/frac_more_neg_than_pos"].append((n_neg[mixed] > n_pos[mixed]).float().mean().item())
+
+    def _prepare_inputs(self, generation_batch):
+        mode = "train" if self.model.training else "eval"
+        if mode != "train":
+            return self._generate_and_score_completions(generation_batch)
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._step % generate_every == 0 or self._buffered_inputs is None:
+            batch = self._generate_and_score_completions(generation_batch)
+            batch = split_pixel_values_by_grid(batch)
+            batch = shuffle_groups(batch, self.num_generations)  # TRL shuffles rows; DisCO moves whole questions
+            batches = split_tensor_dict(batch, self.args.steps_per_generation)
+            self._buffered_inputs = [unsplit_pixel_values_by_grid(b) for b in batches]
+        return self._buffered_inputs[self._step % self.args.steps_per_generation]
+
+    # ------------------------------------------------------------------ the objective
+    def _global_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum of a (detached) tensor over all processes."""
+        if self.accelerator.num_processes == 1:
+            return values
+        return self.accelerator.reduce(values.detach().clone(), reduction="sum")
+
+    def _compute_loss(self, model, inputs):
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logits_to_keep = completion_ids.size(1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask = mask.to(torch.float32)
+
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"),
+            num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"),
+            token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            image_position_ids=inputs.get("image_position_ids"),
+        )
+        per_token_logps = per_token_logps.float()
+        # First update after generation: TRL skips the old policy's forward pass because it equals the current one.
+        old_per_token_logps = inputs.get("old_per_token_logps")
+        old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps.float()
+
+        mode = "train" if self.model.training else "eval"
+        args = self.args
+        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+        num_processes = self.accelerator.num_processes
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+
+        # Discriminative term. This micro-batch holds whole questions; the optimizer step spans `accumulation`
+        # micro-steps on each of `num_processes` processes, so it covers this many questions in all:
+        scores = sequence_scores(per_token_logps, old_per_token_logps, mask, score_type=args.score_type)
+        num_questions_step = (completion_ids.size(0) // group_size) * accumulation * num_processes
+        objective = discriminative_objective(
+            scores,
+            inputs["disco_rewards"],
+            inputs["disco_group_ids"],
+            variant=args.disco_variant,
+            tau=args.tau,
+            reward_threshold=args.reward_threshold,
+            num_questions=num_questions_step,
+        )
+
+        # Trust region: token-mean KL(pi_old || pi_theta) over this micro-step's tokens on all processes. The value is
+        # global; the gradient flows through this process's tokens, and the processes' parts add up (below).
+        local_kl_sum = ((old_per_token_logps - per_token_logps) * mask).sum()
+        totals = self._global_sum(torch.stack([local_kl_sum.detach(), mask.sum()]))
+        kl = (local_kl_sum + (totals[0] - local_kl_sum).detach()) / totals[1].clamp(min=1.0)
+        penalty = hinge_from_kl(kl, delta=args.kl_delta, beta=args.kl_beta)
+
+        # DDP (and DeepSpeed) average gradients over processes, so scale by the process count to sum the parts; the
+        # penalty is averaged over the micro-steps of the optimizer step.
+        loss = num_processes * (-objective + penalty / accumulation)
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+
+        self._log_loss_metrics(mode, objective, accumulation, kl, penalty, scores, inputs, mask, entropies)
+        return loss
+
+    def _log_loss_metrics(self, mode, objective, accumulation, kl, penalty, scores, inputs, mask, entropies) -> None:
+        metrics = self._metrics[mode]
+        rewards = inputs["disco_rewards"]
+        pos = (rewards > self.args.reward_threshold) & ~torch.isnan(rewards)
+        neg = ~pos & ~torch.isnan(rewards)
+        stats = torch.stack(
+            [
+                objective.detach() * accumulation,  # this micro-step's mean J over its questions (all processes)
+                (entropies.detach().float() * mask).sum(),
+                mask.sum(),
+                (scores.detach() * pos).sum(),
+                pos.sum().float(),
+                (scores.detach() * neg).sum(),
+                neg.sum().float(),
+            ]
+        )
+        totals = self._global_sum(stats)
+        metrics["disco/objective"].append(totals[0].item())
+        metrics["entropy"].append((totals[1] / totals[2].clamp(min=1.0)).item())
+        if totals[4] > 0:
+            metrics["disco/score_pos"].append((totals[3] / totals[4]).item())
+        if totals[6] > 0:
+            metrics["disco/score_neg"].append((totals[5] / totals[6]).item())
+        metrics["disco/kl"].append(kl.item())
+        metrics["disco/kl_penalty"].append(penalty.item())
+        metrics["disco/hinge_active"].append(float(kl.item() > self.args.kl_delta))
