@@ -1,0 +1,191 @@
+"""disco_trl.losses against the plain loop references in tests/reference.py: values and gradients."""
+
+import math
+
+import pytest
+import torch
+
+from disco_trl.losses import discriminative_objective, kl_hinge_penalty, sequence_scores
+from reference import ref_kl_hinge, ref_objective, ref_scores
+
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def random_batch(seed, n_groups=6, group_size=5, T=7, p_pos=0.4):
+    g = torch.Generator().manual_seed(seed)
+    B = n_groups * group_size
+    logps = (-torch.rand(B, T, generator=g) * 3).requires_grad_(True)
+    old = logps.detach() + 0.3 * torch.randn(B, T, generator=g)
+    lengths = torch.randint(0, T + 1, (B,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).double()
+    rewards = (torch.rand(B, generator=g) < p_pos).double()
+    group_ids = torch.arange(B) // group_size
+    return logps, old, mask, rewards, group_ids
+
+
+def grads(fn, x):
+    x.grad = None
+    out = fn()
+    out.backward()
+    return out.detach(), x.grad.clone()
+
+
+@pytest.mark.parametrize("score_type", ["log_l", "l_ratio"])
+@pytest.mark.parametrize("seed", range(4))
+def test_sequence_scores_match_reference(score_type, seed):
+    logps, old, mask, *_ = random_batch(seed)
+    mask[0] = 0  # an all-padding row
+    v, gv = grads(lambda: sequence_scores(logps, old, mask, score_type=score_type).pow(2).sum(), logps)
+    r, gr = grads(lambda: ref_scores(logps, old, mask, score_type).pow(2).sum(), logps)
+    torch.testing.assert_close(v, r)
+    torch.testing.assert_close(gv, gr)
+    s = sequence_scores(logps, old, mask, score_type=score_type)
+    assert s[0].item() == 0.0 and torch.isfinite(s).all()
+
+
+def test_l_ratio_is_one_on_policy_and_ignores_padding_values():
+    logps = torch.tensor([[-1.0, -2.0, 1e4]])  # garbage where padded must not overflow
+    old = torch.tensor([[-1.0, -2.0, -1e4]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    assert sequence_scores(logps, old, mask, score_type="l_ratio").item() == pytest.approx(1.0)
+    assert sequence_scores(logps, None, mask, score_type="log_l").item() == pytest.approx(-1.5)
+
+
+@pytest.mark.parametrize("variant", ["basic", "dro"])
+@pytest.mark.parametrize("tau", [0.05, 1.0, 10.0, 1e3])
+@pytest.mark.parametrize("seed", range(5))
+def test_objective_matches_loop_reference(variant, tau, seed):
+    logps, old, mask, rewards, group_ids = random_batch(seed)
+    # Force the edge cases into every batch: no positives, no negatives, exactly one negative.
+    rewards[0:5] = 0.0
+    rewards[5:10] = 1.0
+    rewards[10:15] = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0])
+    rewards[15:20] = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0])
+    mask[20] = 0.0  # an all-padding completion that is still a (zero-score) member of its group
+
+    def ours():
+        s = sequence_scores(logps, old, mask, score_type="l_ratio")
+        return discriminative_objective(s, rewards, group_ids, variant=variant, tau=tau)
+
+    def ref():
+        s = ref_scores(logps, old, mask, "l_ratio")
+        return ref_objective(s, rewards, group_ids, variant, tau)
+
+    v, gv = grads(ours, logps)
+    r, gr = grads(ref, logps)
+    torch.testing.assert_close(v, r)
+    torch.testing.assert_close(gv, gr)
+
+
+def test_questions_without_both_kinds_contribute_zero_but_count():
+    scores = torch.tensor([3.0, 1.0, 5.0, 5.0, -2.0, -2.0], requires_grad=True)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    j = discriminative_objective(scores, rewards, groups, variant="basic")
+    assert j.item() == pytest.approx((3.0 - 1.0) / 3)  # divided by all 3 questions, not the 1 mixed one
+    j.backward()
+    assert scores.grad.tolist() == pytest.approx([1 / 3, -1 / 3, 0, 0, 0, 0])
+    # num_questions makes a part of a mini-batch add up to the whole
+    half = discriminative_objective(scores[:2], rewards[:2], groups[:2], variant="basic", num_questions=3)
+    assert half.item() == pytest.approx(j.item())
+
+
+def test_all_batch_without_signal_is_zero_not_nan():
+    scores = torch.randn(8, requires_grad=True)
+    j = discriminative_objective(scores, torch.zeros(8), torch.arange(8) // 4, variant="dro", tau=1.0)
+    j.backward()
+    assert j.item() == 0.0 and torch.all(scores.grad == 0)
+
+
+def test_dro_tends_to_basic_as_tau_grows_and_is_below_it():
+    logps, old, mask, rewards, group_ids = random_batch(11)
+    s = sequence_scores(logps, old, mask, score_type="log_l").detach()
+    basic = discriminative_objective(s, rewards, group_ids, variant="basic").item()
+    gaps = []
+    for tau in [0.1, 1.0, 10.0, 100.0, 1e4, 1e6]:
+        dro = discriminative_objective(s, rewards, group_ids, variant="dro", tau=tau).item()
+        assert dro <= basic + 1e-9  # Jensen: tau log mean exp >= mean
+        gaps.append(basic - dro)
+    assert all(a >= b - 1e-12 for a, b in zip(gaps, gaps[1:]))  # the gap shrinks monotonically
+    assert gaps[-1] < 1e-5
+
+
+def test_small_tau_dro_focuses_on_the_hardest_negative():
+    scores = torch.tensor([0.0, -1.0, -5.0, -6.0], requires_grad=True)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    j = discriminative_objective(scores, rewards, torch.zeros(4, dtype=torch.long), variant="dro", tau=0.01)
+    j.backward()
+    assert j.item() == pytest.approx(0.0 - (-1.0 - 0.01 * math.log(3)), abs=1e-6)  # ~ s+ - max s-
+    assert scores.grad.tolist() == pytest.approx([1.0, -1.0, 0.0, 0.0], abs=1e-6)
+
+
+def test_extreme_scores_are_stable():
+    scores = torch.tensor([0.0, -1e4, 1e4, 3e3], requires_grad=True)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    j = discriminative_objective(scores, rewards, torch.zeros(4, dtype=torch.long), variant="dro", tau=0.5)
+    j.backward()
+    assert torch.isfinite(j) and torch.isfinite(scores.grad).all()
+
+
+def test_nan_rewards_are_ignored():
+    scores = torch.tensor([2.0, 0.0, 100.0])
+    r = torch.tensor([1.0, 0.0, float("nan")])
+    g = torch.zeros(3, dtype=torch.long)
+    assert discriminative_objective(scores, r, g, variant="basic").item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("delta", [0.0, 1e-4, 0.05, 10.0])
+@pytest.mark.parametrize("seed", range(3))
+def test_kl_hinge_matches_reference(delta, seed):
+    logps, old, mask, *_ = random_batch(seed)
+    logps.grad = None
+    p, kl = kl_hinge_penalty(logps, old, mask, delta=delta, beta=1e3)
+    p.backward()
+    gp = logps.grad.clone()
+    logps.grad = None
+    rp, rkl = ref_kl_hinge(logps, old, mask, delta, 1e3)
+    torch.testing.assert_close(kl, rkl)
+    torch.testing.assert_close(p, rp)
+    if rp.requires_grad:
+        rp.backward()
+        torch.testing.assert_close(gp, logps.grad)
+    else:
+        assert torch.all(gp == 0)
+    # G_2 of Algorithm 1: 2 * beta * [kl - delta]_+ * grad(kl), grad(kl) = -mask / sum(mask)
+    expected = 2e3 * max(kl.item() - delta, 0.0) * (-mask / mask.sum())
+    torch.testing.assert_close(gp, expected)
+
+
+def test_kl_hinge_inactive_inside_trust_region():
+    logps = torch.zeros(2, 3, requires_grad=True)
+    p, kl = kl_hinge_penalty(logps, logps.detach() + 1e-5, torch.ones(2, 3), delta=1e-4, beta=1e3)
+    p.backward()
+    assert p.item() == 0.0 and kl.item() == pytest.approx(1e-5) and torch.all(logps.grad == 0)
+
+
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda: sequence_scores(torch.zeros(2, 3), None, torch.ones(2, 3), score_type="log-l"), "score_type"),
+        (lambda: sequence_scores(torch.zeros(2, 3), None, torch.ones(2, 3), score_type="l_ratio"), "old_per_token_logps"),
+        (lambda: sequence_scores(torch.zeros(2, 3), None, torch.ones(2, 4), score_type="log_l"), "mask"),
+        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), variant="auc"), "variant"),
+        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), tau=0.0), "tau"),
+        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), tau=-1.0), "tau"),
+        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(3), torch.zeros(4)), "rewards"),
+        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(5)), "group_ids"),
+        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), num_questions=0), "num_questions"),
+        (lambda: kl_hinge_penalty(torch.zeros(2, 3), torch.zeros(2, 2), torch.ones(2, 3)), "old_per_token_logps"),
+        (lambda: kl_hinge_penalty(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3), delta=-1.0), "delta"),
+    ],
+)
+def test_bad_arguments_are_named(call, field):
+    with pytest.raises(ValueError, match=field):
+        call()
