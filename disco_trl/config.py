@@ -130,8 +130,9 @@ class DiscoConfig(GRPOConfig):
                 f"DiscoConfig.num_generations={self.num_generations}: DisCO compares positives with negatives of the "
                 "same question, so it needs at least 2 completions per question (the paper uses 8)."
             )
-        if self.bf16 is None and not self.fp16 and not self.use_cpu and not _has_bf16_accelerator():
-            # TRL turns bf16 on by default, which transformers refuses on a machine without a GPU; DisCO runs on CPU.
+        if self.bf16 is None and not self.fp16 and (self.use_cpu or not _has_bf16_accelerator()):
+            # TRL turns bf16 on by default: transformers refuses it on a machine without a GPU, and with use_cpu it
+            # means slow, imprecise bf16 autocast on the CPU. DisCO trains in float32 on CPU unless bf16=True is asked.
             self.bf16 = False
         super().__post_init__()
         self._check_whole_groups()

@@ -1,0 +1,142 @@
+"""Shared helpers for trainer tests: a tiny local model, a prompt dataset, a reward, and a trainer whose generations
+are a fixed function of (prompt, sample index) so that different batch layouts see identical completions."""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl.toy import build_tiny_qwen2, build_tokenizer
+
+GROUP = 4  # completions per question in these tests
+
+
+def tiny_model_and_tokenizer(seed: int = 0, dtype=torch.float64):
+    tokenizer = build_tokenizer()
+    model = build_tiny_qwen2(tokenizer, seed=seed).to(dtype)
+    return model, tokenizer
+
+
+def prompt_dataset(n: int = 24, conversational: bool = False) -> Dataset:
+    prompts = [f"Q{i}: {i} + {2 * i} =" for i in range(n)]
+    if conversational:
+        prompts = [[{"role": "user", "content": p}] for p in prompts]
+    return Dataset.from_dict({"prompt": prompts, "solution": [str(3 * i) for i in range(n)]})
+
+
+def parity_reward(completions, **kwargs):
+    """1.0 for roughly a third of completions, as a fixed function of the completion text."""
+    texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
+    return [float(zlib.crc32(t.encode()) % 3 == 0) for t in texts]
+
+
+class FixedGenerationTrainer(DiscoTrainer):
+    """Completions depend only on the prompt tokens and on which of the group's samples this is."""
+
+    max_len = 6
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        seen: dict[tuple, int] = {}
+        completion_ids = []
+        vocab = len(self.processing_class)
+        eos = self.processing_class.eos_token_id
+        for ids in prompt_ids:
+            key = tuple(ids)
+            k = seen.get(key, 0)
+            seen[key] = k + 1
+            g = torch.Generator().manual_seed(zlib.crc32(repr((key, k)).encode()))
+            length = int(torch.randint(1, self.max_len + 1, (1,), generator=g))
+            tokens = torch.randint(3, vocab, (length,), generator=g).tolist()
+            if torch.rand(1, generator=g).item() < 0.5:
+                tokens[-1] = eos
+            completion_ids.append(tokens)
+        return completion_ids, None
+
+
+class CaptureGrads(TrainerCallback):
+    """Records every parameter's gradient just before each optimizer step (after all micro-steps and all-reduce)."""
+
+    def __init__(self):
+        self.grads: list[dict[str, torch.Tensor]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads.append(
+            {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        )
+
+
+def layout_config(tmp_path, per_device, accumulation, steps_per_generation, **overrides) -> DiscoConfig:
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=steps_per_generation,
+        num_generations=GROUP,
+        max_completion_length=FixedGenerationTrainer.max_len,
+        max_steps=1,
+        learning_rate=1e-3,
+        max_grad_norm=0.0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=7,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+    )
+    kwargs.update(overrides)
+    return DiscoConfig(**kwargs)
+
+
+class RecordingTrainer(FixedGenerationTrainer):
+    """Also records, for each micro-step, the tensors the loss saw (to rebuild the objective independently)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.micro_inputs: list[dict] = []
+
+    def _compute_loss(self, model, inputs):
+        keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+        record = {k: inputs[k].detach().clone() for k in keep}
+        record["step"] = self.state.global_step
+        self.micro_inputs.append(record)
+        return super()._compute_loss(model, inputs)
+
+
+class CaptureParamsAndGrads(CaptureGrads):
+    def __init__(self):
+        super().__init__()
+        self.params: list[dict[str, torch.Tensor]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        super().on_pre_optimizer_step(args, state, control, model=model, **kwargs)
+        self.params.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+
+def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_steps=1, **config):
+    """Train `max_steps` optimizer steps with fixed generations. Returns what the reference needs (this process)."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = layout_config(tmp_path, per_device, accumulation, steps_per_generation, max_steps=max_steps, **config)
+    capture = CaptureParamsAndGrads()
+    trainer = RecordingTrainer(
+        model=model,
+        reward_funcs=parity_reward,
+        args=args,
+        train_dataset=prompt_dataset(),
+        processing_class=tokenizer,
+        callbacks=[capture],
+    )
+    trainer.train()
+    return {
+        "initial": initial,
+        "grads": capture.grads,
+        "params": capture.params,
+        "micro_inputs": trainer.micro_inputs,
+        "log_history": trainer.state.log_history,
+        "rank": trainer.accelerator.process_index,
+    }

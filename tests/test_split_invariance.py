@@ -1,0 +1,161 @@
+"""One optimizer step of DiscoTrainer follows the gradient of the paper's mini-batch objective, whatever the layout.
+
+Generations are a fixed function of (prompt, sample index) (tests/disco_testing.py), so every layout trains on the
+same completions. The reference gradient is rebuilt from scratch: a fresh model, a plain forward pass, the naive
+loop-over-questions objective of tests/reference.py, groups identified by prompt text and rewards recomputed from the
+decoded completions; the KL hinge is evaluated per micro-step over the tokens of all processes of that micro-step.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from disco_testing import GROUP, parity_reward, run_layout, tiny_model_and_tokenizer
+from reference import ref_objective, ref_scores
+
+TESTS_DIR = Path(__file__).parent
+
+
+TEMPERATURE = 0.6  # DiscoConfig's default; TRL scores completions under the sampling temperature
+
+
+def completion_logps(model, rec):
+    input_ids = torch.cat([rec["prompt_ids"], rec["completion_ids"]], dim=1)
+    attention = torch.cat([rec["prompt_mask"], rec["completion_mask"]], dim=1)
+    logits = model(input_ids=input_ids, attention_mask=attention).logits
+    T = rec["completion_ids"].size(1)
+    logits = logits[:, -T - 1 : -1] / TEMPERATURE
+    return torch.log_softmax(logits.double(), dim=-1).gather(-1, rec["completion_ids"].unsqueeze(-1)).squeeze(-1)
+
+
+def reference_gradient(records, step, *, accumulation, score_type="log_l", variant="dro", tau=None, delta=1e-4,
+                       beta=1e3, old_params=None):
+    """Gradient of  -(1/Q) sum_q J_q + (1/GA) sum_m beta [KL_m - delta]_+^2  for optimizer step `step` (0-based)."""
+    tau = tau if tau is not None else {"log_l": 10.0, "l_ratio": 1.0}[score_type]
+    model, tokenizer = tiny_model_and_tokenizer()
+    old_model, _ = tiny_model_and_tokenizer()
+    current = records[0]["params"][step]
+    model.load_state_dict(current, strict=False)
+    old_model.load_state_dict(old_params if old_params is not None else records[0]["initial"], strict=False)
+    # micro-steps of this optimizer step, per rank, in order
+    per_rank = [[m for m in r["micro_inputs"] if m["step"] == step] for r in records]
+    assert all(len(ms) == accumulation for ms in per_rank), [len(ms) for ms in per_rank]
+
+    j_sum = torch.zeros((), dtype=torch.float64)
+    questions = set()
+    penalty = torch.zeros((), dtype=torch.float64)
+    for m in range(accumulation):
+        kl_num, kl_den = torch.zeros((), dtype=torch.float64), 0.0
+        for rank_micros in per_rank:
+            rec = rank_micros[m]
+            mask = rec["completion_mask"].double()
+            logps = completion_logps(model, rec)
+            with torch.no_grad():
+                old = completion_logps(old_model, rec)
+            scores = ref_scores(logps, old, mask, score_type)
+            texts = [tokenizer.decode(ids[msk.bool()], skip_special_tokens=True)
+                     for ids, msk in zip(rec["completion_ids"], rec["completion_mask"])]
+            rewards = torch.tensor(parity_reward(texts), dtype=torch.float64)
+            prompts = [tuple(ids[msk.bool()].tolist()) for ids, msk in zip(rec["prompt_ids"], rec["prompt_mask"])]
+            keys = sorted(set(prompts))
+            groups = torch.tensor([keys.index(p) for p in prompts])
+            questions.update((step, m, p) for p in prompts)
+            j_sum = j_sum + ref_objective(scores, rewards, groups, variant, tau, num_questions=1)
+            kl_num = kl_num + ((old - logps) * mask).sum()
+            kl_den += float(mask.sum())
+        kl = kl_num / kl_den
+        if kl.item() > delta:
+            penalty = penalty + beta * (kl - delta) ** 2
+    loss = -j_sum / len(questions) + penalty / accumulation
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, len(questions)
+
+
+def assert_grads_close(actual, expected, rtol=1e-5):
+    """Per tensor: max |actual - expected| <= rtol * max |expected| (TRL scores tokens with a float32 LM head, so
+    float64 models agree to ~1e-7 relative; a wrong normalisation or a missing term is off by far more)."""
+    assert set(actual) == set(expected)
+    total = sum(float(g.abs().sum()) for g in expected.values())
+    assert total > 0, "reference gradient is zero: the test data carry no signal"
+    for name in expected:
+        err = float((actual[name].double() - expected[name].double()).abs().max())
+        scale = float(expected[name].abs().max())
+        assert err <= rtol * scale + 1e-12, f"{name}: max error {err:.3e} vs max |grad| {scale:.3e}"
+
+
+# (per_device_train_batch_size, gradient_accumulation_steps, steps_per_generation): 16 completions = 4 questions
+# per optimizer step in each.
+WHOLE_STEP_LAYOUTS = [(16, 1, 1), (8, 2, 2), (4, 4, 4)]
+
+
+@pytest.mark.parametrize("score_type,variant", [("log_l", "dro"), ("l_ratio", "basic")])
+def test_same_step_gradient_for_three_layouts(tmp_path, score_type, variant):
+    results = [
+        run_layout(tmp_path / f"l{i}", *layout, score_type=score_type, disco_variant=variant)
+        for i, layout in enumerate(WHOLE_STEP_LAYOUTS)
+    ]
+    reference, n_questions = reference_gradient([results[0]], 0, accumulation=1, score_type=score_type,
+                                                variant=variant)
+    assert n_questions == 16 // GROUP
+    for result, layout in zip(results, WHOLE_STEP_LAYOUTS):
+        assert len(result["grads"]) == 1, layout
+        assert_grads_close(result["grads"][0], reference)
+        # and the layout-specific reference (its own micro-steps) agrees too
+        own, _ = reference_gradient([result], 0, accumulation=layout[1], score_type=score_type, variant=variant)
+        assert_grads_close(result["grads"][0], own)
+
+
+def test_steps_per_generation_larger_than_accumulation(tmp_path):
+    """4 micro-batches per generation, 2 per optimizer step: the second step reuses the generation, with the old
+    policy's log-probs recomputed by TRL, a live KL hinge and the L-ratio score."""
+    result = run_layout(tmp_path, 4, 2, 4, max_steps=2, score_type="l_ratio", disco_variant="dro", kl_delta=0.0,
+                        learning_rate=3e-2)
+    assert len(result["grads"]) == 2
+    for step in range(2):
+        expected, n_questions = reference_gradient([result], step, accumulation=2, score_type="l_ratio",
+                                                   delta=0.0)
+        assert n_questions == 2
+        assert_grads_close(result["grads"][step], expected)
+    logs = [h for h in result["log_history"] if "disco/kl" in h]
+    assert logs[0]["disco/kl"] == 0.0 and logs[0]["disco/hinge_active"] == 0.0  # on-policy: old == current
+    assert logs[1]["disco/kl"] > 0.0 and logs[1]["disco/hinge_active"] == 1.0  # off-policy: the hinge is live
+
+
+def _torchrun(tmp_path, per_device, accumulation, spg, max_steps, **config):
+    out = tmp_path / f"dist_{per_device}_{accumulation}_{spg}_{max_steps}"
+    out.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS_DIR))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+           str(TESTS_DIR / "dist_worker.py"), str(out), str(per_device), str(accumulation), str(spg),
+           str(max_steps), json.dumps(config)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+    """gloo, 2 CPU processes: the same 16 completions per step split 8 + 8 across processes (then 4 + 4 with
+    accumulation) give the single-process gradient; a second step with a live hinge matches the reference where
+    the KL estimate spans both processes' tokens."""
+    single = run_layout(tmp_path / "single", 16, 1, 1, score_type="log_l", disco_variant="dro")
+    dist = _torchrun(tmp_path, 8, 1, 1, 1, score_type="log_l", disco_variant="dro")
+    assert_grads_close(dist[0]["grads"][0], single["grads"][0])
+    assert_grads_close(dist[1]["grads"][0], single["grads"][0])
+
+    dist2 = _torchrun(tmp_path, 4, 1, 2, 2, score_type="l_ratio", disco_variant="basic", kl_delta=0.0,
+                      learning_rate=3e-2)
+    for step in range(2):
+        expected, n_questions = reference_gradient(dist2, step, accumulation=1, score_type="l_ratio",
+                                                   variant="basic", delta=0.0)
+        assert n_questions == 2
+        assert_grads_close(dist2[0]["grads"][step], expected)
+    logs = [h for h in dist2[0]["log_history"] if "disco/kl" in h]
+    assert logs[1]["disco/hinge_active"] == 1.0
