@@ -1,0 +1,160 @@
+"""End to end: DiscoTrainer.train() with real sampling on a tiny local Qwen2 model, plus every refusal by its message."""
+
+import pytest
+import torch
+from trl import GRPOConfig
+
+from disco_trl import DiscoConfig, DiscoTrainer
+from disco_testing import parity_reward, prompt_dataset, tiny_model_and_tokenizer
+
+DISCO_METRICS = [
+    "disco/objective",
+    "disco/kl",
+    "disco/kl_penalty",
+    "disco/hinge_active",
+    "disco/frac_mixed_questions",
+    "disco/positives_per_question",
+    "disco/negatives_per_question",
+    "entropy",
+    "reward",
+]
+
+
+def config(tmp_path, **overrides):
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        gradient_accumulation_steps=1,
+        steps_per_generation=2,  # two updates per generation: the second is off-policy (old log-probs, KL hinge)
+        max_completion_length=8,
+        max_steps=2,
+        learning_rate=5e-3,
+        temperature=1.0,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        seed=3,
+        use_cpu=True,
+    )
+    kwargs.update(overrides)
+    return DiscoConfig(**kwargs)
+
+
+def train(tmp_path, dataset=None, **overrides):
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = DiscoTrainer(
+        model=model,
+        reward_funcs=parity_reward,
+        args=config(tmp_path, **overrides),
+        train_dataset=dataset if dataset is not None else prompt_dataset(),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    return trainer, before
+
+
+def merged_logs(trainer):
+    logs = {}
+    for entry in trainer.state.log_history:
+        for key, value in entry.items():
+            logs.setdefault(key, []).append(value)
+    return logs
+
+
+@pytest.mark.parametrize("score_type", ["log_l", "l_ratio"])
+@pytest.mark.parametrize("variant", ["dro", "basic"])
+def test_train_runs_changes_parameters_and_logs_disco_metrics(tmp_path, score_type, variant):
+    trainer, before = train(tmp_path, score_type=score_type, disco_variant=variant)
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert changed, "no parameter moved"
+    logs = merged_logs(trainer)
+    for key in DISCO_METRICS:
+        assert key in logs, f"metric {key} not logged"
+        assert all(v is None or v == v for v in logs[key]), f"NaN in {key}"
+    assert trainer.args.tau == {"log_l": 10.0, "l_ratio": 1.0}[score_type]
+    # the loss TRL logs is minus the objective plus the penalty
+    first = trainer.state.log_history[0]
+    assert first["loss"] == pytest.approx(-first["disco/objective"] + first["disco/kl_penalty"], abs=1e-5)
+
+
+def test_lora_adapter_trains(tmp_path):
+    peft = pytest.importorskip("peft")
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = DiscoTrainer(
+        model=model,
+        reward_funcs=parity_reward,
+        args=config(tmp_path),
+        train_dataset=prompt_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert lora_before
+    assert any(not torch.equal(p.detach(), lora_before[n]) for n, p in trainer.model.named_parameters() if n in lora_before)
+    base = [p for n, p in trainer.model.named_parameters() if "lora" not in n]
+    assert all(not p.requires_grad for p in base)
+    assert "disco/objective" in merged_logs(trainer)
+
+
+def test_conversational_prompts(tmp_path):
+    trainer, before = train(tmp_path, dataset=prompt_dataset(conversational=True))
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in trainer.model.named_parameters())
+    assert "disco/objective" in merged_logs(trainer)
+
+
+def test_model_card_names_disco_and_cites_the_paper(tmp_path):
+    trainer, _ = train(tmp_path, max_steps=1)
+    trainer.create_model_card(model_name="tiny-disco")
+    card = (tmp_path / "README.md").read_text()
+    assert "DisCO" in card and "2505.12366" in card and "li2025disco" in card
+    assert "disco" in trainer._tag_names
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(beta=0.04), "kl_beta"),
+        (dict(score_type="logl"), "score_type"),
+        (dict(disco_variant="auc"), "disco_variant"),
+        (dict(tau=0.0), "tau must be > 0"),
+        (dict(tau=-2.0), "tau must be > 0"),
+        (dict(kl_delta=-1e-4), "kl_delta"),
+        (dict(kl_beta=-1.0), "kl_beta"),
+        (dict(num_generations=1), "at least 2 completions"),
+        (dict(per_device_train_batch_size=6, num_generations=4), r"per_device_train_batch_size=6 cannot hold whole groups of num_generations=4.*multiple of 4"),
+        (dict(entropy_coef=0.01), "entropy_coef"),
+        (dict(top_entropy_quantile=0.2), "top_entropy_quantile"),
+    ],
+)
+def test_config_refusals(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, **overrides)
+
+
+def test_tau_defaults_follow_the_score_type(tmp_path):
+    assert config(tmp_path).tau == 10.0
+    assert config(tmp_path, score_type="l_ratio").tau == 1.0
+    assert config(tmp_path, score_type="l_ratio", tau=3.0).tau == 3.0
+
+
+def test_paper_defaults(tmp_path):
+    args = DiscoConfig(output_dir=str(tmp_path), report_to="none")
+    assert (args.temperature, args.lr_scheduler_type, args.learning_rate) == (0.6, "constant", 2e-6)
+    assert (args.num_generations, args.kl_delta, args.kl_beta, args.beta) == (8, 1e-4, 1e3, 0.0)
+    assert (args.score_type, args.disco_variant) == ("log_l", "dro")
+
+
+def test_trainer_refuses_a_grpo_config(tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    grpo_args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
+                           report_to="none", use_cpu=True, bf16=False)
+    with pytest.raises(TypeError, match="DiscoTrainer needs a DiscoConfig"):
+        DiscoTrainer(model=model, reward_funcs=parity_reward, args=grpo_args, train_dataset=prompt_dataset(),
+                     processing_class=tokenizer)
