@@ -138,13 +138,33 @@ class DiscoConfig(GRPOConfig):
         self._check_whole_groups()
 
     def _check_whole_groups(self) -> None:
-        """Every process's micro-batch must hold whole questions (all `num_generations` completions of each)."""
+        """Each question's completions must stay on one process and inside one optimizer step.
+
+        Either the per-device micro-batch holds whole groups (the fast path), or, when a group is larger than a
+        micro-batch (e.g. 8 completions, 4 sequences per GPU), a group spans consecutive micro-steps of one optimizer
+        step on one process: the trainer then gathers the group's scores before the first micro-step (exact, at the
+        cost of one extra no-grad forward pass per optimizer step; see DiscoTrainer).
+        """
         g = self.num_generations
-        if self.per_device_train_batch_size % g != 0:
-            lower = max(g, (self.per_device_train_batch_size // g) * g)
+        per_device = self.per_device_train_batch_size
+        if per_device % g == 0:
+            return
+        accumulation, spg = self.gradient_accumulation_steps, self.steps_per_generation
+        per_step = per_device * accumulation
+        if per_step % g == 0 and spg % accumulation == 0:
+            return
+        if per_step % g != 0:
+            fix_ga = next(k for k in range(accumulation, accumulation * g + 1) if (per_device * k) % g == 0)
             raise ValueError(
-                f"per_device_train_batch_size={self.per_device_train_batch_size} cannot hold whole groups of "
-                f"num_generations={g} completions: DisCO keeps each question's completions in one micro-batch on one "
-                f"process. Use a multiple of {g} (for example {lower} or {lower + g}), and raise "
-                "gradient_accumulation_steps to keep the same number of questions per update."
+                f"per_device_train_batch_size={per_device} x gradient_accumulation_steps={accumulation} = {per_step} "
+                f"completions per process and optimizer step cannot hold whole groups of num_generations={g}: DisCO "
+                f"compares each question's completions with each other, so they must stay on one process within one "
+                f"optimizer step. Use per_device_train_batch_size a multiple of {g}, or gradient_accumulation_steps="
+                f"{fix_ga} so that per_device_train_batch_size x gradient_accumulation_steps is a multiple of {g}."
             )
+        raise ValueError(
+            f"per_device_train_batch_size={per_device} is smaller than a group of num_generations={g}, so groups span "
+            f"micro-steps; steps_per_generation={spg} must then be a multiple of gradient_accumulation_steps="
+            f"{accumulation} so that no optimizer step straddles two generation batches. Set steps_per_generation to a "
+            f"multiple of {accumulation} (or leave it unset), or use per_device_train_batch_size a multiple of {g}."
+        )

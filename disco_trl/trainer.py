@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
 from .config import DiscoConfig
@@ -114,16 +115,16 @@ class DiscoTrainer(GRPOTrainer):
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: neither positive nor negative
 
         num_local = output["completion_ids"].size(0)
-        if num_local % group_size != 0:
+        if mode == "train" and num_local % group_size != 0:
             raise RuntimeError(
                 f"A process received {num_local} completions, not whole groups of {group_size}; check the batch sizes."
             )
         process_index = self.accelerator.process_index
         output["disco_rewards"] = rewards[process_index * num_local : (process_index + 1) * num_local]
-        # Group ids unique across processes: question k of process p is p * (num_local / G) + k.
-        output["disco_group_ids"] = (
-            torch.arange(num_local, device=rewards.device) // group_size + process_index * (num_local // group_size)
-        )
+        # Completions arrive grouped: G consecutive rows of the global batch share a question. The group id is the
+        # question's index in the global generation batch, so ids are unique across processes.
+        global_rows = torch.arange(num_local, device=rewards.device) + process_index * num_local
+        output["disco_group_ids"] = global_rows // group_size
         self._log_group_statistics(rewards, group_size, mode)
         return output
 
@@ -148,14 +149,75 @@ class DiscoTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         if mode != "train":
             return self._generate_and_score_completions(generation_batch)
-        generate_every = self.args.steps_per_generation * self.num_iterations
+        spg = self.args.steps_per_generation
+        generate_every = spg * self.num_iterations
         if self._step % generate_every == 0 or self._buffered_inputs is None:
             batch = self._generate_and_score_completions(generation_batch)
             batch = split_pixel_values_by_grid(batch)
             batch = shuffle_groups(batch, self.num_generations)  # TRL shuffles rows; DisCO moves whole questions
-            batches = split_tensor_dict(batch, self.args.steps_per_generation)
+            batches = split_tensor_dict(batch, spg)
             self._buffered_inputs = [unsplit_pixel_values_by_grid(b) for b in batches]
-        return self._buffered_inputs[self._step % self.args.steps_per_generation]
+        index = self._step % spg
+        if self.groups_span_micro_steps and self._step % self.args.gradient_accumulation_steps == 0:
+            # First micro-step of an optimizer step whose groups are spread over several micro-steps.
+            step_batches = self._buffered_inputs[index : index + self.current_gradient_accumulation_steps]
+            self._attach_score_weights(step_batches, fresh=self._step % generate_every == 0)
+        return self._buffered_inputs[index]
+
+    @property
+    def groups_span_micro_steps(self) -> bool:
+        """True when a question's completions do not fit in one per-device micro-batch."""
+        return self.args.per_device_train_batch_size % self.num_generations != 0
+
+    def _forward_kwargs(self, inputs) -> dict:
+        keys = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
+                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+        return {k: inputs.get(k) for k in keys}
+
+    @torch.no_grad()
+    def _current_scores(self, inputs, fresh: bool) -> torch.Tensor:
+        """Scores s(o, q) under the current parameters, without gradient (the look-ahead of split groups)."""
+        mask = self._loss_mask(inputs)
+        old = inputs.get("old_per_token_logps")
+        if fresh and self.args.score_type == "l_ratio":
+            return torch.ones(mask.size(0), device=mask.device)  # pi_theta == pi_old right after generation
+        if fresh and old is not None:
+            per_token_logps = old.float()  # the old policy *is* the current one: reuse TRL's forward pass
+        else:
+            input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+            attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+                per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model, input_ids, attention_mask, inputs["completion_ids"].size(1),
+                    **self._forward_kwargs(inputs),
+                )
+            per_token_logps = per_token_logps.float()
+        old = per_token_logps if old is None else old.float()
+        return sequence_scores(per_token_logps, old, mask, score_type=self.args.score_type)
+
+    def _attach_score_weights(self, step_batches: list[dict], fresh: bool) -> None:
+        """Exact DisCO gradient when groups span micro-steps.
+
+        J depends on a completion only through its scalar score, so grad J = sum_i (dJ/ds_i) grad s_i. Parameters do not
+        change within an optimizer step, so the weights dJ/ds_i can be computed up front from no-grad scores of all the
+        step's completions on this process (each group lies wholly within them); each micro-step then back-propagates
+        sum_i w_i s_i over its own completions. Costs one no-grad forward pass per optimizer step (none for the first
+        step after a generation when TRL already computed the old policy's log-probs, or for L-ratio).
+        """
+        scores = torch.cat([self._current_scores(b, fresh) for b in step_batches]).float()
+        rewards = torch.cat([b["disco_rewards"] for b in step_batches])
+        group_ids = torch.cat([b["disco_group_ids"] for b in step_batches])
+        num_questions = (scores.numel() // self.num_generations) * self.accelerator.num_processes
+        scores.requires_grad_(True)
+        with torch.enable_grad():
+            objective = self._objective(scores, rewards, group_ids, num_questions)
+            (weights,) = torch.autograd.grad(objective, scores)
+        for batch, w in zip(step_batches, weights.split([len(b["disco_rewards"]) for b in step_batches])):
+            batch["disco_score_weights"] = w
+        # the step's objective (this process's share), logged once, on the step's first micro-batch
+        step_batches[0]["disco_step_objective"] = objective.detach()
+        for batch in step_batches[1:]:
+            batch.pop("disco_step_objective", None)
 
     # ------------------------------------------------------------------ the objective
     def _global_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -164,14 +226,27 @@ class DiscoTrainer(GRPOTrainer):
             return values
         return self.accelerator.reduce(values.detach().clone(), reduction="sum")
 
+    @staticmethod
+    def _loss_mask(inputs) -> torch.Tensor:
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        return mask.to(torch.float32)
+
+    def _objective(self, scores, rewards, group_ids, num_questions) -> torch.Tensor:
+        args = self.args
+        return discriminative_objective(
+            scores, rewards, group_ids, variant=args.disco_variant, tau=args.tau,
+            reward_threshold=args.reward_threshold, num_questions=num_questions,
+        )
+
     def _compute_loss(self, model, inputs):
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         logits_to_keep = completion_ids.size(1)
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        mask = mask.to(torch.float32)
+        mask = self._loss_mask(inputs)
 
         per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
@@ -180,16 +255,7 @@ class DiscoTrainer(GRPOTrainer):
             logits_to_keep,
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
-            pixel_values=inputs.get("pixel_values"),
-            image_grid_thw=inputs.get("image_grid_thw"),
-            num_images=inputs.get("num_images"),
-            pixel_attention_mask=inputs.get("pixel_attention_mask"),
-            spatial_shapes=inputs.get("spatial_shapes"),
-            num_tiles=inputs.get("num_tiles"),
-            image_sizes=inputs.get("image_sizes"),
-            token_type_ids=inputs.get("token_type_ids"),
-            mm_token_type_ids=inputs.get("mm_token_type_ids"),
-            image_position_ids=inputs.get("image_position_ids"),
+            **self._forward_kwargs(inputs),
         )
         per_token_logps = per_token_logps.float()
         # First update after generation: TRL skips the old policy's forward pass because it equals the current one.
@@ -202,19 +268,20 @@ class DiscoTrainer(GRPOTrainer):
         num_processes = self.accelerator.num_processes
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
 
-        # Discriminative term. This micro-batch holds whole questions; the optimizer step spans `accumulation`
-        # micro-steps on each of `num_processes` processes, so it covers this many questions in all:
         scores = sequence_scores(per_token_logps, old_per_token_logps, mask, score_type=args.score_type)
-        num_questions_step = (completion_ids.size(0) // group_size) * accumulation * num_processes
-        objective = discriminative_objective(
-            scores,
-            inputs["disco_rewards"],
-            inputs["disco_group_ids"],
-            variant=args.disco_variant,
-            tau=args.tau,
-            reward_threshold=args.reward_threshold,
-            num_questions=num_questions_step,
-        )
+        if "disco_score_weights" in inputs:
+            # Groups span micro-steps: weights dJ/ds were computed from the whole step's scores (see
+            # _attach_score_weights); this surrogate has exactly this micro-step's share of grad J.
+            surrogate = (inputs["disco_score_weights"].to(scores.dtype) * scores).sum()
+            step_objective = inputs.get("disco_step_objective")  # on the step's first micro-batch only
+            objective = surrogate - surrogate.detach() + (0.0 if step_objective is None else step_objective)
+            logged_objective = step_objective  # summed over processes: the step's mean J
+        else:
+            # Discriminative term. This micro-batch holds whole questions; the optimizer step spans `accumulation`
+            # micro-steps on each of `num_processes` processes, so it covers this many questions in all:
+            num_questions_step = (completion_ids.size(0) // group_size) * accumulation * num_processes
+            objective = self._objective(scores, inputs["disco_rewards"], inputs["disco_group_ids"], num_questions_step)
+            logged_objective = objective.detach() * accumulation  # summed over processes: this micro-step's mean J
 
         # Trust region: token-mean KL(pi_old || pi_theta) over this micro-step's tokens on all processes. The value is
         # global; the gradient flows through this process's tokens, and the processes' parts add up (below).
@@ -229,17 +296,18 @@ class DiscoTrainer(GRPOTrainer):
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
 
-        self._log_loss_metrics(mode, objective, accumulation, kl, penalty, scores, inputs, mask, entropies)
+        self._log_loss_metrics(mode, logged_objective, kl, penalty, scores, inputs, mask, entropies)
         return loss
 
-    def _log_loss_metrics(self, mode, objective, accumulation, kl, penalty, scores, inputs, mask, entropies) -> None:
+    def _log_loss_metrics(self, mode, logged_objective, kl, penalty, scores, inputs, mask, entropies) -> None:
         metrics = self._metrics[mode]
         rewards = inputs["disco_rewards"]
         pos = (rewards > self.args.reward_threshold) & ~torch.isnan(rewards)
         neg = ~pos & ~torch.isnan(rewards)
         stats = torch.stack(
             [
-                objective.detach() * accumulation,  # this micro-step's mean J over its questions (all processes)
+                scores.new_zeros(()) if logged_objective is None else logged_objective.float(),
+                torch.tensor(float(logged_objective is not None), device=scores.device),
                 (entropies.detach().float() * mask).sum(),
                 mask.sum(),
                 (scores.detach() * pos).sum(),
@@ -249,12 +317,13 @@ class DiscoTrainer(GRPOTrainer):
             ]
         )
         totals = self._global_sum(stats)
-        metrics["disco/objective"].append(totals[0].item())
-        metrics["entropy"].append((totals[1] / totals[2].clamp(min=1.0)).item())
-        if totals[4] > 0:
-            metrics["disco/score_pos"].append((totals[3] / totals[4]).item())
-        if totals[6] > 0:
-            metrics["disco/score_neg"].append((totals[5] / totals[6]).item())
+        if totals[1] > 0:
+            metrics["disco/objective"].append(totals[0].item())
+        metrics["entropy"].append((totals[2] / totals[3].clamp(min=1.0)).item())
+        if totals[5] > 0:
+            metrics["disco/score_pos"].append((totals[4] / totals[5]).item())
+        if totals[7] > 0:
+            metrics["disco/score_neg"].append((totals[6] / totals[7]).item())
         metrics["disco/kl"].append(kl.item())
         metrics["disco/kl_penalty"].append(penalty.item())
         metrics["disco/hinge_active"].append(float(kl.item() > self.args.kl_delta))

@@ -47,8 +47,7 @@ def reference_gradient(records, step, *, accumulation, score_type="log_l", varia
     per_rank = [[m for m in r["micro_inputs"] if m["step"] == step] for r in records]
     assert all(len(ms) == accumulation for ms in per_rank), [len(ms) for ms in per_rank]
 
-    j_sum = torch.zeros((), dtype=torch.float64)
-    questions = set()
+    all_scores, all_rewards, all_prompts = [], [], []
     penalty = torch.zeros((), dtype=torch.float64)
     for m in range(accumulation):
         kl_num, kl_den = torch.zeros((), dtype=torch.float64), 0.0
@@ -58,20 +57,21 @@ def reference_gradient(records, step, *, accumulation, score_type="log_l", varia
             logps = completion_logps(model, rec)
             with torch.no_grad():
                 old = completion_logps(old_model, rec)
-            scores = ref_scores(logps, old, mask, score_type)
+            all_scores.append(ref_scores(logps, old, mask, score_type))
             texts = [tokenizer.decode(ids[msk.bool()], skip_special_tokens=True)
                      for ids, msk in zip(rec["completion_ids"], rec["completion_mask"])]
-            rewards = torch.tensor(parity_reward(texts), dtype=torch.float64)
-            prompts = [tuple(ids[msk.bool()].tolist()) for ids, msk in zip(rec["prompt_ids"], rec["prompt_mask"])]
-            keys = sorted(set(prompts))
-            groups = torch.tensor([keys.index(p) for p in prompts])
-            questions.update((step, m, p) for p in prompts)
-            j_sum = j_sum + ref_objective(scores, rewards, groups, variant, tau, num_questions=1)
+            all_rewards += parity_reward(texts)
+            all_prompts += [tuple(ids[msk.bool()].tolist()) for ids, msk in zip(rec["prompt_ids"], rec["prompt_mask"])]
             kl_num = kl_num + ((old - logps) * mask).sum()
             kl_den += float(mask.sum())
         kl = kl_num / kl_den
         if kl.item() > delta:
             penalty = penalty + beta * (kl - delta) ** 2
+    # questions are identified by prompt text over the whole optimizer step (a group may span micro-steps/ranks)
+    questions = sorted(set(all_prompts))
+    groups = torch.tensor([questions.index(p) for p in all_prompts])
+    rewards = torch.tensor(all_rewards, dtype=torch.float64)
+    j_sum = ref_objective(torch.cat(all_scores), rewards, groups, variant, tau, num_questions=1)
     loss = -j_sum / len(questions) + penalty / accumulation
     loss.backward()
     return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, len(questions)
@@ -159,3 +159,40 @@ def test_two_processes_match_one_process(tmp_path):
         assert_grads_close(dist2[0]["grads"][step], expected)
     logs = [h for h in dist2[0]["log_history"] if "disco/kl" in h]
     assert logs[1]["disco/hinge_active"] == 1.0
+
+
+# ------------------------------------------------------------------------------ groups larger than a micro-batch
+# per_device_train_batch_size=2 < 4 completions per question: each group spans two micro-steps.
+
+
+@pytest.mark.parametrize("score_type,variant", [("log_l", "dro"), ("l_ratio", "basic")])
+def test_groups_larger_than_a_micro_batch(tmp_path, score_type, variant):
+    whole = run_layout(tmp_path / "whole", 16, 1, 1, score_type=score_type, disco_variant=variant)
+    split = run_layout(tmp_path / "split", 2, 8, 8, score_type=score_type, disco_variant=variant)
+    assert_grads_close(split["grads"][0], whole["grads"][0])
+    expected, n_questions = reference_gradient([split], 0, accumulation=8, score_type=score_type, variant=variant)
+    assert n_questions == 4
+    assert_grads_close(split["grads"][0], expected)
+    objective = lambda r: [h["disco/objective"] for h in r["log_history"] if "disco/objective" in h]
+    assert objective(split) == pytest.approx(objective(whole), abs=1e-6)
+
+
+@pytest.mark.parametrize("score_type", ["log_l", "l_ratio"])
+def test_split_groups_off_policy_step_with_live_hinge(tmp_path, score_type):
+    """Two optimizer steps per generation: the first reuses TRL's old log-probs for the look-ahead, the second
+    recomputes the scores under the updated parameters; the hinge is live in the second."""
+    result = run_layout(tmp_path, 2, 4, 8, max_steps=2, score_type=score_type, kl_delta=0.0, learning_rate=3e-2)
+    for step in range(2):
+        expected, n_questions = reference_gradient([result], step, accumulation=4, score_type=score_type, delta=0.0)
+        assert n_questions == 2
+        assert_grads_close(result["grads"][step], expected)
+    logs = [h for h in result["log_history"] if "disco/kl" in h]
+    assert logs[1]["disco/hinge_active"] > 0.0  # averaged over the step's 4 micro-steps
+
+
+@pytest.mark.slow
+def test_split_groups_on_two_processes(tmp_path):
+    single = run_layout(tmp_path / "single", 16, 1, 1, score_type="log_l", disco_variant="dro")
+    dist = _torchrun(tmp_path, 2, 4, 4, 1, score_type="log_l", disco_variant="dro")
+    for rank in (0, 1):
+        assert_grads_close(dist[rank]["grads"][0], single["grads"][0])

@@ -128,7 +128,11 @@ def test_model_card_names_disco_and_cites_the_paper(tmp_path):
         (dict(kl_delta=-1e-4), "kl_delta"),
         (dict(kl_beta=-1.0), "kl_beta"),
         (dict(num_generations=1), "at least 2 completions"),
-        (dict(per_device_train_batch_size=6, num_generations=4), r"per_device_train_batch_size=6 cannot hold whole groups of num_generations=4.*multiple of 4"),
+        (dict(per_device_train_batch_size=6, num_generations=4),
+         r"per_device_train_batch_size=6 x gradient_accumulation_steps=1 = 6 completions.*whole groups of "
+         r"num_generations=4.*gradient_accumulation_steps=2"),
+        (dict(per_device_train_batch_size=2, num_generations=4, gradient_accumulation_steps=2, steps_per_generation=3),
+         r"steps_per_generation=3 must then be a multiple of gradient_accumulation_steps=2"),
         (dict(entropy_coef=0.01), "entropy_coef"),
         (dict(top_entropy_quantile=0.2), "top_entropy_quantile"),
     ],
@@ -136,6 +140,12 @@ def test_model_card_names_disco_and_cites_the_paper(tmp_path):
 def test_config_refusals(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         config(tmp_path, **overrides)
+
+
+def test_groups_may_span_micro_steps_of_one_optimizer_step(tmp_path):
+    args = config(tmp_path, per_device_train_batch_size=2, num_generations=4, gradient_accumulation_steps=2,
+                  steps_per_generation=4)
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 4
 
 
 def test_tau_defaults_follow_the_score_type(tmp_path):
