@@ -131,8 +131,8 @@ def test_model_card_names_disco_and_cites_the_paper(tmp_path):
         (dict(per_device_train_batch_size=6, num_generations=4),
          r"per_device_train_batch_size=6 x gradient_accumulation_steps=1 = 6 completions.*whole groups of "
          r"num_generations=4.*gradient_accumulation_steps=2"),
-        (dict(per_device_train_batch_size=2, num_generations=4, gradient_accumulation_steps=2, steps_per_generation=3),
-         r"steps_per_generation=3 must then be a multiple of gradient_accumulation_steps=2"),
+        (dict(per_device_train_batch_size=2, num_generations=4, gradient_accumulation_steps=4, steps_per_generation=2),
+         r"steps_per_generation=2 must then be a multiple of gradient_accumulation_steps=4"),
         (dict(entropy_coef=0.01), "entropy_coef"),
         (dict(top_entropy_quantile=0.2), "top_entropy_quantile"),
     ],
