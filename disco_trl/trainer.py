@@ -15,6 +15,7 @@ PEFT, DeepSpeed, logging, model cards. DisCO changes three things, each a small 
 
 from __future__ import annotations
 
+import os
 import textwrap
 from typing import Any
 
@@ -22,6 +23,8 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import DiscoConfig
 from .losses import discriminative_objective, hinge_from_kl, sequence_scores
@@ -218,6 +221,31 @@ class DiscoTrainer(GRPOTrainer):
         step_batches[0]["disco_step_objective"] = objective.detach()
         for batch in step_batches[1:]:
             batch.pop("disco_step_objective", None)
+
+    # ------------------------------------------------------------------ checkpoints
+    # TRL keeps the generation batch in memory and restarts its micro-step counter at 0 on resume, so a run resumed in
+    # the middle of a generation batch would sample new completions. DisCO saves the buffer and the counter with each
+    # checkpoint (one file per process); with the RNG state that Trainer already restores, a resumed run continues
+    # exactly where it stopped.
+    _STATE_FILE = "disco_state_rank{}.pt"
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        state = {"step": self._step, "buffered_inputs": self._buffered_inputs}
+        torch.save(state, os.path.join(folder, self._STATE_FILE.format(self.accelerator.process_index)))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, self._STATE_FILE.format(self.accelerator.process_index))
+        if not os.path.exists(path):
+            return  # a checkpoint from another trainer: TRL's behaviour (regenerate) applies
+        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        self._step = state["step"]
+        self._buffered_inputs = state["buffered_inputs"]
 
     # ------------------------------------------------------------------ the objective
     def _global_sum(self, values: torch.Tensor) -> torch.Tensor:
