@@ -15,6 +15,7 @@ PEFT, DeepSpeed, logging, model cards. DisCO changes three things, each a small 
 
 from __future__ import annotations
 
+import inspect
 import os
 import textwrap
 from typing import Any
@@ -51,6 +52,43 @@ def shuffle_groups(batch: dict[str, Any], group_size: int) -> dict[str, Any]:
         return [value[i] for i in permutation.tolist()]
 
     return {key: permute(value) for key, value in batch.items()}
+
+
+# Keyword arguments TRL passes to every reward function besides the dataset's columns.
+_TRL_REWARD_KWARGS = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
+                      "environments"}
+
+
+def check_reward_columns(reward_funcs, dataset) -> None:
+    """Fail before any model is loaded when a reward function needs a column the dataset does not have.
+
+    TRL passes every dataset column to reward functions as a keyword argument; a missing one would otherwise surface
+    as a TypeError after the first generation batch has been sampled.
+    """
+    columns = getattr(dataset, "column_names", None)
+    if columns is None or isinstance(columns, dict):  # iterable datasets without features, or a DatasetDict
+        return
+    for func in reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]:
+        if isinstance(func, str) or not callable(func) or isinstance(func, torch.nn.Module):
+            continue  # reward models: TRL checks their inputs itself
+        try:
+            parameters = inspect.signature(func).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        required = [
+            p.name for p in parameters
+            if p.default is inspect.Parameter.empty
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            and p.name not in _TRL_REWARD_KWARGS
+        ]
+        missing = [name for name in required if name not in columns]
+        if missing:
+            name = getattr(func, "__name__", type(func).__name__)
+            raise ValueError(
+                f"Reward function `{name}` needs the dataset column(s) {missing}, but the training dataset has only "
+                f"{list(columns)}. Add the column (for math rewards, the reference answer as `solution`; see "
+                "disco_trl.data.load_math_dataset) or rename it with `dataset.rename_column(old, new)`."
+            )
 
 
 class DiscoTrainer(GRPOTrainer):
@@ -97,6 +135,7 @@ class DiscoTrainer(GRPOTrainer):
                 "(it subclasses GRPOConfig) and set DisCO's own fields there (score_type, disco_variant, tau, kl_delta, "
                 "kl_beta)."
             )
+        check_reward_columns(reward_funcs, kwargs.get("train_dataset"))
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self._disco_rewards_per_func = None
 

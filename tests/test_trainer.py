@@ -168,3 +168,14 @@ def test_trainer_refuses_a_grpo_config(tmp_path):
     with pytest.raises(TypeError, match="DiscoTrainer needs a DiscoConfig"):
         DiscoTrainer(model=model, reward_funcs=parity_reward, args=grpo_args, train_dataset=prompt_dataset(),
                      processing_class=tokenizer)
+
+
+def test_missing_reward_column_is_refused_before_training(tmp_path):
+    def needs_solution(completions, solution, **kwargs):
+        return [0.0] * len(completions)
+
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    dataset = prompt_dataset().rename_column("solution", "answer")
+    with pytest.raises(ValueError, match=r"`needs_solution` needs the dataset column\(s\) \['solution'\].*'answer'"):
+        DiscoTrainer(model=model, reward_funcs=[needs_solution], args=config(tmp_path), train_dataset=dataset,
+                     processing_class=tokenizer)
