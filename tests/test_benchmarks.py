@@ -1,0 +1,209 @@
+"""benchmarks/bench_disco.py: the quick mode runs end to end and writes its table and JSON; its arithmetic is right.
+
+The benchmark's numbers themselves are not checked here (they are machine-dependent and belong in
+docs/performance.md); only that the run is complete, consistent and well-formed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "bench_disco.py"
+ALL_METHODS = ["grpo", "grpo_loss_grpo", "grpo_ref_kl", "disco_log_l", "disco_l_ratio"]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_disco", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_disco"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_bench()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--output-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_run_writes_complete_json(quick_run):
+    _, result, _ = quick_run
+    cfg = result["config"]
+    assert cfg["quick"] is True and cfg["methods"] == ALL_METHODS
+    assert set(result["summary"]) == set(ALL_METHODS)
+    assert len(result["load_avg_before"]) == 3 and len(result["load_avg_after"]) == 3
+    assert result["machine"]["torch_threads"] == 1
+    assert result["identical_completions_across_methods"] is True
+
+    runs = result["runs"]
+    assert len(runs) == cfg["reps"] * len(ALL_METHODS)
+    for rep in range(cfg["reps"]):
+        in_rep = [r for r in runs if r["rep"] == rep]
+        assert sorted(r["method"] for r in in_rep) == sorted(ALL_METHODS)
+        # Same tokens and the same micro-batch geometry for every method of a repetition.
+        assert len({r["completion_checksum"] for r in in_rep}) == 1
+        assert len({r["completions_served"] for r in in_rep}) == 1
+        assert len({(r["microbatch"]["rows"], r["microbatch"]["completion_tokens"]) for r in in_rep}) == 1
+    # Methods alternate: the order rotates between repetitions.
+    first = [r["method"] for r in runs if r["rep"] == 0]
+    second = [r["method"] for r in runs if r["rep"] == 1]
+    assert first != second and second == first[1:] + first[:1]
+    for r in runs:
+        assert len(r["step_s"]) == cfg["steps"] and all(t > 0 for t in r["step_s"])
+        assert len(r["loss_s"]) == cfg["loss_reps"] and all(t > 0 for t in r["loss_s"])
+        assert r["step_peak_bytes"] > 0 and r["loss_peak_bytes"] > 0
+        mb = r["microbatch"]
+        assert mb["rows"] == cfg["per_device_train_batch_size"]
+        assert mb["completion_tokens"] == mb["rows"] * cfg["completion_length"]
+
+    for method, s in result["summary"].items():
+        for key in ("step_s", "loss_s", "step_peak_mib", "loss_peak_mib"):
+            assert s[key]["min"] <= s[key]["median"] <= s[key]["max"] and s[key]["min"] > 0, (method, key)
+        for key in ("step_ratio", "loss_ratio", "step_peak_ratio", "loss_peak_ratio"):
+            assert 0 < s[key]["min"] <= s[key]["median"] <= s[key]["max"], (method, key)
+    for key in ("step_ratio", "loss_ratio", "step_peak_ratio", "loss_peak_ratio"):
+        assert result["summary"]["grpo"][key] == {"median": 1.0, "min": 1.0, "max": 1.0}
+
+
+@pytest.mark.slow
+def test_quick_run_sweep_covers_the_three_axes(quick_run):
+    _, result, _ = quick_run
+    rows = result["sweep"]
+    axes = {r["axis"] for r in rows}
+    assert {"generations", "completion_length", "questions"} <= axes
+    assert sorted(r["num_generations"] for r in rows if r["axis"] == "generations") == [2, 4]
+    assert sorted(r["completion_length"] for r in rows if r["axis"] == "completion_length") == [16, 32]
+    assert sorted(r["questions_per_microbatch"] for r in rows if r["axis"] == "questions") == [1, 2]
+    for r in rows:
+        assert r["completion_tokens"] == r["num_generations"] * r["questions_per_microbatch"] * r["completion_length"]
+        assert all(r["fn_s"][m] > 0 for m in bench.SWEEP_METHODS)
+        if r["completion_tokens"] <= result["config"]["sweep_max_tokens"]:
+            assert all(r["compute_loss_s"][m] > 0 for m in bench.SWEEP_METHODS)
+            share = (r["fn_s"]["disco_log_l"] - r["fn_s"]["grpo"]) / r["compute_loss_s"]["grpo"]
+            assert r["disco_log_l_fn_overhead_share"] == pytest.approx(share)
+    assert result["sweep_verdict"]
+
+
+@pytest.mark.slow
+def test_quick_run_markdown_table_matches_json(quick_run):
+    out, result, md = quick_run
+    assert "| method | step ms | step ratio |" in md
+    assert result["command"] in md and result["machine"]["device_name"] in md
+    for method in ALL_METHODS:
+        row = next(line for line in md.splitlines() if line.startswith(f"| `{method}` |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 9
+        step_ms = float(cells[1])
+        assert step_ms > 0
+        assert step_ms == pytest.approx(result["summary"][method]["step_s"]["median"] * 1e3, abs=0.051)
+        median, lo, hi = map(float, re.match(r"([\d.]+) \[([\d.]+), ([\d.]+)\]", cells[2]).groups())
+        assert 0 < lo <= median <= hi
+        assert all(float(cells[i]) > 0 for i in (3, 5, 7))
+    assert "## Scaling sweep" in md
+    sweep_lines = [line for line in md.splitlines() if re.match(r"\| (generations|completion_length|questions|all_max) \|", line)]
+    assert len(sweep_lines) == len(result["sweep"])
+
+
+def test_summary_ratios_are_per_repetition():
+    def run(rep, method, step, loss, mem):
+        return {"rep": rep, "method": method, "step_median_s": step, "loss_median_s": loss,
+                "step_peak_bytes": mem, "loss_peak_bytes": mem / 2}
+
+    runs = [run(0, "grpo", 1.0, 0.5, 2**20), run(0, "disco_log_l", 1.2, 0.5, 2**21),
+            run(1, "grpo", 2.0, 1.0, 2**20), run(1, "disco_log_l", 1.8, 1.5, 2**20),
+            run(2, "grpo", 1.0, 1.0, 2**20), run(2, "disco_log_l", 1.0, 1.0, 2**20)]
+    s = bench.summarise(runs, ["grpo", "disco_log_l"])["disco_log_l"]
+    # Ratios are taken inside each repetition (1.2, 0.9, 1.0), not between medians (1.2 / 1.0).
+    assert s["step_ratio"] == {"median": pytest.approx(1.0), "min": pytest.approx(0.9), "max": pytest.approx(1.2)}
+    assert s["loss_ratio"] == {"median": pytest.approx(1.0), "min": pytest.approx(1.0), "max": pytest.approx(1.5)}
+    assert s["step_s"] == {"median": 1.2, "min": 1.0, "max": 1.8}
+    assert s["step_peak_mib"] == {"median": 1.0, "min": 1.0, "max": 2.0}
+    assert s["step_peak_ratio"]["max"] == pytest.approx(2.0)
+
+
+def test_sweep_verdict_flags_a_growing_share():
+    rows = [
+        {"axis": "completion_length", "compute_loss_s": {"grpo": 1.0},
+         "disco_log_l_fn_overhead_share": 0.05, "disco_l_ratio_fn_overhead_share": 0.05},
+        {"axis": "completion_length", "compute_loss_s": {"grpo": 1.0},
+         "disco_log_l_fn_overhead_share": 0.01, "disco_l_ratio_fn_overhead_share": 0.10},
+        {"axis": "questions", "compute_loss_s": None},
+    ]
+    verdict = bench.sweep_verdict(rows)
+    assert verdict["completion_length/disco_log_l"]["flat_or_shrinks"] is True
+    assert verdict["completion_length/disco_l_ratio"]["flat_or_shrinks"] is False
+    assert not any(k.startswith("questions/") for k in verdict)  # no model timings: no verdict
+
+
+def test_pure_losses_match_their_definitions():
+    torch.manual_seed(0)
+    logps, old, mask, rewards, group_ids, advantages = bench.pure_loss_inputs(4, 3, 10, "cpu", seed=1)
+    x = logps.clone().requires_grad_(True)
+    # At ratio 1 (old = current), TRL's clipped surrogate with the 'dapo' reduction is -sum(A * mask) / sum(mask).
+    loss = bench.grpo_token_loss(x, x.detach(), advantages, mask, loss_type="dapo")
+    loss.backward()
+    expected = -(advantages[:, None] * mask).sum() / mask.sum()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert torch.allclose(x.grad, -advantages[:, None] * mask / mask.sum(), atol=1e-7)
+    # 'grpo' reduction: per-sequence mean, then mean over sequences.
+    per_seq = bench.grpo_token_loss(x, x.detach(), advantages, mask, loss_type="grpo")
+    assert per_seq.item() == pytest.approx(-advantages.mean().item(), abs=1e-6)
+
+    from disco_trl.losses import discriminative_objective, sequence_scores
+
+    # DisCO with old = current: KL is 0, the hinge is inactive, the loss is -J.
+    d = bench.disco_loss(x, x.detach(), rewards, group_ids, mask, score_type="log_l", tau=10.0, num_questions=3)
+    scores = sequence_scores(x, None, mask, score_type="log_l")
+    j = discriminative_objective(scores, rewards, group_ids, variant="dro", tau=10.0, num_questions=3)
+    assert d.item() == pytest.approx(-j.item(), abs=1e-6)
+    # Far from the old policy the squared hinge adds beta * (KL - delta)^2.
+    far = bench.disco_loss(x, x.detach() + 0.1, rewards, group_ids, mask, score_type="log_l", tau=10.0,
+                           num_questions=3)
+    assert far.item() == pytest.approx(-j.item() + 1e3 * (0.1 - 1e-4) ** 2, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--methods", "disco_log_l"], "must include the baseline 'grpo'"),
+        (["--methods", "grpo,dapo"], "unknown name(s) ['dapo']"),
+        (["--reps", "0"], "--reps must be >= 1"),
+        (["--num-generations", "1"], "--num-generations must be >= 2"),
+        (["--sweep-lengths", "128,8k"], "--sweep-lengths must be a comma-separated list of integers"),
+        (["--ref-beta", "0"], "--ref-beta must be > 0"),
+    ],
+)
+def test_bad_options_fail_before_any_compute(argv, message):
+    with pytest.raises(SystemExit) as err:
+        bench.parse_args(argv)
+    assert message in str(err.value)
+
+
+def test_quick_defaults_are_small_and_full_defaults_follow_the_issue():
+    quick = bench.parse_args(["--quick"])
+    assert quick.model_preset == "tiny" and quick.reps == 2 and quick.completion_length == 32
+    full = bench.parse_args([])
+    assert full.sweep_generations == [4, 8, 16, 32, 64]
+    assert full.sweep_lengths == [128, 512, 2048, 8192]
+    assert full.sweep_questions == [1, 2, 4, 8]
+    assert full.methods == ALL_METHODS and full.reps >= 3
+    assert not math.isnan(full.ref_beta) and full.ref_beta > 0
