@@ -9,8 +9,8 @@ This one file is both `examples/train_disco.py` (a symlink to it, in TRL's scrip
 win):
 
     # CPU or one GPU
-    python examples/train_disco.py --config recipes/lora_qwen2.5_0.5b_t4.yaml
-    disco-trl train --config recipes/lora_qwen2.5_0.5b_t4.yaml --max_steps 20
+    python examples/train_disco.py --config recipes/lora/qwen2.5-0.5b-instruct_math_t4.yaml
+    disco-trl train --config recipes/lora/qwen2.5-0.5b-instruct_math_t4.yaml --max_steps 20
 
     # several GPUs, DeepSpeed, vLLM: launch the same script with accelerate
     accelerate launch --config_file recipes/accelerate/zero3.yaml examples/train_disco.py \
@@ -58,6 +58,23 @@ class DiscoScriptArguments:
     conversational: bool = field(
         default=True,
         metadata={"help": "Build chat-format prompts (the model's chat template is applied); False: plain text."},
+    )
+    question_field: str | None = field(
+        default=None,
+        metadata={"help": "For a local file or Hub dataset disco_trl.data does not know: the field with the problem."},
+    )
+    answer_field: str | None = field(
+        default=None, metadata={"help": "Likewise: the field with the final answer (dotted paths reach into records)."}
+    )
+    solution_field: str | None = field(
+        default=None,
+        metadata={"help": "Likewise, when there is no answer field: a worked solution whose last \\boxed{} is the "
+                  "answer."},
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "An optional system message for every prompt."})
+    keep_columns: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Other dataset fields to keep as columns (custom reward functions receive them)."},
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["boxed_math_reward"],
@@ -297,17 +314,24 @@ def load_train_dataset(script_args: DiscoScriptArguments, needed_columns: set[st
             script_args.dataset_train_split,
             conversational=script_args.conversational,
             limit=script_args.dataset_limit,
+            question_field=script_args.question_field,
+            answer_field=script_args.answer_field,
+            solution_field=script_args.solution_field,
+            system_prompt=script_args.system_prompt,
+            keep_columns=script_args.keep_columns,
         )
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise ScriptError(f"could not load the training set dataset_name={source!r}: {err}") from err
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise ScriptError(
+            f"could not load the training set dataset_name={source!r}: {err} (script options: --question_field, "
+            "--answer_field, --solution_field, --keep_columns)"
+        ) from err
     columns = set(dataset.column_names)
     missing = sorted(needed_columns - columns)
     if missing:
         raise ScriptError(
             f"the training set {source!r} has columns {sorted(columns)} but lacks {missing}: DisCO needs `prompt` (the "
             "question) and every column its reward functions read (`solution`, the reference answer, for "
-            "boxed_math_reward). Rename the columns in the file (or with Dataset.rename_column), or point "
-            "dataset_name at a source disco_trl.data knows."
+            "boxed_math_reward). Carry a field of the source over with --keep_columns, or rename it in the file."
         )
     if len(dataset) == 0:
         raise ScriptError(f"the training set {source!r} is empty (dataset_limit={script_args.dataset_limit}).")
@@ -315,8 +339,8 @@ def load_train_dataset(script_args: DiscoScriptArguments, needed_columns: set[st
 
 
 # -------------------------------------------------------------------------------------------------------------- main
-def make_parser() -> TrlParser:
-    return TrlParser((DiscoScriptArguments, DiscoConfig, ModelConfig), prog="disco-trl train")
+def make_parser(prog: str | None = "disco-trl train") -> TrlParser:
+    return TrlParser((DiscoScriptArguments, DiscoConfig, ModelConfig), prog=prog)
 
 
 def prepare(script_args: DiscoScriptArguments, training_args: DiscoConfig, model_args: ModelConfig):
@@ -361,6 +385,7 @@ def train(script_args, training_args, model_args, geometry, reward_funcs, datase
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the logged training dynamics (reward, entropy, disco/kl, step_time, ...)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
@@ -369,22 +394,22 @@ def train(script_args, training_args, model_args, geometry, reward_funcs, datase
     return trainer
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") -> int:
     """Entry point of `disco-trl train` and of `python examples/train_disco.py`. Returns the exit status."""
-    parser = make_parser()
+    parser = make_parser(prog)
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:  # DiscoConfig/GRPOConfig/TrainingArguments validation, unknown options
-        print(f"disco-trl train: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     try:
         geometry, reward_funcs, dataset = prepare(script_args, training_args, model_args)
     except ScriptError as err:
-        print(f"disco-trl train: error: {err}", file=sys.stderr)
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog=None))  # argparse names the program after the script that was run
