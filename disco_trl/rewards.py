@@ -478,10 +478,12 @@ def grade_answers(
     *,
     max_workers: int | None = None,
     timeout: float | None = None,
+    fast_path: bool = True,
 ) -> list[float]:
     """1.0/0.0 per extracted answer (None scores 0.0) against its reference: fast path, then the worker pool.
 
-    `max_workers=0` (or ``DISCO_REWARD_WORKERS=0``) grades in this process instead (not hang-proof).
+    `max_workers=0` (or ``DISCO_REWARD_WORKERS=0``) grades in this process instead (not hang-proof);
+    `fast_path=False` sends every answer to math-verify (for measurements).
     """
     if len(answers) != len(golds):
         raise ValueError(f"grade_answers: {len(answers)} answers but {len(golds)} reference solutions.")
@@ -490,7 +492,7 @@ def grade_answers(
     for k, (answer, gold) in enumerate(zip(answers, golds)):
         if answer is None or gold is None or len(answer) > MAX_ANSWER_CHARS:
             continue
-        quick = _quick_grade(str(gold), answer)
+        quick = _quick_grade(str(gold), answer) if fast_path else None
         if quick is None:
             slow.append(k)
         else:

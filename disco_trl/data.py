@@ -1,0 +1,465 @@
+r"""Math datasets in the shape DisCO / GRPO trainers expect: a `prompt` column and a `solution` column.
+
+    from disco_trl.data import load_math_dataset
+    train = load_math_dataset("deepscaler")                         # agentica-org/DeepScaleR-Preview-Dataset
+    train = load_math_dataset("dapo-math-17k")                      # BytedTsinghua-SIA/DAPO-Math-17k, de-duplicated
+    test = load_math_dataset("aime24", conversational=False)        # local benchmark file when present, else the hub
+    mine = load_math_dataset("data/my_problems.jsonl", question_field="q", answer_field="a")
+
+Every source is turned into
+
+* `prompt`: the paper's prompt, ``"{problem} Let's think step by step and output the final answer within \boxed{}."``,
+  as a one-message chat (``[{"role": "user", "content": ...}]``, optionally after a system message) or, with
+  ``conversational=False``, as a plain string;
+* `solution`: the reference final answer as a string (what `disco_trl.rewards.boxed_math_reward` compares against);
+* `problem`: the problem text alone (kept for evaluation records).
+
+The sources name their fields differently (see `SOURCES`): DeepScaleR, MATH-500 and AIME use problem/answer,
+AMC 2023 stores the answer as a float, Minerva has no answer field (the answer is the last ``\boxed{}`` of its
+solution, as in MATH), OlympiadBench uses question/final_answer (a list), and DAPO-Math-17k stores a chat prompt
+wrapped in its own instructions with the answer under ``reward_model.ground_truth``. Unknown hub datasets and local
+files are read by looking for the usual field names; when none is found the error names the missing field, the
+columns that exist, and the argument that fixes it (`question_field=` / `answer_field=`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PROMPT_TEMPLATE",
+    "SOURCES",
+    "BENCHMARKS",
+    "BENCHMARK_FILES",
+    "SourceSpec",
+    "benchmark_dir",
+    "format_prompt",
+    "load_math_dataset",
+    "normalize_answer",
+]
+
+# The prompt of the DisCO paper (and of DeepScaleR): the problem, then the instruction. "{problem}" is replaced
+# literally (no str.format), so the template can contain \boxed{} as it is.
+PROMPT_TEMPLATE = "{problem} Let's think step by step and output the final answer within \\boxed{}."
+
+QUESTION_FIELDS = ("problem", "question", "prompt", "query", "input", "instruction")
+ANSWER_FIELDS = ("answer", "final_answer", "ground_truth", "reward_model.ground_truth", "target", "label", "solution")
+SOLUTION_FIELDS = ("solution",)  # full worked solutions: the answer is their last \boxed{}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a known dataset lives and which fields hold its problem and answer."""
+
+    hub_id: str
+    split: str
+    question_fields: tuple[str, ...]
+    answer_fields: tuple[str, ...] = ()  # fields holding the final answer, tried in order
+    boxed_solution_fields: tuple[str, ...] = ()  # else: the last \boxed{} of one of these fields
+    config: str | None = None
+    local_file: str | None = None  # benchmark file name inside benchmark_dir()
+    deduplicate: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SOURCES: dict[str, SourceSpec] = {
+    # Training sets
+    "deepscaler": SourceSpec("agentica-org/DeepScaleR-Preview-Dataset", "train", ("problem",), ("answer",), ("solution",)),
+    "dapo-math-17k": SourceSpec(
+        "BytedTsinghua-SIA/DAPO-Math-17k",
+        "train",
+        ("prompt",),
+        ("reward_model.ground_truth",),
+        deduplicate=True,  # the published file repeats each of its ~17k problems about 100 times
+    ),
+    "math": SourceSpec("DigitalLearningGmbH/MATH-lighteval", "train", ("problem",), (), ("solution",)),
+    # The six benchmarks of the paper (local copies in benchmark_dir() are preferred when present)
+    "aime24": SourceSpec("HuggingFaceH4/aime_2024", "train", ("problem", "question"), ("answer",), local_file="aime24.jsonl"),
+    "aime25": SourceSpec("math-ai/aime25", "test", ("problem", "question"), ("answer",), local_file="aime25.jsonl"),
+    "amc23": SourceSpec("math-ai/amc23", "test", ("problem", "question"), ("answer",), local_file="amc23.jsonl"),
+    "math500": SourceSpec("HuggingFaceH4/MATH-500", "test", ("problem",), ("answer",), ("solution",), local_file="math500.jsonl"),
+    "minerva": SourceSpec(
+        "math-ai/minervamath", "test", ("problem", "question"), ("answer",), ("solution",), local_file="minerva_math.jsonl"
+    ),
+    "olympiadbench": SourceSpec(
+        "math-ai/olympiadbench", "test", ("question", "problem"), ("final_answer", "answer"), ("solution",),
+        local_file="olympiadbench.jsonl",
+    ),
+}
+ALIASES = {
+    "dapo": "dapo-math-17k",
+    "dapo_math_17k": "dapo-math-17k",
+    "dapo-math": "dapo-math-17k",
+    "deepscaler-preview": "deepscaler",
+    "aime2024": "aime24",
+    "aime_2024": "aime24",
+    "aime2025": "aime25",
+    "aime_2025": "aime25",
+    "amc2023": "amc23",
+    "amc": "amc23",
+    "math-500": "math500",
+    "math_500": "math500",
+    "minerva_math": "minerva",
+    "minervamath": "minerva",
+    "olympiad": "olympiadbench",
+    "olympiad_bench": "olympiadbench",
+}
+BENCHMARKS = ("aime24", "aime25", "math500", "amc23", "minerva", "olympiadbench")
+BENCHMARK_FILES = {name: SOURCES[name].local_file for name in BENCHMARKS}
+
+# DAPO-Math-17k wraps each problem in its own instructions; we strip them to apply the paper's prompt instead.
+_DAPO_PREFIX = re.compile(r"^\s*Solve the following math problem step by step\..*?to the problem\.\s*", re.S)
+_DAPO_SUFFIX = re.compile(r"\s*Remember to put your answer on its own line after \"Answer:\"\.?\s*$", re.S)
+
+
+def canonical_source(source: str) -> str | None:
+    key = source.strip().lower()
+    key = ALIASES.get(key, key)
+    return key if key in SOURCES else None
+
+
+def benchmark_dir() -> Path | None:
+    """The folder with the benchmark JSONL files: $DISCO_BENCHMARK_DIR, else ../shared/data/benchmarks of the repo."""
+    env = os.environ.get("DISCO_BENCHMARK_DIR")
+    if env:
+        return Path(env).expanduser()
+    candidate = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks"
+    return candidate if candidate.is_dir() else None
+
+
+def format_prompt(
+    problem: str,
+    *,
+    conversational: bool = True,
+    template: str = PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+) -> list[dict[str, str]] | str:
+    """The paper's prompt for one problem, as chat messages or plain text."""
+    text = template.replace("{problem}", problem.strip())
+    if not conversational:
+        return text if system_prompt is None else f"{system_prompt}\n\n{text}"
+    messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    return messages + [{"role": "user", "content": text}]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Answers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _last_boxed(text: str) -> str | None:
+    from .rewards import extract_boxed_answer
+
+    return extract_boxed_answer(text, after_think=False)
+
+
+_FLOAT_INT = re.compile(r"^[+-]?\d+\.0+$")
+
+
+def normalize_answer(value: Any) -> str | None:
+    """A reference answer as a clean string: numbers as written (27.0 -> "27"), lists joined with ", ", math-mode
+    dollar signs removed (OlympiadBench writes ``$x=2$``); None when there is no answer."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:  # NaN: pandas' missing value
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, list | tuple):
+        parts = [normalize_answer(v) for v in value]
+        parts = [p for p in parts if p]
+        return ", ".join(parts) if parts else None
+    text = str(value).strip()
+    if "$" in text:
+        text = text.replace("\\$", "\0").replace("$", "").replace("\0", "\\$").strip()
+    if _FLOAT_INT.match(text):
+        text = text.split(".")[0]
+    return text or None
+
+
+def _get(row: Mapping[str, Any], dotted: str) -> Any:
+    """row["a"]["b"] for "a.b"; None when any part is missing."""
+    value: Any = row
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _has(columns: Iterable[str], first_row: Mapping[str, Any] | None, dotted: str) -> bool:
+    head = dotted.split(".")[0]
+    if head not in set(columns):
+        return False
+    return "." not in dotted or (first_row is not None and _get(first_row, dotted) is not None)
+
+
+def _problem_text(value: Any) -> str | None:
+    """A problem from a string or from a chat prompt (the last user message), without DAPO's wrapper text."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        users = [m for m in value if isinstance(m, Mapping) and m.get("role", "user") == "user"]
+        if not users:
+            return None
+        value = users[-1].get("content", "")
+    text = str(value)
+    stripped = _DAPO_SUFFIX.sub("", _DAPO_PREFIX.sub("", text))
+    return stripped.strip() or None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading rows
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _read_local(path: Path, split: str | None) -> list[dict[str, Any]]:
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+    if suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
+        opener = _open_text(path)
+        rows = []
+        with opener as handle:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError as exc:
+                        raise ValueError(f"{path}: line {number} is not valid JSON ({exc}).") from exc
+        return rows
+    if suffix in (".json", ".json.gz"):
+        with _open_text(path) as handle:
+            text = handle.read()
+        try:
+            data = json.loads(text)
+        except ValueError:  # JSON Lines saved as .json
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        if isinstance(data, Mapping):
+            for key in (split, "train", "test", "data", "rows", "examples"):
+                if key and isinstance(data.get(key), list):
+                    return list(data[key])
+            raise ValueError(
+                f"{path}: a JSON object, not a list of rows; expected a list, or a key such as 'train'/'test'/'data' "
+                "holding one."
+            )
+        return list(data)
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if suffix in (".csv",):
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv.")
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _read_hub(hub_id: str, split: str, config: str | None) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(hub_id, config, split=split) if config else datasets.load_dataset(hub_id, split=split)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the way out
+        raise RuntimeError(
+            f"Could not load {hub_id!r} (split {split!r}) from the Hugging Face Hub: {exc}\n"
+            "Offline? Pass a local JSON/JSONL/Parquet file instead (load_math_dataset('path/to/file.jsonl')), or for "
+            "the benchmarks point DISCO_BENCHMARK_DIR at a folder with the benchmark files."
+        ) from exc
+
+
+def _choose(
+    fields: Iterable[str], columns: list[str], first_row: Mapping[str, Any] | None
+) -> str | None:
+    for name in fields:
+        if _has(columns, first_row, name):
+            return name
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Public loader
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_math_dataset(
+    source: str,
+    split: str | None = None,
+    *,
+    conversational: bool = True,
+    limit: int | None = None,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    solution_field: str | None = None,
+    prompt_template: str = PROMPT_TEMPLATE,
+    system_prompt: str | None = None,
+    config: str | None = None,
+    local: bool | None = None,
+    deduplicate: bool | None = None,
+    keep_columns: Iterable[str] = (),
+):
+    r"""Load a math dataset as a `datasets.Dataset` with columns `prompt`, `solution` and `problem`.
+
+    Args:
+        source: a known name (``"deepscaler"``, ``"dapo-math-17k"``, ``"math"``, ``"aime24"``, ``"aime25"``,
+            ``"math500"``, ``"amc23"``, ``"minerva"``, ``"olympiadbench"``), a Hub dataset id, or a local
+            ``.json``/``.jsonl``/``.parquet``/``.csv`` file.
+        split: the Hub split (defaults: ``train`` for training sets, each benchmark's own split, else ``train``).
+        conversational: chat messages (default) or plain-text prompts.
+        limit: keep the first `limit` problems (after de-duplication).
+        question_field / answer_field: field names for sources this module does not know (dotted paths such as
+            ``reward_model.ground_truth`` reach into nested records).
+        solution_field: a field with a worked solution whose last ``\boxed{}`` is the answer (when there is no
+            answer field).
+        prompt_template: replaces `PROMPT_TEMPLATE`; ``{problem}`` marks where the problem goes.
+        system_prompt: an optional system message (or a first paragraph, for plain text).
+        config: the Hub configuration name, if the dataset has several.
+        local: for the benchmarks, True requires the local file, False forces the Hub; default: local when present.
+        deduplicate: drop repeated problems (default on for DAPO-Math-17k, off otherwise).
+        keep_columns: other source fields to carry over unchanged.
+
+    Rows without a usable answer are dropped with a warning; a missing field raises `ValueError` before anything
+    else is done.
+    """
+    import datasets
+
+    name = canonical_source(source)
+    spec = SOURCES.get(name) if name else None
+    path = Path(source).expanduser()
+    origin: str
+
+    rows: Any
+    if spec is None and (path.is_file() or path.suffix.lower() in (".json", ".jsonl", ".parquet", ".csv", ".gz")):
+        if not path.is_file():
+            raise FileNotFoundError(f"load_math_dataset: no such file {str(path)!r}.")
+        rows, origin = _read_local(path, split), str(path)
+    elif spec is not None and spec.local_file and local is not False and (
+        (folder := benchmark_dir()) is not None and (folder / spec.local_file).is_file()
+    ):
+        rows, origin = _read_local(folder / spec.local_file, split), str(folder / spec.local_file)
+    elif spec is not None:
+        if local:
+            raise FileNotFoundError(
+                f"load_math_dataset({source!r}, local=True): no {spec.local_file or 'local file'} in "
+                f"{benchmark_dir() or '(no benchmark folder found)'}; set DISCO_BENCHMARK_DIR to the folder that has it."
+            )
+        rows = _read_hub(spec.hub_id, split or spec.split, config or spec.config)
+        origin = spec.hub_id
+    else:
+        if "/" not in source:
+            known = ", ".join(sorted(SOURCES))
+            raise ValueError(
+                f"load_math_dataset: {source!r} is neither a known source ({known}), a Hub id (owner/name) nor an "
+                "existing local file."
+            )
+        rows, origin = _read_hub(source, split or "train", config), source
+
+    columns = list(rows.column_names) if hasattr(rows, "column_names") else sorted({k for r in rows[:100] for k in r})
+    first = rows[0] if len(rows) else None
+
+    def pick(kind: str, explicit: str | None, candidates: tuple[str, ...]) -> str | None:
+        if explicit is not None:
+            if not _has(columns, first, explicit):
+                raise ValueError(
+                    f"load_math_dataset({source!r}): the {kind} field {explicit!r} is not in the data "
+                    f"(columns: {columns})."
+                )
+            return explicit
+        return _choose(candidates, columns, first)
+
+    q_field = pick("question", question_field, spec.question_fields if spec else QUESTION_FIELDS)
+    if q_field is None:
+        wanted = spec.question_fields if spec else QUESTION_FIELDS
+        raise ValueError(
+            f"load_math_dataset({source!r}): no question field; looked for {list(wanted)} in {origin} "
+            f"(columns: {columns}). Pass question_field='<column with the problem text>'."
+        )
+    a_field = b_field = None
+    if solution_field is None:
+        a_candidates = spec.answer_fields if spec else tuple(f for f in ANSWER_FIELDS if f != q_field)
+        a_field = pick("answer", answer_field, a_candidates)
+    if a_field is None:
+        b_candidates = spec.boxed_solution_fields if spec else SOLUTION_FIELDS
+        b_field = pick("solution", solution_field, b_candidates)
+    if a_field is None and b_field is None:
+        wanted = (spec.answer_fields + spec.boxed_solution_fields) if spec else ANSWER_FIELDS
+        raise ValueError(
+            f"load_math_dataset({source!r}): no answer field; looked for {list(wanted)} in {origin} "
+            f"(columns: {columns}). Pass answer_field='<column with the final answer>' or "
+            "solution_field='<column with a worked solution ending in \\boxed{...}>'."
+        )
+    keep = list(keep_columns)
+    for column in keep:
+        if column not in columns:
+            raise ValueError(f"load_math_dataset({source!r}): keep_columns has {column!r}, not in {columns}.")
+
+    dedupe = spec.deduplicate if (deduplicate is None and spec is not None) else bool(deduplicate)
+    # Generic path with a 'solution' field: worked solutions (most rows have a \boxed{}: the answer is the last one,
+    # rows without one are dropped) or bare answers (as in open-r1/DAPO-Math-17k-Processed). Decided per column.
+    boxed_in_answer = False
+    if spec is None and a_field in SOLUTION_FIELDS:
+        sample = [_get(rows[i], a_field) for i in range(min(len(rows), 200))]
+        boxed_in_answer = sum(isinstance(v, str) and "\\boxed" in v for v in sample) > len(sample) / 2
+
+    records: dict[str, list] = {"prompt": [], "solution": [], "problem": []}
+    for column in keep:
+        records[column] = []
+    seen: set[str] = set()
+    dropped = 0
+    for row in rows:
+        problem = _problem_text(_get(row, q_field))
+        if a_field is not None:
+            raw = _get(row, a_field)
+            if boxed_in_answer:
+                raw = _last_boxed(raw) if isinstance(raw, str) else None
+            answer = normalize_answer(raw)
+            if answer is None and spec is not None and spec.boxed_solution_fields:
+                answer = normalize_answer(_last_boxed(str(_get(row, spec.boxed_solution_fields[0]) or "")))
+        else:
+            answer = normalize_answer(_last_boxed(str(_get(row, b_field) or "")))
+        if not problem or not answer:
+            dropped += 1
+            continue
+        context = row.get("context") if isinstance(row, Mapping) and q_field == "question" else None
+        if isinstance(context, str) and context.strip() and context.strip() not in problem:
+            problem = f"{context.strip()}\n\n{problem}"  # OlympiadBench: some problems rely on a shared context
+        if dedupe:
+            if problem in seen:
+                continue
+            seen.add(problem)
+        records["problem"].append(problem)
+        records["solution"].append(answer)
+        records["prompt"].append(
+            format_prompt(problem, conversational=conversational, template=prompt_template, system_prompt=system_prompt)
+        )
+        for column in keep:
+            records[column].append(row.get(column))
+        if limit is not None and len(records["problem"]) >= limit:
+            break
+    if dropped:
+        warnings.warn(
+            f"load_math_dataset({source!r}): dropped {dropped} rows without a problem or an answer "
+            f"(question field {q_field!r}, answer from {a_field or b_field!r}).",
+            stacklevel=2,
+        )
+    if not records["problem"]:
+        raise ValueError(f"load_math_dataset({source!r}): no usable rows in {origin}.")
+    return datasets.Dataset.from_dict(records)
