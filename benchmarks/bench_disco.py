@@ -14,7 +14,7 @@ What it measures (see benchmarks/README.md and docs/performance.md):
     advantages and, with beta>0, the reference log-probs);
   - peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the kernel's peak resident set size (VmHWM, reset
     through ``/proc/self/clear_refs``), in both cases minus the value just before the trainer was built (step) or just
-    before the loss call (loss-only).
+    before the loss call (loss-only), measured in one extra untimed step / call (see `MemoryMeter`).
   Generation is replaced by fixed completions (a deterministic function of the prompt and of the sample index), so all
   trainers see identical tokens and no sampling noise; a checksum of every completion served is recorded per run.
   Methods alternate inside each repetition (the order rotates), and every number is reported as a ratio to the
@@ -137,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Tokens in every completion (default 128; --quick: 32).")
     p.add_argument("--prompt-tokens", type=int, default=64, help="Approximate prompt length in tokens.")
     p.add_argument("--ref-beta", type=float, default=0.04, help="beta of the 'grpo_ref_kl' method (> 0).")
+    p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype the weights are loaded in (model_init_kwargs), the same for every method.")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                    help="Mixed precision for every method alike ('auto': on with CUDA, off on CPU).")
     p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
@@ -156,7 +158,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Model for the sweep's compute_loss timings.")
     p.add_argument("--sweep-max-tokens", type=int, default=None,
                    help="Skip the model part of sweep points with more completion tokens per micro-batch than this "
-                   "(default: 16384 on CPU, no limit on CUDA); the pure loss functions are timed at every point.")
+                   "(default: 16384 on CPU, 65536 on CUDA); the pure loss functions are timed at every point.")
     args = p.parse_args(argv)
     _fill_defaults(args)
     _validate(args)
@@ -215,8 +217,21 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- memory
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
 class MemoryMeter:
-    """Peak-memory probe. CUDA: allocated bytes. CPU (Linux): resident set size, peak via VmHWM + clear_refs."""
+    """Peak-memory probe. CUDA: allocated bytes. CPU (Linux): resident set size, peak via VmHWM + clear_refs.
+
+    On CPU, glibc keeps freed blocks in its heap, so a process's RSS remembers earlier peaks and RSS-based numbers are
+    noisy (about +-10% between identical runs). Memory is therefore measured in dedicated, untimed passes in which
+    large blocks (>= 128 KiB) are served by mmap and returned to the kernel when freed, so that RSS follows the live
+    tensors (identical runs then agree within about 1%). Timed passes use glibc's steady-state setting (blocks up to
+    32 MiB from the heap, which is what its dynamic threshold converges to), which avoids page-fault costs that would
+    otherwise slow every step by about half.
+    """
 
     def __init__(self, device: str):
         import torch
@@ -228,13 +243,46 @@ class MemoryMeter:
             self.method = "torch.cuda.max_memory_allocated (bytes allocated by tensors on the GPU)"
             self.available = True
         else:
-            self.method = ("CPU resident set size: peak VmHWM after resetting it through /proc/self/clear_refs, minus "
-                           "VmRSS at the reference point, after gc.collect() and malloc_trim(0)")
+            self.method = ("CPU resident set size: peak VmHWM (reset through /proc/self/clear_refs) minus VmRSS at the "
+                           "reference point, after gc.collect() and malloc_trim(0); measured in untimed passes with "
+                           "glibc M_MMAP_THRESHOLD=128 KiB so that freed tensors leave the RSS")
             self.available = self._can_reset_hwm()
             with contextlib.suppress(OSError):
                 self._libc = ctypes.CDLL("libc.so.6")
             if not self.available:
                 self.method = "unavailable (needs Linux /proc/self/clear_refs)"
+            self.timing_mode()
+
+    def _mallopt(self, mmap_threshold: int, trim_threshold: int) -> None:
+        if self._libc is not None and hasattr(self._libc, "mallopt"):
+            self._libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
+            self._libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+
+    def timing_mode(self) -> None:
+        """glibc's steady state for a long-running process: large blocks up to 32 MiB reused from the heap."""
+        if self.device != "cuda":
+            self._mallopt(32 << 20, 64 << 20)
+
+    def memory_mode(self) -> None:
+        """Blocks >= 128 KiB mmapped and unmapped on free: RSS tracks live memory. Then settle."""
+        if self.device != "cuda":
+            self._mallopt(128 << 10, 128 << 10)
+        self.settle()
+
+    @contextlib.contextmanager
+    def measuring(self):
+        """memory_mode(), reference point, peak reset; yields a dict that gets 'peak_bytes' (peak - reference)."""
+        self.memory_mode()
+        out: dict[str, int | None] = {}
+        base = self.current()
+        self.reset_peak()
+        try:
+            yield out
+        finally:
+            self.sync()
+            peak = self.peak()
+            out["peak_bytes"] = None if base is None or peak is None else peak - base
+            self.timing_mode()
 
     @staticmethod
     def _can_reset_hwm() -> bool:
@@ -424,6 +472,7 @@ def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, d
         temperature=1.0,
         max_grad_norm=1.0,
         bf16=args.bf16_enabled,
+        use_cpu=args.device_resolved == "cpu",
         gradient_checkpointing=args.gradient_checkpointing == "on",
         seed=args.seed,
         data_seed=args.seed,
@@ -448,7 +497,8 @@ def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, d
     return trainer
 
 
-def make_step_timer(meter: MemoryMeter, warmup: int):
+def make_step_timer(meter: MemoryMeter, warmup: int, timed: int):
+    """Steps [0, warmup): untimed; [warmup, warmup + timed): timed; the step after them: untimed memory step."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -459,8 +509,8 @@ def make_step_timer(meter: MemoryMeter, warmup: int):
             self._t0 = 0.0
 
         def on_step_begin(self, args, state, control, **kwargs):
-            if self._index == warmup:
-                meter.sync()
+            if self._index == warmup + timed:
+                meter.memory_mode()
                 meter.reset_peak()
             meter.sync()
             self._t0 = time.perf_counter()
@@ -468,9 +518,11 @@ def make_step_timer(meter: MemoryMeter, warmup: int):
         def on_step_end(self, args, state, control, **kwargs):
             meter.sync()
             elapsed = time.perf_counter() - self._t0
-            if self._index >= warmup:
+            if warmup <= self._index < warmup + timed:
                 self.times.append(elapsed)
+            elif self._index == warmup + timed:
                 self.peak = meter.peak()
+                meter.timing_mode()
             self._index += 1
 
     return StepTimer()
@@ -486,29 +538,29 @@ def prepared_microbatch(trainer):
     return trainer._prepare_inputs(generation_batch)
 
 
+def _loss_and_backward(trainer, inputs) -> None:
+    with trainer.compute_loss_context_manager():
+        loss = trainer.compute_loss(trainer.model, inputs)
+    trainer.accelerator.backward(loss)
+
+
 def time_loss_only(trainer, inputs, reps: int, meter: MemoryMeter) -> tuple[list[float], int | None]:
     """compute_loss + backward on fixed inputs: `reps` timed calls after one warm-up call, then one memory call."""
     model = trainer.model
     times = []
-    for i in range(reps + 2):
+    for i in range(reps + 1):
         model.zero_grad(set_to_none=True)
-        if i == reps + 1:  # memory pass, untimed
-            meter.settle()
-            base = meter.current()
-            meter.reset_peak()
         meter.sync()
         t0 = time.perf_counter()
-        with trainer.compute_loss_context_manager():
-            loss = trainer.compute_loss(model, inputs)
-        trainer.accelerator.backward(loss)
+        _loss_and_backward(trainer, inputs)
         meter.sync()
-        elapsed = time.perf_counter() - t0
-        if 1 <= i <= reps:
-            times.append(elapsed)
-    peak = meter.peak()
+        if i >= 1:
+            times.append(time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
-    mem = None if base is None or peak is None else peak - base
-    return times, mem
+    with meter.measuring() as mem:
+        _loss_and_backward(trainer, inputs)
+    model.zero_grad(set_to_none=True)
+    return times, mem["peak_bytes"]
 
 
 def microbatch_digest(inputs) -> dict[str, Any]:
@@ -521,11 +573,13 @@ def microbatch_digest(inputs) -> dict[str, Any]:
 
 def run_method(method: str, geometry: Geometry, model_path: str, tokenizer, dataset, args, workdir: Path,
                meter: MemoryMeter, *, steps: int, warmup: int, loss_reps: int) -> dict[str, Any]:
-    meter.settle()
+    meter.memory_mode()  # settle and release what earlier runs left in the heap: the reference point
     base = meter.current()
-    timer = make_step_timer(meter, warmup)
+    meter.timing_mode()
+    timer = make_step_timer(meter, warmup, steps)
     t_build = time.perf_counter()
-    trainer = build_trainer(method, geometry, model_path, tokenizer, dataset, args, warmup + steps, workdir, [timer])
+    trainer = build_trainer(method, geometry, model_path, tokenizer, dataset, args, warmup + steps + 1, workdir,
+                            [timer])
     build_s = time.perf_counter() - t_build
     trainer.train()
     if len(timer.times) != steps:
@@ -675,9 +729,7 @@ def run_sweep(args, meter: MemoryMeter, workdir: Path, dataset_for) -> list[dict
                     trainer.model.zero_grad(set_to_none=True)
                     meter.sync()
                     t_start = time.perf_counter()
-                    with trainer.compute_loss_context_manager():
-                        loss = trainer.compute_loss(trainer.model, inputs[method])
-                    trainer.accelerator.backward(loss)
+                    _loss_and_backward(trainer, inputs[method])
                     meter.sync()
                     samples[method].append(time.perf_counter() - t_start)
             row["compute_loss_s"] = {m: statistics.median(v) for m, v in samples.items()}
@@ -756,14 +808,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Machine: {machine['device_name']}; torch threads {machine['torch_threads']}; torch {machine['torch']}, "
         f"TRL {machine['trl']}, transformers {machine['transformers']}",
         f"- Command: `{result['command']}`",
-        f"- Model: {cfg['model_description']}; dtype {cfg['model_dtype'] or 'float32'}, bf16 autocast "
+        f"- Model: {cfg['model_description']}; weights {cfg['model_dtype']}, bf16 autocast "
         f"{cfg['bf16']}, gradient checkpointing {cfg['gradient_checkpointing']}",
         f"- Geometry: {cfg['num_generations']} completions/question, {cfg['questions_per_microbatch']} questions/"
         f"micro-batch (per_device_train_batch_size {cfg['per_device_train_batch_size']}), gradient_accumulation_steps "
         f"{cfg['grad_accum']}, completion length {cfg['completion_length']} tokens (fixed completions), prompt "
         f"~{cfg['prompt_tokens_mean']:.0f} tokens",
         f"- {cfg['reps']} repetitions, methods alternating (rotated order); per run {cfg['warmup_steps']} warm-up + "
-        f"{cfg['steps']} timed optimizer steps, then {cfg['loss_reps']} timed compute_loss+backward calls",
+        f"{cfg['steps']} timed optimizer steps + 1 untimed memory step, then 1 warm-up + {cfg['loss_reps']} timed "
+        "compute_loss+backward calls + 1 untimed memory call",
         f"- Peak memory: {result['memory_method']}",
         f"- Load average (1/5/15 min) before {result['load_avg_before']}, after {result['load_avg_after']}; "
         f"wall time {result['wall_s']:.0f} s",
@@ -854,9 +907,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None or not on_cuda:
         torch.set_num_threads(args.threads or 1)
     args.bf16_enabled = args.bf16 == "on" or (args.bf16 == "auto" and on_cuda)
-    args.model_dtype = None  # weights stay float32; bf16 is autocast, as TRL does by default
-    if args.sweep_max_tokens is None and not on_cuda:
-        args.sweep_max_tokens = 16384
+    if args.sweep_max_tokens is None:
+        args.sweep_max_tokens = 65536 if on_cuda else 16384
 
     from datasets import Dataset
     from transformers.utils import logging as hf_logging

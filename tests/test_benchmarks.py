@@ -207,3 +207,17 @@ def test_quick_defaults_are_small_and_full_defaults_follow_the_issue():
     assert full.sweep_questions == [1, 2, 4, 8]
     assert full.methods == ALL_METHODS and full.reps >= 3
     assert not math.isnan(full.ref_beta) and full.ref_beta > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quick_run_on_cuda_uses_cuda_memory_stats(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--device", "cuda", "--output-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert result["machine"]["device"] == "cuda" and "GPU" in result["machine"]["device_name"]
+    assert result["memory_method"].startswith("torch.cuda.max_memory_allocated")
+    assert all(r["step_peak_bytes"] > 0 for r in result["runs"])
