@@ -12,9 +12,9 @@ What it measures (see benchmarks/README.md and docs/performance.md):
   - the loss-only time: ``trainer.compute_loss(model, inputs)`` + ``backward()`` on one fixed micro-batch prepared by
     the trainer's own ``_prepare_inputs`` (so DisCO gets its ``disco_rewards``/``disco_group_ids``, GRPO its
     advantages and, with beta>0, the reference log-probs);
-  - peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the kernel's peak resident set size (VmHWM, reset
-    through ``/proc/self/clear_refs``), in both cases minus the value just before the trainer was built (step) or just
-    before the loss call (loss-only), measured in one extra untimed step / call (see `MemoryMeter`).
+  - peak memory, in tensor bytes, measured in one extra untimed step and one extra untimed loss call: on CUDA
+    ``torch.cuda.max_memory_allocated``; on CPU the allocator events of ``torch.profiler`` (``profile_memory=True``),
+    plus, for the step, the training state kept between steps (see `MemoryMeter`).
   Generation is replaced by fixed completions (a deterministic function of the prompt and of the sample index), so all
   trainers see identical tokens and no sampling noise; a checksum of every completion served is recorded per run.
   Methods alternate inside each repetition (the order rotates), and every number is reported as a ratio to the
@@ -32,20 +32,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
-import math
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,20 +214,15 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- memory
-# glibc mallopt parameters
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
 class MemoryMeter:
-    """Peak-memory probe. CUDA: allocated bytes. CPU (Linux): resident set size, peak via VmHWM + clear_refs.
+    """Peak memory of a pass, as bytes of tensors (not process RSS, which the CPU allocator's caching makes noisy).
 
-    On CPU, glibc keeps freed blocks in its heap, so a process's RSS remembers earlier peaks and RSS-based numbers are
-    noisy (about +-10% between identical runs). Memory is therefore measured in dedicated, untimed passes in which
-    large blocks (>= 128 KiB) are served by mmap and returned to the kernel when freed, so that RSS follows the live
-    tensors (identical runs then agree within about 1%). Timed passes use glibc's steady-state setting (blocks up to
-    32 MiB from the heap, which is what its dynamic threshold converges to), which avoids page-fault costs that would
-    otherwise slow every step by about half.
+    * CUDA: ``torch.cuda.max_memory_allocated()`` during the pass minus ``memory_allocated()`` at its start.
+    * CPU: the allocator events recorded by ``torch.profiler`` with ``profile_memory=True``; the peak of their running
+      sum (bytes allocated minus bytes freed during the pass). Frees of blocks allocated before the pass are not
+      reported by the profiler, so this is the peak of the memory the pass allocates, never below the true peak.
+
+    Memory is measured in dedicated untimed passes, so the profiler never runs while steps are timed.
     """
 
     def __init__(self, device: str):
@@ -238,60 +230,14 @@ class MemoryMeter:
 
         self.torch = torch
         self.device = device
-        self._libc = None
         if device == "cuda":
-            self.method = "torch.cuda.max_memory_allocated (bytes allocated by tensors on the GPU)"
-            self.available = True
+            self.method = ("torch.cuda.max_memory_allocated during the pass minus memory_allocated at its start (step: "
+                           "minus memory_allocated before the trainer was built)")
         else:
-            self.method = ("CPU resident set size: peak VmHWM (reset through /proc/self/clear_refs) minus VmRSS at the "
-                           "reference point, after gc.collect() and malloc_trim(0); measured in untimed passes with "
-                           "glibc M_MMAP_THRESHOLD=128 KiB so that freed tensors leave the RSS")
-            self.available = self._can_reset_hwm()
-            with contextlib.suppress(OSError):
-                self._libc = ctypes.CDLL("libc.so.6")
-            if not self.available:
-                self.method = "unavailable (needs Linux /proc/self/clear_refs)"
-            self.timing_mode()
-
-    def _mallopt(self, mmap_threshold: int, trim_threshold: int) -> None:
-        if self._libc is not None and hasattr(self._libc, "mallopt"):
-            self._libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
-            self._libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold)
-
-    def timing_mode(self) -> None:
-        """glibc's steady state for a long-running process: large blocks up to 32 MiB reused from the heap."""
-        if self.device != "cuda":
-            self._mallopt(32 << 20, 64 << 20)
-
-    def memory_mode(self) -> None:
-        """Blocks >= 128 KiB mmapped and unmapped on free: RSS tracks live memory. Then settle."""
-        if self.device != "cuda":
-            self._mallopt(128 << 10, 128 << 10)
-        self.settle()
-
-    @contextlib.contextmanager
-    def measuring(self):
-        """memory_mode(), reference point, peak reset; yields a dict that gets 'peak_bytes' (peak - reference)."""
-        self.memory_mode()
-        out: dict[str, int | None] = {}
-        base = self.current()
-        self.reset_peak()
-        try:
-            yield out
-        finally:
-            self.sync()
-            peak = self.peak()
-            out["peak_bytes"] = None if base is None or peak is None else peak - base
-            self.timing_mode()
-
-    @staticmethod
-    def _can_reset_hwm() -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            return "VmHWM" in Path("/proc/self/status").read_text()
-        except OSError:
-            return False
+            self.method = ("tensor bytes from the torch.profiler allocator events (profile_memory=True): peak of the "
+                           "running sum of bytes allocated minus freed during the pass; the step adds the bytes of "
+                           "the training state alive at its start (policy and reference-model parameters and "
+                           "buffers, optimizer state)")
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -302,36 +248,68 @@ class MemoryMeter:
         if self.device == "cuda":
             self.torch.cuda.synchronize()
             self.torch.cuda.empty_cache()
-        elif self._libc is not None:
-            self._libc.malloc_trim(0)
 
-    @staticmethod
-    def _status_kib(field: str) -> int:
-        match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-        return int(match.group(1)) if match else 0
+    def allocated(self) -> int:
+        """Bytes allocated by tensors now (CUDA only; 0 on CPU, where the step adds the training state instead)."""
+        return self.torch.cuda.memory_allocated() if self.device == "cuda" else 0
 
-    def current(self) -> int | None:
-        if not self.available:
-            return None
+    @contextlib.contextmanager
+    def measuring(self):
+        """Yields a dict that receives 'start_bytes', 'peak_bytes' (absolute) and 'extra_bytes' (peak - start)."""
+        out: dict[str, int] = {}
+        self.settle()
         if self.device == "cuda":
-            return self.torch.cuda.memory_allocated()
-        return self._status_kib("VmRSS") * 1024
-
-    def reset_peak(self) -> None:
-        if not self.available:
-            return
-        if self.device == "cuda":
+            out["start_bytes"] = self.torch.cuda.memory_allocated()
             self.torch.cuda.reset_peak_memory_stats()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
+            try:
+                yield out
+            finally:
+                self.torch.cuda.synchronize()
+                out["peak_bytes"] = self.torch.cuda.max_memory_allocated()
+                out["extra_bytes"] = out["peak_bytes"] - out["start_bytes"]
+            return
+        from torch.profiler import ProfilerActivity, profile
 
-    def peak(self) -> int | None:
-        if not self.available:
-            return None
-        if self.device == "cuda":
-            return self.torch.cuda.max_memory_allocated()
-        return self._status_kib("VmHWM") * 1024
+        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        prof.start()
+        try:
+            yield out
+        finally:
+            prof.stop()
+            events = sorted(
+                (e.start_ns(), e.nbytes())
+                for e in prof.profiler.kineto_results.events()
+                if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")
+            )
+            running = peak = 0
+            for _, nbytes in events:
+                running += nbytes
+                peak = max(peak, running)
+            out["start_bytes"] = 0
+            out["peak_bytes"] = out["extra_bytes"] = peak
+
+
+def training_state_bytes(trainer) -> int:
+    """Bytes of the tensors a trainer keeps between steps: parameters and buffers (policy, reference model) and
+    optimizer state, each storage counted once."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def add(t):
+        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+
+    for model in (trainer.model, getattr(trainer, "ref_model", None)):
+        if model is not None:
+            for t in list(model.parameters()) + list(model.buffers()):
+                add(t)
+    if trainer.optimizer is not None:
+        for state in trainer.optimizer.state.values():
+            for t in state.values():
+                add(t)
+    return sum(seen.values())
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -498,20 +476,26 @@ def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, d
 
 
 def make_step_timer(meter: MemoryMeter, warmup: int, timed: int):
-    """Steps [0, warmup): untimed; [warmup, warmup + timed): timed; the step after them: untimed memory step."""
+    """Steps [0, warmup): untimed; [warmup, warmup + timed): timed; the step after them: untimed memory step.
+
+    Set `.trainer` before training: the memory step records the trainer's persistent state at its start (CPU)."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def __init__(self):
+            self.trainer = None
             self.times: list[float] = []
-            self.peak: int | None = None
+            self.memory: dict[str, int] | None = None
+            self.state_bytes: int | None = None
             self._index = 0
             self._t0 = 0.0
+            self._measuring = None
 
         def on_step_begin(self, args, state, control, **kwargs):
             if self._index == warmup + timed:
-                meter.memory_mode()
-                meter.reset_peak()
+                self.state_bytes = training_state_bytes(self.trainer)
+                self._measuring = meter.measuring()
+                self.memory = self._measuring.__enter__()
             meter.sync()
             self._t0 = time.perf_counter()
 
@@ -521,8 +505,7 @@ def make_step_timer(meter: MemoryMeter, warmup: int, timed: int):
             if warmup <= self._index < warmup + timed:
                 self.times.append(elapsed)
             elif self._index == warmup + timed:
-                self.peak = meter.peak()
-                meter.timing_mode()
+                self._measuring.__exit__(None, None, None)
             self._index += 1
 
     return StepTimer()
@@ -560,7 +543,7 @@ def time_loss_only(trainer, inputs, reps: int, meter: MemoryMeter) -> tuple[list
     with meter.measuring() as mem:
         _loss_and_backward(trainer, inputs)
     model.zero_grad(set_to_none=True)
-    return times, mem["peak_bytes"]
+    return times, mem["extra_bytes"]
 
 
 def microbatch_digest(inputs) -> dict[str, Any]:
@@ -573,24 +556,28 @@ def microbatch_digest(inputs) -> dict[str, Any]:
 
 def run_method(method: str, geometry: Geometry, model_path: str, tokenizer, dataset, args, workdir: Path,
                meter: MemoryMeter, *, steps: int, warmup: int, loss_reps: int) -> dict[str, Any]:
-    meter.memory_mode()  # settle and release what earlier runs left in the heap: the reference point
-    base = meter.current()
-    meter.timing_mode()
+    meter.settle()
+    base = meter.allocated()  # CUDA: what earlier runs left allocated (0 when all was freed); CPU: 0
     timer = make_step_timer(meter, warmup, steps)
     t_build = time.perf_counter()
     trainer = build_trainer(method, geometry, model_path, tokenizer, dataset, args, warmup + steps + 1, workdir,
                             [timer])
+    timer.trainer = trainer
     build_s = time.perf_counter() - t_build
     trainer.train()
-    if len(timer.times) != steps:
-        raise RuntimeError(f"{method}: expected {steps} timed steps, got {len(timer.times)}.")
-    step_peak = None if base is None or timer.peak is None else timer.peak - base
+    if len(timer.times) != steps or timer.memory is None:
+        raise RuntimeError(f"{method}: expected {steps} timed steps and a memory step, got {len(timer.times)}.")
+    if args.device_resolved == "cuda":  # everything allocated since before the trainer was built
+        step_peak = timer.memory["peak_bytes"] - base
+    else:  # the state kept between steps + what the step allocates on top
+        step_peak = timer.state_bytes + timer.memory["extra_bytes"]
     checksum, served = trainer.bench_checksum, trainer.bench_completions
     inputs = prepared_microbatch(trainer)
     loss_times, loss_mem = time_loss_only(trainer, inputs, loss_reps, meter)
     result = {
         "method": method,
         "memory_before_bytes": base,
+        "state_bytes_at_memory_step": timer.state_bytes,
         "build_s": build_s,
         "step_s": timer.times,
         "step_median_s": statistics.median(timer.times),
