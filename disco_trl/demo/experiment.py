@@ -1,0 +1,285 @@
+"""One RL run on the demo task, shared by `disco-trl demo` (run.py) and `disco-trl compare` (compare.py).
+
+`run_method(...)` loads the warm-started model from its cache path (the same `from_pretrained` path a real run
+uses), evaluates held-out Pass@1, trains with DisCO or one of TRL's GRPO-family losses under the same geometry, and
+evaluates again. Methods:
+
+=============  =====================================================================================
+disco          DisCO, log-L score, DRO objective (tau 10): `DiscoConfig(score_type="log_l")`
+disco-lratio   DisCO, L-ratio score, DRO objective (tau 1): `DiscoConfig(score_type="l_ratio")`
+disco-b        DisCO-b, log-L score, basic objective: `DiscoConfig(disco_variant="basic")`
+grpo           TRL `GRPOConfig(loss_type="grpo", beta=0.001)`: group-std advantages, KL to the reference model
+dr_grpo        TRL `GRPOConfig(loss_type="dr_grpo", scale_rewards="none")`
+dapo           TRL `GRPOConfig(loss_type="dapo", epsilon_high=0.28)` (clip-higher; no dynamic sampling)
+=============  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+METHODS = {
+    "disco": "DisCO (log-L)",
+    "disco-lratio": "DisCO (L-ratio)",
+    "disco-b": "DisCO-b (log-L)",
+    "grpo": "GRPO",
+    "dr_grpo": "Dr. GRPO",
+    "dapo": "DAPO",
+}
+DISCO_METHODS = ("disco", "disco-lratio", "disco-b")
+
+
+@dataclass
+class RunSettings:
+    """Everything one run needs besides the warm-started model. Defaults: the paper's settings scaled down."""
+
+    method: str = "disco"
+    seed: int = 0
+    max_steps: int = 160  # optimizer steps (4 per generation batch)
+    learning_rate: float = 2e-4
+    num_generations: int = 8  # completions per question (paper: 8)
+    questions_per_generation: int = 16  # generation batch (paper: 128)
+    updates_per_generation: int = 4  # optimizer steps per generation batch (paper: 128 / 32 = 4)
+    temperature: float = 0.6  # paper: 0.6
+    max_completion_length: int = 64
+    train_difficulties: tuple[int, ...] = (2, 3, 4)
+    eval_questions: int = 100
+    eval_samples: int = 8
+    eval_split: str = "test"  # held-out questions: "test" (reported) or "val" (hyperparameter choice)
+    eval_every: int = 0  # optimizer steps between held-out evaluations during training (0: before/after only)
+    tau: float | None = None  # DisCO's DRO temperature (None: the paper's default per score)
+    kl_delta: float = 1e-4
+    kl_beta: float = 1e3
+    disable_tqdm: bool = False
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}.")
+        if self.max_steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.max_steps}.")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning rate must be a positive number, got {self.learning_rate}.")
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be >= 2 (positives are compared with negatives), got "
+                             f"{self.num_generations}.")
+        if self.questions_per_generation < 1 or self.updates_per_generation < 1:
+            raise ValueError("questions_per_generation and updates_per_generation must be >= 1.")
+        if self.questions_per_generation % self.updates_per_generation:
+            raise ValueError(
+                f"questions_per_generation={self.questions_per_generation} must be a multiple of "
+                f"updates_per_generation={self.updates_per_generation} (each update takes whole questions)."
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if self.eval_questions < 1 or self.eval_samples < 1:
+            raise ValueError("eval questions and eval samples must be >= 1.")
+        if self.eval_split not in ("test", "val"):
+            raise ValueError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}.")
+        if self.eval_questions > 100:
+            raise ValueError(f"at most 100 held-out questions are reserved per split; got {self.eval_questions}.")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}.")
+
+
+def reward_function():
+    """The demo's reward: the project's boxed-answer math reward (the same code path as real math training)."""
+    from ..rewards import boxed_math_reward
+
+    return boxed_math_reward
+
+
+def build_args(settings: RunSettings, output_dir: str):
+    """The trainer config for `settings.method`: same geometry, sampling and learning rate for every method."""
+    from trl import GRPOConfig
+
+    from ..config import DiscoConfig
+
+    micro_batch = settings.num_generations * settings.questions_per_generation // settings.updates_per_generation
+    common = dict(
+        output_dir=output_dir,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=1,
+        steps_per_generation=settings.updates_per_generation,
+        num_generations=settings.num_generations,
+        temperature=settings.temperature,
+        top_p=1.0,
+        top_k=0,
+        max_completion_length=settings.max_completion_length,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=settings.disable_tqdm,
+        dataloader_num_workers=0,
+        max_grad_norm=1.0,
+        log_completions=False,
+        shuffle_dataset=True,
+    )
+    method = settings.method
+    if method in DISCO_METHODS:
+        disco = dict(kl_delta=settings.kl_delta, kl_beta=settings.kl_beta, tau=settings.tau)
+        if method == "disco":
+            disco.update(score_type="log_l", disco_variant="dro")
+        elif method == "disco-lratio":
+            disco.update(score_type="l_ratio", disco_variant="dro")
+        else:
+            disco.update(score_type="log_l", disco_variant="basic")
+        return DiscoConfig(**common, **disco)
+    if method == "grpo":
+        return GRPOConfig(**common, loss_type="grpo", beta=0.001, scale_rewards="group", epsilon=0.2)
+    if method == "dr_grpo":
+        return GRPOConfig(**common, loss_type="dr_grpo", beta=0.0, scale_rewards="none", epsilon=0.2)
+    if method == "dapo":
+        return GRPOConfig(**common, loss_type="dapo", beta=0.0, scale_rewards="group", epsilon=0.2,
+                          epsilon_high=0.28)
+    raise ValueError(f"method={method!r} is unknown; choose one of {', '.join(METHODS)}.")
+
+
+def quiet_libraries() -> None:
+    """Keep the console readable: the progress bar and our own lines, not per-step dicts and library chatter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # weight loading/saving bars (the trainer's own progress bar stays)
+    for name in ("trl", "accelerate", "datasets", "math_verify", "latex2sympy2_extended"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _progress_callback_class():
+    """TRL's (transformers') progress bar, showing the latest reward / entropy / KL instead of printing a dict per
+    step."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LiveMetricsProgress(ProgressCallback):
+        def __init__(self):
+            super().__init__()
+            self._shown: dict[str, str] = {}
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or self.training_bar is None or not logs:
+                return
+            for key, short in (("reward", "reward"), ("entropy", "entropy"), ("disco/kl", "kl_old"), ("kl", "kl_ref")):
+                if logs.get(key) is not None:
+                    self._shown[short] = f"{float(logs[key]):.3g}"
+            if self._shown:
+                self.training_bar.set_postfix(self._shown, refresh=False)
+
+    return LiveMetricsProgress
+
+
+def _make_eval_callback(trainer_holder, tokenizer, problems, reward_fn, settings, history, log):
+    from transformers import TrainerCallback
+
+    from .evaluate import evaluate_pass_at_1
+
+    class HeldOutEval(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if settings.eval_every and state.global_step % settings.eval_every == 0 \
+                    and state.global_step < settings.max_steps:
+                model = trainer_holder[0].model
+                result = evaluate_pass_at_1(model, tokenizer, problems, reward_fn, num_samples=settings.eval_samples,
+                                            temperature=settings.temperature,
+                                            max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
+                history.append({"step": state.global_step, "pass@1": result["pass@1"]})
+                model.train()
+
+    return HeldOutEval()
+
+
+def run_method(settings: RunSettings, model_path: str, output_dir: str, log=print, save_model: bool = True) -> dict:
+    """Train one method from the warm-started model at `model_path`; returns a JSON-able result dict:
+    pass@1 before/after (and per difficulty), the trainer's log history, timings. With `save_model`, the trained
+    model and tokenizer go to `output_dir/final_model` and the result to `output_dir/result.json`."""
+    settings.validate()
+    quiet_libraries()
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..trainer import DiscoTrainer
+    from . import task
+    from .evaluate import evaluate_pass_at_1
+    from .warmstart import eval_problems, train_problems
+
+    from trl import GRPOTrainer
+
+    os.makedirs(output_dir, exist_ok=True)
+    reward_fn = reward_function()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    held_out = eval_problems(settings.eval_questions, settings.eval_split)
+    eval_kwargs = dict(num_samples=settings.eval_samples, temperature=settings.temperature,
+                       max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
+
+    start = time.time()
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    before = evaluate_pass_at_1(model, tokenizer, held_out, reward_fn, **eval_kwargs)
+    del model
+    log(f"[{settings.method}] held-out Pass@1 before training: {before['pass@1']:.3f} "
+        f"({settings.eval_questions} questions x {settings.eval_samples} samples, T={settings.temperature})")
+
+    n_train = settings.max_steps // settings.updates_per_generation * settings.questions_per_generation + \
+        settings.questions_per_generation
+    train_set = train_problems(n_train, seed=1000 + settings.seed, difficulties=settings.train_difficulties)
+    dataset = Dataset.from_list(task.to_rl_rows(train_set))
+
+    args = build_args(settings, output_dir)
+    trainer_cls = DiscoTrainer if settings.method in DISCO_METHODS else GRPOTrainer
+    history: list[dict] = [{"step": 0, "pass@1": before["pass@1"]}]
+    holder: list = []
+    callbacks = [_make_eval_callback(holder, tokenizer, held_out, reward_fn, settings, history, log)]
+    torch.manual_seed(settings.seed)
+    trainer = trainer_cls(model=model_path, reward_funcs=reward_fn, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=callbacks)
+    holder.append(trainer)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    if settings.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)  # no per-step dicts on the console (the metrics are in the result)
+    else:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_progress_callback_class()())
+    train_start = time.time()
+    trainer.train()
+    train_seconds = time.time() - train_start
+
+    after = evaluate_pass_at_1(trainer.model, tokenizer, held_out, reward_fn, **eval_kwargs)
+    history.append({"step": settings.max_steps, "pass@1": after["pass@1"]})
+    log(f"[{settings.method}] held-out Pass@1 after {settings.max_steps} steps: {after['pass@1']:.3f}")
+    result = {
+        "method": settings.method,
+        "label": METHODS[settings.method],
+        "settings": asdict(settings),
+        "model_path": model_path,
+        "pass@1_before": before["pass@1"],
+        "pass@1_after": after["pass@1"],
+        "before": before,
+        "after": after,
+        "eval_history": history,
+        "log_history": trainer.state.log_history,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.time() - start, 1),
+    }
+    if save_model:
+        trainer.model.save_pretrained(os.path.join(output_dir, "final_model"))
+        tokenizer.save_pretrained(os.path.join(output_dir, "final_model"))
+        with open(os.path.join(output_dir, "result.json"), "w") as f:
+            json.dump(result, f, indent=1, default=str)
+    return result

@@ -1,0 +1,126 @@
+"""Plots of training dynamics (like the paper's Figure 2): training reward, generation entropy, KL against step."""
+
+from __future__ import annotations
+
+import math
+
+
+def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one metric from a trainer's `state.log_history` (entries without it are skipped)."""
+    steps, values = [], []
+    for entry in log_history:
+        value = entry.get(key)
+        if value is None or "step" not in entry or "train_runtime" in entry:
+            continue
+        value = float(value)
+        if math.isfinite(value):
+            steps.append(int(entry["step"]))
+            values.append(value)
+    return steps, values
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing moving average (the first points average what is there)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def kl_key(log_history: list[dict]) -> str | None:
+    """DisCO logs KL(pi_old || pi_theta) as `disco/kl`; TRL's GRPO logs KL to the reference model as `kl` (beta>0)."""
+    for key in ("disco/kl", "kl"):
+        if any(entry.get(key) is not None for entry in log_history):
+            return key
+    return None
+
+
+def _use_agg():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(log_history: list[dict], path: str, title: str, eval_history: list[dict] | None = None) -> str:
+    """One run: reward, entropy, KL (and held-out Pass@1 when `eval_history` has points) against optimizer step."""
+    plt = _use_agg()
+    panels = [("reward", "training reward"), ("entropy", "generation entropy (nats/token)")]
+    key = kl_key(log_history)
+    if key is not None:
+        panels.append((key, "KL(pi_old || pi_theta)" if key == "disco/kl" else "KL(pi_theta || pi_ref)"))
+    with_eval = bool(eval_history) and len(eval_history) >= 2
+    ncols = len(panels) + int(with_eval)
+    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.4))
+    for ax, (metric, label) in zip(axes, panels):
+        steps, values = series(log_history, metric)
+        if not steps:
+            ax.set_title(f"{label}\n(not logged)")
+            continue
+        window = max(1, len(values) // 10)
+        ax.plot(steps, values, color="tab:blue", alpha=0.3, linewidth=1)
+        ax.plot(steps, moving_average(values, window), color="tab:blue", linewidth=2)
+        ax.set_title(label)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        if metric == "disco/kl":
+            ax.set_yscale("symlog", linthresh=1e-5)
+    if with_eval:
+        ax = axes[-1]
+        ax.plot([h["step"] for h in eval_history], [h["pass@1"] for h in eval_history], "o-", color="tab:green")
+        ax.set_title("held-out Pass@1")
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(runs_by_method: dict[str, list[dict]], labels: dict[str, str], path: str, title: str) -> str:
+    """All methods: training reward, entropy, and held-out Pass@1 against step, mean over seeds (band: min-max)."""
+    plt = _use_agg()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (method, runs) in enumerate(runs_by_method.items()):
+        color = colors[i % len(colors)]
+        for ax, metric in zip(axes[:2], ("reward", "entropy")):
+            curves = [series(r["log_history"], metric) for r in runs]
+            curves = [c for c in curves if c[0]]
+            if not curves:
+                continue
+            length = min(len(c[0]) for c in curves)
+            steps = curves[0][0][:length]
+            smoothed = [moving_average(c[1][:length], max(1, length // 10)) for c in curves]
+            mean = [sum(vals) / len(vals) for vals in zip(*smoothed)]
+            ax.plot(steps, mean, color=color, label=labels.get(method, method), linewidth=2)
+            if len(smoothed) > 1:
+                ax.fill_between(steps, [min(v) for v in zip(*smoothed)], [max(v) for v in zip(*smoothed)],
+                                color=color, alpha=0.15)
+        histories = [r["eval_history"] for r in runs if r.get("eval_history")]
+        if histories:
+            length = min(len(h) for h in histories)
+            steps = [p["step"] for p in histories[0][:length]]
+            values = [[h[j]["pass@1"] for h in histories] for j in range(length)]
+            axes[2].plot(steps, [sum(v) / len(v) for v in values], "o-", color=color,
+                         label=labels.get(method, method), linewidth=2)
+            if len(histories) > 1:
+                axes[2].fill_between(steps, [min(v) for v in values], [max(v) for v in values], color=color,
+                                     alpha=0.15)
+    for ax, name in zip(axes, ("training reward (moving average)", "generation entropy (nats/token)",
+                               "held-out Pass@1")):
+        ax.set_title(name)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,223 @@
+"""The CPU demo: generated task, warm start + cache, held-out Pass@1, `disco-trl demo --quick`, `disco-trl compare`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+import torch
+
+from disco_trl.demo import task
+from disco_trl.demo import warmstart as ws
+from disco_trl.rewards import boxed_math_reward
+
+TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2)
+
+
+# --------------------------------------------------------------------------------------------------- the task
+@pytest.mark.parametrize(
+    "numbers, ops, answer, steps",
+    [
+        ([7, 3, 4, 9], ["+", "*", "-"], 10, ("3*4=12", "7+12=19", "19-9=10")),
+        ([2, 3, 4], ["*", "*"], 24, ("2*3=6", "6*4=24")),
+        ([1, 5, 2], ["-", "+"], -2, ("1-5=-4", "-4+2=-2")),
+        ([9, 2, 3, 4, 5], ["-", "*", "+", "*"], 23, ("2*3=6", "4*5=20", "9-6=3", "3+20=23")),
+    ],
+)
+def test_solve_uses_precedence_one_step_per_operation(numbers, ops, answer, steps):
+    got, got_steps, _ = task.solve(numbers, ops)
+    assert got == answer
+    assert got_steps == steps
+    expression = "".join(f"{n}{o}" for n, o in zip(numbers, ops)) + str(numbers[-1])
+    assert eval(expression) == answer  # Python's precedence agrees
+
+
+def test_problems_are_graded_bounded_deterministic_and_disjoint():
+    problems = task.make_problems(200, seed=3)
+    assert [p.num_ops for p in problems[:8]] == [1, 2, 3, 4, 1, 2, 3, 4]
+    assert len({p.expression for p in problems}) == 200
+    for p in problems:
+        assert eval(p.expression) == p.answer
+        assert all(abs(int(s.split("=")[1])) <= 99 for s in p.steps)
+        assert p.solution_text.endswith(f"\\boxed{{{p.answer}}}")
+        assert "\\boxed{}" in p.prompt_text
+    assert [p.expression for p in task.make_problems(20, seed=3)] == [p.expression for p in problems[:20]]
+    assert [p.expression for p in task.make_problems(20, seed=4)] != [p.expression for p in problems[:20]]
+    exclude = {p.expression for p in problems}
+    assert not exclude & {p.expression for p in task.make_problems(300, seed=5, exclude=exclude, distinct=False)}
+    with pytest.raises(ValueError, match="num_ops"):
+        task.make_problem(random.Random(0), 5)
+    with pytest.raises(RuntimeError, match="distinct"):
+        task.make_problems(300, seed=0, difficulties=(1,))  # only 243 one-operation questions exist
+
+
+def test_held_out_splits_are_disjoint_from_each_other_and_from_training():
+    test, val = ws.eval_problems(100, "test"), ws.eval_problems(100, "val")
+    train = ws.train_problems(3000, seed=7)
+    test_x, val_x, train_x = ({p.expression for p in s} for s in (test, val, train))
+    assert len(test_x) == len(val_x) == 100
+    assert not test_x & val_x and not test_x & train_x and not val_x & train_x
+    assert sorted(p.num_ops for p in test) == sorted([1, 2, 3, 4] * 25)
+    with pytest.raises(ValueError, match="held-out"):
+        ws.eval_problems(101)
+    with pytest.raises(ValueError, match="split"):
+        ws.eval_problems(10, "train")
+
+
+def test_rl_rows_are_graded_by_the_project_reward():
+    problems = task.make_problems(12, seed=1)
+    rows = task.to_rl_rows(problems)
+    right = [[{"role": "assistant", "content": p.solution_text}] for p in problems]
+    wrong = [[{"role": "assistant", "content": p.solution_text.replace(f"{{{p.answer}}}", f"{{{p.answer + 1}}}")}]
+             for p in problems]
+    solutions = [r["solution"] for r in rows]
+    assert boxed_math_reward(right, solution=solutions) == [1.0] * 12
+    assert boxed_math_reward(wrong, solution=solutions) == [0.0] * 12
+    assert rows[0]["prompt"][0]["role"] == "user" and rows[0]["num_ops"] == problems[0].num_ops
+
+
+# --------------------------------------------------------------------------------------------------- warm start
+def test_tokenizer_keeps_digits_apart_and_round_trips():
+    problems = task.make_problems(50, seed=0)
+    tok = ws.build_task_tokenizer(task.corpus(problems))
+    text = problems[0].solution_text
+    assert tok.decode(tok(text)["input_ids"]) == text
+    pieces = [tok.decode([i]) for i in tok("47+38=85")["input_ids"]]
+    assert pieces == ["4", "7", "+", "3", "8", "=", "8", "5"]
+    assert tok.padding_side == "left" and tok.eos_token == tok.pad_token == "<|endoftext|>"
+
+
+def test_supervised_warm_start_lowers_the_loss():
+    torch.manual_seed(0)
+    cfg = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                             intermediate_size=64, sft_steps=30, sft_batch_size=16, sft_warmup_steps=3,
+                             sft_learning_rate=1e-2)
+    model, tok, info = ws.build_warm_started(cfg, log=None)
+    assert info["sft_final_loss"] < 0.6 * 5.7  # the untrained model's loss is about log(vocab) = 5.7
+    assert sum(p.numel() for p in model.parameters()) == info["num_parameters"]
+
+
+def test_warm_start_is_cached_and_reloaded(tmp_path):
+    model, tok, info = ws.load_or_build(TINY, cache_dir=tmp_path, log=None)
+    assert info["cached"] is False and os.path.isfile(os.path.join(info["path"], "warmstart.json"))
+    model2, tok2, info2 = ws.load_or_build(TINY, cache_dir=tmp_path, log=None)
+    assert info2["cached"] is True and info2["path"] == info["path"]
+    for (name, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert tok2("12+3")["input_ids"] == tok("12+3")["input_ids"]
+    other = ws.WarmStartConfig(**{**TINY.__dict__, "sft_steps": 7})
+    assert other.key() != TINY.key()
+    with pytest.raises(ValueError, match="hidden_size"):
+        ws.WarmStartConfig(hidden_size=30, num_attention_heads=4).validate()
+
+
+def test_pass_at_1_is_the_mean_over_questions_of_the_correct_fraction(tmp_path):
+    from disco_trl.demo.evaluate import evaluate_pass_at_1
+
+    model, tok, _ = ws.load_or_build(TINY, cache_dir=tmp_path, log=None)
+    problems = ws.eval_problems(4)
+    calls = []
+
+    def first_two_samples_of_question_0(completions, solution, **kwargs):
+        calls.append(len(completions))
+        # 3 samples per question: question 0 gets 2 right of 3, the others none.
+        return [1.0 if i in (0, 1) else 0.0 for i in range(len(completions))]
+
+    result = evaluate_pass_at_1(model, tok, problems, first_two_samples_of_question_0, num_samples=3,
+                                temperature=1.0, max_new_tokens=8, seed=0)
+    assert calls == [12]
+    assert result["pass@1"] == pytest.approx((2 / 3) / 4)
+    assert result["pass@1_by_ops"][1] == pytest.approx(2 / 3) and result["pass@1_by_ops"][4] == 0.0
+    assert result["num_questions"] == 4 and result["num_samples"] == 3
+
+
+# --------------------------------------------------------------------------------------------------- the CLIs
+def test_demo_quick_measures_accuracy_and_writes_the_plot(tmp_path, capsys):
+    from disco_trl.cli import main as cli_main
+
+    out = tmp_path / "out"
+    assert cli_main(["demo", "--quick", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out Pass@1" in printed and "training reward" in printed
+
+    result = json.loads((out / "demo_results.json").read_text())
+    assert 0.0 <= result["pass@1_before"] <= 1.0 and 0.0 <= result["pass@1_after"] <= 1.0
+    assert result["before"]["num_questions"] == 16 and result["before"]["num_samples"] == 2
+    assert result["before"]["boxed_rate"] > 0.5  # the warm start taught the answer format
+    steps = [e["step"] for e in result["log_history"] if "entropy" in e]
+    assert steps == list(range(1, 9))  # every optimizer step logged
+    assert sum("reward" in e for e in result["log_history"]) == 2  # one generation batch per 4 updates
+    kls = [e["disco/kl"] for e in result["log_history"] if "disco/kl" in e]
+    assert kls[0] == 0.0 and any(k != 0.0 for k in kls[1:])  # old policy = current only on the first update
+
+    png = out / "training_dynamics.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert (out / "run" / "final_model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--steps", "ten"], "--steps must be a whole number"),
+        (["--seed", "-1"], "--seed must be >= 0"),
+        (["--learning-rate=-1e-4"], "--learning-rate must be a finite number > 0"),
+        (["--method", "ppo"], "invalid choice: 'ppo'"),
+        (["--eval-questions", "500"], "at most 100 held-out questions"),
+        (["--temperature", "0"], "--temperature must be a finite number > 0"),
+    ],
+)
+def test_demo_rejects_bad_values_before_any_work(argv, message, capsys, tmp_path):
+    from disco_trl.demo.run import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--output-dir", str(tmp_path / "never")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "disco,ppo"], "unknown method 'ppo'"),
+        (["--seeds", "0,0"], "lists a value twice"),
+        (["--seeds", "a"], "--seeds"),
+        (["--lr-sweep", "1e-4,0"], "learning rates must be finite numbers > 0"),
+        (["--lr-sweep", "1e-4", "--learning-rate", "1e-4"], "not allowed with argument"),
+    ],
+)
+def test_compare_rejects_bad_values(argv, message, capsys):
+    from disco_trl.demo.compare import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_compare_quick_writes_table_json_plot_and_resumes(tmp_path, capsys):
+    from disco_trl.demo.compare import main
+
+    argv = ["--quick", "--methods", "disco,dapo", "--seeds", "0", "--lr-sweep", "1e-4,1e-3", "--steps", "4",
+            "--output-dir", str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert set(results["summary"]) == {"disco", "dapo"}
+    for method, summary in results["summary"].items():
+        assert 0.0 <= summary["pass@1_after"]["mean"] <= 1.0 and summary["final_entropy"] is not None
+        sweep = results["sweep"][method]
+        assert set(sweep) == {"0.0001", "0.001"}
+        best = max(sweep.items(), key=lambda kv: (kv[1], -float(kv[0])))[0]
+        assert summary["learning_rate"] == float(best)  # the reported runs use the sweep's best rate
+    table = (tmp_path / "cmp" / "results.md").read_text()
+    assert "| DisCO (log-L) |" in table and "| DAPO |" in table and "Learning-rate sweep" in table
+    assert (tmp_path / "cmp" / "dynamics.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((tmp_path / "cmp" / "runs").glob("*.json"))) == 6
+    capsys.readouterr()
+
+    assert main(argv) == 0  # everything is reused: no training the second time
+    assert capsys.readouterr().out.count("reusing the finished run") == 6
