@@ -485,10 +485,11 @@ def make_step_timer(meter: MemoryMeter, warmup: int, timed: int):
         def __init__(self):
             self.trainer = None
             self.times: list[float] = []
+            self.cpu_times: list[float] = []
             self.memory: dict[str, int] | None = None
             self.state_bytes: int | None = None
             self._index = 0
-            self._t0 = 0.0
+            self._t0 = self._c0 = 0.0
             self._measuring = None
 
         def on_step_begin(self, args, state, control, **kwargs):
@@ -497,13 +498,14 @@ def make_step_timer(meter: MemoryMeter, warmup: int, timed: int):
                 self._measuring = meter.measuring()
                 self.memory = self._measuring.__enter__()
             meter.sync()
-            self._t0 = time.perf_counter()
+            self._t0, self._c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             meter.sync()
-            elapsed = time.perf_counter() - self._t0
+            elapsed, cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
             if warmup <= self._index < warmup + timed:
                 self.times.append(elapsed)
+                self.cpu_times.append(cpu)
             elif self._index == warmup + timed:
                 self._measuring.__exit__(None, None, None)
             self._index += 1
@@ -527,23 +529,26 @@ def _loss_and_backward(trainer, inputs) -> None:
     trainer.accelerator.backward(loss)
 
 
-def time_loss_only(trainer, inputs, reps: int, meter: MemoryMeter) -> tuple[list[float], int | None]:
-    """compute_loss + backward on fixed inputs: `reps` timed calls after one warm-up call, then one memory call."""
+def time_loss_only(trainer, inputs, reps: int, meter: MemoryMeter) -> tuple[list[float], list[float], int]:
+    """compute_loss + backward on fixed inputs: `reps` timed calls after one warm-up call, then one memory call.
+
+    Returns (wall times, process CPU times, peak extra bytes)."""
     model = trainer.model
-    times = []
+    times, cpu_times = [], []
     for i in range(reps + 1):
         model.zero_grad(set_to_none=True)
         meter.sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _loss_and_backward(trainer, inputs)
         meter.sync()
         if i >= 1:
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     model.zero_grad(set_to_none=True)
     with meter.measuring() as mem:
         _loss_and_backward(trainer, inputs)
     model.zero_grad(set_to_none=True)
-    return times, mem["extra_bytes"]
+    return times, cpu_times, mem["extra_bytes"]
 
 
 def microbatch_digest(inputs) -> dict[str, Any]:
@@ -573,7 +578,7 @@ def run_method(method: str, geometry: Geometry, model_path: str, tokenizer, data
         step_peak = timer.state_bytes + timer.memory["extra_bytes"]
     checksum, served = trainer.bench_checksum, trainer.bench_completions
     inputs = prepared_microbatch(trainer)
-    loss_times, loss_mem = time_loss_only(trainer, inputs, loss_reps, meter)
+    loss_times, loss_cpu_times, loss_mem = time_loss_only(trainer, inputs, loss_reps, meter)
     result = {
         "method": method,
         "memory_before_bytes": base,
@@ -581,9 +586,13 @@ def run_method(method: str, geometry: Geometry, model_path: str, tokenizer, data
         "build_s": build_s,
         "step_s": timer.times,
         "step_median_s": statistics.median(timer.times),
+        "step_cpu_s": timer.cpu_times,
+        "step_cpu_median_s": statistics.median(timer.cpu_times),
         "step_peak_bytes": step_peak,
         "loss_s": loss_times,
         "loss_median_s": statistics.median(loss_times),
+        "loss_cpu_s": loss_cpu_times,
+        "loss_cpu_median_s": statistics.median(loss_cpu_times),
         "loss_peak_bytes": loss_mem,
         "completions_served": served,
         "completion_checksum": checksum,
@@ -762,10 +771,11 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
     for m in methods:
         entry: dict[str, Any] = {"label": METHODS[m][2]}
         for key, field in (("step_s", "step_median_s"), ("loss_s", "loss_median_s"),
+                           ("step_cpu_s", "step_cpu_median_s"), ("loss_cpu_s", "loss_cpu_median_s"),
                            ("step_peak_mib", "step_peak_bytes"), ("loss_peak_mib", "loss_peak_bytes")):
             scale = 1 / 2**20 if key.endswith("mib") else 1.0
-            values = [by[(r, m)][field] for r in reps]
-            base = [by[(r, BASELINE)][field] for r in reps]
+            values = [by[(r, m)].get(field) for r in reps]
+            base = [by[(r, BASELINE)].get(field) for r in reps]
             ratio_key = key.rsplit("_", 1)[0] + "_ratio"  # step_ratio, loss_ratio, step_peak_ratio, ...
             if any(v is None for v in values + base):
                 entry[key] = entry[ratio_key] = None
@@ -789,6 +799,7 @@ def _fmt(stats: dict[str, float] | None, scale: float = 1.0, digits: int = 1) ->
 
 def markdown(result: dict[str, Any]) -> str:
     cfg, machine = result["config"], result["machine"]
+    cpu = machine["device"] == "cpu"
     lines = [
         "# DisCO vs GRPO: cost per step",
         "",
@@ -808,16 +819,32 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Load average (1/5/15 min) before {result['load_avg_before']}, after {result['load_avg_after']}; "
         f"wall time {result['wall_s']:.0f} s",
         "",
-        "Ratios are to `grpo` (TRL's default loss) in the same repetition: median [min, max] over repetitions.",
+        "Ratios are to `grpo` (TRL's default loss) in the same repetition: median [min, max] over repetitions. "
+        "Times are wall-clock medians" + (
+            "; the CPU-time ratios use the process CPU time of the same steps/calls, which other processes on a "
+            "shared machine disturb much less than wall time." if cpu else "."),
         "",
-        "| method | step ms | step ratio | loss-only ms | loss-only ratio | peak step MiB | peak step ratio "
-        "| peak loss MiB | peak loss ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if cpu:
+        lines += [
+            "| method | step ms | step ratio | step CPU-time ratio | loss-only ms | loss-only ratio | "
+            "loss-only CPU-time ratio | peak step MiB | peak step ratio | peak loss MiB | peak loss ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        lines += [
+            "| method | step ms | step ratio | loss-only ms | loss-only ratio | peak step MiB | peak step ratio "
+            "| peak loss MiB | peak loss ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
     for m, s in result["summary"].items():
+        step = f"{_fmt(s['step_s'], 1e3)} | {_fmt_ratio(s['step_ratio'])}"
+        loss = f"{_fmt(s['loss_s'], 1e3)} | {_fmt_ratio(s['loss_ratio'])}"
+        if cpu:
+            step += f" | {_fmt_ratio(s['step_cpu_ratio'])}"
+            loss += f" | {_fmt_ratio(s['loss_cpu_ratio'])}"
         lines.append(
-            f"| `{m}` | {_fmt(s['step_s'], 1e3)} | {_fmt_ratio(s['step_ratio'])} | {_fmt(s['loss_s'], 1e3)} | "
-            f"{_fmt_ratio(s['loss_ratio'])} | {_fmt(s['step_peak_mib'])} | {_fmt_ratio(s['step_peak_ratio'])} | "
+            f"| `{m}` | {step} | {loss} | {_fmt(s['step_peak_mib'])} | {_fmt_ratio(s['step_peak_ratio'])} | "
             f"{_fmt(s['loss_peak_mib'])} | {_fmt_ratio(s['loss_peak_ratio'])} |"
         )
     lines += ["", "Methods: " + "; ".join(f"`{m}` = {s['label']}" for m, s in result["summary"].items()) + "."]

@@ -68,19 +68,22 @@ def test_quick_run_writes_complete_json(quick_run):
     second = [r["method"] for r in runs if r["rep"] == 1]
     assert first != second and second == first[1:] + first[:1]
     for r in runs:
-        assert len(r["step_s"]) == cfg["steps"] and all(t > 0 for t in r["step_s"])
-        assert len(r["loss_s"]) == cfg["loss_reps"] and all(t > 0 for t in r["loss_s"])
+        for key, n in (("step_s", cfg["steps"]), ("step_cpu_s", cfg["steps"]), ("loss_s", cfg["loss_reps"]),
+                       ("loss_cpu_s", cfg["loss_reps"])):
+            assert len(r[key]) == n and all(t > 0 for t in r[key]), key
         assert r["step_peak_bytes"] > 0 and r["loss_peak_bytes"] > 0
         mb = r["microbatch"]
         assert mb["rows"] == cfg["per_device_train_batch_size"]
         assert mb["completion_tokens"] == mb["rows"] * cfg["completion_length"]
 
     for method, s in result["summary"].items():
-        for key in ("step_s", "loss_s", "step_peak_mib", "loss_peak_mib"):
+        for key in ("step_s", "loss_s", "step_cpu_s", "loss_cpu_s", "step_peak_mib", "loss_peak_mib"):
             assert s[key]["min"] <= s[key]["median"] <= s[key]["max"] and s[key]["min"] > 0, (method, key)
-        for key in ("step_ratio", "loss_ratio", "step_peak_ratio", "loss_peak_ratio"):
+        for key in ("step_ratio", "loss_ratio", "step_cpu_ratio", "loss_cpu_ratio", "step_peak_ratio",
+                    "loss_peak_ratio"):
             assert 0 < s[key]["min"] <= s[key]["median"] <= s[key]["max"], (method, key)
-    for key in ("step_ratio", "loss_ratio", "step_peak_ratio", "loss_peak_ratio"):
+    for key in ("step_ratio", "loss_ratio", "step_cpu_ratio", "loss_cpu_ratio", "step_peak_ratio",
+                "loss_peak_ratio"):
         assert result["summary"]["grpo"][key] == {"median": 1.0, "min": 1.0, "max": 1.0}
 
 
@@ -111,13 +114,14 @@ def test_quick_run_markdown_table_matches_json(quick_run):
     for method in ALL_METHODS:
         row = next(line for line in md.splitlines() if line.startswith(f"| `{method}` |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert len(cells) == 9
+        assert len(cells) == 11  # on CPU: with the CPU-time ratio columns
         step_ms = float(cells[1])
         assert step_ms > 0
         assert step_ms == pytest.approx(result["summary"][method]["step_s"]["median"] * 1e3, abs=0.051)
-        median, lo, hi = map(float, re.match(r"([\d.]+) \[([\d.]+), ([\d.]+)\]", cells[2]).groups())
-        assert 0 < lo <= median <= hi
-        assert all(float(cells[i]) > 0 for i in (3, 5, 7))
+        for i in (2, 3, 5, 6, 8, 10):
+            median, lo, hi = map(float, re.match(r"([\d.]+) \[([\d.]+), ([\d.]+)\]", cells[i]).groups())
+            assert 0 < lo <= median <= hi
+        assert all(float(cells[i]) > 0 for i in (4, 7, 9))
     assert "## Scaling sweep" in md
     sweep_lines = [line for line in md.splitlines() if re.match(r"\| (generations|completion_length|questions|all_max) \|", line)]
     assert len(sweep_lines) == len(result["sweep"])
