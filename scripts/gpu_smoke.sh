@@ -35,7 +35,8 @@ fail() {
 }
 
 # Training options shared by both runs: the paper's group size and sampling, a small batch geometry (4 questions x 8
-# completions per generation, 2 questions per update, so the second update of each generation is KL-constrained).
+# completions per generation, 2 questions per update, so the second update of each generation is KL-constrained), and
+# 4 sequences per micro-batch, so each group of 8 spans two micro-steps as in the 7B/8B recipes.
 COMMON=(
   --model_name_or_path "$MODEL"
   --dataset_name "$DATASET"
@@ -43,8 +44,8 @@ COMMON=(
   --bf16 true
   --num_generations 8
   --generation_batch_size 32
-  --per_device_train_batch_size 8
-  --gradient_accumulation_steps 2
+  --per_device_train_batch_size 4
+  --gradient_accumulation_steps 4
   --expected_questions_per_generation 4
   --expected_questions_per_update 2
   --max_completion_length "$COMPLETION"

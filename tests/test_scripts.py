@@ -73,6 +73,26 @@ def test_cli_dispatches_train_to_the_script(capsys):
         assert option in out
 
 
+def test_vllm_extra_matches_what_the_pinned_trl_accepts():
+    """setup.cfg's [vllm] extra installs exactly the vLLM range of the installed TRL's own [vllm] extra."""
+    import configparser
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    trl_vllm = {
+        Requirement(r.split(";")[0]).name: str(Requirement(r.split(";")[0]).specifier)
+        for r in requires("trl") if 'extra == "vllm"' in r
+    }
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    ours = [Requirement(line) for line in cfg["options.extras_require"]["vllm"].strip().splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+    ours = {r.name: str(r.specifier) for r in ours}
+    assert ours["vllm"] == trl_vllm["vllm"] == "<=0.31.0,>=0.22.0"
+    assert ours == trl_vllm
+
+
 # ----------------------------------------------------------------------------------------------------------- recipes
 def test_the_six_paper_runs_have_a_recipe():
     names = {p.stem for p in PAPER_RECIPES}
@@ -90,7 +110,8 @@ def test_recipe_parses_and_matches_its_documented_launch(recipe, tmp_path):
     assert script_args.expected_questions_per_generation and script_args.expected_questions_per_update
     geometry = check_batch_geometry(script_args, args, num_processes)
     assert geometry.updates_per_generation.denominator == 1
-    assert args.per_device_train_batch_size % args.num_generations == 0  # whole groups per micro-batch (for now)
+    # Whole groups per process and optimizer step (DiscoConfig checks it; a group may span micro-steps).
+    assert (args.per_device_train_batch_size * args.gradient_accumulation_steps) % args.num_generations == 0
     raw = yaml.safe_load(recipe.read_text())
     assert raw.get("bf16") or raw.get("fp16"), "a GPU recipe should train in mixed precision"
 
@@ -119,6 +140,8 @@ def test_paper_recipe_has_the_papers_settings(recipe, tmp_path):
     assert args.num_generations == 8
     assert geometry.questions_per_generation == 128 and geometry.questions_per_update == 32
     assert geometry.updates_per_generation == 4 and args.num_iterations == 1
+    # 4 sequences of up to 9,216 tokens per GPU micro-batch: the authors' ppo_max_token_len_per_gpu=36864.
+    assert args.per_device_train_batch_size * (1024 + args.max_completion_length) == 36864
     # Sampling and optimisation.
     assert args.max_completion_length == 8192 and args.temperature == 0.6 and args.top_p == 1.0
     assert args.learning_rate == (2e-6 if model_key == "qwen1.5b" else 1e-6)
@@ -167,9 +190,9 @@ def test_accelerate_config_loads(config):
 def test_geometry_check_names_the_accumulation_that_fits_the_launch(tmp_path):
     script_args, args, _ = parse_recipe(ROOT / "recipes" / "paper" / "qwen7b_logl.yaml", tmp_path)
     check_batch_geometry(script_args, args, 8)
-    with pytest.raises(ScriptError, match=r"updates on 64 questions.*gradient_accumulation_steps=2"):
+    with pytest.raises(ScriptError, match=r"updates on 64 questions.*gradient_accumulation_steps=4"):
         check_batch_geometry(script_args, args, 16)
-    with pytest.raises(ScriptError, match=r"set gradient_accumulation_steps=8"):
+    with pytest.raises(ScriptError, match=r"set gradient_accumulation_steps=16"):
         check_batch_geometry(script_args, args, 4)
     with pytest.raises(ScriptError, match=r"No gradient_accumulation_steps gives 256 completions with 3 processes"):
         check_batch_geometry(script_args, args, 3)
@@ -303,12 +326,15 @@ def test_script_trains_a_tiny_local_model_end_to_end(tiny_model_dir, math_jsonl,
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_script_trains_with_lora_flags(tiny_model_dir, math_jsonl, tmp_path, capsys):
+def test_script_trains_with_lora_flags_and_groups_split_over_micro_steps(tiny_model_dir, math_jsonl, tmp_path, capsys):
     out = tmp_path / "lora"
+    # 2 sequences per micro-batch: each group of 4 spans 2 micro-steps (the layout of the 7B/8B recipes).
     args = tiny_run_args(tiny_model_dir, math_jsonl, out, "--max_steps", "1", "--use_peft", "true",
-                         "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj")
-    code, _, stderr = run_main(args, capsys)
+                         "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj",
+                         "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "4")
+    code, stdout, stderr = run_main(args, capsys)
     assert code == 0, stderr
+    assert "2 questions per optimizer update (1 process x 2 sequences per micro-batch x 4 accumulation steps)" in stdout
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
 
@@ -353,7 +379,7 @@ def test_column_a_custom_reward_needs_must_be_in_the_dataset(tiny_model_dir, mat
     reward = f"{__name__}.reward_needing_difficulty"
     code, _, err = run_main(tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "o", "--reward_funcs", reward), capsys)
     assert code == 2
-    assert "lacks ['difficulty']" in err and "--keep_columns" in err
+    assert "needs the dataset column(s) ['difficulty']" in err and "--keep_columns" in err
     # Carrying the column over fixes it.
     args = tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "o", "--reward_funcs", reward,
                          "--keep_columns", "difficulty")
@@ -367,12 +393,13 @@ def test_unknown_reward_name_is_refused(tiny_model_dir, math_jsonl, tmp_path, ca
 
 
 def test_batch_that_cannot_hold_whole_groups_is_reported_by_the_script(tiny_model_dir, math_jsonl, tmp_path, capsys):
+    # 6 completions per process and optimizer step cannot be cut into whole groups of 4.
     args = tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "o", "--per_device_train_batch_size", "6",
-                         "--generation_batch_size", "24", "--expected_questions_per_generation", "6")
+                         "--gradient_accumulation_steps", "1", "--generation_batch_size", "24")
     code, _, err = run_main(args, capsys)
     assert code == 2
     assert err.startswith("disco-trl train: error: ")
-    assert "per_device_train_batch_size=6" in err and "num_generations=4" in err
+    assert "per_device_train_batch_size=6" in err and "cannot hold whole groups of num_generations=4" in err
     assert "Traceback" not in err
 
 

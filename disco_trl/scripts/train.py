@@ -25,7 +25,6 @@ the rewards need. docs/training.md has the launch command of every setup.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import sys
 from dataclasses import dataclass, field
@@ -262,23 +261,18 @@ def check_model(model_args: ModelConfig, args: DiscoConfig) -> None:
         ) from err
 
 
-# Keyword arguments TRL passes to every reward function (they are not dataset columns).
-_TRL_REWARD_KWARGS = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
-                      "environments"}
-
-
-def load_reward_funcs(names: list[str]) -> list[tuple[Any, tuple[str, ...]]]:
-    """Resolve reward names to (function, dataset columns it needs)."""
+def load_reward_funcs(names: list[str]) -> list[Any]:
+    """Resolve reward names: `boxed_math_reward`, or dotted import paths to functions with TRL's reward signature."""
     if not names:
         raise ScriptError("reward_funcs is empty: DisCO needs a reward to split completions into positives and "
                           "negatives (use boxed_math_reward for math).")
     from disco_trl.rewards import boxed_math_reward
 
-    registry = {"boxed_math_reward": (boxed_math_reward, ("solution",))}
-    resolved = []
+    registry = {"boxed_math_reward": boxed_math_reward}
+    funcs = []
     for name in names:
         if name in registry:
-            resolved.append(registry[name])
+            funcs.append(registry[name])
             continue
         if "." not in name:
             raise ScriptError(
@@ -288,24 +282,16 @@ def load_reward_funcs(names: list[str]) -> list[tuple[Any, tuple[str, ...]]]:
         module_name, func_name = name.rsplit(".", 1)
         sys.path.insert(0, os.getcwd())  # as TRL's scripts do: rewards defined next to the recipe
         try:
-            func = getattr(importlib.import_module(module_name), func_name)
+            funcs.append(getattr(importlib.import_module(module_name), func_name))
         except (ImportError, AttributeError) as err:
             raise ScriptError(f"could not import reward function {name!r}: {err}") from err
-        params = inspect.signature(func).parameters.values()
-        needs = tuple(
-            p.name
-            for p in params
-            if p.default is inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            and p.name not in _TRL_REWARD_KWARGS
-        )
-        resolved.append((func, needs))
-    return resolved
+    return funcs
 
 
-def load_train_dataset(script_args: DiscoScriptArguments, needed_columns: set[str]):
-    """Load the training set with `disco_trl.data.load_math_dataset` and check the columns the run needs."""
+def load_train_dataset(script_args: DiscoScriptArguments, reward_funcs: list[Any]):
+    """Load the training set with `disco_trl.data.load_math_dataset`; check it has what the rewards read."""
     from disco_trl.data import load_math_dataset
+    from disco_trl.trainer import check_reward_columns
 
     source = script_args.dataset_name
     try:
@@ -325,16 +311,14 @@ def load_train_dataset(script_args: DiscoScriptArguments, needed_columns: set[st
             f"could not load the training set dataset_name={source!r}: {err} (script options: --question_field, "
             "--answer_field, --solution_field, --keep_columns)"
         ) from err
-    columns = set(dataset.column_names)
-    missing = sorted(needed_columns - columns)
-    if missing:
+    # load_math_dataset always makes `prompt` and `solution` (what boxed_math_reward reads); custom rewards may read
+    # other columns, which must be carried over from the source.
+    try:
+        check_reward_columns(reward_funcs, dataset)
+    except ValueError as err:
         raise ScriptError(
-            f"the training set {source!r} has columns {sorted(columns)} but lacks {missing}: DisCO needs `prompt` (the "
-            "question) and every column its reward functions read (`solution`, the reference answer, for "
-            "boxed_math_reward). Carry a field of the source over with --keep_columns, or rename it in the file."
-        )
-    if len(dataset) == 0:
-        raise ScriptError(f"the training set {source!r} is empty (dataset_limit={script_args.dataset_limit}).")
+            f"{err} With this script, carry a field of dataset_name={source!r} over with --keep_columns NAME."
+        ) from err
     return dataset
 
 
@@ -347,11 +331,10 @@ def prepare(script_args: DiscoScriptArguments, training_args: DiscoConfig, model
     """Every check that can fail on the inputs, cheapest first, before any weights are loaded."""
     geometry = check_batch_geometry(script_args, training_args)
     check_vllm(training_args)
-    rewards = load_reward_funcs(script_args.reward_funcs)
+    reward_funcs = load_reward_funcs(script_args.reward_funcs)
     check_model(model_args, training_args)
-    needed = {"prompt"}.union(*(set(cols) for _, cols in rewards))
-    dataset = load_train_dataset(script_args, needed)
-    return geometry, [func for func, _ in rewards], dataset
+    dataset = load_train_dataset(script_args, reward_funcs)
+    return geometry, reward_funcs, dataset
 
 
 def train(script_args, training_args, model_args, geometry, reward_funcs, dataset):
