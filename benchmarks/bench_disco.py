@@ -108,11 +108,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Small smoke configuration (tiny model, short completions, 2 repetitions, small sweep).")
     p.add_argument("--output-dir", default="outputs/benchmarks",
                    help="Where results.json and results.md go (default outputs/benchmarks, git-ignored).")
-    p.add_argument("--reps", type=int, default=None, help="Repetitions of every method (default 5; --quick: 2).")
-    p.add_argument("--steps", type=int, default=None, help="Timed optimizer steps per run (default 5; --quick: 1).")
-    p.add_argument("--warmup-steps", type=int, default=None, help="Untimed steps before (default 2; --quick: 1).")
+    p.add_argument("--reps", type=int, default=None, help="Repetitions of every method (default 10; --quick: 2).")
+    p.add_argument("--steps", type=int, default=None, help="Timed optimizer steps per run (default 3; --quick: 1).")
+    p.add_argument("--warmup-steps", type=int, default=None, help="Untimed steps before (default 1).")
     p.add_argument("--loss-reps", type=int, default=None,
-                   help="Timed compute_loss+backward calls per run (default 5; --quick: 2), after one warm-up call.")
+                   help="Timed compute_loss+backward calls per run (default 3; --quick: 2), after one warm-up call.")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"Comma-separated subset of {list(METHODS)}; must include the baseline '{BASELINE}'.")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -165,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _fill_defaults(args: argparse.Namespace) -> None:
     quick = args.quick
     defaults = dict(
-        reps=(2, 5), steps=(1, 5), warmup_steps=(1, 2), loss_reps=(2, 5), num_generations=(4, 8), grad_accum=(1, 2),
+        reps=(2, 10), steps=(1, 3), warmup_steps=(1, 1), loss_reps=(2, 3), num_generations=(4, 8), grad_accum=(1, 2),
         completion_length=(32, 128), model_preset=("tiny", "cpu-small"), sweep_generations=("2,4", "4,8,16,32,64"),
         sweep_lengths=("16,32", "128,512,2048,8192"), sweep_questions=("1,2", "1,2,4,8"), sweep_base_length=(16, 256),
         sweep_reps=(2, 5),
@@ -799,7 +799,6 @@ def _fmt(stats: dict[str, float] | None, scale: float = 1.0, digits: int = 1) ->
 
 def markdown(result: dict[str, Any]) -> str:
     cfg, machine = result["config"], result["machine"]
-    cpu = machine["device"] == "cpu"
     lines = [
         "# DisCO vs GRPO: cost per step",
         "",
@@ -820,31 +819,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"wall time {result['wall_s']:.0f} s",
         "",
         "Ratios are to `grpo` (TRL's default loss) in the same repetition: median [min, max] over repetitions. "
-        "Times are wall-clock medians" + (
-            "; the CPU-time ratios use the process CPU time of the same steps/calls, which other processes on a "
-            "shared machine disturb much less than wall time." if cpu else "."),
+        "Times are wall-clock medians (the JSON also has process CPU times: `step_cpu_s`, `loss_cpu_s`).",
         "",
+        "| method | step ms | step ratio | loss-only ms | loss-only ratio | peak step MiB | peak step ratio "
+        "| peak loss MiB | peak loss ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    if cpu:
-        lines += [
-            "| method | step ms | step ratio | step CPU-time ratio | loss-only ms | loss-only ratio | "
-            "loss-only CPU-time ratio | peak step MiB | peak step ratio | peak loss MiB | peak loss ratio |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-    else:
-        lines += [
-            "| method | step ms | step ratio | loss-only ms | loss-only ratio | peak step MiB | peak step ratio "
-            "| peak loss MiB | peak loss ratio |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
     for m, s in result["summary"].items():
-        step = f"{_fmt(s['step_s'], 1e3)} | {_fmt_ratio(s['step_ratio'])}"
-        loss = f"{_fmt(s['loss_s'], 1e3)} | {_fmt_ratio(s['loss_ratio'])}"
-        if cpu:
-            step += f" | {_fmt_ratio(s['step_cpu_ratio'])}"
-            loss += f" | {_fmt_ratio(s['loss_cpu_ratio'])}"
         lines.append(
-            f"| `{m}` | {step} | {loss} | {_fmt(s['step_peak_mib'])} | {_fmt_ratio(s['step_peak_ratio'])} | "
+            f"| `{m}` | {_fmt(s['step_s'], 1e3)} | {_fmt_ratio(s['step_ratio'])} | {_fmt(s['loss_s'], 1e3)} | "
+            f"{_fmt_ratio(s['loss_ratio'])} | {_fmt(s['step_peak_mib'])} | {_fmt_ratio(s['step_peak_ratio'])} | "
             f"{_fmt(s['loss_peak_mib'])} | {_fmt_ratio(s['loss_peak_ratio'])} |"
         )
     lines += ["", "Methods: " + "; ".join(f"`{m}` = {s['label']}" for m, s in result["summary"].items()) + "."]
