@@ -430,3 +430,26 @@ def test_example_script_runs_standalone_and_reports_errors(math_jsonl, tmp_path)
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert re.search(r"train_disco\.py: error: model_name_or_path='.*missing-model' does not exist", result.stderr)
+
+
+def test_resume_last_continues_from_the_newest_checkpoint(tiny_model_dir, math_jsonl, tmp_path, capsys):
+    out = tmp_path / "resumable"
+    first = tiny_run_args(tiny_model_dir, math_jsonl, out, "--save_strategy", "steps", "--save_steps", "1")
+    code, _, err = run_main(first, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    # Same command, longer, told to resume: it starts from checkpoint-2 (not from scratch) and goes on to step 3.
+    code, _, err = run_main(first + ["--max_steps", "3", "--resume_from_checkpoint", "last"], capsys)
+    assert code == 0, err
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert [h["step"] for h in state["log_history"] if "disco/objective" in h] == [1, 2, 3]
+
+
+def test_resume_without_a_checkpoint_is_refused(tiny_model_dir, math_jsonl, tmp_path, capsys):
+    args = tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "fresh", "--resume_from_checkpoint", "last")
+    code, _, err = run_main(args, capsys)
+    assert code == 2 and "there is no checkpoint-N folder in output_dir" in err
+    args = tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "fresh", "--resume_from_checkpoint", str(tmp_path))
+    code, _, err = run_main(args, capsys)
+    assert code == 2 and "is not a checkpoint (no trainer_state.json there)" in err

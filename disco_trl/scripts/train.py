@@ -261,6 +261,30 @@ def check_model(model_args: ModelConfig, args: DiscoConfig) -> None:
         ) from err
 
 
+def resolve_resume(args: DiscoConfig) -> None:
+    """`resume_from_checkpoint`: a checkpoint directory, or `last` (also `true`) for the newest one in output_dir."""
+    value = args.resume_from_checkpoint
+    if value is None or value is False or str(value).lower() in ("", "false", "none"):
+        args.resume_from_checkpoint = None
+        return
+    if str(value).lower() in ("last", "true"):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        if last is None:
+            raise ScriptError(
+                f"resume_from_checkpoint={value!r}: there is no checkpoint-N folder in output_dir={args.output_dir!r} "
+                "to resume from. Drop the option to start a new run, or set output_dir to the interrupted run's."
+            )
+        args.resume_from_checkpoint = last
+        return
+    if not os.path.isfile(os.path.join(str(value), "trainer_state.json")):
+        raise ScriptError(
+            f"resume_from_checkpoint={value!r} is not a checkpoint (no trainer_state.json there): give a "
+            "checkpoint-N folder written by a previous run, or `last` for the newest one in output_dir."
+        )
+
+
 def load_reward_funcs(names: list[str]) -> list[Any]:
     """Resolve reward names: `boxed_math_reward`, or dotted import paths to functions with TRL's reward signature."""
     if not names:
@@ -330,6 +354,7 @@ def make_parser(prog: str | None = "disco-trl train") -> TrlParser:
 def prepare(script_args: DiscoScriptArguments, training_args: DiscoConfig, model_args: ModelConfig):
     """Every check that can fail on the inputs, cheapest first, before any weights are loaded."""
     geometry = check_batch_geometry(script_args, training_args)
+    resolve_resume(training_args)
     check_vllm(training_args)
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
     check_model(model_args, training_args)
