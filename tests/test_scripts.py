@@ -453,3 +453,12 @@ def test_resume_without_a_checkpoint_is_refused(tiny_model_dir, math_jsonl, tmp_
     args = tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "fresh", "--resume_from_checkpoint", str(tmp_path))
     code, _, err = run_main(args, capsys)
     assert code == 2 and "is not a checkpoint (no trainer_state.json there)" in err
+
+
+def test_files_named_in_the_training_docs_exist():
+    text = (ROOT / "docs" / "training.md").read_text()
+    named = set(re.findall(r"(?<![\w/])(?:recipes|notebooks|scripts|examples)/[\w./-]+\.(?:yaml|ipynb|sh|py)", text))
+    named = {p for p in named if not Path(p).stem.isupper()}  # placeholders such as recipes/accelerate/CONFIG.yaml
+    assert len(named) >= 10
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, f"docs/training.md names files that do not exist: {missing}"
