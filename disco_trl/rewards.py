@@ -27,6 +27,7 @@ answer, default 5).
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import re
@@ -53,7 +54,7 @@ __all__ = [
 
 MAX_ANSWER_CHARS = 1000  # a boxed answer longer than this is not a final answer (references are < 250 chars)
 DEFAULT_TIMEOUT_S = float(os.environ.get("DISCO_REWARD_TIMEOUT", "5"))
-ANSWERS_PER_WORKER = 16  # start one more worker per this many answers that need math-verify
+ANSWERS_PER_WORKER = 4  # one more worker (up to max_workers) per this many answers that need math-verify
 _WORKER_SCRIPT = Path(__file__).with_name("_math_grader.py")
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
@@ -237,16 +238,16 @@ class _Worker:
         os.set_blocking(self.fd, False)
         self.buffer = b""
         self.ready = False
-        self.busy_with: int | None = None  # index of the answer being graded
+        self.busy_with: int | None = None  # request id of the answer being graded (ids are never reused)
         self.deadline = 0.0
 
-    def send(self, index: int, gold: str, answer: str, timeout: float) -> bool:
+    def send(self, request_id: int, gold: str, answer: str, timeout: float) -> bool:
         try:
-            self.proc.stdin.write((json.dumps({"i": index, "g": gold, "a": answer}) + "\n").encode())
+            self.proc.stdin.write((json.dumps({"i": request_id, "g": gold, "a": answer}) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             return False
-        self.busy_with = index
+        self.busy_with = request_id
         self.deadline = time.monotonic() + timeout
         return True
 
@@ -325,6 +326,7 @@ class MathGraderPool:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self.restarts = 0  # workers killed for running past the deadline or dying
+        self._request_ids = itertools.count()
 
     def _check_fork(self) -> None:
         if os.getpid() != self._pid:  # we are a forked child: the parent's workers are not ours to talk to
@@ -354,7 +356,16 @@ class MathGraderPool:
             return []
         self._check_fork()
         with self._lock:
-            return self._grade_locked(list(pairs))
+            try:
+                return self._grade_locked(list(pairs))
+            except BaseException:
+                # interrupted (KeyboardInterrupt, ...): workers still busy with this call's answers are stopped, so
+                # that the next call does not wait behind them
+                for worker in self._workers:
+                    if worker.busy_with is not None:
+                        worker.kill()
+                self._workers = [w for w in self._workers if w.busy_with is None]
+                raise
 
     def _grade_locked(self, pairs: list[tuple[str, str]]) -> list[bool]:
         wanted = min(self.max_workers, max(1, -(-len(pairs) // ANSWERS_PER_WORKER)))
@@ -373,10 +384,12 @@ class MathGraderPool:
         results = [False] * len(pairs)
         todo = list(range(len(pairs) - 1, -1, -1))  # a stack popped from the end: the first answers go first
         busy: list[_Worker] = []
+        index_of: dict[int, int] = {}  # request id -> position in `pairs`
 
         def replace(worker: _Worker) -> None:
             if worker in busy:
                 busy.remove(worker)
+            worker.busy_with = None
             worker.kill()
             self.restarts += 1
             fresh = self._spawn()
@@ -388,7 +401,9 @@ class MathGraderPool:
             while todo and idle:
                 worker = idle.pop()
                 index = todo.pop()
-                if worker.send(index, *pairs[index], timeout=self.timeout):
+                request_id = next(self._request_ids)
+                if worker.send(request_id, *pairs[index], timeout=self.timeout):
+                    index_of[request_id] = index
                     busy.append(worker)
                 else:  # broken pipe: the worker died between two answers; this answer goes to a fresh one
                     todo.append(index)
@@ -410,8 +425,8 @@ class MathGraderPool:
                     replace(worker)
                     continue
                 for reply in replies:
-                    if reply.get("i") == worker.busy_with:
-                        results[reply["i"]] = bool(reply.get("r"))
+                    if worker.busy_with is not None and reply.get("i") == worker.busy_with:
+                        results[index_of[worker.busy_with]] = bool(reply.get("r"))
                         worker.busy_with = None
                 if worker.busy_with is None:
                     busy.remove(worker)

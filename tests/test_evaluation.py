@@ -1,0 +1,244 @@
+"""Tests for disco_trl.evaluation: the pass@k estimator, the metrics, and the whole pipeline offline (tiny local
+model on a few problems of each shared benchmark: counts, file formats, resume, CLI)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from math import comb
+
+import datasets
+import pytest
+
+from disco_trl import evaluation
+from disco_trl.data import benchmark_dir
+from disco_trl.evaluation import evaluate, format_markdown, pass_at_k, summarize
+from disco_trl.toy import build_tiny_qwen2, build_tokenizer
+
+needs_benchmarks = pytest.mark.skipif(benchmark_dir() is None, reason="benchmark files not found")
+SIX = ["aime24", "aime25", "math500", "amc23", "minerva", "olympiadbench"]
+
+# ----------------------------------------------------------------------------------------------------------------------
+# pass@k
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _pass_at_k_by_enumeration(n: int, c: int, k: int) -> float:
+    """Probability that a random k-subset of n samples (c correct) holds a correct one, by listing all subsets."""
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_pass_at_k_matches_enumeration(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(_pass_at_k_by_enumeration(n, c, k), abs=1e-12)
+
+
+def test_pass_at_k_closed_form_and_edges():
+    assert pass_at_k(16, 4, 1) == pytest.approx(4 / 16)  # pass@1 is the fraction correct
+    assert pass_at_k(16, 0, 16) == 0.0
+    assert pass_at_k(16, 1, 16) == 1.0
+    assert pass_at_k(16, 13, 4) == 1.0  # fewer than k wrong samples: every k-subset has a correct one
+    assert pass_at_k(200, 7, 50) == pytest.approx(1 - comb(193, 50) / comb(200, 50), rel=1e-12)
+    assert pass_at_k(1000, 3, 500) == pytest.approx(1 - comb(997, 500) / comb(1000, 500), rel=1e-10)
+
+
+@pytest.mark.parametrize(("n", "c", "k", "error"), [(4, 5, 1, ValueError), (4, 1, 5, ValueError), (0, 0, 1, ValueError),
+                                                    (4, 1, 0, ValueError), (4.0, 1, 1, TypeError)])
+def test_pass_at_k_rejects_bad_arguments(n, c, k, error):
+    with pytest.raises(error):
+        pass_at_k(n, c, k)
+
+
+def test_summarize_and_markdown():
+    rewards = {
+        "aime24": [[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]],  # c = 1, 4, 0 of n = 4
+        "math500": [[1, 1, 0, 0], [0, 0, 0, 1]],  # c = 2, 1
+    }
+    out = summarize(rewards)
+    aime, math = out["benchmarks"]["aime24"], out["benchmarks"]["math500"]
+    assert aime["num_correct"] == [1, 4, 0] and aime["num_problems"] == 3 and aime["samples_per_problem"] == 4
+    assert aime["pass@1"] == pytest.approx((1 / 4 + 1 + 0) / 3)
+    assert aime["pass@2"] == pytest.approx((pass_at_k(4, 1, 2) + 1 + 0) / 3)
+    assert aime["pass@4"] == pytest.approx(2 / 3)
+    assert math["pass@1"] == pytest.approx((2 / 4 + 1 / 4) / 2)
+    assert set(k for k in aime if k.startswith("pass@")) == {"pass@1", "pass@2", "pass@4"}
+    assert out["average"]["pass@1"] == pytest.approx((aime["pass@1"] + math["pass@1"]) / 2)
+    assert out["average"]["num_benchmarks"] == 2
+    table = format_markdown(out, title="m")
+    assert "| AIME 2024 | 3 | 4 | 41.7 |" in table
+    assert "| MATH-500 | 2 | 4 | 37.5 |" in table
+    assert "**Average**" in table and f"**{100 * out['average']['pass@1']:.1f}**" in table
+    assert summarize(rewards, k_values=[1, 3])["benchmarks"]["aime24"].keys() >= {"pass@1", "pass@3"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pipeline
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = build_tokenizer()
+    return build_tiny_qwen2(tokenizer), tokenizer
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@needs_benchmarks
+def test_pipeline_on_all_six_benchmarks_with_a_tiny_model(tiny, tmp_path, capsys):
+    model, tokenizer = tiny
+    out = tmp_path / "eval"
+    results = evaluate(model, SIX, tokenizer=tokenizer, num_samples=3, max_new_tokens=12, limit=2, output_dir=out,
+                       batch_size=16, progress=True)
+    assert list(results["benchmarks"]) == SIX
+    for name in SIX:
+        entry = results["benchmarks"][name]
+        assert entry["num_problems"] == 2 and entry["samples_per_problem"] == 3
+        assert {"pass@1", "pass@2", "pass@3"} <= set(entry)
+        assert 0.0 <= entry["pass@1"] <= entry["pass@2"] <= entry["pass@3"] <= 1.0
+    assert results["timing"]["samples_generated"] == 6 * 2 * 3
+    assert results["config"]["backend"] == "transformers"
+
+    samples = _lines(out / "samples.jsonl")
+    assert len(samples) == 36
+    assert {(s["benchmark"], s["problem_id"], s["sample"]) for s in samples} == {
+        (b, p, j) for b in SIX for p in range(2) for j in range(3)
+    }
+    fields = {"benchmark", "problem_id", "key", "sample", "completion", "answer", "solution", "reward",
+              "completion_tokens", "finish_reason"}
+    assert all(fields <= set(s) for s in samples)
+    assert all(1 <= s["completion_tokens"] <= 12 and s["finish_reason"] in ("stop", "length") for s in samples)
+    problems = _lines(out / "problems.jsonl")
+    assert len(problems) == 12
+    assert all("<|im_start|>assistant" in p["prompt"] and "\\boxed{}" in p["prompt"] for p in problems)
+
+    # results.json holds what evaluate returned, and its numbers follow from the records
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["benchmarks"] == results["benchmarks"]
+    for name in SIX:
+        per_problem = [[s["reward"] for s in samples if s["benchmark"] == name and s["problem_id"] == p] for p in range(2)]
+        assert saved["benchmarks"][name]["num_correct"] == [int(sum(r)) for r in per_problem]
+    assert (out / "results.md").read_text().count("\n| ") >= 7  # six benchmarks and the average
+    assert json.loads((out / "config.json").read_text())["num_samples"] == 3
+    err = capsys.readouterr().err
+    assert "eval problems" in err and "12/12" in err
+
+
+class _Scripted:
+    """Stands in for the transformers generator: answers come from a table, so the metrics are known exactly."""
+
+    name = "transformers"
+
+    def __init__(self, answers, batch_size=64):
+        self.answers = answers  # problem text -> list of completions, consumed in order
+        self.batch_size = batch_size
+        self.prompts_seen = []
+
+    def generate(self, prompts, **kwargs):
+        self.prompts_seen += prompts
+        out = []
+        for prompt in prompts:
+            key = next(k for k in self.answers if k in prompt)
+            out.append((self.answers[key].pop(0), 5, "stop"))
+        return out
+
+
+def _toy_benchmark():
+    return datasets.Dataset.from_dict(
+        {"prompt": ["Q: 2+2?", "Q: half of 1?"], "solution": ["4", "\\frac{1}{2}"], "problem": ["2+2?", "half of 1?"]}
+    )
+
+
+def test_metrics_are_exact_with_scripted_completions(tiny, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    scripted = _Scripted({
+        "2+2?": [r"\boxed{4}", r"<think>\boxed{4}</think>", r"<think>\boxed{5}</think> \boxed{4}", r"\boxed{4.0}"],  # 3/4
+        "half of 1?": [r"\boxed{0.5}", "no box", r"\boxed{2}", r"\boxed{1/3}"],  # 1 of 4 correct
+    })
+    monkeypatch.setattr(evaluation, "_TransformersGenerator", lambda *a, **k: scripted)
+    results = evaluate(model, {"toy": _toy_benchmark()}, tokenizer=tokenizer, num_samples=4, output_dir=tmp_path,
+                       progress=False, batch_size=3)
+    toy = results["benchmarks"]["toy"]
+    assert toy["num_correct"] == [3, 1]
+    assert toy["pass@1"] == pytest.approx((3 / 4 + 1 / 4) / 2)
+    assert toy["pass@2"] == pytest.approx((pass_at_k(4, 3, 2) + pass_at_k(4, 1, 2)) / 2)
+    assert toy["pass@4"] == 1.0
+    records = _lines(tmp_path / "samples.jsonl")
+    assert [r["answer"] for r in records if r["problem_id"] == 1] == ["0.5", None, "2", "1/3"]
+
+
+def test_resume_generates_only_what_is_missing(tiny, tmp_path, monkeypatch):
+    model, tokenizer = tiny
+    bench = {"toy": _toy_benchmark()}
+    first = evaluate(model, bench, tokenizer=tokenizer, num_samples=2, max_new_tokens=6, output_dir=tmp_path,
+                     progress=False)
+    assert first["timing"]["samples_generated"] == 4
+    before = _lines(tmp_path / "samples.jsonl")
+
+    again = evaluate(model, bench, tokenizer=tokenizer, num_samples=2, max_new_tokens=6, output_dir=tmp_path,
+                     progress=False)
+    assert again["timing"]["samples_generated"] == 0 and again["timing"]["samples_reused"] == 4
+    assert again["benchmarks"] == first["benchmarks"]
+
+    more = evaluate(model, bench, tokenizer=tokenizer, num_samples=3, max_new_tokens=6, output_dir=tmp_path,
+                    progress=False)
+    assert more["timing"]["samples_generated"] == 2
+    after = _lines(tmp_path / "samples.jsonl")
+    assert after[:4] == before and len(after) == 6
+
+    # an interrupted run: the last record is cut in the middle of its line
+    text = (tmp_path / "samples.jsonl").read_text().splitlines()
+    (tmp_path / "samples.jsonl").write_text("\n".join(text[:-1]) + "\n" + text[-1][:20])
+    healed = evaluate(model, bench, tokenizer=tokenizer, num_samples=3, max_new_tokens=6, output_dir=tmp_path,
+                      progress=False)
+    assert healed["timing"]["samples_generated"] == 1
+    assert healed["benchmarks"]["toy"]["samples_per_problem"] == 3
+
+    with pytest.raises(ValueError, match="other settings.*temperature"):
+        evaluate(model, bench, tokenizer=tokenizer, num_samples=3, max_new_tokens=6, temperature=1.0,
+                 output_dir=tmp_path, progress=False)
+    fresh = evaluate(model, bench, tokenizer=tokenizer, num_samples=1, max_new_tokens=6, temperature=1.0,
+                     output_dir=tmp_path, progress=False, resume=False)
+    assert fresh["timing"]["samples_generated"] == 2 and len(_lines(tmp_path / "samples.jsonl")) == 2
+
+
+def test_bad_arguments_fail_before_generation(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        evaluate(model, {"toy": _toy_benchmark()})
+    with pytest.raises(ValueError, match=r"no \['solution'\] column"):
+        evaluate(model, {"x": datasets.Dataset.from_dict({"prompt": ["q"]})}, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="num_samples"):
+        evaluate(model, {"toy": _toy_benchmark()}, tokenizer=tokenizer, num_samples=0)
+    with pytest.raises(ValueError, match="top_p"):
+        evaluate(model, {"toy": _toy_benchmark()}, tokenizer=tokenizer, top_p=0.0)
+    with pytest.raises(ValueError, match="neither a known source"):
+        evaluate(model, ["aime2077"], tokenizer=tokenizer)
+
+
+@needs_benchmarks
+def test_cli_with_a_saved_model(tiny, tmp_path, capsys):
+    from disco_trl.cli import main as cli_main
+
+    model, tokenizer = tiny
+    model_dir = tmp_path / "tiny-model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    out = tmp_path / "out"
+    code = cli_main([
+        "eval", "--model", str(model_dir), "--benchmarks", "aime25", "amc23", "--limit", "2", "--num-samples", "2",
+        "--max-new-tokens", "8", "--output-dir", str(out), "--k", "1", "2", "--no-progress",
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| AIME 2025 | 2 | 2 |" in printed and "| AMC 2023 | 2 | 2 |" in printed and "Pass@1 (avg)" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["model"] == str(model_dir)
+    assert results["config"]["temperature"] == 0.6 and results["config"]["top_p"] == 0.95
+    assert len(_lines(out / "samples.jsonl")) == 2 * 2 * 2
