@@ -17,8 +17,11 @@ What it measures (see benchmarks/README.md and docs/performance.md):
     plus, for the step, the training state kept between steps (see `MemoryMeter`).
   Generation is replaced by fixed completions (a deterministic function of the prompt and of the sample index), so all
   trainers see identical tokens and no sampling noise; a checksum of every completion served is recorded per run.
-  Methods alternate inside each repetition (the order rotates), and every number is reported as a ratio to the
-  GRPO baseline of the same repetition, with min and max across repetitions.
+  Methods alternate at the finest grain the Trainer allows: in each repetition every method's trainer runs its own
+  ``train()`` in a thread, and a baton lets one run at a time, handing over after every optimizer step (the order
+  rotates between repetitions); the loss-only calls alternate the same way. A slow phase of a shared machine therefore
+  hits every method alike. Every number is reported as a ratio to the GRPO baseline of the same repetition, with min
+  and max across repetitions.
 
 * Scaling sweep. How the cost of the loss grows with completions per question, completion length and questions per
   micro-batch: the pure loss functions alone (``disco_trl.losses`` vs TRL's clipped token loss, on (B, T) log-prob
@@ -39,6 +42,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zlib
@@ -230,14 +234,13 @@ class MemoryMeter:
 
         self.torch = torch
         self.device = device
+        state = ("; the step adds the bytes of the training state alive at its start (policy and reference-model "
+                 "parameters and buffers, optimizer state)")
         if device == "cuda":
-            self.method = ("torch.cuda.max_memory_allocated during the pass minus memory_allocated at its start (step: "
-                           "minus memory_allocated before the trainer was built)")
+            self.method = "torch.cuda.max_memory_allocated during the pass minus memory_allocated at its start" + state
         else:
             self.method = ("tensor bytes from the torch.profiler allocator events (profile_memory=True): peak of the "
-                           "running sum of bytes allocated minus freed during the pass; the step adds the bytes of "
-                           "the training state alive at its start (policy and reference-model parameters and "
-                           "buffers, optimizer state)")
+                           "running sum of bytes allocated minus freed during the pass" + state)
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -248,10 +251,6 @@ class MemoryMeter:
         if self.device == "cuda":
             self.torch.cuda.synchronize()
             self.torch.cuda.empty_cache()
-
-    def allocated(self) -> int:
-        """Bytes allocated by tensors now (CUDA only; 0 on CPU, where the step adds the training state instead)."""
-        return self.torch.cuda.memory_allocated() if self.device == "cuda" else 0
 
     @contextlib.contextmanager
     def measuring(self):
@@ -297,7 +296,7 @@ def training_state_bytes(trainer) -> int:
     seen: dict[int, int] = {}
 
     def add(t):
-        if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+        if isinstance(t, torch.Tensor):
             storage = t.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
 
@@ -475,10 +474,41 @@ def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, d
     return trainer
 
 
-def make_step_timer(meter: MemoryMeter, warmup: int, timed: int):
+class Baton:
+    """Lets exactly one trainer thread run at a time, handing over at optimizer-step boundaries in a fixed order.
+
+    Every trainer of a repetition runs its own ``trainer.train()`` in a thread, but only the baton holder runs: the
+    others wait inside their ``on_step_end`` callback (or before ``train()``). So the methods' steps interleave one
+    optimizer step at a time, and a slow phase of a shared machine hits all methods alike instead of one run.
+    """
+
+    def __init__(self, order: list[int], timeout: float = 1800.0):
+        self.order = order
+        self.holder = order[0] if order else None
+        self.done: set[int] = set()
+        self.timeout = timeout
+        self._cond = threading.Condition()
+
+    def wait_turn(self, i: int) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.holder == i, timeout=self.timeout):
+                raise RuntimeError(f"benchmark thread {i} waited {self.timeout:.0f} s for its turn")
+
+    def pass_on(self, i: int, finished: bool = False) -> None:
+        with self._cond:
+            if finished:
+                self.done.add(i)
+            k = self.order.index(i)
+            rotation = self.order[k + 1:] + self.order[: k + 1]  # ends with i itself
+            self.holder = next((j for j in rotation if j not in self.done), None)
+            self._cond.notify_all()
+
+
+def make_step_timer(meter: MemoryMeter, warmup: int, timed: int, baton: Baton | None = None, slot: int = 0):
     """Steps [0, warmup): untimed; [warmup, warmup + timed): timed; the step after them: untimed memory step.
 
-    Set `.trainer` before training: the memory step records the trainer's persistent state at its start (CPU)."""
+    Set `.trainer` before training: the memory step records the trainer's persistent state at its start. With a
+    baton, the callback hands over to the next trainer after each step and waits for its next turn."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -498,17 +528,20 @@ def make_step_timer(meter: MemoryMeter, warmup: int, timed: int):
                 self._measuring = meter.measuring()
                 self.memory = self._measuring.__enter__()
             meter.sync()
-            self._t0, self._c0 = time.perf_counter(), time.process_time()
+            self._t0, self._c0 = time.perf_counter(), time.thread_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             meter.sync()
-            elapsed, cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
+            elapsed, cpu = time.perf_counter() - self._t0, time.thread_time() - self._c0
             if warmup <= self._index < warmup + timed:
                 self.times.append(elapsed)
                 self.cpu_times.append(cpu)
             elif self._index == warmup + timed:
                 self._measuring.__exit__(None, None, None)
             self._index += 1
+            if baton is not None:
+                baton.pass_on(slot)
+                baton.wait_turn(slot)
 
     return StepTimer()
 
@@ -559,47 +592,91 @@ def microbatch_digest(inputs) -> dict[str, Any]:
     }
 
 
-def run_method(method: str, geometry: Geometry, model_path: str, tokenizer, dataset, args, workdir: Path,
-               meter: MemoryMeter, *, steps: int, warmup: int, loss_reps: int) -> dict[str, Any]:
+def run_repetition(order: list[str], geometry: Geometry, model_path: str, tokenizer, dataset, args, workdir: Path,
+                   meter: MemoryMeter, *, steps: int, warmup: int, loss_reps: int) -> list[dict[str, Any]]:
+    """One repetition: a trainer per method, training with steps interleaved (see `Baton`), then the loss-only calls
+    interleaved too (one call per method in turn)."""
     meter.settle()
-    base = meter.allocated()  # CUDA: what earlier runs left allocated (0 when all was freed); CPU: 0
-    timer = make_step_timer(meter, warmup, steps)
-    t_build = time.perf_counter()
-    trainer = build_trainer(method, geometry, model_path, tokenizer, dataset, args, warmup + steps + 1, workdir,
-                            [timer])
-    timer.trainer = trainer
-    build_s = time.perf_counter() - t_build
-    trainer.train()
-    if len(timer.times) != steps or timer.memory is None:
-        raise RuntimeError(f"{method}: expected {steps} timed steps and a memory step, got {len(timer.times)}.")
-    if args.device_resolved == "cuda":  # everything allocated since before the trainer was built
-        step_peak = timer.memory["peak_bytes"] - base
-    else:  # the state kept between steps + what the step allocates on top
-        step_peak = timer.state_bytes + timer.memory["extra_bytes"]
-    checksum, served = trainer.bench_checksum, trainer.bench_completions
-    inputs = prepared_microbatch(trainer)
-    loss_times, loss_cpu_times, loss_mem = time_loss_only(trainer, inputs, loss_reps, meter)
-    result = {
-        "method": method,
-        "memory_before_bytes": base,
-        "state_bytes_at_memory_step": timer.state_bytes,
-        "build_s": build_s,
-        "step_s": timer.times,
-        "step_median_s": statistics.median(timer.times),
-        "step_cpu_s": timer.cpu_times,
-        "step_cpu_median_s": statistics.median(timer.cpu_times),
-        "step_peak_bytes": step_peak,
-        "loss_s": loss_times,
-        "loss_median_s": statistics.median(loss_times),
-        "loss_cpu_s": loss_cpu_times,
-        "loss_cpu_median_s": statistics.median(loss_cpu_times),
-        "loss_peak_bytes": loss_mem,
-        "completions_served": served,
-        "completion_checksum": checksum,
-        "microbatch": microbatch_digest(inputs),
-    }
-    del trainer, inputs
-    return result
+    baton = Baton(list(range(len(order))))
+    timers, trainers, build_s = [], [], []
+    for slot, method in enumerate(order):
+        timer = make_step_timer(meter, warmup, steps, baton, slot)
+        t_build = time.perf_counter()
+        trainer = build_trainer(method, geometry, model_path, tokenizer, dataset, args, warmup + steps + 1, workdir,
+                                [timer])
+        build_s.append(time.perf_counter() - t_build)
+        timer.trainer = trainer
+        timers.append(timer)
+        trainers.append(trainer)
+
+    errors: dict[int, BaseException] = {}
+
+    def work(slot: int) -> None:
+        try:
+            baton.wait_turn(slot)
+            trainers[slot].train()
+            trainers[slot].bench_checksum_in_training = trainers[slot].bench_checksum
+            trainers[slot].bench_completions_in_training = trainers[slot].bench_completions
+        except BaseException as exc:  # reported below, in the main thread
+            errors[slot] = exc
+        finally:
+            baton.pass_on(slot, finished=True)
+
+    threads = [threading.Thread(target=work, args=(slot,), name=f"bench-{m}") for slot, m in enumerate(order)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        slot, exc = next(iter(errors.items()))
+        raise RuntimeError(f"training {order[slot]} failed: {exc!r}") from exc
+    for method, timer in zip(order, timers):
+        if len(timer.times) != steps or timer.memory is None:
+            raise RuntimeError(f"{method}: expected {steps} timed steps and a memory step, got {len(timer.times)}.")
+
+    # Loss-only: fixed inputs prepared by each trainer, one warm-up call each, then calls interleaved across methods.
+    inputs = [prepared_microbatch(trainer) for trainer in trainers]
+    loss_times: list[list[float]] = [[] for _ in order]
+    loss_cpu: list[list[float]] = [[] for _ in order]
+    for call in range(loss_reps + 1):
+        for slot, trainer in enumerate(trainers):
+            trainer.model.zero_grad(set_to_none=True)
+            meter.sync()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            _loss_and_backward(trainer, inputs[slot])
+            meter.sync()
+            if call >= 1:
+                loss_times[slot].append(time.perf_counter() - t0)
+                loss_cpu[slot].append(time.thread_time() - c0)
+            trainer.model.zero_grad(set_to_none=True)
+    results = []
+    for slot, (method, trainer, timer) in enumerate(zip(order, trainers, timers)):
+        with meter.measuring() as mem:
+            _loss_and_backward(trainer, inputs[slot])
+        trainer.model.zero_grad(set_to_none=True)
+        results.append({
+            "method": method,
+            "position": slot,
+            "state_bytes_at_memory_step": timer.state_bytes,
+            "build_s": build_s[slot],
+            "step_s": timer.times,
+            "step_median_s": statistics.median(timer.times),
+            "step_cpu_s": timer.cpu_times,
+            "step_cpu_median_s": statistics.median(timer.cpu_times),
+            # the state kept between steps + the most the step allocates on top of it
+            "step_peak_bytes": timer.state_bytes + timer.memory["extra_bytes"],
+            "loss_s": loss_times[slot],
+            "loss_median_s": statistics.median(loss_times[slot]),
+            "loss_cpu_s": loss_cpu[slot],
+            "loss_cpu_median_s": statistics.median(loss_cpu[slot]),
+            "loss_peak_bytes": mem["extra_bytes"],
+            "completions_served": trainer.bench_completions_in_training,
+            "completion_checksum": trainer.bench_checksum_in_training,
+            "microbatch": microbatch_digest(inputs[slot]),
+        })
+    del trainers, inputs, timers
+    meter.settle()
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------- pure losses
@@ -937,8 +1014,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         print(f"[bench] {args.device_resolved}, {torch.get_num_threads()} threads; model: {model_desc}", flush=True)
         # One untimed run of the baseline first: imports, allocator and kernel warm-up are paid before any measurement.
-        run_method(BASELINE, geometry, model_path, tokenizer, dataset, args, workdir, meter,
-                   steps=1, warmup=1, loss_reps=1)
+        run_repetition([BASELINE], geometry, model_path, tokenizer, dataset, args, workdir, meter,
+                       steps=1, warmup=1, loss_reps=1)
         # Everything imported so far is long-lived: move it out of the collector's reach, so that the gc.collect()
         # before each measurement is quick (it otherwise walks every module object of torch/transformers/TRL).
         gc.collect()
@@ -946,14 +1023,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = []
         for rep in range(args.reps):
             order = args.methods[rep % len(args.methods):] + args.methods[: rep % len(args.methods)]
-            for method in order:
-                result = run_method(method, geometry, model_path, tokenizer, dataset, args, workdir, meter,
-                                    steps=args.steps, warmup=args.warmup_steps, loss_reps=args.loss_reps)
+            results = run_repetition(order, geometry, model_path, tokenizer, dataset, args, workdir, meter,
+                                     steps=args.steps, warmup=args.warmup_steps, loss_reps=args.loss_reps)
+            for result in results:
                 result["rep"] = rep
                 runs.append(result)
-                print(f"[bench] rep {rep} {method:>15}: step {1e3 * result['step_median_s']:8.1f} ms, loss-only "
-                      f"{1e3 * result['loss_median_s']:8.1f} ms, peak step "
-                      f"{(result['step_peak_bytes'] or 0) / 2**20:7.1f} MiB", flush=True)
+                print(f"[bench] rep {rep} {result['method']:>15}: step {1e3 * result['step_median_s']:8.1f} ms, "
+                      f"loss-only {1e3 * result['loss_median_s']:8.1f} ms, peak step "
+                      f"{result['step_peak_bytes'] / 2**20:7.1f} MiB", flush=True)
         checksums = {r["rep"]: set() for r in runs}
         for r in runs:
             checksums[r["rep"]].add(r["completion_checksum"])

@@ -225,3 +225,34 @@ def test_quick_run_on_cuda_uses_cuda_memory_stats(tmp_path):
     assert result["machine"]["device"] == "cuda" and "GPU" in result["machine"]["device_name"]
     assert result["memory_method"].startswith("torch.cuda.max_memory_allocated")
     assert all(r["step_peak_bytes"] > 0 for r in result["runs"])
+
+
+def test_baton_runs_one_thread_at_a_time_round_robin():
+    import threading
+    import time
+
+    baton = bench.Baton([0, 1, 2], timeout=30)
+    log, running, overlaps = [], [], []
+
+    def work(slot, steps):
+        baton.wait_turn(slot)
+        for step in range(steps):
+            running.append(slot)
+            if running != [slot]:  # somebody else is inside a step
+                overlaps.append(list(running))
+            time.sleep(0.002)
+            log.append((slot, step))
+            running.remove(slot)
+            if step < steps - 1:
+                baton.pass_on(slot)
+                baton.wait_turn(slot)
+        baton.pass_on(slot, finished=True)
+
+    threads = [threading.Thread(target=work, args=(slot, n)) for slot, n in ((0, 3), (1, 1), (2, 3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not overlaps
+    assert log == [(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2), (2, 2)]
+    assert baton.holder is None
