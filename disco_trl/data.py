@@ -29,7 +29,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class SourceSpec:
     config: str | None = None
     local_file: str | None = None  # benchmark file name inside benchmark_dir()
     deduplicate: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 SOURCES: dict[str, SourceSpec] = {
@@ -314,7 +313,7 @@ def load_math_dataset(
     config: str | None = None,
     local: bool | None = None,
     deduplicate: bool | None = None,
-    keep_columns: Iterable[str] = (),
+    keep_columns: Iterable[str] | None = (),
 ):
     r"""Load a math dataset as a `datasets.Dataset` with columns `prompt`, `solution` and `problem`.
 
@@ -406,7 +405,7 @@ def load_math_dataset(
             f"(columns: {columns}). Pass answer_field='<column with the final answer>' or "
             "solution_field='<column with a worked solution ending in \\boxed{...}>'."
         )
-    keep = list(keep_columns)
+    keep = list(keep_columns or ())
     for column in keep:
         if column not in columns:
             raise ValueError(f"load_math_dataset({source!r}): keep_columns has {column!r}, not in {columns}.")

@@ -182,7 +182,12 @@ class _TransformersGenerator:
         self.seed = seed
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        self.was_training = bool(getattr(model, "training", False))
         self.model.eval()
+
+    def close(self) -> None:
+        if self.was_training:  # an in-memory model goes back to training mode (evaluate between training phases)
+            self.model.train()
 
     def generate(self, prompts: list[str], *, temperature: float, top_p: float, max_new_tokens: int, seed: int):
         import torch
@@ -567,6 +572,8 @@ def evaluate(
                 if bar is not None and finished:
                     bar.update(finished)
     finally:
+        if hasattr(generator, "close"):
+            generator.close()
         if samples_file is not None:
             samples_file.close()
         if bar is not None:

@@ -198,7 +198,8 @@ def test_unknown_source_and_missing_file(tmp_path):
 def test_custom_template_and_system_prompt(tmp_path):
     path = tmp_path / "p.jsonl"
     _write(path, [{"problem": "1+1?", "answer": "2"}], "jsonl")
-    ds = load_math_dataset(str(path), prompt_template="Q: {problem}\nA:", system_prompt="You are a solver.")
+    ds = load_math_dataset(str(path), prompt_template="Q: {problem}\nA:", system_prompt="You are a solver.",
+                           keep_columns=None)
     assert ds[0]["prompt"] == [
         {"role": "system", "content": "You are a solver."},
         {"role": "user", "content": "Q: 1+1?\nA:"},

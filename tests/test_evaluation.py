@@ -173,6 +173,16 @@ def test_metrics_are_exact_with_scripted_completions(tiny, tmp_path, monkeypatch
     assert [r["answer"] for r in records if r["problem_id"] == 1] == ["0.5", None, "2", "1/3"]
 
 
+def test_in_memory_model_keeps_its_training_mode(tiny):
+    model, tokenizer = tiny
+    model.train()
+    try:
+        evaluate(model, {"toy": _toy_benchmark()}, tokenizer=tokenizer, num_samples=1, max_new_tokens=2, progress=False)
+        assert model.training
+    finally:
+        model.eval()
+
+
 def test_resume_generates_only_what_is_missing(tiny, tmp_path, monkeypatch):
     model, tokenizer = tiny
     bench = {"toy": _toy_benchmark()}
