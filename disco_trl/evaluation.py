@@ -208,7 +208,8 @@ class _TransformersGenerator:
         sampling = temperature > 0
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=tok.pad_token_id)
         if sampling:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+            # exactly the protocol's sampler: no top-k and no repetition penalty from the model's generation_config
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0)
         torch.manual_seed(seed)
         with torch.no_grad():
             out = self.model.generate(**enc, **kwargs)
@@ -232,6 +233,9 @@ class _VLLMGenerator:
         from vllm import LLM
 
         kwargs = {k: v for k, v in llm_kwargs.items() if v is not None}
+        # vLLM's own sampling defaults, not the model's generation_config.json (which may set top_k, a repetition
+        # penalty...): the protocol is temperature and top-p only
+        kwargs.setdefault("generation_config", "vllm")
         self.llm = LLM(model=model_path, tokenizer=tokenizer_path or model_path, seed=seed, dtype=dtype, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.batch_size = 1 << 30

@@ -173,6 +173,20 @@ def test_metrics_are_exact_with_scripted_completions(tiny, tmp_path, monkeypatch
     assert [r["answer"] for r in records if r["problem_id"] == 1] == ["0.5", None, "2", "1/3"]
 
 
+def test_sampling_ignores_top_k_from_the_models_generation_config(tiny):
+    model, tokenizer = tiny
+    model.generation_config.top_k = 1  # would make every sample the greedy one
+    try:
+        results_dir = evaluate(model, {"toy": _toy_benchmark().select([0])}, tokenizer=tokenizer, num_samples=6,
+                               max_new_tokens=8, progress=False)
+        assert results_dir["timing"]["samples_generated"] == 6
+        gen = evaluation._TransformersGenerator(model, tokenizer, batch_size=6, seed=0)
+        texts = [t for t, _, _ in gen.generate(["Q: 2+2?"] * 6, temperature=0.6, top_p=0.95, max_new_tokens=8, seed=0)]
+        assert len(set(texts)) > 1  # top-p sampling over the whole vocabulary, not top-1
+    finally:
+        model.generation_config.top_k = None
+
+
 def test_in_memory_model_keeps_its_training_mode(tiny):
     model, tokenizer = tiny
     model.train()
