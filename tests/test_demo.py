@@ -54,6 +54,34 @@ def test_problems_are_graded_bounded_deterministic_and_disjoint():
         task.make_problems(300, seed=0, difficulties=(1,))  # only 243 one-operation questions exist
 
 
+def _step_is_right(line: str) -> bool:
+    lhs, rhs = line.split("=")
+    return eval(lhs) == int(rhs)
+
+
+def test_the_slipping_teacher_slips_at_its_rate_and_the_slip_propagates():
+    problems = task.make_problems(400, seed=2, distinct=False)
+    rng = random.Random(0)
+    assert all(task.slipped_solution(p, rng, 0.0) == p.solution_text for p in problems)
+
+    always = [task.slipped_solution(p, rng, 1.0).split("\n") for p in problems[:50]]
+    assert all(not _step_is_right(line) for lines in always for line in lines[:-1])
+
+    lines = [task.slipped_solution(p, rng, 0.15).split("\n") for p in problems]
+    steps = [line for sol in lines for line in sol[:-1]]
+    slipped = sum(not _step_is_right(line) for line in steps)
+    assert 0.11 < slipped / len(steps) < 0.19
+    for p, sol in zip(problems, lines):
+        final = int(sol[-1][len("\\boxed{"):-1])
+        assert final == int(sol[-2].split("=")[1])  # the boxed answer is the (possibly slipped) last result
+        if all(_step_is_right(line) for line in sol[:-1]):
+            assert final == p.answer
+    with pytest.raises(ValueError, match="slip_rate"):
+        task.slipped_solution(problems[0], rng, 1.5)
+    with pytest.raises(ValueError, match="slip_rate"):
+        ws.WarmStartConfig(slip_rate=1.0).validate()
+
+
 def test_held_out_splits_are_disjoint_from_each_other_and_from_training():
     test, val = ws.eval_problems(100, "test"), ws.eval_problems(100, "val")
     train = ws.train_problems(3000, seed=7)

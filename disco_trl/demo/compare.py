@@ -25,6 +25,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-seed", type=_seed, default=100, help="seed of the sweep runs (default 100)")
     parser.add_argument("--output-dir", default="disco-compare-output",
                         help="where results.md, results.json, dynamics.png and runs/ go")
+    parser.add_argument("--runs-dir", default=None,
+                        help="where the per-run files are kept and reused (default: OUTPUT_DIR/runs); point several "
+                             "comparisons at one folder to share the runs they have in common")
     add_common_arguments(parser, defaults)
     return parser
 
@@ -106,8 +110,8 @@ def _slim(result: dict) -> dict:
         "settings": result["settings"],
         "pass@1_before": result["pass@1_before"],
         "pass@1_after": result["pass@1_after"],
-        "pass@1_by_ops_before": result["before"]["pass@1_by_ops"],
-        "pass@1_by_ops_after": result["after"]["pass@1_by_ops"],
+        "pass@1_by_ops_before": {str(k): v for k, v in result["before"]["pass@1_by_ops"].items()},
+        "pass@1_by_ops_after": {str(k): v for k, v in result["after"]["pass@1_by_ops"].items()},
         "eval_history": result["eval_history"],
         "log_history": [{k: e[k] for k in KEEP_KEYS if k in e} for e in result["log_history"]
                         if "train_runtime" not in e],
@@ -130,8 +134,8 @@ def run_cached(settings: RunSettings, model_path: str, runs_dir: str, tag: str, 
             log(f"[compare] {name}: reusing the finished run")
             return cached
     t0 = time.time()
-    result = _slim(run_method(settings, model_path, os.path.join(runs_dir, "tmp"), log=lambda *a: None,
-                              save_model=False))
+    with tempfile.TemporaryDirectory(prefix="disco-compare-") as trainer_dir:  # the trainer's output_dir (unused)
+        result = _slim(run_method(settings, model_path, trainer_dir, log=lambda *a: None, save_model=False))
     result["settings"] = wanted
     result["model_path_key"] = os.path.basename(model_path)
     with open(path + ".tmp", "w") as f:
@@ -191,7 +195,8 @@ def markdown(summary: dict, sweep: dict | None, meta: dict) -> str:
         "",
         f"Held-out test Pass@1 ({meta['eval_questions']} questions x {meta['eval_samples']} samples, T="
         f"{meta['temperature']}) after {meta['steps']} optimizer steps; mean ± std over seeds {meta['seeds']} "
-        f"(min-max in brackets). Starting model Pass@1: {meta['pass@1_start']:.3f}.",
+        f"(min-max in brackets). Starting model Pass@1: {meta['pass@1_start']:.3f}. DisCO: tau "
+        f"{meta['disco']['tau']}, delta {meta['disco']['kl_delta']:g}, beta {meta['disco']['kl_beta']:g}.",
         "",
         "| method | lr | Pass@1 after | [min, max] | best during training | 1 op | 2 ops | 3 ops | 4 ops | "
         "final entropy | final train reward |",
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = settings_from_args(args, args.methods[0], args.seeds[0], base_lr)
     except ValueError as err:
         parser.error(str(err))
-    runs_dir = os.path.join(args.output_dir, "runs")
+    runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
     try:
         os.makedirs(runs_dir, exist_ok=True)
     except OSError as err:
@@ -284,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         "questions_per_generation": probe.questions_per_generation,
         "num_generations": probe.num_generations,
         "updates_per_generation": probe.updates_per_generation,
+        "disco": {"tau": probe.tau if probe.tau is not None else "paper default (10 log-L, 1 L-ratio)",
+                  "kl_delta": probe.kl_delta, "kl_beta": probe.kl_beta},
         "pass@1_start": statistics.fmean(s["pass@1_before"] for s in summary.values()),
         "warmstart": {k: info[k] for k in ("config", "num_parameters", "vocab_size", "sft_final_loss")},
         "wall_seconds": round(time.time() - t0, 1),

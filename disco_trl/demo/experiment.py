@@ -43,13 +43,13 @@ class RunSettings:
     method: str = "disco"
     seed: int = 0
     max_steps: int = 160  # optimizer steps (4 per generation batch)
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-5  # constant; DisCO's best in the sweep of docs/comparison.md (paper: 2e-6 for 1.5B)
     num_generations: int = 8  # completions per question (paper: 8)
     questions_per_generation: int = 16  # generation batch (paper: 128)
     updates_per_generation: int = 4  # optimizer steps per generation batch (paper: 128 / 32 = 4)
-    temperature: float = 0.6  # paper: 0.6
+    temperature: float = 0.6  # paper: 0.6 (training and evaluation)
     max_completion_length: int = 64
-    train_difficulties: tuple[int, ...] = (2, 3, 4)
+    train_difficulties: tuple[int, ...] = (1, 2, 3, 4)  # same mix as the held-out questions
     eval_questions: int = 100
     eval_samples: int = 8
     eval_split: str = "test"  # held-out questions: "test" (reported) or "val" (hyperparameter choice)
@@ -84,6 +84,10 @@ class RunSettings:
             raise ValueError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}.")
         if self.eval_questions > 100:
             raise ValueError(f"at most 100 held-out questions are reserved per split; got {self.eval_questions}.")
+        if self.tau is not None and not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ValueError(f"tau must be a finite number > 0, got {self.tau}.")
+        if not (self.kl_delta >= 0 and self.kl_beta >= 0):
+            raise ValueError(f"kl_delta and kl_beta must be >= 0, got {self.kl_delta} and {self.kl_beta}.")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}.")
 

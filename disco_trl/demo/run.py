@@ -26,6 +26,8 @@ from .experiment import METHODS, RunSettings
 from .warmstart import WarmStartConfig
 
 DEFAULT_OUTPUT_DIR = "disco-demo-output"
+DEMO_STEPS = 400  # the demo's default budget (the comparison uses RunSettings.max_steps per run)
+DEMO_EVAL_EVERY = 80  # held-out Pass@1 during training, for the plot
 
 # The --quick smoke run: a smaller model, a shorter warm start, a few steps, a small evaluation.
 QUICK_WARMSTART = WarmStartConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128, sft_steps=120,
@@ -72,6 +74,19 @@ def _positive_float(name):
     return parse
 
 
+def _nonneg_float(name):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not (value >= 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number >= 0, got {text}")
+        return value
+
+    return parse
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, defaults: RunSettings) -> None:
     """Flags shared by `demo` and `compare`."""
     parser.add_argument("--steps", type=_positive_int("--steps"), default=None,
@@ -84,7 +99,17 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: RunSettings)
     parser.add_argument("--eval-samples", type=_positive_int("--eval-samples"), default=None,
                         help=f"samples per held-out question for Pass@1 (default {defaults.eval_samples})")
     parser.add_argument("--eval-every", type=_nonneg_int("--eval-every"), default=None,
-                        help="also evaluate every N optimizer steps during training (0: before and after only)")
+                        help=f"also evaluate every N optimizer steps during training (0: before and after only; "
+                             f"default: demo {DEMO_EVAL_EVERY}, compare 0)")
+    parser.add_argument("--tau", type=_positive_float("--tau"), default=None,
+                        help="DisCO's DRO temperature (DisCO methods only; default: the paper's 10 for log-L, 1 for "
+                             "L-ratio)")
+    parser.add_argument("--kl-delta", type=_nonneg_float("--kl-delta"), default=defaults.kl_delta,
+                        help=f"DisCO's trust-region radius delta (DisCO methods only; default {defaults.kl_delta:g}, "
+                             "the paper's)")
+    parser.add_argument("--kl-beta", type=_nonneg_float("--kl-beta"), default=defaults.kl_beta,
+                        help=f"DisCO's squared-hinge weight beta (DisCO methods only; default {defaults.kl_beta:g}, "
+                             "the paper's; 0 turns the KL constraint off)")
     parser.add_argument("--cache-dir", default=None,
                         help="where the warm-started model is cached (default $DISCO_TRL_CACHE or ~/.cache/disco-trl)")
     parser.add_argument("--quick", action="store_true",
@@ -95,8 +120,13 @@ def warmstart_config(quick: bool) -> WarmStartConfig:
     return QUICK_WARMSTART if quick else WarmStartConfig()
 
 
-def settings_from_args(args, method: str, seed: int, learning_rate: float) -> RunSettings:
+def settings_from_args(args, method: str, seed: int, learning_rate: float, *, default_steps: int | None = None,
+                       default_eval_every: int | None = None) -> RunSettings:
     defaults = RunSettings()
+    if default_steps is not None:
+        defaults.max_steps = default_steps
+    if default_eval_every is not None:
+        defaults.eval_every = default_eval_every
     settings = RunSettings(
         method=method,
         seed=seed,
@@ -107,6 +137,9 @@ def settings_from_args(args, method: str, seed: int, learning_rate: float) -> Ru
         eval_samples=args.eval_samples or (QUICK["eval_samples"] if args.quick else defaults.eval_samples),
         questions_per_generation=QUICK["questions_per_generation"] if args.quick else defaults.questions_per_generation,
         eval_every=args.eval_every if args.eval_every is not None else (0 if args.quick else defaults.eval_every),
+        tau=args.tau,
+        kl_delta=args.kl_delta,
+        kl_beta=args.kl_beta,
     )
     if settings.eval_questions > 100:
         raise ValueError(f"--eval-questions={settings.eval_questions}: at most 100 held-out questions are reserved.")
@@ -115,7 +148,7 @@ def settings_from_args(args, method: str, seed: int, learning_rate: float) -> Ru
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = RunSettings()
+    defaults = RunSettings(max_steps=DEMO_STEPS)
     parser = argparse.ArgumentParser(
         prog="disco-trl demo",
         description="A real DisCO training run on a generated arithmetic task, on CPU, offline: warm-start a tiny "
@@ -185,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        settings = settings_from_args(args, args.method, args.seed, args.learning_rate)
+        settings = settings_from_args(args, args.method, args.seed, args.learning_rate, default_steps=DEMO_STEPS,
+                                      default_eval_every=DEMO_EVAL_EVERY)
     except ValueError as err:
         parser.error(str(err))
     try:

@@ -14,6 +14,12 @@ real math training. Difficulty is the number of operations: one operation is a s
 operations chain four facts and carry two-digit intermediate values. Every intermediate value stays within
 [-`max_abs`, `max_abs`] so that the arithmetic stays within reach of a tiny model.
 
+The warm start imitates a distilled SFT model, which has the skill but often samples a flawed solution: its
+demonstrations come from a teacher that *slips* (`slipped_solution`): each step's result is, with probability
+`slip_rate`, off by a small amount (an off-by-one or a carry error), and the slip propagates to the final answer like
+a real mistake. The warm-started model learns to slip too, and RL must learn not to -- the sharpening that RL with
+verifiable rewards does on real reasoning models. The correct worked solution is `Problem.solution_text`.
+
 Everything is a pure function of a seed: the same seed gives the same questions on any machine.
 """
 
@@ -27,11 +33,16 @@ MIN_OPS, MAX_OPS = 1, 4
 PROMPT_TEMPLATE = "Compute {expression}. Put the final answer in \\boxed{{}}."
 
 
+SLIP_OFFSETS = (-10, -2, -1, 1, 2, 10)  # how a slipped step's result is off: an off-by-one/two, a carry error
+
+
 @dataclass(frozen=True)
 class Problem:
     expression: str  # e.g. "7+3*4-9"
     answer: int
     steps: tuple[str, ...]  # e.g. ("3*4=12", "7+12=19", "19-9=10")
+    numbers: tuple[int, ...] = ()
+    ops: tuple[str, ...] = ()
 
     @property
     def num_ops(self) -> int:
@@ -57,8 +68,10 @@ def _apply(a: int, op: str, b: int) -> int:
     raise ValueError(f"unknown operator {op!r}")
 
 
-def solve(numbers: list[int], ops: list[str]) -> tuple[int, tuple[str, ...], int]:
-    """Evaluate with precedence, one operation per step. Returns (answer, steps, largest |intermediate value|)."""
+def solve(numbers: list[int], ops: list[str], slip=None) -> tuple[int, tuple[str, ...], int]:
+    """Evaluate with precedence, one operation per step. Returns (answer, steps, largest |intermediate value|).
+
+    `slip`, if given, maps each step's true result to the result written down (and used from then on)."""
     if len(numbers) != len(ops) + 1:
         raise ValueError(f"{len(numbers)} numbers need {len(numbers) - 1} operators, got {len(ops)}.")
     numbers, ops = list(numbers), list(ops)
@@ -68,7 +81,7 @@ def solve(numbers: list[int], ops: list[str]) -> tuple[int, tuple[str, ...], int
     while "*" in ops:
         i = ops.index("*")
         a, b = numbers[i], numbers[i + 1]
-        value = a * b
+        value = a * b if slip is None else slip(a * b)
         steps.append(f"{a}*{b}={value}")
         numbers[i : i + 2] = [value]
         del ops[i]
@@ -76,7 +89,7 @@ def solve(numbers: list[int], ops: list[str]) -> tuple[int, tuple[str, ...], int
     # Then additions and subtractions, left to right.
     while ops:
         a, op, b = numbers[0], ops[0], numbers[1]
-        value = _apply(a, op, b)
+        value = _apply(a, op, b) if slip is None else slip(_apply(a, op, b))
         steps.append(f"{a}{op}{b}={value}")
         numbers[0:2] = [value]
         del ops[0]
@@ -94,7 +107,8 @@ def make_problem(rng: random.Random, num_ops: int, *, max_operand: int = 9, max_
         answer, steps, largest = solve(numbers, ops)
         if largest <= max_abs:
             expression = "".join(f"{n}{op}" for n, op in zip(numbers, ops)) + str(numbers[-1])
-            return Problem(expression=expression, answer=answer, steps=steps)
+            return Problem(expression=expression, answer=answer, steps=steps, numbers=tuple(numbers),
+                           ops=tuple(ops))
     raise RuntimeError(f"could not draw a {num_ops}-operation problem with values within {max_abs}")
 
 
@@ -122,6 +136,22 @@ def make_problems(n: int, seed: int, *, difficulties: tuple[int, ...] = (1, 2, 3
             seen.add(problem.expression)
         problems.append(problem)
     return problems
+
+
+def slipped_solution(problem: Problem, rng: random.Random, slip_rate: float) -> str:
+    """A worked solution by a teacher that slips: each step's result is off by one of `SLIP_OFFSETS` with
+    probability `slip_rate`, and later steps (and the boxed answer) use the wrong value, as a real mistake would.
+    With `slip_rate=0` this is `problem.solution_text`."""
+    if not 0.0 <= slip_rate <= 1.0:
+        raise ValueError(f"slip_rate must be between 0 and 1, got {slip_rate}.")
+    if not problem.numbers:
+        raise ValueError("this Problem was built without its numbers and operators; use make_problem(s).")
+
+    def slip(value: int) -> int:
+        return value + rng.choice(SLIP_OFFSETS) if rng.random() < slip_rate else value
+
+    answer, steps, _ = solve(list(problem.numbers), list(problem.ops), slip=slip)
+    return "\n".join([*steps, f"\\boxed{{{answer}}}"])
 
 
 def to_rl_rows(problems: list[Problem]) -> list[dict]:

@@ -2,9 +2,10 @@
 
 The paper starts RL from distilled SFT models that are right sometimes and wrong often. The demo imitates that with a
 model built locally (nothing is downloaded): a byte-level BPE tokenizer trained with the `tokenizers` library on the
-task's text (digits are kept as single tokens, so arithmetic is learnable), a ~1M-parameter Qwen2 architecture, and a
-few hundred steps of supervised fine-tuning on worked solutions -- deliberately stopped early, so that easy questions
-are mostly solved and hard ones mostly not.
+task's text (digits are kept as single tokens, so arithmetic is learnable), a ~1M-parameter Qwen2 architecture, and
+600 steps of supervised fine-tuning on worked solutions written by a teacher that slips (`task.slipped_solution`):
+the model learns the procedure, and also learns to slip now and then, so easy questions are mostly solved and hard
+ones mostly not -- the kind of starting point RL with verifiable rewards improves by sharpening.
 
 The result is cached on disk (`save_pretrained` of model and tokenizer, plus `warmstart.json`), keyed by every
 setting that affects it, so a second run skips the warm start. The cache lives in `--cache-dir`, else
@@ -31,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from .. import toy
 from . import task
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 NUM_EVAL_PROBLEMS_RESERVED = 200  # expressions kept out of every training set (the held-out pool, see eval_problems)
 
 
@@ -45,10 +46,11 @@ class WarmStartConfig:
     num_key_value_heads: int = 2
     intermediate_size: int = 512
     vocab_size: int = 320
-    sft_steps: int = 300
+    sft_steps: int = 600
     sft_batch_size: int = 64
     sft_learning_rate: float = 3e-3
     sft_warmup_steps: int = 20
+    slip_rate: float = 0.15  # per-step probability that the teacher's demonstration slips (see task.py)
     seed: int = 0
 
     def validate(self) -> None:
@@ -63,6 +65,8 @@ class WarmStartConfig:
                 f"WarmStartConfig.hidden_size={self.hidden_size} must be divisible by num_attention_heads="
                 f"{self.num_attention_heads}."
             )
+        if not 0.0 <= self.slip_rate < 1.0:
+            raise ValueError(f"WarmStartConfig.slip_rate must be in [0, 1), got {self.slip_rate}.")
         if not self.sft_learning_rate > 0:
             raise ValueError(f"WarmStartConfig.sft_learning_rate must be > 0, got {self.sft_learning_rate}.")
 
@@ -145,16 +149,22 @@ def prompt_string(tokenizer, problem: task.Problem) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- SFT
-def _encode_sft(tokenizer, problem: task.Problem) -> tuple[list[int], list[int]]:
+def _encode_sft(tokenizer, problem: task.Problem, solution: str) -> tuple[list[int], list[int]]:
     prompt_ids = tokenizer(prompt_string(tokenizer, problem), add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(problem.solution_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    completion_ids = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids, completion_ids
 
 
+def demonstrations(problems: list[task.Problem], cfg: WarmStartConfig) -> list[str]:
+    """The SFT targets: one worked solution per problem from a teacher that slips at `cfg.slip_rate` per step."""
+    rng = random.Random(cfg.seed + 2)
+    return [task.slipped_solution(p, rng, cfg.slip_rate) for p in problems]
+
+
 def supervised_warm_start(model, tokenizer, problems: list[task.Problem], cfg: WarmStartConfig, log=print) -> list[float]:
-    """Next-token cross-entropy on the worked solutions only (prompt tokens masked), AdamW, linear warm-up then
-    cosine decay to 10%. Returns the loss of every step."""
-    data = [_encode_sft(tokenizer, p) for p in problems]
+    """Next-token cross-entropy on the (slipping teacher's) worked solutions only (prompt tokens masked), AdamW,
+    linear warm-up then cosine decay to 10%. Returns the loss of every step."""
+    data = [_encode_sft(tokenizer, p, s) for p, s in zip(problems, demonstrations(problems, cfg))]
     generator = random.Random(cfg.seed)
     order: list[int] = []
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.sft_learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
