@@ -256,3 +256,18 @@ def test_baton_runs_one_thread_at_a_time_round_robin():
     assert not overlaps
     assert log == [(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (0, 2), (2, 2)]
     assert baton.holder is None
+
+
+def test_performance_doc_tables_are_the_committed_measurement():
+    """docs/performance.md shows the table the benchmark wrote for the committed run, number for number."""
+    doc = (ROOT / "docs" / "performance.md").read_text()
+    data = ROOT / "docs" / "benchmark-results"
+    result = json.loads((data / "cpu-epyc-2core.json").read_text())
+    table = bench.markdown(result)
+    assert table == (data / "cpu-epyc-2core.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| `") or re.match(r"\| [a-z_]+ \| \d", line)]
+    assert len(rows) == len(result["summary"]) + len(result["sweep"])
+    for row in rows:
+        assert row in doc, row
+    assert result["command"].split("--output-dir")[0].strip().removeprefix("python ") in doc
+    assert result["machine"]["torch"] in doc and result["machine"]["trl"] in doc
