@@ -896,7 +896,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"wall time {result['wall_s']:.0f} s",
         "",
         "Ratios are to `grpo` (TRL's default loss) in the same repetition: median [min, max] over repetitions. "
-        "Times are wall-clock medians (the JSON also has process CPU times: `step_cpu_s`, `loss_cpu_s`).",
+        "Times are wall-clock medians (the JSON also has the CPU time of the running thread: `step_cpu_s`, "
+        "`loss_cpu_s`).",
         "",
         "| method | step ms | step ratio | loss-only ms | loss-only ratio | peak step MiB | peak step ratio "
         "| peak loss MiB | peak loss ratio |",
