@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
     try:
+        os.makedirs(args.output_dir, exist_ok=True)
         os.makedirs(runs_dir, exist_ok=True)
     except OSError as err:
         parser.error(f"--output-dir {args.output_dir!r} cannot be created: {err}")
