@@ -249,3 +249,11 @@ def test_compare_quick_writes_table_json_plot_and_resumes(tmp_path, capsys):
 
     assert main(argv) == 0  # everything is reused: no training the second time
     assert capsys.readouterr().out.count("reusing the finished run") == 6
+
+    # Another comparison sharing the runs folder: a new output folder, the same runs reused.
+    shared = [*argv[:-4], "--output-dir", str(tmp_path / "cmp2"), "--runs-dir", str(tmp_path / "cmp" / "runs"),
+              "--cache-dir", str(tmp_path / "cache")]
+    assert main(shared) == 0
+    assert capsys.readouterr().out.count("reusing the finished run") == 6
+    assert "| DisCO (log-L) |" in (tmp_path / "cmp2" / "results.md").read_text()
+    assert not (tmp_path / "cmp2" / "runs").exists()

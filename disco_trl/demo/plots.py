@@ -47,8 +47,10 @@ def _use_agg():
     return plt
 
 
-def plot_run(log_history: list[dict], path: str, title: str, eval_history: list[dict] | None = None) -> str:
-    """One run: reward, entropy, KL (and held-out Pass@1 when `eval_history` has points) against optimizer step."""
+def plot_run(log_history: list[dict], path: str, title: str, eval_history: list[dict] | None = None,
+             kl_delta: float | None = None) -> str:
+    """One run: reward, entropy, KL (and held-out Pass@1 when `eval_history` has points) against optimizer step.
+    `kl_delta` draws DisCO's trust-region radius on the KL panel."""
     plt = _use_agg()
     panels = [("reward", "training reward"), ("entropy", "generation entropy (nats/token)")]
     key = kl_key(log_history)
@@ -69,7 +71,13 @@ def plot_run(log_history: list[dict], path: str, title: str, eval_history: list[
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
         if metric == "disco/kl":
-            ax.set_yscale("symlog", linthresh=1e-5)
+            # A token-mean estimate on each update's micro-batch: exactly 0 on the first update after a generation
+            # (pi_theta = pi_old) and noisy, sometimes negative, on the others.
+            ax.axhline(0.0, color="gray", linewidth=0.8)
+            if kl_delta is not None:
+                ax.axhline(kl_delta, color="tab:red", linestyle="--", linewidth=1.2, label=f"delta = {kl_delta:g}")
+                ax.legend(fontsize=8, loc="upper right")
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     if with_eval:
         ax = axes[-1]
         ax.plot([h["step"] for h in eval_history], [h["pass@1"] for h in eval_history], "o-", color="tab:green")

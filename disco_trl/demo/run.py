@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         parser.error(f"--output-dir {args.output_dir!r} cannot be created: {err}")
 
-    from .experiment import METHODS as labels, quiet_libraries, run_method
+    from .experiment import DISCO_METHODS, METHODS as labels, quiet_libraries, run_method
     from .plots import plot_run
     from .warmstart import load_or_build
 
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     result["warmstart"] = info
     plot_path = os.path.join(args.output_dir, "training_dynamics.png")
     plot_run(result["log_history"], plot_path,
-             f"{labels[settings.method]} on the demo task (seed {settings.seed})", result["eval_history"])
+             f"{labels[settings.method]} on the demo task (seed {settings.seed})", result["eval_history"],
+             kl_delta=settings.kl_delta if settings.method in DISCO_METHODS else None)
     result["plot"] = plot_path
     result["wall_seconds"] = round(time.time() - t0, 1)
     results_path = os.path.join(args.output_dir, "demo_results.json")
