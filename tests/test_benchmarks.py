@@ -1,4 +1,4 @@
-"""benchmarks/bench_disco.py: the quick mode runs end to end and writes its table and JSON; its arithmetic is right.
+"""benchmarks/bench_disco.py (and its parts in benchmarks/benchlib/): the quick mode runs end to end and writes its table and JSON; its arithmetic is right.
 
 The benchmark's numbers themselves are not checked here (they are machine-dependent and belong in
 docs/performance.md); only that the run is complete, consistent and well-formed.
@@ -26,11 +26,12 @@ def load_bench():
     spec = importlib.util.spec_from_file_location("bench_disco", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_disco"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    spec.loader.exec_module(module)  # also puts benchmarks/ on sys.path, for `benchlib`
     return module
 
 
 bench = load_bench()
+from benchlib import report, sweep, timing  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +99,9 @@ def test_quick_run_sweep_covers_the_three_axes(quick_run):
     assert sorted(r["questions_per_microbatch"] for r in rows if r["axis"] == "questions") == [1, 2]
     for r in rows:
         assert r["completion_tokens"] == r["num_generations"] * r["questions_per_microbatch"] * r["completion_length"]
-        assert all(r["fn_s"][m] > 0 for m in bench.SWEEP_METHODS)
+        assert all(r["fn_s"][m] > 0 for m in sweep.SWEEP_METHODS)
         if r["completion_tokens"] <= result["config"]["sweep_max_tokens"]:
-            assert all(r["compute_loss_s"][m] > 0 for m in bench.SWEEP_METHODS)
+            assert all(r["compute_loss_s"][m] > 0 for m in sweep.SWEEP_METHODS)
             share = (r["fn_s"]["disco_log_l"] - r["fn_s"]["grpo"]) / r["compute_loss_s"]["grpo"]
             assert r["disco_log_l_fn_overhead_share"] == pytest.approx(share)
     assert result["sweep_verdict"]
@@ -135,7 +136,7 @@ def test_summary_ratios_are_per_repetition():
     runs = [run(0, "grpo", 1.0, 0.5, 2**20), run(0, "disco_log_l", 1.2, 0.5, 2**21),
             run(1, "grpo", 2.0, 1.0, 2**20), run(1, "disco_log_l", 1.8, 1.5, 2**20),
             run(2, "grpo", 1.0, 1.0, 2**20), run(2, "disco_log_l", 1.0, 1.0, 2**20)]
-    s = bench.summarise(runs, ["grpo", "disco_log_l"])["disco_log_l"]
+    s = report.summarise(runs, ["grpo", "disco_log_l"])["disco_log_l"]
     # Ratios are taken inside each repetition (1.2, 0.9, 1.0), not between medians (1.2 / 1.0).
     assert s["step_ratio"] == {"median": pytest.approx(1.0), "min": pytest.approx(0.9), "max": pytest.approx(1.2)}
     assert s["loss_ratio"] == {"median": pytest.approx(1.0), "min": pytest.approx(1.0), "max": pytest.approx(1.5)}
@@ -152,7 +153,7 @@ def test_sweep_verdict_flags_a_growing_share():
          "disco_log_l_fn_overhead_share": 0.01, "disco_l_ratio_fn_overhead_share": 0.10},
         {"axis": "questions", "compute_loss_s": None},
     ]
-    verdict = bench.sweep_verdict(rows)
+    verdict = sweep.sweep_verdict(rows)
     assert verdict["completion_length/disco_log_l"]["flat_or_shrinks"] is True
     assert verdict["completion_length/disco_l_ratio"]["flat_or_shrinks"] is False
     assert not any(k.startswith("questions/") for k in verdict)  # no model timings: no verdict
@@ -160,27 +161,27 @@ def test_sweep_verdict_flags_a_growing_share():
 
 def test_pure_losses_match_their_definitions():
     torch.manual_seed(0)
-    logps, old, mask, rewards, group_ids, advantages = bench.pure_loss_inputs(4, 3, 10, "cpu", seed=1)
+    logps, old, mask, rewards, group_ids, advantages = sweep.pure_loss_inputs(4, 3, 10, "cpu", seed=1)
     x = logps.clone().requires_grad_(True)
     # At ratio 1 (old = current), TRL's clipped surrogate with the 'dapo' reduction is -sum(A * mask) / sum(mask).
-    loss = bench.grpo_token_loss(x, x.detach(), advantages, mask, loss_type="dapo")
+    loss = sweep.grpo_token_loss(x, x.detach(), advantages, mask, loss_type="dapo")
     loss.backward()
     expected = -(advantages[:, None] * mask).sum() / mask.sum()
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
     assert torch.allclose(x.grad, -advantages[:, None] * mask / mask.sum(), atol=1e-7)
     # 'grpo' reduction: per-sequence mean, then mean over sequences.
-    per_seq = bench.grpo_token_loss(x, x.detach(), advantages, mask, loss_type="grpo")
+    per_seq = sweep.grpo_token_loss(x, x.detach(), advantages, mask, loss_type="grpo")
     assert per_seq.item() == pytest.approx(-advantages.mean().item(), abs=1e-6)
 
     from disco_trl.losses import discriminative_objective, sequence_scores
 
     # DisCO with old = current: KL is 0, the hinge is inactive, the loss is -J.
-    d = bench.disco_loss(x, x.detach(), rewards, group_ids, mask, score_type="log_l", tau=10.0, num_questions=3)
+    d = sweep.disco_loss(x, x.detach(), rewards, group_ids, mask, score_type="log_l", tau=10.0, num_questions=3)
     scores = sequence_scores(x, None, mask, score_type="log_l")
     j = discriminative_objective(scores, rewards, group_ids, variant="dro", tau=10.0, num_questions=3)
     assert d.item() == pytest.approx(-j.item(), abs=1e-6)
     # Far from the old policy the squared hinge adds beta * (KL - delta)^2.
-    far = bench.disco_loss(x, x.detach() + 0.1, rewards, group_ids, mask, score_type="log_l", tau=10.0,
+    far = sweep.disco_loss(x, x.detach() + 0.1, rewards, group_ids, mask, score_type="log_l", tau=10.0,
                            num_questions=3)
     assert far.item() == pytest.approx(-j.item() + 1e3 * (0.1 - 1e-4) ** 2, rel=1e-4)
 
@@ -231,7 +232,7 @@ def test_baton_runs_one_thread_at_a_time_round_robin():
     import threading
     import time
 
-    baton = bench.Baton([0, 1, 2], timeout=30)
+    baton = timing.Baton([0, 1, 2], timeout=30)
     log, running, overlaps = [], [], []
 
     def work(slot, steps):
@@ -263,7 +264,7 @@ def test_performance_doc_tables_are_the_committed_measurement():
     doc = (ROOT / "docs" / "performance.md").read_text()
     data = ROOT / "docs" / "benchmark-results"
     result = json.loads((data / "cpu-epyc-2core.json").read_text())
-    table = bench.markdown(result)
+    table = report.markdown(result)
     assert table == (data / "cpu-epyc-2core.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| `") or re.match(r"\| [a-z_]+ \| \d", line)]
     assert len(rows) == len(result["summary"]) + len(result["sweep"])
