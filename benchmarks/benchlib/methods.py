@@ -43,10 +43,11 @@ class Geometry:
     questions_per_microbatch: int  # Q; per_device_train_batch_size = Q * G
     completion_length: int  # T, every fixed completion has exactly this many tokens
     grad_accum: int  # micro-batches per optimizer step
+    micro_batch: int | None = None  # sequences per micro-batch when a group spans micro-batches (then Q is unused)
 
     @property
     def batch_size(self) -> int:
-        return self.num_generations * self.questions_per_microbatch
+        return self.micro_batch or self.num_generations * self.questions_per_microbatch
 
 
 
