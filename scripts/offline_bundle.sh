@@ -30,7 +30,7 @@ PIN_TRANSFORMERS=$(sed -n 's/^ *transformers>=\([0-9.]*\).*/\1/p' setup.cfg)
 OURS=("trl==1.16.0" "datasets==5.2.0" "math-verify[antlr4_13_2]==0.9.0")
 DEEPSPEED=deepspeed==0.19.8
 # DeepSpeed 0.19.8's own requirements (its wheel is built here without them; they are resolved like the others).
-DEEPSPEED_DEPS=(hjson msgpack ninja "numpy" packaging psutil py-cpuinfo "pydantic>=2.0.0" "torch" tqdm einops nvidia-ml-py)
+DEEPSPEED_DEPS=(hjson msgpack ninja "numpy" packaging psutil py-cpuinfo "pydantic>=2.0.0" "torch" tqdm einops)
 TARGET=(--only-binary=:all: --python-version 3.12 --implementation cp --abi cp312
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64
   --platform manylinux_2_24_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_31_x86_64
