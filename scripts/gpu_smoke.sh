@@ -14,6 +14,9 @@
 # outputs/gpu_smoke), SMOKE_RUNS ("colocate zero3", the default, or one of them), SMOKE_DRY_RUN=1 (print the launch
 # commands, one argument per line, and exit without checking for a GPU: used by the tests).
 #
+# Needs network (the model comes from the Hub) and vLLM. On a node WITHOUT internet, or for the DisCO-vs-GRPO numbers,
+# use scripts/gpu_check.sh instead (wheels from scripts/offline_bundle.sh, random model built locally, no vLLM).
+#
 # The first update of each run includes vLLM start-up and CUDA graph capture; the report gives it apart from the
 # steady-state mean.
 set -euo pipefail
