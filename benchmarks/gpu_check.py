@@ -4,7 +4,8 @@
 1. ``interleaved``: step time and peak memory of DisCO (log-L, L-ratio) against TRL's GRPOTrainer (default loss,
    beta 0) and GRPO with beta 0.04, in one run, methods interleaved one optimizer step at a time, as ratios to GRPO
    (the protocol of benchmarks/bench_disco.py, `benchlib.timing`), on a random model of Qwen2.5-1.5B's shape, bf16,
-   gradient checkpointing, 8 completions x 4 questions per optimizer step, fixed completions of 1024 tokens.
+   gradient checkpointing, 8 completions x 4 questions per optimizer step (1 question per micro-batch x 4
+   accumulation steps), fixed completions of 1024 tokens.
 2. ``split_groups``: the same with 4 sequences per micro-batch and groups of 8 (DisCO's score look-ahead).
 3. ``loss_only_large``: the pure loss functions (DisCO's and TRL's clipped token loss, forward+backward) at 64
    completions x 8192 tokens, and how many operations synchronize the host with the GPU in each.
@@ -45,7 +46,9 @@ METHODS = ["grpo", "grpo_ref_kl", "disco_log_l", "disco_l_ratio"]  # names of be
 PLANS: dict[str, dict[str, Any]] = {
     "gpu": dict(
         shape="qwen2.5-1.5b", dtype="bfloat16", prompt_tokens=96,
-        interleaved=dict(num_generations=8, questions_per_microbatch=2, grad_accum=2, completion_length=1024,
+        # 4 trainers are alive at once (interleaving): ~4 x 12.4 GB of bf16 weights, gradients and AdamW state, plus
+        # the reference model of beta 0.04; 1 question (8 sequences) per micro-batch keeps the activations small.
+        interleaved=dict(num_generations=8, questions_per_microbatch=1, grad_accum=4, completion_length=1024,
                          reps=3, warmup=1, steps=2, loss_reps=2),
         split_groups=dict(num_generations=8, micro_batch=4, grad_accum=8, completion_length=1024,
                           reps=2, warmup=1, steps=1, loss_reps=2),
