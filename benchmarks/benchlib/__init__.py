@@ -6,4 +6,7 @@
   time, the step timer, loss-only timing, one repetition of every method.
 * `sweep`: the scaling sweep of the loss cost (pure loss functions and compute_loss through a model).
 * `report`: summaries as per-repetition ratios, the Markdown report, the machine description.
+
+And for the air-gapped GPU check (benchmarks/gpu_check.py): `random_model` (Qwen2.5-1.5B's shape with random weights,
+a word-level tokenizer of the model's vocabulary) and `gpu_report` (its Markdown).
 """
