@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .compatibility import refuse_grpo_loss_options
 from .losses import SCORE_TYPES, VARIANTS
 
 def _has_bf16_accelerator() -> bool:
@@ -40,8 +42,11 @@ class DiscoConfig(GRPOConfig):
             Trust-region radius delta of the constraint KL(pi_old || pi_theta) <= delta.
         kl_beta (`float`, defaults to `1e3`):
             Weight beta of the squared-hinge penalty beta * max(KL - delta, 0)^2.
-        reward_threshold (`float`, defaults to `0.5`):
-            A completion is positive when its (weighted) reward is greater than this, negative otherwise.
+        reward_threshold (`str` or `float`, defaults to `"group_mean"`):
+            Which completions are positives. `"group_mean"`: those whose reward is above their question's mean
+            reward (TRL's advantage > 0, after its `multi_objective_aggregation`); a number: those whose (weighted)
+            reward is above it. Both give the paper's sets for 0/1 rewards; only `"group_mean"` also learns from
+            non-binary rewards (a length reward, format + accuracy), which is why it is the default.
 
     Defaults that differ from `GRPOConfig`, to follow the paper: `temperature=0.6`, `lr_scheduler_type="constant"`,
     `learning_rate=2e-6` (the authors' 1.5B scripts; use 1e-6 for 7B/8B), `num_generations=8`, `weight_decay=0.0`,
@@ -70,8 +75,10 @@ class DiscoConfig(GRPOConfig):
     kl_beta: float = field(
         default=1e3, metadata={"help": "Squared-hinge penalty weight beta: beta * max(KL - delta, 0)^2."}
     )
-    reward_threshold: float = field(
-        default=0.5, metadata={"help": "A completion is positive when its reward is > this value."}
+    reward_threshold: str = field(
+        default="group_mean",
+        metadata={"help": "Positives: 'group_mean' (reward above the question's mean reward; the paper's sets for 0/1 "
+                  "rewards) or a number (reward above it, e.g. 0.5)."},
     )
 
     # Paper defaults where TRL's differ.
@@ -114,17 +121,8 @@ class DiscoConfig(GRPOConfig):
                 "trust region is KL(pi_old || pi_theta) <= kl_delta, enforced with weight kl_beta: set `kl_delta` "
                 "and `kl_beta` instead."
             )
-        for name, value, neutral in (
-            ("entropy_coef", self.entropy_coef, 0.0),
-            ("use_adaptive_entropy", self.use_adaptive_entropy, False),
-            ("top_entropy_quantile", self.top_entropy_quantile, 1.0),
-            ("off_policy_mask_threshold", self.off_policy_mask_threshold, None),
-        ):
-            if value != neutral:
-                raise ValueError(
-                    f"DiscoConfig.{name}={value!r} is a GRPO loss option that DisCO's objective does not use; leave it "
-                    f"at {neutral!r}. DisCO keeps entropy stable through its KL constraint (kl_delta, kl_beta)."
-                )
+        refuse_grpo_loss_options(self)
+        self._check_reward_threshold()
         if self.num_generations is not None and self.num_generations < 2:
             raise ValueError(
                 f"DiscoConfig.num_generations={self.num_generations}: DisCO compares positives with negatives of the "
@@ -136,6 +134,28 @@ class DiscoConfig(GRPOConfig):
             self.bf16 = False
         super().__post_init__()
         self._check_whole_groups()
+
+    def _check_reward_threshold(self) -> None:
+        value = self.reward_threshold
+        if isinstance(value, str) and value != "group_mean":
+            try:
+                value = float(value)  # from the command line
+            except ValueError:
+                raise ValueError(
+                    f"DiscoConfig.reward_threshold={value!r} is neither 'group_mean' nor a number; use 'group_mean' "
+                    "(positives beat their question's mean reward) or a number such as 0.5 (for 0/1 rewards)."
+                ) from None
+        if not isinstance(value, str):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ValueError(f"DiscoConfig.reward_threshold={value!r} must be 'group_mean' or a finite number.")
+            value = float(value)
+            if self.multi_objective_aggregation == "normalize_then_sum":
+                raise ValueError(
+                    f"DiscoConfig.reward_threshold={value} with multi_objective_aggregation='normalize_then_sum': that "
+                    "aggregation sums group-normalised rewards, which have no fixed scale to cut at a number. Use "
+                    "reward_threshold='group_mean' (positives: above their question's mean)."
+                )
+        self.reward_threshold = value
 
     def _check_whole_groups(self) -> None:
         """Each question's completions must stay on one process and inside one optimizer step.

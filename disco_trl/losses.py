@@ -6,6 +6,7 @@ Optimization", arXiv:2505.12366. Equation numbers below follow the paper (sectio
 Shapes: per-token tensors are (B, T) (B completions, T completion tokens, right-padded, `mask` is 1 on real tokens);
 per-completion tensors are (B,).
 
+* :func:`completion_labels` -- the paper's binary reward: which completions are positives (S_q^+) and negatives (S_q^-).
 * :func:`sequence_scores`  -- the scoring function s_theta(o, q) (log-L, Eq. 5; L-ratio, Eq. 6).
 * :func:`discriminative_objective` -- J_1 (DisCO-b, Eq. 7) or J_2 (DisCO, the DRO objective, Eq. 10), averaged over
   the questions of a mini-batch exactly as G_1 in Algorithm 1 (no per-question weight: no difficulty bias).
@@ -28,6 +29,21 @@ VARIANTS = ("basic", "dro")
 def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"`{name_a}` has shape {tuple(a.shape)} but `{name_b}` has shape {tuple(b.shape)}; they must match.")
+
+
+def completion_labels(values: torch.Tensor, scorable: torch.Tensor, *, threshold: float) -> torch.Tensor:
+    r"""The paper's binary reward r(o, q) in {0, 1}, from any reward: 1.0 for a positive, 0.0 for a negative, NaN for neither.
+
+    A completion is positive when ``values > threshold`` and negative otherwise. `values` is either the (weighted)
+    reward itself with a numeric threshold (``reward_threshold=0.5``: for 0/1 rewards, exactly the paper's S_q^+ and
+    S_q^-), or the reward minus its question's mean reward with ``threshold=0`` (``reward_threshold="group_mean"``:
+    positives are the completions that beat their question's mean; for 0/1 rewards the same sets). Completions that
+    cannot be scored (`scorable` False: every reward function returned None, or the completion mask is empty, e.g.
+    a truncated completion under ``mask_truncated_completions``) are neither positive nor negative: NaN.
+    """
+    _check_same_shape("values", values, "scorable", scorable)
+    labels = (values > threshold).to(torch.float32)
+    return torch.where(scorable.bool() & ~torch.isnan(values), labels, torch.full_like(labels, math.nan))
 
 
 def sequence_scores(

@@ -15,7 +15,6 @@ PEFT, DeepSpeed, logging, model cards. DisCO changes three things, each a small 
 
 from __future__ import annotations
 
-import inspect
 import os
 import textwrap
 from typing import Any
@@ -28,7 +27,8 @@ from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, uns
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .config import DiscoConfig
-from .losses import discriminative_objective, hinge_from_kl, sequence_scores
+from .losses import completion_labels, discriminative_objective, hinge_from_kl, sequence_scores
+from .reward_checks import NoSignalWatch, check_reward_columns, with_output_check
 
 
 def group_permutation(num_rows: int, group_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -52,43 +52,6 @@ def shuffle_groups(batch: dict[str, Any], group_size: int) -> dict[str, Any]:
         return [value[i] for i in permutation.tolist()]
 
     return {key: permute(value) for key, value in batch.items()}
-
-
-# Keyword arguments TRL passes to every reward function besides the dataset's columns.
-_TRL_REWARD_KWARGS = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
-                      "environments"}
-
-
-def check_reward_columns(reward_funcs, dataset) -> None:
-    """Fail before any model is loaded when a reward function needs a column the dataset does not have.
-
-    TRL passes every dataset column to reward functions as a keyword argument; a missing one would otherwise surface
-    as a TypeError after the first generation batch has been sampled.
-    """
-    columns = getattr(dataset, "column_names", None)
-    if columns is None or isinstance(columns, dict):  # iterable datasets without features, or a DatasetDict
-        return
-    for func in reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]:
-        if isinstance(func, str) or not callable(func) or isinstance(func, torch.nn.Module):
-            continue  # reward models: TRL checks their inputs itself
-        try:
-            parameters = inspect.signature(func).parameters.values()
-        except (TypeError, ValueError):
-            continue
-        required = [
-            p.name for p in parameters
-            if p.default is inspect.Parameter.empty
-            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            and p.name not in _TRL_REWARD_KWARGS
-        ]
-        missing = [name for name in required if name not in columns]
-        if missing:
-            name = getattr(func, "__name__", type(func).__name__)
-            raise ValueError(
-                f"Reward function `{name}` needs the dataset column(s) {missing}, but the training dataset has only "
-                f"{list(columns)}. Add the column (for math rewards, the reference answer as `solution`; see "
-                "disco_trl.data.load_math_dataset) or rename it with `dataset.rename_column(old, new)`."
-            )
 
 
 class DiscoTrainer(GRPOTrainer):
@@ -122,7 +85,24 @@ class DiscoTrainer(GRPOTrainer):
             }"""),
     }
 
-    def __init__(self, model, reward_funcs, args: DiscoConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: DiscoConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+    ):
+        # Same parameters, order and defaults as GRPOTrainer.__init__ (tests/test_compatibility.py checks it).
         if args is None:
             from trl.trainer.utils import get_config_model_id
 
@@ -135,9 +115,16 @@ class DiscoTrainer(GRPOTrainer):
                 "(it subclasses GRPOConfig) and set DisCO's own fields there (score_type, disco_variant, tau, kl_delta, "
                 "kl_beta)."
             )
-        check_reward_columns(reward_funcs, kwargs.get("train_dataset"))
-        super().__init__(model, reward_funcs, args=args, **kwargs)
+        check_reward_columns(reward_funcs, train_dataset)
+        super().__init__(
+            model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=processing_class, reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks, optimizers=optimizers, quantization_config=quantization_config,
+            peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
+        )
+        self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
         self._disco_rewards_per_func = None
+        self._no_signal_watch = NoSignalWatch(args.reward_threshold)
 
     # ------------------------------------------------------------------ data flow: keep rewards and groups
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -153,7 +140,7 @@ class DiscoTrainer(GRPOTrainer):
         rewards_per_func = self._disco_rewards_per_func
         self._disco_rewards_per_func = None
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
-        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards = (rewards_per_func * weights).nansum(dim=1)  # TRL's weighted sum, all processes' completions
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: neither positive nor negative
 
         num_local = output["completion_ids"].size(0)
@@ -162,30 +149,49 @@ class DiscoTrainer(GRPOTrainer):
                 f"A process received {num_local} completions, not whole groups of {group_size}; check the batch sizes."
             )
         process_index = self.accelerator.process_index
-        output["disco_rewards"] = rewards[process_index * num_local : (process_index + 1) * num_local]
+        local_rewards = rewards[process_index * num_local : (process_index + 1) * num_local]
+        output["disco_labels"] = self._labels(local_rewards, output)
         # Completions arrive grouped: G consecutive rows of the global batch share a question. The group id is the
         # question's index in the global generation batch, so ids are unique across processes.
         global_rows = torch.arange(num_local, device=rewards.device) + process_index * num_local
         output["disco_group_ids"] = global_rows // group_size
-        self._log_group_statistics(rewards, group_size, mode)
+        self._log_group_statistics(self.accelerator.gather(output["disco_labels"]), rewards, group_size, mode)
         return output
 
-    def _log_group_statistics(self, rewards: torch.Tensor, group_size: int, mode: str) -> None:
+    def _labels(self, local_rewards: torch.Tensor, output: dict) -> torch.Tensor:
+        """Positives (1), negatives (0) and unusable completions (NaN) of this process, decided once per generation.
+
+        With `reward_threshold="group_mean"` the comparison is TRL's own: a completion is positive when its advantage
+        (reward minus its question's mean, after TRL's `multi_objective_aggregation`) is > 0. A completion whose loss
+        mask is empty (e.g. truncated under `mask_truncated_completions`) has no score: it is neither.
+        """
+        scorable = self._loss_mask(output).sum(dim=1) > 0
+        if self.args.reward_threshold == "group_mean":
+            values, threshold = output["advantages"].to(local_rewards.device).clone(), 0.0
+            values[torch.isnan(local_rewards)] = torch.nan
+        else:
+            values, threshold = local_rewards, float(self.args.reward_threshold)
+        return completion_labels(values, scorable.to(values.device), threshold=threshold)
+
+    def _log_group_statistics(self, labels: torch.Tensor, rewards: torch.Tensor, group_size: int, mode: str) -> None:
         """Per-question counts over the whole generation batch (all processes): what DisCO can learn from."""
-        grouped = rewards.view(-1, group_size)
-        valid = ~torch.isnan(grouped)
-        n_pos = ((grouped > self.args.reward_threshold) & valid).sum(dim=1).float()
-        n_neg = valid.sum(dim=1).float() - n_pos
+        grouped = labels.view(-1, group_size)
+        n_pos = (grouped == 1).sum(dim=1).float()
+        n_neg = (grouped == 0).sum(dim=1).float()
         mixed = (n_pos > 0) & (n_neg > 0)
         metrics = self._metrics[mode]
         metrics["disco/frac_mixed_questions"].append(mixed.float().mean().item())
-        metrics["disco/frac_all_positive"].append(((n_neg == 0) & (n_pos > 0)).float().mean().item())
-        metrics["disco/frac_all_negative"].append(((n_pos == 0) & (n_neg > 0)).float().mean().item())
+        if self.args.reward_threshold != "group_mean":  # with group_mean a question cannot be all positive
+            metrics["disco/frac_all_positive"].append(((n_neg == 0) & (n_pos > 0)).float().mean().item())
+            metrics["disco/frac_all_negative"].append(((n_pos == 0) & (n_neg > 0)).float().mean().item())
+        metrics["disco/frac_unscored"].append(torch.isnan(grouped).float().mean().item())
         metrics["disco/positives_per_question"].append(n_pos.mean().item())
         metrics["disco/negatives_per_question"].append(n_neg.mean().item())
         if mixed.any():
             metrics["disco/neg_per_pos_mixed"].append((n_neg[mixed] / n_pos[mixed]).mean().item())
             metrics["disco/frac_more_neg_than_pos"].append((n_neg[mixed] > n_pos[mixed]).float().mean().item())
+        if mode == "train":
+            self._no_signal_watch.update(bool(mixed.any()), rewards)
 
     def _prepare_inputs(self, generation_batch):
         mode = "train" if self.model.training else "eval"
@@ -247,14 +253,14 @@ class DiscoTrainer(GRPOTrainer):
         step after a generation when TRL already computed the old policy's log-probs, or for L-ratio).
         """
         scores = torch.cat([self._current_scores(b, fresh) for b in step_batches]).float()
-        rewards = torch.cat([b["disco_rewards"] for b in step_batches])
+        labels = torch.cat([b["disco_labels"] for b in step_batches])
         group_ids = torch.cat([b["disco_group_ids"] for b in step_batches])
         num_questions = (scores.numel() // self.num_generations) * self.accelerator.num_processes
         scores.requires_grad_(True)
         with torch.enable_grad():
-            objective = self._objective(scores, rewards, group_ids, num_questions)
+            objective = self._objective(scores, labels, group_ids, num_questions)
             (weights,) = torch.autograd.grad(objective, scores)
-        for batch, w in zip(step_batches, weights.split([len(b["disco_rewards"]) for b in step_batches])):
+        for batch, w in zip(step_batches, weights.split([len(b["disco_labels"]) for b in step_batches])):
             batch["disco_score_weights"] = w
         # the step's objective (this process's share), logged once, on the step's first micro-batch
         step_batches[0]["disco_step_objective"] = objective.detach()
@@ -300,11 +306,12 @@ class DiscoTrainer(GRPOTrainer):
             mask = mask * inputs["tool_mask"]
         return mask.to(torch.float32)
 
-    def _objective(self, scores, rewards, group_ids, num_questions) -> torch.Tensor:
+    def _objective(self, scores, labels, group_ids, num_questions) -> torch.Tensor:
+        """J on the paper's binary rewards (`disco_labels`: 1 positive, 0 negative, NaN neither)."""
         args = self.args
         return discriminative_objective(
-            scores, rewards, group_ids, variant=args.disco_variant, tau=args.tau,
-            reward_threshold=args.reward_threshold, num_questions=num_questions,
+            scores, labels, group_ids, variant=args.disco_variant, tau=args.tau, reward_threshold=0.5,
+            num_questions=num_questions,
         )
 
     def _compute_loss(self, model, inputs):
@@ -347,7 +354,7 @@ class DiscoTrainer(GRPOTrainer):
             # Discriminative term. This micro-batch holds whole questions; the optimizer step spans `accumulation`
             # micro-steps on each of `num_processes` processes, so it covers this many questions in all:
             num_questions_step = (completion_ids.size(0) // group_size) * accumulation * num_processes
-            objective = self._objective(scores, inputs["disco_rewards"], inputs["disco_group_ids"], num_questions_step)
+            objective = self._objective(scores, inputs["disco_labels"], inputs["disco_group_ids"], num_questions_step)
             logged_objective = objective.detach() * accumulation  # summed over processes: this micro-step's mean J
 
         # Trust region: token-mean KL(pi_old || pi_theta) over this micro-step's tokens on all processes. The value is
@@ -361,16 +368,17 @@ class DiscoTrainer(GRPOTrainer):
         # penalty is averaged over the micro-steps of the optimizer step.
         loss = num_processes * (-objective + penalty / accumulation)
         if self.aux_loss_enabled:
+            # As in GRPOTrainer: the router's load-balancing loss, averaged over micro-steps and (by DDP) processes.
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
 
         self._log_loss_metrics(mode, logged_objective, kl, penalty, scores, inputs, mask, entropies)
         return loss
 
     def _log_loss_metrics(self, mode, logged_objective, kl, penalty, scores, inputs, mask, entropies) -> None:
         metrics = self._metrics[mode]
-        rewards = inputs["disco_rewards"]
-        pos = (rewards > self.args.reward_threshold) & ~torch.isnan(rewards)
-        neg = ~pos & ~torch.isnan(rewards)
+        labels = inputs["disco_labels"]
+        pos, neg = labels == 1, labels == 0
         stats = torch.stack(
             [
                 scores.new_zeros(()) if logged_objective is None else logged_objective.float(),

@@ -315,7 +315,7 @@ def load_reward_funcs(names: list[str]) -> list[Any]:
 def load_train_dataset(script_args: DiscoScriptArguments, reward_funcs: list[Any]):
     """Load the training set with `disco_trl.data.load_math_dataset`; check it has what the rewards read."""
     from disco_trl.data import load_math_dataset
-    from disco_trl.trainer import check_reward_columns
+    from disco_trl.reward_checks import check_reward_columns
 
     source = script_args.dataset_name
     try:

@@ -1,0 +1,151 @@
+"""Checks on what reward functions receive and return, and a watch for batches DisCO cannot learn from.
+
+TRL calls reward functions deep inside generation; a reward function that needs a missing column, or returns a
+string or a bare float, otherwise fails there with a traceback that does not name it. And a reward that never puts
+a question's completions on both sides of the threshold makes DisCO learn nothing without any error at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import numbers
+from collections.abc import Sequence
+
+import torch
+from trl.trainer.utils import get_callable_name, is_async_callable
+
+logger = logging.getLogger(__name__)
+
+# Keyword arguments TRL passes to every reward function besides the dataset's columns.
+_TRL_REWARD_KWARGS = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
+                      "environments"}
+
+
+def _as_list(reward_funcs) -> list:
+    if reward_funcs is None:
+        return []
+    return list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+
+
+def _is_python_reward(func) -> bool:
+    return callable(func) and not isinstance(func, (str, torch.nn.Module))
+
+
+def check_reward_columns(reward_funcs, dataset) -> None:
+    """Fail before any model is loaded when a reward function needs a column the dataset does not have.
+
+    TRL passes every dataset column to reward functions as a keyword argument; a missing one would otherwise surface
+    as a TypeError after the first generation batch has been sampled.
+    """
+    columns = getattr(dataset, "column_names", None)
+    if columns is None or isinstance(columns, dict):  # iterable datasets without features, or a DatasetDict
+        return
+    for func in _as_list(reward_funcs):
+        if not _is_python_reward(func):
+            continue  # reward models: TRL checks their inputs itself
+        try:
+            parameters = inspect.signature(func).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        required = [
+            p.name for p in parameters
+            if p.default is inspect.Parameter.empty
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            and p.name not in _TRL_REWARD_KWARGS
+        ]
+        missing = [name for name in required if name not in columns]
+        if missing:
+            raise ValueError(
+                f"Reward function `{get_callable_name(func)}` needs the dataset column(s) {missing}, but the training "
+                f"dataset has only {list(columns)}. Add the column (for math rewards, the reference answer as "
+                "`solution`; see disco_trl.data.load_math_dataset) or rename it with `dataset.rename_column(old, new)`."
+            )
+
+
+def check_reward_output(name: str, output) -> None:
+    """Raise one clear line when a reward function's return value is not one number (or None) per completion."""
+    problem = None
+    if isinstance(output, (str, bytes)):
+        problem = f"a {type(output).__name__} ({output[:40]!r})"
+    elif isinstance(output, numbers.Number) or (isinstance(output, torch.Tensor) and output.ndim == 0):
+        problem = f"a single number ({float(output)!r})"
+    elif not isinstance(output, (Sequence, torch.Tensor)) and not hasattr(output, "__array__"):
+        problem = f"a {type(output).__name__}"
+    else:
+        for value in output:
+            if value is None or isinstance(value, (numbers.Number, bool)):
+                continue
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                continue
+            problem = f"a list holding a {type(value).__name__} ({value!r:.40})"
+            break
+    if problem is not None:
+        raise TypeError(
+            f"Reward function `{name}` returned {problem}; a reward function must return a list with one float (or "
+            "None, for a completion it cannot score) per completion, e.g. `return [float(r) for r in rewards]`."
+        )
+
+
+def with_output_check(func):
+    """Wrap a Python reward function (sync or async) so that a malformed return value names the function."""
+    if not _is_python_reward(func):
+        return func
+    name = get_callable_name(func)
+    if is_async_callable(func):
+        async def checked_async(*args, **kwargs):
+            output = await func(*args, **kwargs)
+            check_reward_output(name, output)
+            return output
+
+        checked = checked_async
+    else:
+        def checked_sync(*args, **kwargs):
+            output = func(*args, **kwargs)
+            check_reward_output(name, output)
+            return output
+
+        checked = checked_sync
+    functools.update_wrapper(checked, func, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
+    checked.__name__ = name
+    return checked
+
+
+class NoSignalWatch:
+    """Warns once, loudly, when `patience` consecutive generation batches have no question with both kinds."""
+
+    def __init__(self, threshold, patience: int = 3):
+        self.threshold = threshold
+        self.patience = patience
+        self.streak = 0
+        self.values_seen: set[float] = set()
+        self.warned = False
+
+    def update(self, any_mixed: bool, rewards: torch.Tensor) -> None:
+        if any_mixed:
+            self.streak, self.values_seen = 0, set()
+            return
+        self.streak += 1
+        finite = rewards[~torch.isnan(rewards)]
+        self.values_seen.update(round(v, 4) for v in finite.unique()[:32].tolist())
+        if self.streak >= self.patience and not self.warned:
+            self.warned = True
+            logger.warning(self.message())
+
+    def message(self) -> str:
+        seen = sorted(self.values_seen)
+        shown = ", ".join(f"{v:g}" for v in seen[:12]) + (", ..." if len(seen) > 12 else "")
+        if self.threshold == "group_mean":
+            why = "every question's completions got the same reward"
+            fix = ("make the reward tell completions apart (a finer reward, harder or easier questions), or check that "
+                   "the reward function reads the right answer column")
+        else:
+            why = f"no question had completions on both sides of reward_threshold={self.threshold}"
+            fix = ("set `reward_threshold=\"group_mean\"` (positives: completions above their question's mean reward), "
+                   "or a threshold between the rewards of right and wrong answers")
+        return (
+            f"\n{'!' * 100}\nDisCO IS LEARNING NOTHING: in the last {self.streak} generation batches {why} (rewards "
+            f"seen: {shown or 'none'}), so no question has both positives and negatives and the discriminative "
+            f"objective is 0 (only the KL penalty acts). To fix: {fix}.\n{'!' * 100}"
+        )
