@@ -3,7 +3,13 @@ are a fixed function of (prompt, sample index) so that different batch layouts s
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -15,10 +21,38 @@ from disco_trl.toy import build_tiny_qwen2, build_tokenizer
 GROUP = 4  # completions per question in these tests
 
 
-def tiny_model_and_tokenizer(seed: int = 0, dtype=torch.float64):
+def tiny_moe_model(tokenizer, arch: str, seed: int = 0, router_aux_loss_coef: float = 0.01):
+    """A tiny mixture-of-experts causal LM (4 experts, 2 per token) of the Qwen3-MoE or GPT-OSS architecture."""
+    from transformers import GptOssConfig, GptOssForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, num_experts_per_tok=2, router_aux_loss_coef=router_aux_loss_coef,
+                  tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, bos_token_id=None, experts_implementation="eager")
+    if arch == "qwen3_moe":
+        config, cls = Qwen3MoeConfig(intermediate_size=64, moe_intermediate_size=32, num_experts=4,
+                                     max_position_embeddings=256, **common), \
+            Qwen3MoeForCausalLM
+    elif arch == "gpt_oss":
+        config, cls = GptOssConfig(intermediate_size=32, num_local_experts=4, sliding_window=16,
+                                   layer_types=["sliding_attention", "full_attention"], **common), GptOssForCausalLM
+    else:
+        raise ValueError(f"unknown MoE architecture {arch!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = cls(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def tiny_model_and_tokenizer(seed: int = 0, dtype=torch.float64, arch: str = "qwen2"):
     tokenizer = build_tokenizer()
-    model = build_tiny_qwen2(tokenizer, seed=seed).to(dtype)
-    return model, tokenizer
+    if arch == "qwen2":
+        model = build_tiny_qwen2(tokenizer, seed=seed)
+    else:
+        model = tiny_moe_model(tokenizer, arch, seed=seed)
+    return model.to(dtype), tokenizer
 
 
 def prompt_dataset(n: int = 24, conversational: bool = False) -> Dataset:
@@ -117,9 +151,9 @@ class CaptureParamsAndGrads(CaptureGrads):
         self.params.append({n: p.detach().clone() for n, p in model.named_parameters()})
 
 
-def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_steps=1, **config):
+def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_steps=1, arch="qwen2", **config):
     """Train `max_steps` optimizer steps with fixed generations. Returns what the reference needs (this process)."""
-    model, tokenizer = tiny_model_and_tokenizer()
+    model, tokenizer = tiny_model_and_tokenizer(arch=arch)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = layout_config(tmp_path, per_device, accumulation, steps_per_generation, max_steps=max_steps, **config)
     capture = CaptureParamsAndGrads()
@@ -140,3 +174,22 @@ def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_ste
         "log_history": trainer.state.log_history,
         "rank": trainer.accelerator.process_index,
     }
+
+
+TESTS_DIR = Path(__file__).parent
+
+
+def torchrun_layout(tmp_path, per_device, accumulation, spg, max_steps, **config):
+    """`run_layout` on 2 CPU processes (torchrun, gloo); returns both ranks' records."""
+    out = Path(tmp_path) / f"dist_{per_device}_{accumulation}_{spg}_{max_steps}_{zlib.crc32(repr(config).encode())}"
+    out.mkdir()
+    # keep the caller's PYTHONPATH (a worktree checkout must import its own disco_trl)
+    pythonpath = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
+           str(TESTS_DIR / "dist_worker.py"), str(out), str(per_device), str(accumulation), str(spg),
+           str(max_steps), json.dumps(config)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]

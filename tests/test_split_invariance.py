@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from disco_testing import GROUP, parity_reward, run_layout, tiny_model_and_tokenizer
+from disco_testing import torchrun_layout as _torchrun
 from reference import ref_objective, ref_scores
 
 TESTS_DIR = Path(__file__).parent
@@ -125,19 +126,6 @@ def test_steps_per_generation_larger_than_accumulation(tmp_path):
     logs = [h for h in result["log_history"] if "disco/kl" in h]
     assert logs[0]["disco/kl"] == 0.0 and logs[0]["disco/hinge_active"] == 0.0  # on-policy: old == current
     assert logs[1]["disco/kl"] > 0.0 and logs[1]["disco/hinge_active"] == 1.0  # off-policy: the hinge is live
-
-
-def _torchrun(tmp_path, per_device, accumulation, spg, max_steps, **config):
-    out = tmp_path / f"dist_{per_device}_{accumulation}_{spg}_{max_steps}"
-    out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS_DIR))
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-           str(TESTS_DIR / "dist_worker.py"), str(out), str(per_device), str(accumulation), str(spg),
-           str(max_steps), json.dumps(config)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
 @pytest.mark.slow
