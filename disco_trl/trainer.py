@@ -115,7 +115,8 @@ class DiscoTrainer(GRPOTrainer):
                 "(it subclasses GRPOConfig) and set DisCO's own fields there (score_type, disco_variant, tau, kl_delta, "
                 "kl_beta)."
             )
-        check_reward_columns(reward_funcs, train_dataset)
+        if rollout_func is None and environment_factory is None:  # those add reward inputs of their own at run time
+            check_reward_columns(reward_funcs, train_dataset)
         super().__init__(
             model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, reward_processing_classes=reward_processing_classes,

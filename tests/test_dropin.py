@@ -1,0 +1,141 @@
+"""DiscoTrainer is called exactly like GRPOTrainer: same signature, no reward functions when an environment owns the
+reward, positional arguments, custom rollouts whose environment tokens (`env_mask` / `tool_mask`) are excluded."""
+
+import inspect
+import os
+import zlib
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import GRPOTrainer
+
+from disco_trl import DiscoConfig, DiscoTrainer
+from disco_testing import CaptureGrads, parity_reward, prompt_dataset, tiny_model_and_tokenizer
+
+
+def small_config(tmp_path, **overrides):
+    kwargs = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, steps_per_generation=2,
+                  max_completion_length=8, max_steps=2, learning_rate=5e-3, temperature=1.0, report_to="none",
+                  save_strategy="no", logging_steps=1, seed=3, use_cpu=True)
+    kwargs.update(overrides)
+    return DiscoConfig(**kwargs)
+
+
+def test_signature_is_grpo_trainers():
+    ours = inspect.signature(DiscoTrainer.__init__).parameters
+    theirs = inspect.signature(GRPOTrainer.__init__).parameters
+    assert list(ours) == list(theirs)
+    for name, param in theirs.items():
+        assert ours[name].kind == param.kind, name
+        assert ours[name].default == param.default, name
+
+
+def test_positional_arguments_land_where_grpo_trainer_puts_them(tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    args, train, evaluation = small_config(tmp_path), prompt_dataset(8), prompt_dataset(4)
+    trainer = DiscoTrainer(model, parity_reward, args, train, evaluation, tokenizer)
+    assert trainer.args is args and trainer.train_dataset is train and trainer.eval_dataset is evaluation
+    assert trainer.processing_class is tokenizer and trainer.reward_func_names == ["parity_reward"]
+
+
+def test_no_reward_source_is_trls_error(tmp_path):
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    with pytest.raises(ValueError, match="No reward source provided"):
+        DiscoTrainer(model, args=small_config(tmp_path), train_dataset=prompt_dataset(), processing_class=tokenizer)
+
+
+# A chat template that renders tool calls and tool messages (TRL requires one with environments).
+TOOL_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "{% for c in m.get('tool_calls') or [] %}<tool_call>{{ c['function']['name'] }} "
+    "{{ c['function']['arguments'] | tojson }}</tool_call>{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class CountingEnvironment:
+    """Owns both the data (reset returns the prompt) and the reward (a fixed function of the instance)."""
+
+    created = 0
+
+    def __init__(self):
+        CountingEnvironment.created += 1
+        self.number = CountingEnvironment.created
+
+    def reset(self, **kwargs):
+        return f"Add one to {self.number}."
+
+    def get_reward(self) -> float:
+        return float(self.number % 3 == 0)
+
+
+def test_environment_owned_reward_and_data_train(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    tokenizer.chat_template = TOOL_TEMPLATE
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = DiscoTrainer(model, args=small_config(tmp_path), processing_class=tokenizer,
+                           environment_factory=CountingEnvironment)  # no reward_funcs, no train_dataset
+    assert trainer.reward_func_names == ["CountingEnvironment"]
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "disco/frac_mixed_questions" in e]
+    assert logs and max(e["disco/frac_mixed_questions"] for e in logs) > 0
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+class EnvMaskRollout:
+    """A custom multi-turn rollout: each completion is model tokens, then (optionally) environment tokens that the
+    model did not generate (`env_mask` 0). Model tokens depend only on (prompt, sample index)."""
+
+    def __init__(self, tokenizer, env_tokens: int):
+        self.tokenizer, self.env_tokens = tokenizer, env_tokens
+
+    def __call__(self, prompts, trainer):
+        prompt_ids, completion_ids, logprobs, env_mask, model_lengths = [], [], [], [], []
+        seen: dict[str, int] = {}
+        vocab = len(self.tokenizer)
+        for prompt in prompts:
+            text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            k = seen[text] = seen.get(text, -1) + 1
+            g = torch.Generator().manual_seed(zlib.crc32(f"{text}|{k}".encode()))
+            model_part = torch.randint(3, vocab, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+            env_part = torch.randint(3, vocab, (self.env_tokens,), generator=g).tolist()
+            prompt_ids.append(self.tokenizer(text)["input_ids"])
+            completion_ids.append(model_part + env_part)
+            logprobs.append([0.0] * (len(model_part) + len(env_part)))
+            env_mask.append([1] * len(model_part) + [0] * len(env_part))
+            model_lengths.append(len(model_part))
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs,
+                "env_mask": env_mask, "model_length": model_lengths}
+
+
+def model_token_reward(completion_ids, model_length, **kwargs):
+    return [float(zlib.crc32(repr(ids[:n]).encode()) % 3 == 0) for ids, n in zip(completion_ids, model_length)]
+
+
+def _train_with_rollout(tmp_path, env_tokens):
+    model, tokenizer = tiny_model_and_tokenizer()
+    capture = CaptureGrads()
+    trainer = DiscoTrainer(model, model_token_reward, small_config(tmp_path, max_completion_length=16, kl_delta=0.0,
+                                                                  learning_rate=1e-2, max_grad_norm=0.0),
+                           prompt_dataset(), processing_class=tokenizer, callbacks=[capture],
+                           rollout_func=EnvMaskRollout(tokenizer, env_tokens))
+    trainer.train()
+    return capture.grads, trainer.state.log_history
+
+
+def test_env_mask_tokens_count_in_neither_scores_nor_kl(tmp_path, monkeypatch):
+    """Appending environment tokens (env_mask 0) after the model's tokens changes nothing: not the scores and
+    gradients (both steps), not the KL estimate of the second, off-policy step (its value depends on which tokens
+    are averaged: random completions make it negative here, so the hinge stays off)."""
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    with_env, logs_env = _train_with_rollout(tmp_path / "env", env_tokens=5)
+    plain, logs_plain = _train_with_rollout(tmp_path / "plain", env_tokens=0)
+    assert len(with_env) == len(plain) == 2
+    for step in range(2):
+        for name, grad in plain[step].items():
+            torch.testing.assert_close(with_env[step][name], grad, rtol=1e-9, atol=1e-12, msg=f"step {step} {name}")
+    kl_env = [e["disco/kl"] for e in logs_env if "disco/kl" in e]
+    kl_plain = [e["disco/kl"] for e in logs_plain if "disco/kl" in e]
+    assert kl_env == pytest.approx(kl_plain, rel=1e-9) and abs(kl_env[-1]) > 1e-3
