@@ -42,8 +42,9 @@ logger = logging.get_logger(__name__)
 
 STATE_FILE = "disco_state_rank{}.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
+# (generation_batch_size follows: per_device_train_batch_size x world_size x steps_per_generation)
 GEOMETRY_FIELDS = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
-                   "num_generations", "num_iterations", "generation_batch_size")
+                   "num_generations", "num_iterations")
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _STATE_NAME = re.compile(r"^disco_state_rank(\d+)\.pt$")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -96,9 +97,10 @@ def check_geometry(checkpoint: str, state: dict, args, world_size: int) -> None:
     if differences:
         was = ", ".join(f"{name}={saved[name]}" for name in differences)
         now = ", ".join(f"{name}={current[name]}" for name in differences)
+        processes = " (world_size counts processes)" if "world_size" in differences else ""
         raise CheckpointError(
-            f"{checkpoint} was saved with {was}, but this run has {now} (world_size counts processes): its buffered "
-            "generation batch does not fit this run's batches. Resume with the checkpoint's settings, or start a new "
+            f"{checkpoint} was saved with {was}, but this run has {now}{processes}: its buffered generation batch does "
+            "not fit this run's batches. Resume with the checkpoint's settings, or start a new "
             f"run from its weights (model_name_or_path={checkpoint}) in another output_dir."
         )
 
