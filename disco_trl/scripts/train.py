@@ -18,7 +18,8 @@ win):
 
 Before loading any weights the script checks, and stops with a message naming the setting and its fix: the batch
 geometry (whole groups of `num_generations` completions per process, the recipe's questions per generation and per
-update), that a checkpoint to resume from exists, that vLLM is installed when `use_vllm` is set, that the model
+update), that a checkpoint to resume from exists, is complete and has this run's batch settings, that a new run
+would not overwrite an earlier run's checkpoints, that vLLM is installed when `use_vllm` is set, that the model
 exists, and that the dataset has the columns the rewards need. docs/training.md has the launch command of every setup.
 """
 
