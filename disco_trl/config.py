@@ -126,17 +126,17 @@ class DiscoConfig(GRPOConfig):
             self.tau = DEFAULT_TAU[self.score_type]
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(
-                f"DiscoConfig.tau must be a finite number > 0 (got {self.tau}); the paper uses 10 for log_l and 1 for "
+                f"DiscoConfig.tau must be > 0 and finite (got {self.tau}); the paper uses 10 for log_l and 1 for "
                 "l_ratio."
             )
         if not (math.isfinite(self.kl_delta) and self.kl_delta >= 0):
             raise ValueError(
-                f"DiscoConfig.kl_delta must be a finite number >= 0 (got {self.kl_delta}); the paper uses 1e-4. To turn "
+                f"DiscoConfig.kl_delta must be >= 0 and finite (got {self.kl_delta}); the paper uses 1e-4. To turn "
                 "the KL penalty off, set kl_beta=0."
             )
         if not (math.isfinite(self.kl_beta) and self.kl_beta >= 0):
             raise ValueError(
-                f"DiscoConfig.kl_beta must be a finite number >= 0 (got {self.kl_beta}); the paper uses 1e3 (0 turns "
+                f"DiscoConfig.kl_beta must be >= 0 and finite (got {self.kl_beta}); the paper uses 1e3 (0 turns "
                 "the KL penalty off)."
             )
 

@@ -16,11 +16,11 @@ REFUSED = [
     # (field, value, words the message must contain)
     ("max_steps", 0, "DiscoConfig.max_steps=0: set the number of optimizer updates (> 0), or -1"),
     ("max_steps", -2, "DiscoConfig.max_steps=-2"),
-    ("tau", INF, "DiscoConfig.tau must be a finite number > 0 (got inf)"),
-    ("tau", NAN, "DiscoConfig.tau must be a finite number > 0 (got nan)"),
-    ("kl_delta", INF, "DiscoConfig.kl_delta must be a finite number >= 0 (got inf)"),
-    ("kl_beta", INF, "DiscoConfig.kl_beta must be a finite number >= 0 (got inf)"),
-    ("kl_beta", NAN, "DiscoConfig.kl_beta must be a finite number >= 0 (got nan)"),
+    ("tau", INF, "DiscoConfig.tau must be > 0 and finite (got inf)"),
+    ("tau", NAN, "DiscoConfig.tau must be > 0 and finite (got nan)"),
+    ("kl_delta", INF, "DiscoConfig.kl_delta must be >= 0 and finite (got inf)"),
+    ("kl_beta", INF, "DiscoConfig.kl_beta must be >= 0 and finite (got inf)"),
+    ("kl_beta", NAN, "DiscoConfig.kl_beta must be >= 0 and finite (got nan)"),
     ("learning_rate", -1.0, "DiscoConfig.learning_rate=-1.0 must be a finite number >= 0"),
     ("learning_rate", INF, "DiscoConfig.learning_rate=inf"),
     ("temperature", 0.0, "DiscoConfig.temperature=0.0: DisCO samples its completions"),
@@ -53,7 +53,7 @@ def test_config_accepts_the_limits(tmp_path, name, value):
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--learning_rate", "-1", "DiscoConfig.learning_rate=-1.0 must be a finite number >= 0"),
-    ("--tau", "inf", "DiscoConfig.tau must be a finite number > 0 (got inf)"),
+    ("--tau", "inf", "DiscoConfig.tau must be > 0 and finite (got inf)"),
     ("--temperature", "0", "DiscoConfig.temperature=0.0"),
     ("--max_steps", "0", "DiscoConfig.max_steps=0"),
     ("--max_completion_length", "0", "DiscoConfig.max_completion_length=0"),
