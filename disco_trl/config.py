@@ -43,17 +43,17 @@ class DiscoConfig(GRPOConfig):
             Weight beta of the squared-hinge penalty beta * max(KL - delta, 0)^2.
         reward_threshold (`float`, defaults to `0.5`):
             A completion is positive when its (weighted) reward is greater than this, negative otherwise.
-        overwrite_output_dir (`bool`, defaults to `False`):
-            Start a new run in an `output_dir` that already holds `checkpoint-N` folders of an earlier run: those
-            folders are deleted when training starts. Without it (and without `resume_from_checkpoint`) such a run is
-            refused, so that an earlier run's checkpoints are never overwritten silently. (transformers 5 dropped this
-            `TrainingArguments` option; DisCO keeps it with this meaning.)
 
     Defaults that differ from `GRPOConfig`, to follow the paper: `temperature=0.6`, `lr_scheduler_type="constant"`,
     `learning_rate=2e-6` (the authors' 1.5B scripts; use 1e-6 for 7B/8B), `num_generations=8`, `weight_decay=0.0`,
     `vllm_importance_sampling_correction=False` (DisCO recomputes the old policy with the trainer, see the docs).
     TRL's `beta` (KL to a reference model) must stay 0: DisCO has no reference model; its trust region is set with
     `kl_delta`/`kl_beta`.
+
+    `overwrite_output_dir` (`bool`, defaults to `False`), the option transformers 5 dropped from `TrainingArguments`:
+    start a new run in an `output_dir` that already holds `checkpoint-N` folders of an earlier run, deleting them when
+    training starts. Without it (and without `resume_from_checkpoint`) such a run is refused, so that an earlier run's
+    checkpoints are never overwritten silently (see `disco_trl.checkpoints`).
     """
 
     score_type: str = field(
