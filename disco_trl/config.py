@@ -53,6 +53,11 @@ class DiscoConfig(GRPOConfig):
     `vllm_importance_sampling_correction=False` (DisCO recomputes the old policy with the trainer, see the docs).
     TRL's `beta` (KL to a reference model) must stay 0: DisCO has no reference model; its trust region is set with
     `kl_delta`/`kl_beta`.
+
+    `overwrite_output_dir` (`bool`, defaults to `False`), the option transformers 5 dropped from `TrainingArguments`:
+    start a new run in an `output_dir` that already holds `checkpoint-N` folders of an earlier run, deleting them when
+    training starts. Without it (and without `resume_from_checkpoint`) such a run is refused, so that an earlier run's
+    checkpoints are never overwritten silently (see `disco_trl.checkpoints`).
     """
 
     score_type: str = field(
@@ -96,9 +101,27 @@ class DiscoConfig(GRPOConfig):
         metadata={"help": "GRPO-side correction for vLLM/trainer mismatch; DisCO ignores it (the old policy is "
                   "recomputed by the trainer), so it is off to save a forward pass."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in an output_dir that holds checkpoint-N folders of an earlier run, deleting "
+                  "them (without it, such a run is refused unless it resumes with resume_from_checkpoint)."},
+    )
 
     def __post_init__(self):
-        # Validate DisCO's own fields first: before GRPOConfig spends time on anything else.
+        # Validate first, before GRPOConfig spends time on anything else, so that a bad value is named as the user set
+        # it (TRL would otherwise report a value it derives from it, such as generation_batch_size).
+        self._check_disco_fields()
+        self._check_training_values()
+        self._check_grpo_loss_options()
+        if self.bf16 is None and not self.fp16 and (self.use_cpu or not _has_bf16_accelerator()):
+            # TRL turns bf16 on by default: transformers refuses it on a machine without a GPU, and with use_cpu it
+            # means slow, imprecise bf16 autocast on the CPU. DisCO trains in float32 on CPU unless bf16=True is asked.
+            self.bf16 = False
+        self._check_whole_groups()  # with the steps_per_generation GRPOConfig will derive, when it does not need it
+        super().__post_init__()
+        self._check_whole_groups()  # again, with the steps_per_generation derived from generation_batch_size
+
+    def _check_disco_fields(self) -> None:
         if self.score_type not in SCORE_TYPES:
             raise ValueError(f"DiscoConfig.score_type={self.score_type!r} is unknown; use one of {SCORE_TYPES}.")
         if self.disco_variant not in VARIANTS:
@@ -107,14 +130,46 @@ class DiscoConfig(GRPOConfig):
             )
         if self.tau is None:
             self.tau = DEFAULT_TAU[self.score_type]
-        if not self.tau > 0:
+        if not (math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(
-                f"DiscoConfig.tau must be > 0 (got {self.tau}); the paper uses 10 for log_l and 1 for l_ratio."
+                f"DiscoConfig.tau must be > 0 and finite (got {self.tau}); the paper uses 10 for log_l and 1 for "
+                "l_ratio."
             )
-        if not self.kl_delta >= 0:
-            raise ValueError(f"DiscoConfig.kl_delta must be >= 0 (got {self.kl_delta}); the paper uses 1e-4.")
-        if not self.kl_beta >= 0:
-            raise ValueError(f"DiscoConfig.kl_beta must be >= 0 (got {self.kl_beta}); the paper uses 1e3.")
+        if not (math.isfinite(self.kl_delta) and self.kl_delta >= 0):
+            raise ValueError(
+                f"DiscoConfig.kl_delta must be >= 0 and finite (got {self.kl_delta}); the paper uses 1e-4. To turn "
+                "the KL penalty off, set kl_beta=0."
+            )
+        if not (math.isfinite(self.kl_beta) and self.kl_beta >= 0):
+            raise ValueError(
+                f"DiscoConfig.kl_beta must be >= 0 and finite (got {self.kl_beta}); the paper uses 1e3 (0 turns "
+                "the KL penalty off)."
+            )
+
+    def _check_training_values(self) -> None:
+        """Values TRL or transformers accept but that fail (or silently do something else) once the model is loaded."""
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"DiscoConfig.max_steps={self.max_steps}: set the number of optimizer updates (> 0), or -1 (the default) "
+                "to train for num_train_epochs."
+            )
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise ValueError(
+                f"DiscoConfig.learning_rate={self.learning_rate} must be a finite number >= 0; the authors use 2e-6 for "
+                "1.5B models and 1e-6 for 7B/8B."
+            )
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(
+                f"DiscoConfig.temperature={self.temperature}: DisCO samples its completions, so the sampling temperature "
+                "must be a finite number > 0 (the paper uses 0.6)."
+            )
+        if self.max_completion_length is not None and self.max_completion_length <= 0:
+            raise ValueError(
+                f"DiscoConfig.max_completion_length={self.max_completion_length} must be a positive number of tokens "
+                "(the paper uses 8192)."
+            )
+
+    def _check_grpo_loss_options(self) -> None:
         if self.beta != 0.0:
             raise ValueError(
                 f"DiscoConfig.beta={self.beta}: DisCO uses no reference model, so TRL's `beta` must be 0. DisCO's "
@@ -128,12 +183,6 @@ class DiscoConfig(GRPOConfig):
                 f"DiscoConfig.num_generations={self.num_generations}: DisCO compares positives with negatives of the "
                 "same question, so it needs at least 2 completions per question (the paper uses 8)."
             )
-        if self.bf16 is None and not self.fp16 and (self.use_cpu or not _has_bf16_accelerator()):
-            # TRL turns bf16 on by default: transformers refuses it on a machine without a GPU, and with use_cpu it
-            # means slow, imprecise bf16 autocast on the CPU. DisCO trains in float32 on CPU unless bf16=True is asked.
-            self.bf16 = False
-        super().__post_init__()
-        self._check_whole_groups()
 
     def _check_reward_threshold(self) -> None:
         value = self.reward_threshold
@@ -164,14 +213,22 @@ class DiscoConfig(GRPOConfig):
         micro-batch (e.g. 8 completions, 4 sequences per GPU), a group spans consecutive micro-steps of one optimizer
         step on one process: the trainer then gathers the group's scores before the first micro-step (exact, at the
         cost of one extra no-grad forward pass per optimizer step; see DiscoTrainer).
+
+        Called before GRPOConfig's own checks too: with a batch that cannot hold whole groups, TRL would report the
+        `generation_batch_size` it derives (per_device_train_batch_size x processes x steps_per_generation), a setting
+        the user never set. `steps_per_generation` is then the user's value, or gradient_accumulation_steps (TRL's
+        default) when generation_batch_size is unset too; when only generation_batch_size is set, its share of the check
+        waits for the value TRL derives (which needs the number of processes).
         """
         g = self.num_generations
         per_device = self.per_device_train_batch_size
-        if per_device % g == 0:
+        if g is None or per_device % g == 0:
             return
         accumulation, spg = self.gradient_accumulation_steps, self.steps_per_generation
+        if spg is None and self.generation_batch_size is None:
+            spg = accumulation  # what GRPOConfig derives
         per_step = per_device * accumulation
-        if per_step % g == 0 and spg % accumulation == 0:
+        if per_step % g == 0 and (spg is None or spg % accumulation == 0):
             return
         if per_step % g != 0:
             fix_ga = next(k for k in range(accumulation, accumulation * g + 1) if (per_device * k) % g == 0)
@@ -183,8 +240,8 @@ class DiscoConfig(GRPOConfig):
                 f"{fix_ga} so that per_device_train_batch_size x gradient_accumulation_steps is a multiple of {g}."
             )
         raise ValueError(
-            f"per_device_train_batch_size={per_device} is smaller than a group of num_generations={g}, so groups span "
-            f"micro-steps; steps_per_generation={spg} must then be a multiple of gradient_accumulation_steps="
+            f"per_device_train_batch_size={per_device} does not hold whole groups of num_generations={g}, so groups "
+            f"span micro-steps; steps_per_generation={spg} must then be a multiple of gradient_accumulation_steps="
             f"{accumulation} so that no optimizer step straddles two generation batches. Set steps_per_generation to a "
             f"multiple of {accumulation} (or leave it unset), or use per_device_train_batch_size a multiple of {g}."
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import warnings
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, uns
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from . import checkpoints
 from .config import DiscoConfig
 from .losses import completion_labels, discriminative_objective, hinge_from_kl, sequence_scores
 from .reward_checks import NoSignalWatch, check_reward_columns, with_output_check
@@ -269,27 +271,32 @@ class DiscoTrainer(GRPOTrainer):
             batch.pop("disco_step_objective", None)
 
     # ------------------------------------------------------------------ checkpoints
-    # TRL keeps the generation batch in memory and restarts its micro-step counter at 0 on resume, so a run resumed in
-    # the middle of a generation batch would sample new completions. DisCO saves the buffer and the counter with each
-    # checkpoint (one file per process); with the RNG state that Trainer already restores, a resumed run continues
-    # exactly where it stopped.
-    _STATE_FILE = "disco_state_rank{}.pt"
+    # DisCO saves its generation buffer, micro-step counter and batch geometry with each checkpoint, one file per
+    # process, so that a resumed run continues exactly where it stopped; which checkpoint a run may resume from (and
+    # when a new run is refused) is decided in disco_trl.checkpoints.
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """`Trainer.train`, with `resume_from_checkpoint=True` (or "last") meaning the newest *complete* checkpoint,
+        and a new run refused in an output_dir that holds an earlier run's checkpoints (see disco_trl.checkpoints)."""
+        checkpoint = checkpoints.resolve_resume_for_trainer(self, resume_from_checkpoint)
+        return super().train(checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # DisCO's files first, Trainer's after (trainer_state.json last): a save cut short lacks trainer_state.json.
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        state = {"step": self._step, "buffered_inputs": self._buffered_inputs}
-        torch.save(state, os.path.join(folder, self._STATE_FILE.format(self.accelerator.process_index)))
+        geometry = checkpoints.batch_geometry(self.args, self.accelerator.num_processes)
+        checkpoints.save_rank_state(folder, self.accelerator.process_index, self._step, self._buffered_inputs, geometry)
+        super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        path = os.path.join(checkpoint, self._STATE_FILE.format(self.accelerator.process_index))
-        if not os.path.exists(path):
-            return  # a checkpoint from another trainer: TRL's behaviour (regenerate) applies
-        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        rank = self.accelerator.process_index
+        state = checkpoints.load_rank_state(checkpoint, rank, self.accelerator.device)
+        if state is None:  # a checkpoint of another trainer: TRL's behaviour (regenerate) applies
+            warnings.warn(checkpoints.missing_state_warning(checkpoint, rank), checkpoints.ResumeWarning, stacklevel=2)
+            return
+        checkpoints.check_geometry(checkpoint, state, self.args, self.accelerator.num_processes)
         self._step = state["step"]
         self._buffered_inputs = state["buffered_inputs"]
 

@@ -18,7 +18,8 @@ win):
 
 Before loading any weights the script checks, and stops with a message naming the setting and its fix: the batch
 geometry (whole groups of `num_generations` completions per process, the recipe's questions per generation and per
-update), that a checkpoint to resume from exists, that vLLM is installed when `use_vllm` is set, that the model
+update), that a checkpoint to resume from exists, is complete and has this run's batch settings, that a new run
+would not overwrite an earlier run's checkpoints, that vLLM is installed when `use_vllm` is set, that the model
 exists, and that the dataset has the columns the rewards need. docs/training.md has the launch command of every setup.
 """
 
@@ -262,27 +263,21 @@ def check_model(model_args: ModelConfig, args: DiscoConfig) -> None:
 
 
 def resolve_resume(args: DiscoConfig) -> None:
-    """`resume_from_checkpoint`: a checkpoint directory, or `last` (also `true`) for the newest one in output_dir."""
+    """`resume_from_checkpoint`: a checkpoint directory, or `last` (also `true`) for the newest complete one in
+    output_dir. Without it, an output_dir holding an earlier run's checkpoints is refused unless overwrite_output_dir
+    (the rules: disco_trl.checkpoints)."""
+    from disco_trl.checkpoints import CheckpointError
+    from disco_trl.checkpoints import resolve_resume as resolve
+
     value = args.resume_from_checkpoint
     if value is None or value is False or str(value).lower() in ("", "false", "none"):
-        args.resume_from_checkpoint = None
-        return
-    if str(value).lower() in ("last", "true"):
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
-        if last is None:
-            raise ScriptError(
-                f"resume_from_checkpoint={value!r}: there is no checkpoint-N folder in output_dir={args.output_dir!r} "
-                "to resume from. Drop the option to start a new run, or set output_dir to the interrupted run's."
-            )
-        args.resume_from_checkpoint = last
-        return
-    if not os.path.isfile(os.path.join(str(value), "trainer_state.json")):
-        raise ScriptError(
-            f"resume_from_checkpoint={value!r} is not a checkpoint (no trainer_state.json there): give a "
-            "checkpoint-N folder written by a previous run, or `last` for the newest one in output_dir."
-        )
+        value = None
+    elif str(value).lower() in ("last", "true"):
+        value = True
+    try:
+        args.resume_from_checkpoint = resolve(args, value, args.world_size, args.process_index)
+    except CheckpointError as err:
+        raise ScriptError(str(err)) from err
 
 
 def load_reward_funcs(names: list[str]) -> list[Any]:

@@ -1,0 +1,195 @@
+"""Checkpoint rules (disco_trl.checkpoints): a kill while a checkpoint is written, a checkpoint without DisCO's state,
+a resume with other batch settings, and a new run over an earlier run's checkpoints.
+
+One interrupted run is shared: 2 updates per generation, a checkpoint after every update, killed while writing
+checkpoint-3 (checkpoint-1 and -2 are complete). Each test works on its own copy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+from transformers.trainer_callback import TrainerState
+
+from disco_trl.checkpoints import CheckpointError, ResumeWarning, last_complete_checkpoint, state_path
+from disco_trl.scripts import train as train_script
+from test_resume import make_trainer
+from test_scripts import parse, run_main, tiny_run_args
+
+STEPS = 4
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def straight_parameters(tmp_path_factory):
+    trainer = make_trainer(tmp_path_factory.mktemp("straight"), save_strategy="no", max_steps=STEPS)
+    trainer.train()
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    """An output_dir whose run was killed half-way through writing checkpoint-3's trainer_state.json."""
+    out = tmp_path_factory.mktemp("killed")
+    original = TrainerState.save_to_json
+
+    def save_then_die(self, json_path):
+        if "checkpoint-3" in json_path:
+            with open(json_path, "w") as f:
+                f.write(json.dumps({"global_step": 3})[:10])
+            raise Killed
+        original(self, json_path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TrainerState, "save_to_json", save_then_die)
+        with pytest.raises(Killed):
+            make_trainer(out, save_steps=1, max_steps=STEPS).train()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    return out
+
+
+@pytest.fixture
+def run_dir(killed_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(killed_run, copy)
+    return copy
+
+
+def assert_same_parameters(model, parameters):
+    for p, q in zip(model.parameters(), parameters):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ D: `last` skips a checkpoint cut short
+def test_resume_last_skips_the_checkpoint_a_kill_cut_short_and_stays_bit_exact(run_dir, straight_parameters):
+    resumed = make_trainer(run_dir, save_steps=1, max_steps=STEPS)
+    with pytest.warns(ResumeWarning, match=r"skipping checkpoint-3, which is incomplete \(trainer_state.json is "
+                                           r"truncated.*resuming from checkpoint-2"):
+        resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == STEPS
+    assert_same_parameters(resumed.model, straight_parameters)
+
+
+def test_script_resume_last_picks_the_newest_complete_checkpoint(run_dir, tmp_path):
+    same_batches = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"]  # as make_trainer's
+    _, args, _ = parse(tiny_run_args(tmp_path / "model", tmp_path / "data.jsonl", run_dir, *same_batches,
+                                     "--resume_from_checkpoint", "last"))
+    with pytest.warns(ResumeWarning, match="skipping checkpoint-3"):
+        train_script.resolve_resume(args)
+    assert args.resume_from_checkpoint == str(run_dir / "checkpoint-2")
+
+
+@pytest.mark.parametrize("damage,reason", [
+    ("trainer_state", "no trainer_state.json"),
+    ("weights", "truncated weights ['model.safetensors']"),
+    ("disco_state", "no DisCO state (disco_state_rank*.pt)"),
+])
+def test_what_makes_a_checkpoint_incomplete(run_dir, damage, reason):
+    folder = run_dir / "checkpoint-2"
+    if damage == "trainer_state":
+        (folder / "trainer_state.json").unlink()
+    elif damage == "weights":
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+    else:
+        (folder / "disco_state_rank0.pt").unlink()
+    with pytest.warns(ResumeWarning) as record:
+        assert last_complete_checkpoint(str(run_dir), world_size=1) == str(run_dir / "checkpoint-1")
+    messages = [str(w.message) for w in record]
+    assert any("skipping checkpoint-2" in m and reason in m for m in messages), messages
+
+
+def test_last_with_no_complete_checkpoint_is_refused_with_the_reasons(run_dir):
+    for folder in run_dir.glob("checkpoint-*"):
+        (folder / "disco_state_rank0.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"holds no complete checkpoint \(checkpoint-3: trainer_state.json is "
+                                              r"truncated; no DisCO state.*checkpoint-1: no DisCO state"):
+        last_complete_checkpoint(str(run_dir), world_size=1)
+
+
+def test_checkpoint_of_other_processes_is_refused_with_both_world_sizes(run_dir):
+    folder = run_dir / "checkpoint-2"
+    shutil.copy(state_path(str(folder), 0), state_path(str(folder), 1))  # as if saved by 2 processes
+    trainer = make_trainer(run_dir, save_steps=1, max_steps=STEPS)
+    with pytest.raises(CheckpointError, match=r"DisCO state of 2 processes \(world_size=2\), this run has world_size=1"):
+        trainer.train(resume_from_checkpoint=str(folder))
+
+
+# ------------------------------------------------------------------ E: no DisCO state: resume, but say it
+def test_resume_without_discos_state_warns_that_it_is_not_bit_exact(run_dir, straight_parameters):
+    checkpoint = run_dir / "checkpoint-1"  # step 1: the generation batch of steps 1-2 is half used
+    (checkpoint / "disco_state_rank0.pt").unlink()
+    resumed = make_trainer(run_dir, save_strategy="no", max_steps=STEPS)
+    with pytest.warns(ResumeWarning, match=r"no DisCO state for this process.*regenerates the current generation "
+                                           r"batch.*NOT be bit-exact"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == STEPS
+    # what the warning says: the run diverged from the uninterrupted one
+    assert any(not torch.equal(p, q) for p, q in zip(resumed.model.parameters(), straight_parameters))
+
+
+# ------------------------------------------------------------------ F: other batch settings than the checkpoint's
+@pytest.mark.parametrize("legacy", [False, True], ids=["geometry-saved", "legacy-state"])
+def test_resume_with_another_steps_per_generation_is_refused_with_both_values(run_dir, legacy):
+    checkpoint = run_dir / "checkpoint-1"
+    if legacy:  # a state file written before DisCO recorded the geometry: the buffer itself tells
+        path = state_path(str(checkpoint), 0)
+        state = torch.load(path, weights_only=False)
+        del state["geometry"]
+        torch.save(state, path)
+    trainer = make_trainer(run_dir, save_steps=1, max_steps=STEPS, steps_per_generation=4)
+    with pytest.raises(CheckpointError, match=r"checkpoint-1 was saved with steps_per_generation=2, but this run has "
+                                              r"steps_per_generation=4"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert trainer.state.global_step == 0
+
+
+def test_resume_with_another_gradient_accumulation_is_refused(run_dir):
+    trainer = make_trainer(run_dir, save_steps=1, max_steps=STEPS, gradient_accumulation_steps=2)
+    with pytest.raises(CheckpointError, match=r"saved with gradient_accumulation_steps=1, but this run has "
+                                              r"gradient_accumulation_steps=2"):
+        trainer.train(resume_from_checkpoint=str(run_dir / "checkpoint-2"))
+
+
+# ------------------------------------------------------------------ C: a new run over an earlier run's checkpoints
+def test_new_run_over_earlier_checkpoints_is_refused(run_dir):
+    before = sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
+    trainer = make_trainer(run_dir, save_steps=1, max_steps=STEPS)
+    with pytest.raises(CheckpointError) as err:
+        trainer.train()
+    message = str(err.value)
+    assert "already holds checkpoints of an earlier run (checkpoint-3, checkpoint-2, checkpoint-1)" in message
+    assert "--resume_from_checkpoint last" in message and "--overwrite_output_dir" in message
+    assert sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before
+
+
+def test_overwrite_output_dir_starts_over_and_deletes_the_earlier_checkpoints(run_dir):
+    trainer = make_trainer(run_dir, save_steps=1, max_steps=1, overwrite_output_dir=True)
+    trainer.train()
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-1"]  # the new run's
+    assert json.loads((run_dir / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
+
+
+def test_script_refuses_a_new_run_or_other_batches_over_earlier_checkpoints_before_the_model_loads(
+        run_dir, tmp_path, capsys):
+    # The model does not exist: had the refusal come later, the message would be about the model.
+    code, _, err = run_main(tiny_run_args(tmp_path / "no-model", tmp_path / "data.jsonl", run_dir), capsys)
+    assert code == 2
+    assert "already holds checkpoints of an earlier run" in err and "--overwrite_output_dir" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResumeWarning)
+        code, _, err = run_main(tiny_run_args(tmp_path / "no-model", tmp_path / "data.jsonl", run_dir,
+                                              "--resume_from_checkpoint", "last"), capsys)
+    # resuming passes that check, but this command's batches are not the checkpoint's (F, through the script)
+    assert code == 2 and "checkpoint-2 was saved with per_device_train_batch_size=8, gradient_accumulation_steps=1, " \
+        "steps_per_generation=2, but this run has per_device_train_batch_size=4, gradient_accumulation_steps=2, " \
+        "steps_per_generation=4" in err
+    assert err.count("\n") == 1
