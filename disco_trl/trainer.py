@@ -61,8 +61,9 @@ class DiscoTrainer(GRPOTrainer):
     Trainer for DisCO, Discriminative Constrained Optimization ([arXiv:2505.12366](https://arxiv.org/abs/2505.12366)).
 
     A drop-in replacement for TRL's [`GRPOTrainer`]: same arguments (model, reward functions, datasets, PEFT config,
-    callbacks, ...) with a [`DiscoConfig`]. For each question, the completions whose reward exceeds
-    `reward_threshold` are positives, the others negatives. DisCO maximises, per mini-batch,
+    callbacks, ...) with a [`DiscoConfig`]. For each question, the completions whose reward beats the question's mean
+    (`reward_threshold="group_mean"`, TRL's advantage > 0) or a fixed threshold are positives, the others negatives;
+    completions with no reward or an empty loss mask are neither. DisCO maximises, per mini-batch,
 
         J = 1/|B| sum_q [ mean_{o+} s(o+) - tau * log mean_{o-} exp(s(o-)/tau) ]     (DisCO, `disco_variant="dro"`)
         J = 1/|B| sum_q [ mean_{o+} s(o+) - mean_{o-} s(o-) ]                        (DisCO-b, `"basic"`)
