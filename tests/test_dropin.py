@@ -139,3 +139,24 @@ def test_env_mask_tokens_count_in_neither_scores_nor_kl(tmp_path, monkeypatch):
     kl_env = [e["disco/kl"] for e in logs_env if "disco/kl" in e]
     kl_plain = [e["disco/kl"] for e in logs_plain if "disco/kl" in e]
     assert kl_env == pytest.approx(kl_plain, rel=1e-9) and abs(kl_env[-1]) > 1e-3
+
+
+class CountingGenerations(DiscoTrainer):
+    generations = 0
+
+    def _generate_and_score_completions(self, inputs):
+        CountingGenerations.generations += 1
+        return super()._generate_and_score_completions(inputs)
+
+
+def test_num_iterations_reuses_each_generation_batch(tmp_path):
+    """num_iterations=2: two updates per generation batch, the second against the old policy (KL != 0)."""
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    CountingGenerations.generations = 0
+    trainer = CountingGenerations(model, parity_reward, small_config(tmp_path, steps_per_generation=1, num_iterations=2,
+                                                                    max_steps=4), prompt_dataset(),
+                                  processing_class=tokenizer)
+    trainer.train()
+    assert CountingGenerations.generations == 2
+    kls = [e["disco/kl"] for e in trainer.state.log_history if "disco/kl" in e]
+    assert kls[0] == 0.0 and kls[2] == 0.0 and kls[1] != 0.0 and kls[3] != 0.0
