@@ -89,9 +89,17 @@ def build_tiny_qwen2(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    return instantiate(Qwen2ForCausalLM, config, tokenizer, seed)
+
+
+def instantiate(model_class, config, tokenizer: PreTrainedTokenizerFast, seed: int):
+    """`model_class(config)` with weights drawn from `seed` (the global RNG untouched), generating with `tokenizer`'s
+    end and padding tokens."""
+    import torch
+
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
+        model = model_class(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

@@ -16,7 +16,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from disco_trl import DiscoConfig, DiscoTrainer
-from disco_trl.toy import build_tiny_qwen2, build_tokenizer
+from disco_trl.toy import build_tiny_qwen2, build_tokenizer, instantiate
 
 GROUP = 4  # completions per question in these tests
 
@@ -38,12 +38,7 @@ def tiny_moe_model(tokenizer, arch: str, seed: int = 0, router_aux_loss_coef: fl
                                    layer_types=["sliding_attention", "full_attention"], **common), GptOssForCausalLM
     else:
         raise ValueError(f"unknown MoE architecture {arch!r}")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = cls(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model
+    return instantiate(cls, config, tokenizer, seed)
 
 
 def tiny_model_and_tokenizer(seed: int = 0, dtype=torch.float64, arch: str = "qwen2"):
@@ -101,6 +96,15 @@ class CaptureGrads(TrainerCallback):
         self.grads.append(
             {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
         )
+
+
+def short_run_config(tmp_path, **overrides) -> DiscoConfig:
+    """Two updates on one generation batch of 2 questions x 4 completions, real sampling (T=1), no checkpoints."""
+    kwargs = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, steps_per_generation=2,
+                  max_completion_length=8, max_steps=2, learning_rate=5e-3, temperature=1.0, report_to="none",
+                  save_strategy="no", logging_steps=1, seed=3, use_cpu=True)
+    kwargs.update(overrides)
+    return DiscoConfig(**kwargs)
 
 
 def layout_config(tmp_path, per_device, accumulation, steps_per_generation, **overrides) -> DiscoConfig:

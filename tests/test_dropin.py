@@ -11,15 +11,7 @@ from datasets import Dataset
 from trl import GRPOTrainer
 
 from disco_trl import DiscoConfig, DiscoTrainer
-from disco_testing import CaptureGrads, parity_reward, prompt_dataset, tiny_model_and_tokenizer
-
-
-def small_config(tmp_path, **overrides):
-    kwargs = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, steps_per_generation=2,
-                  max_completion_length=8, max_steps=2, learning_rate=5e-3, temperature=1.0, report_to="none",
-                  save_strategy="no", logging_steps=1, seed=3, use_cpu=True)
-    kwargs.update(overrides)
-    return DiscoConfig(**kwargs)
+from disco_testing import CaptureGrads, parity_reward, prompt_dataset, tiny_model_and_tokenizer, short_run_config
 
 
 def test_signature_is_grpo_trainers():
@@ -33,7 +25,7 @@ def test_signature_is_grpo_trainers():
 
 def test_positional_arguments_land_where_grpo_trainer_puts_them(tmp_path):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
-    args, train, evaluation = small_config(tmp_path), prompt_dataset(8), prompt_dataset(4)
+    args, train, evaluation = short_run_config(tmp_path), prompt_dataset(8), prompt_dataset(4)
     trainer = DiscoTrainer(model, parity_reward, args, train, evaluation, tokenizer)
     assert trainer.args is args and trainer.train_dataset is train and trainer.eval_dataset is evaluation
     assert trainer.processing_class is tokenizer and trainer.reward_func_names == ["parity_reward"]
@@ -42,7 +34,7 @@ def test_positional_arguments_land_where_grpo_trainer_puts_them(tmp_path):
 def test_no_reward_source_is_trls_error(tmp_path):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     with pytest.raises(ValueError, match="No reward source provided"):
-        DiscoTrainer(model, args=small_config(tmp_path), train_dataset=prompt_dataset(), processing_class=tokenizer)
+        DiscoTrainer(model, args=short_run_config(tmp_path), train_dataset=prompt_dataset(), processing_class=tokenizer)
 
 
 # A chat template that renders tool calls and tool messages (TRL requires one with environments).
@@ -75,7 +67,7 @@ def test_environment_owned_reward_and_data_train(tmp_path, monkeypatch):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     tokenizer.chat_template = TOOL_TEMPLATE
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = DiscoTrainer(model, args=small_config(tmp_path), processing_class=tokenizer,
+    trainer = DiscoTrainer(model, args=short_run_config(tmp_path), processing_class=tokenizer,
                            environment_factory=CountingEnvironment)  # no reward_funcs, no train_dataset
     assert trainer.reward_func_names == ["CountingEnvironment"]
     trainer.train()
@@ -117,7 +109,7 @@ def model_token_reward(completion_ids, model_length, **kwargs):
 def _train_with_rollout(tmp_path, env_tokens):
     model, tokenizer = tiny_model_and_tokenizer()
     capture = CaptureGrads()
-    trainer = DiscoTrainer(model, model_token_reward, small_config(tmp_path, max_completion_length=16, kl_delta=0.0,
+    trainer = DiscoTrainer(model, model_token_reward, short_run_config(tmp_path, max_completion_length=16, kl_delta=0.0,
                                                                   learning_rate=1e-2, max_grad_norm=0.0),
                            prompt_dataset(), processing_class=tokenizer, callbacks=[capture],
                            rollout_func=EnvMaskRollout(tokenizer, env_tokens))
@@ -153,7 +145,7 @@ def test_num_iterations_reuses_each_generation_batch(tmp_path):
     """num_iterations=2: two updates per generation batch, the second against the old policy (KL != 0)."""
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     CountingGenerations.generations = 0
-    trainer = CountingGenerations(model, parity_reward, small_config(tmp_path, steps_per_generation=1, num_iterations=2,
+    trainer = CountingGenerations(model, parity_reward, short_run_config(tmp_path, steps_per_generation=1, num_iterations=2,
                                                                     max_steps=4), prompt_dataset(),
                                   processing_class=tokenizer)
     trainer.train()

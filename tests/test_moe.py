@@ -5,24 +5,16 @@ import pytest
 import torch
 
 from disco_trl import DiscoConfig, DiscoTrainer
-from disco_testing import GROUP, parity_reward, prompt_dataset, run_layout, tiny_model_and_tokenizer, torchrun_layout
+from disco_testing import GROUP, parity_reward, prompt_dataset, run_layout, tiny_model_and_tokenizer, torchrun_layout, short_run_config
 
 ARCHS = ["qwen3_moe", "gpt_oss"]
-
-
-def moe_config(tmp_path, **overrides):
-    kwargs = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, steps_per_generation=2,
-                  max_completion_length=8, max_steps=2, learning_rate=5e-3, temperature=1.0, report_to="none",
-                  save_strategy="no", logging_steps=1, seed=3, use_cpu=True)
-    kwargs.update(overrides)
-    return DiscoConfig(**kwargs)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_moe_trains_and_logs_aux_loss(tmp_path, arch):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32, arch=arch)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = DiscoTrainer(model, parity_reward, moe_config(tmp_path), prompt_dataset(), processing_class=tokenizer)
+    trainer = DiscoTrainer(model, parity_reward, short_run_config(tmp_path), prompt_dataset(), processing_class=tokenizer)
     assert trainer.aux_loss_enabled and trainer.router_aux_loss_coef == pytest.approx(0.01)
     trainer.train()
     logged = [e["aux_loss"] for e in trainer.state.log_history if "aux_loss" in e]
@@ -88,7 +80,7 @@ def test_moe_with_lora_trains_only_the_adapter(tmp_path):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32, arch="qwen3_moe")
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = DiscoTrainer(model, parity_reward, moe_config(tmp_path, learning_rate=5e-2), prompt_dataset(),
+    trainer = DiscoTrainer(model, parity_reward, short_run_config(tmp_path, learning_rate=5e-2), prompt_dataset(),
                            processing_class=tokenizer, peft_config=peft_config)
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
     trainer.train()
