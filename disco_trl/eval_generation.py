@@ -58,9 +58,11 @@ class PerSampleSampler:
     """A `transformers` logits processor that samples row i from its own generator (temperature + top-p).
 
     It returns logits that are -inf everywhere except at the drawn token, so `generate`'s own sampling step can only
-    pick that token. Each step draws exactly one uniform number per row, so a row's tokens depend on its seed and its
-    own logits only.
+    pick that token. Step t of row i uses the t-th uniform number of row i's stream (drawn `block` at a time), so a
+    row's tokens depend on its seed and its own logits only.
     """
+
+    block = 256  # uniform numbers drawn per row at once (fixed: the streams must not depend on anything else)
 
     def __init__(self, seeds: list[int], *, temperature: float, top_p: float):
         import torch
@@ -68,6 +70,18 @@ class PerSampleSampler:
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.temperature = temperature
         self.top_p = top_p
+        self._uniforms = None
+        self._step = 0
+
+    def _next_uniforms(self, device):
+        import torch
+
+        if self._step % self.block == 0:
+            draws = [torch.rand(self.block, generator=g, dtype=torch.float64) for g in self.generators]
+            self._uniforms = torch.stack(draws).to(device)
+        uniform = self._uniforms[:, self._step % self.block]
+        self._step += 1
+        return uniform
 
     def __call__(self, input_ids, scores):
         import torch
@@ -76,8 +90,7 @@ class PerSampleSampler:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         nucleus = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p  # smallest top set with mass >= top_p
         cumulative = (sorted_probs * nucleus).cumsum(dim=-1)
-        uniform = torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
-        target = (uniform.to(cumulative.device) * cumulative[:, -1].double()).to(cumulative.dtype)
+        target = (self._next_uniforms(cumulative.device) * cumulative[:, -1].double()).to(cumulative.dtype)
         rank = torch.searchsorted(cumulative, target[:, None], right=True)
         rank = torch.minimum(rank, nucleus.sum(dim=-1, keepdim=True) - 1)  # rounding never lands outside the nucleus
         tokens = order.gather(-1, rank)

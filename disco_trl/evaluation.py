@@ -177,8 +177,6 @@ def evaluate(
     Returns ``{"benchmarks": {name: {"pass@1", "pass@k"..., "num_problems", ...}}, "average": {...},
     "config": {...}, "timing": {...}}``.
     """
-    from .rewards import boxed_math_reward  # noqa: F401 - imported here so that a broken grader fails before loading
-
     model_is_path = _check_arguments(model, tokenizer, num_samples=num_samples, max_new_tokens=max_new_tokens,
                                      top_p=top_p, temperature=temperature, backend=backend)
     datasets_by_name = _resolve_benchmarks(

@@ -315,6 +315,12 @@ def test_extending_num_samples_gives_the_samples_of_a_fresh_run(tiny, tmp_path):
     other_seed = evaluate(model, bench, num_samples=4, output_dir=tmp_path / "seed1", seed=1, **run)
     assert other_seed["timing"]["samples_generated"] == 8
     assert set(_completions(tmp_path / "seed1").values()).isdisjoint(got.values())
+    with pytest.raises(ValueError, match="other settings.*seed"):  # no mixing of two seeds' samples in one folder
+        evaluate(model, bench, num_samples=4, output_dir=tmp_path / "extended", seed=1, **run)
+    config_path = tmp_path / "fresh" / "config.json"  # a folder written before seeds were per (problem, sample)
+    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items() if k != "sample_seeds"}))
+    with pytest.raises(ValueError, match="older disco-trl whose seeds depended on the batch number"):
+        evaluate(model, bench, num_samples=6, output_dir=tmp_path / "fresh", **run)
 
 
 def test_a_cut_last_line_is_dropped_before_appending(tiny, tmp_path):
