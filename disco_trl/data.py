@@ -25,13 +25,13 @@ columns that exist, and the argument that fixes it (`question_field=` / `answer_
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .data_answers import _last_boxed, _problem_text, normalize_answer
 from .data_files import LOCAL_SUFFIXES, read_local_rows
 
 __all__ = [
@@ -114,10 +114,6 @@ ALIASES = {
 BENCHMARKS = ("aime24", "aime25", "math500", "amc23", "minerva", "olympiadbench")
 BENCHMARK_FILES = {name: SOURCES[name].local_file for name in BENCHMARKS}
 
-# DAPO-Math-17k wraps each problem in its own instructions; we strip them to apply the paper's prompt instead.
-_DAPO_PREFIX = re.compile(r"^\s*Solve the following math problem step by step\..*?to the problem\.\s*", re.S)
-_DAPO_SUFFIX = re.compile(r"\s*Remember to put your answer on its own line after \"Answer:\"\.?\s*$", re.S)
-
 
 def canonical_source(source: str) -> str | None:
     key = source.strip().lower()
@@ -150,42 +146,8 @@ def format_prompt(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Answers
+# Row helpers
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _last_boxed(text: str) -> str | None:
-    from .rewards import extract_boxed_answer
-
-    return extract_boxed_answer(text, after_think=False)
-
-
-_FLOAT_INT = re.compile(r"^[+-]?\d+\.0+$")
-
-
-def normalize_answer(value: Any) -> str | None:
-    """A reference answer as a clean string: numbers as written (27.0 -> "27"), lists joined with ", ", math-mode
-    dollar signs removed (OlympiadBench writes ``$x=2$``); None when there is no answer."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value:  # NaN: pandas' missing value
-            return None
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, list | tuple):
-        parts = [normalize_answer(v) for v in value]
-        parts = [p for p in parts if p]
-        return ", ".join(parts) if parts else None
-    text = str(value).strip()
-    if "$" in text:
-        text = text.replace("\\$", "\0").replace("$", "").replace("\0", "\\$").strip()
-    if _FLOAT_INT.match(text):
-        text = text.split(".")[0]
-    return text or None
 
 
 def _get(row: Mapping[str, Any], dotted: str) -> Any:
@@ -203,20 +165,6 @@ def _has(columns: Iterable[str], first_row: Mapping[str, Any] | None, dotted: st
     if head not in set(columns):
         return False
     return "." not in dotted or (first_row is not None and _get(first_row, dotted) is not None)
-
-
-def _problem_text(value: Any) -> str | None:
-    """A problem from a string or from a chat prompt (the last user message), without DAPO's wrapper text."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        users = [m for m in value if isinstance(m, Mapping) and m.get("role", "user") == "user"]
-        if not users:
-            return None
-        value = users[-1].get("content", "")
-    text = str(value)
-    stripped = _DAPO_SUFFIX.sub("", _DAPO_PREFIX.sub("", text))
-    return stripped.strip() or None
 
 
 # --------------------------------------------------------------------------------------------------------------------
