@@ -24,14 +24,15 @@ columns that exist, and the argument that fixes it (`question_field=` / `answer_
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .data_answers import _last_boxed, _problem_text, normalize_answer
+from .data_files import LOCAL_SUFFIXES, read_local_rows
 
 __all__ = [
     "PROMPT_TEMPLATE",
@@ -113,10 +114,6 @@ ALIASES = {
 BENCHMARKS = ("aime24", "aime25", "math500", "amc23", "minerva", "olympiadbench")
 BENCHMARK_FILES = {name: SOURCES[name].local_file for name in BENCHMARKS}
 
-# DAPO-Math-17k wraps each problem in its own instructions; we strip them to apply the paper's prompt instead.
-_DAPO_PREFIX = re.compile(r"^\s*Solve the following math problem step by step\..*?to the problem\.\s*", re.S)
-_DAPO_SUFFIX = re.compile(r"\s*Remember to put your answer on its own line after \"Answer:\"\.?\s*$", re.S)
-
 
 def canonical_source(source: str) -> str | None:
     key = source.strip().lower()
@@ -149,42 +146,8 @@ def format_prompt(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Answers
+# Row helpers
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _last_boxed(text: str) -> str | None:
-    from .rewards import extract_boxed_answer
-
-    return extract_boxed_answer(text, after_think=False)
-
-
-_FLOAT_INT = re.compile(r"^[+-]?\d+\.0+$")
-
-
-def normalize_answer(value: Any) -> str | None:
-    """A reference answer as a clean string: numbers as written (27.0 -> "27"), lists joined with ", ", math-mode
-    dollar signs removed (OlympiadBench writes ``$x=2$``); None when there is no answer."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value:  # NaN: pandas' missing value
-            return None
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, list | tuple):
-        parts = [normalize_answer(v) for v in value]
-        parts = [p for p in parts if p]
-        return ", ".join(parts) if parts else None
-    text = str(value).strip()
-    if "$" in text:
-        text = text.replace("\\$", "\0").replace("$", "").replace("\0", "\\$").strip()
-    if _FLOAT_INT.match(text):
-        text = text.split(".")[0]
-    return text or None
 
 
 def _get(row: Mapping[str, Any], dotted: str) -> Any:
@@ -204,72 +167,9 @@ def _has(columns: Iterable[str], first_row: Mapping[str, Any] | None, dotted: st
     return "." not in dotted or (first_row is not None and _get(first_row, dotted) is not None)
 
 
-def _problem_text(value: Any) -> str | None:
-    """A problem from a string or from a chat prompt (the last user message), without DAPO's wrapper text."""
-    if value is None:
-        return None
-    if isinstance(value, list):
-        users = [m for m in value if isinstance(m, Mapping) and m.get("role", "user") == "user"]
-        if not users:
-            return None
-        value = users[-1].get("content", "")
-    text = str(value)
-    stripped = _DAPO_SUFFIX.sub("", _DAPO_PREFIX.sub("", text))
-    return stripped.strip() or None
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Reading rows
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _read_local(path: Path, split: str | None) -> list[dict[str, Any]]:
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
-    if suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
-        opener = _open_text(path)
-        rows = []
-        with opener as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError as exc:
-                        raise ValueError(f"{path}: line {number} is not valid JSON ({exc}).") from exc
-        return rows
-    if suffix in (".json", ".json.gz"):
-        with _open_text(path) as handle:
-            text = handle.read()
-        try:
-            data = json.loads(text)
-        except ValueError:  # JSON Lines saved as .json
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        if isinstance(data, Mapping):
-            for key in (split, "train", "test", "data", "rows", "examples"):
-                if key and isinstance(data.get(key), list):
-                    return list(data[key])
-            raise ValueError(
-                f"{path}: a JSON object, not a list of rows; expected a list, or a key such as 'train'/'test'/'data' "
-                "holding one."
-            )
-        return list(data)
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if suffix in (".csv",):
-        import csv
-
-        with open(path, newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv.")
-
-
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        import gzip
-
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
 
 
 def _read_hub(hub_id: str, split: str, config: str | None) -> Any:
@@ -340,49 +240,88 @@ def load_math_dataset(
     """
     import datasets
 
-    name = canonical_source(source)
-    spec = SOURCES.get(name) if name else None
-    path = Path(source).expanduser()
-    origin: str
+    spec = SOURCES.get(canonical_source(source) or "")
+    rows, origin = _read_source(source, spec, split=split, config=config, local=local)
+    fields = _choose_fields(
+        source, spec, rows, origin, question_field=question_field, answer_field=answer_field,
+        solution_field=solution_field, keep_columns=keep_columns,
+    )
+    dedupe = spec.deduplicate if (deduplicate is None and spec is not None) else bool(deduplicate)
+    records, dropped = _build_records(
+        rows, fields, spec, deduplicate=dedupe, limit=limit,
+        prompt=dict(conversational=conversational, template=prompt_template, system_prompt=system_prompt),
+    )
+    if dropped:
+        warnings.warn(
+            f"load_math_dataset({source!r}): dropped {dropped} rows without a problem or an answer "
+            f"(question field {fields.question!r}, answer from {fields.answer or fields.boxed_solution!r}).",
+            stacklevel=2,
+        )
+    if not records["problem"]:
+        raise ValueError(f"load_math_dataset({source!r}): no usable rows in {origin}.")
+    return datasets.Dataset.from_dict(records)
 
-    rows: Any
-    if spec is None and (path.is_file() or path.suffix.lower() in (".json", ".jsonl", ".parquet", ".csv", ".gz")):
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading: where the rows come from
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _read_source(source: str, spec: SourceSpec | None, *, split: str | None, config: str | None,
+                 local: bool | None) -> tuple[Any, str]:
+    """The rows (a list of dicts or a `datasets.Dataset`) and where they came from (a path or a Hub id)."""
+    path = Path(source).expanduser()
+    if spec is None and (path.is_file() or path.suffix.lower() in LOCAL_SUFFIXES):
         if not path.is_file():
             raise FileNotFoundError(f"load_math_dataset: no such file {str(path)!r}.")
-        rows, origin = _read_local(path, split), str(path)
-    elif spec is not None and spec.local_file and local is not False and (
-        (folder := benchmark_dir()) is not None and (folder / spec.local_file).is_file()
-    ):
-        rows, origin = _read_local(folder / spec.local_file, split), str(folder / spec.local_file)
-    elif spec is not None:
+        return read_local_rows(path, split), str(path)
+    if spec is not None:
+        folder = benchmark_dir() if spec.local_file and local is not False else None
+        if folder is not None and (folder / spec.local_file).is_file():
+            return read_local_rows(folder / spec.local_file, split), str(folder / spec.local_file)
         if local:
             raise FileNotFoundError(
                 f"load_math_dataset({source!r}, local=True): no {spec.local_file or 'local file'} in "
                 f"{benchmark_dir() or '(no benchmark folder found)'}; set DISCO_BENCHMARK_DIR to the folder that has it."
             )
-        rows = _read_hub(spec.hub_id, split or spec.split, config or spec.config)
-        origin = spec.hub_id
-    else:
-        if "/" not in source:
-            known = ", ".join(sorted(SOURCES))
-            raise ValueError(
-                f"load_math_dataset: {source!r} is neither a known source ({known}), a Hub id (owner/name) nor an "
-                "existing local file."
-            )
-        rows, origin = _read_hub(source, split or "train", config), source
+        return _read_hub(spec.hub_id, split or spec.split, config or spec.config), spec.hub_id
+    if "/" not in source:
+        known = ", ".join(sorted(SOURCES))
+        raise ValueError(
+            f"load_math_dataset: {source!r} is neither a known source ({known}), a Hub id (owner/name) nor an "
+            "existing local file."
+        )
+    return _read_hub(source, split or "train", config), source
 
+
+# --------------------------------------------------------------------------------------------------------------------
+# Field choice: which columns hold the problem and the answer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Fields:
+    question: str
+    answer: str | None  # a field with the final answer...
+    boxed_solution: str | None  # ...else a worked solution whose last \boxed{} is the answer
+    boxed_in_answer: bool  # the answer field holds worked solutions: take their last \boxed{}
+    keep: tuple[str, ...]
+
+
+def _choose_fields(source: str, spec: SourceSpec | None, rows: Any, origin: str, *, question_field: str | None,
+                   answer_field: str | None, solution_field: str | None, keep_columns: Iterable[str] | None) -> _Fields:
+    """The fields to read, from the explicit arguments or the usual names; ValueError naming what is missing."""
     columns = list(rows.column_names) if hasattr(rows, "column_names") else sorted({k for r in rows[:100] for k in r})
     first = rows[0] if len(rows) else None
 
     def pick(kind: str, explicit: str | None, candidates: tuple[str, ...]) -> str | None:
-        if explicit is not None:
-            if not _has(columns, first, explicit):
-                raise ValueError(
-                    f"load_math_dataset({source!r}): the {kind} field {explicit!r} is not in the data "
-                    f"(columns: {columns})."
-                )
-            return explicit
-        return _choose(candidates, columns, first)
+        if explicit is None:
+            return _choose(candidates, columns, first)
+        if not _has(columns, first, explicit):
+            raise ValueError(
+                f"load_math_dataset({source!r}): the {kind} field {explicit!r} is not in the data (columns: {columns})."
+            )
+        return explicit
 
     q_field = pick("question", question_field, spec.question_fields if spec else QUESTION_FIELDS)
     if q_field is None:
@@ -393,11 +332,9 @@ def load_math_dataset(
         )
     a_field = b_field = None
     if solution_field is None:
-        a_candidates = spec.answer_fields if spec else tuple(f for f in ANSWER_FIELDS if f != q_field)
-        a_field = pick("answer", answer_field, a_candidates)
+        a_field = pick("answer", answer_field, spec.answer_fields if spec else tuple(f for f in ANSWER_FIELDS if f != q_field))
     if a_field is None:
-        b_candidates = spec.boxed_solution_fields if spec else SOLUTION_FIELDS
-        b_field = pick("solution", solution_field, b_candidates)
+        b_field = pick("solution", solution_field, spec.boxed_solution_fields if spec else SOLUTION_FIELDS)
     if a_field is None and b_field is None:
         wanted = (spec.answer_fields + spec.boxed_solution_fields) if spec else ANSWER_FIELDS
         raise ValueError(
@@ -405,60 +342,66 @@ def load_math_dataset(
             f"(columns: {columns}). Pass answer_field='<column with the final answer>' or "
             "solution_field='<column with a worked solution ending in \\boxed{...}>'."
         )
-    keep = list(keep_columns or ())
+    keep = tuple(keep_columns or ())
     for column in keep:
         if column not in columns:
             raise ValueError(f"load_math_dataset({source!r}): keep_columns has {column!r}, not in {columns}.")
+    boxed = spec is None and a_field in SOLUTION_FIELDS and _mostly_boxed(rows, a_field)
+    return _Fields(q_field, a_field, b_field, boxed, keep)
 
-    dedupe = spec.deduplicate if (deduplicate is None and spec is not None) else bool(deduplicate)
-    # Generic path with a 'solution' field: worked solutions (most rows have a \boxed{}: the answer is the last one,
-    # rows without one are dropped) or bare answers (as in open-r1/DAPO-Math-17k-Processed). Decided per column.
-    boxed_in_answer = False
-    if spec is None and a_field in SOLUTION_FIELDS:
-        sample = [_get(rows[i], a_field) for i in range(min(len(rows), 200))]
-        boxed_in_answer = sum(isinstance(v, str) and "\\boxed" in v for v in sample) > len(sample) / 2
 
-    records: dict[str, list] = {"prompt": [], "solution": [], "problem": []}
-    for column in keep:
-        records[column] = []
+def _mostly_boxed(rows: Any, field: str) -> bool:
+    r"""Generic path with a 'solution' field: worked solutions (most rows have a \boxed{}: the answer is the last
+    one, rows without one are dropped) or bare answers (as in open-r1/DAPO-Math-17k-Processed)."""
+    sample = [_get(rows[i], field) for i in range(min(len(rows), 200))]
+    return sum(isinstance(v, str) and "\\boxed" in v for v in sample) > len(sample) / 2
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Normalisation: one record per usable row
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _row_answer(row: Mapping[str, Any], fields: _Fields, spec: SourceSpec | None) -> str | None:
+    if fields.answer is None:
+        return normalize_answer(_last_boxed(str(_get(row, fields.boxed_solution) or "")))
+    raw = _get(row, fields.answer)
+    if fields.boxed_in_answer:
+        raw = _last_boxed(raw) if isinstance(raw, str) else None
+    answer = normalize_answer(raw)
+    if answer is None and spec is not None and spec.boxed_solution_fields:
+        answer = normalize_answer(_last_boxed(str(_get(row, spec.boxed_solution_fields[0]) or "")))
+    return answer
+
+
+def _row_problem(row: Mapping[str, Any], fields: _Fields) -> str | None:
+    problem = _problem_text(_get(row, fields.question))
+    context = row.get("context") if problem and isinstance(row, Mapping) and fields.question == "question" else None
+    if isinstance(context, str) and context.strip() and context.strip() not in problem:
+        problem = f"{context.strip()}\n\n{problem}"  # OlympiadBench: some problems rely on a shared context
+    return problem
+
+
+def _build_records(rows: Any, fields: _Fields, spec: SourceSpec | None, *, deduplicate: bool, limit: int | None,
+                   prompt: Mapping[str, Any]) -> tuple[dict[str, list], int]:
+    """The `prompt`/`solution`/`problem` (+ kept) columns, and how many rows had no problem or no answer."""
+    records: dict[str, list] = {"prompt": [], "solution": [], "problem": [], **{c: [] for c in fields.keep}}
     seen: set[str] = set()
     dropped = 0
     for row in rows:
-        problem = _problem_text(_get(row, q_field))
-        if a_field is not None:
-            raw = _get(row, a_field)
-            if boxed_in_answer:
-                raw = _last_boxed(raw) if isinstance(raw, str) else None
-            answer = normalize_answer(raw)
-            if answer is None and spec is not None and spec.boxed_solution_fields:
-                answer = normalize_answer(_last_boxed(str(_get(row, spec.boxed_solution_fields[0]) or "")))
-        else:
-            answer = normalize_answer(_last_boxed(str(_get(row, b_field) or "")))
+        problem, answer = _row_problem(row, fields), _row_answer(row, fields, spec)
         if not problem or not answer:
             dropped += 1
             continue
-        context = row.get("context") if isinstance(row, Mapping) and q_field == "question" else None
-        if isinstance(context, str) and context.strip() and context.strip() not in problem:
-            problem = f"{context.strip()}\n\n{problem}"  # OlympiadBench: some problems rely on a shared context
-        if dedupe:
+        if deduplicate:
             if problem in seen:
                 continue
             seen.add(problem)
         records["problem"].append(problem)
         records["solution"].append(answer)
-        records["prompt"].append(
-            format_prompt(problem, conversational=conversational, template=prompt_template, system_prompt=system_prompt)
-        )
-        for column in keep:
+        records["prompt"].append(format_prompt(problem, **prompt))
+        for column in fields.keep:
             records[column].append(row.get(column))
         if limit is not None and len(records["problem"]) >= limit:
             break
-    if dropped:
-        warnings.warn(
-            f"load_math_dataset({source!r}): dropped {dropped} rows without a problem or an answer "
-            f"(question field {q_field!r}, answer from {a_field or b_field!r}).",
-            stacklevel=2,
-        )
-    if not records["problem"]:
-        raise ValueError(f"load_math_dataset({source!r}): no usable rows in {origin}.")
-    return datasets.Dataset.from_dict(records)
+    return records, dropped

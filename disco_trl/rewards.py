@@ -171,6 +171,11 @@ def extract_boxed_answer(text: str, *, after_think: bool = True) -> str | None:
 # --------------------------------------------------------------------------------------------------------------------
 
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|\s+")
+# Whitespace between two digits is significant (`2 3` is not `23`): kept as one space, so such an answer only
+# matches the same digits spaced the same way here and anything else goes to math-verify. LaTeX spacing commands
+# between digits (`1\,000`) are thousands separators and are still removed.
+_DIGIT_GAP = re.compile(r"(?<=\d)\s+(?=\d)")
+_KEPT_SPACE = "\x00"
 _NUMBER = re.compile(r"[+-]?(\d{1,60}(\.\d{0,60})?|\.\d{1,60})")
 
 
@@ -178,7 +183,8 @@ def _normalize(text: str) -> str:
     text = text.strip()
     if len(text) >= 2 and text[0] == "$" and text[-1] == "$":
         text = text.strip("$")
-    text = _SPACING.sub("", text)
+    text = _DIGIT_GAP.sub(_KEPT_SPACE, text)
+    text = _SPACING.sub("", text).replace(_KEPT_SPACE, " ")
     text = text.replace("\\left", "").replace("\\right", "")
     text = text.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     return text.rstrip(".")

@@ -188,6 +188,26 @@ def test_missing_fields_fail_with_a_clear_message(tmp_path):
     assert ds["solution"] == ["2"]
 
 
+def test_csv_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffproblem,answer\nWhat is 2+2?,4\n".encode("utf-8"))
+    ds = load_math_dataset(str(path))
+    assert ds["problem"] == ["What is 2+2?"] and ds["solution"] == ["4"]
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_bytes(("\ufeff" + json.dumps({"problem": "P", "answer": "1"}) + "\n").encode("utf-8"))
+    assert load_math_dataset(str(jsonl))["solution"] == ["1"]
+
+
+@pytest.mark.parametrize(("name", "content"), [("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("empty.json", "[]"),
+                                               ("header.csv", "problem,answer\n")])
+def test_empty_file_says_so(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ValueError, match=rf"^load_math_dataset: {path} is empty \(no rows\)") as info:
+        load_math_dataset(str(path))
+    assert "\n" not in str(info.value)
+
+
 def test_unknown_source_and_missing_file(tmp_path):
     with pytest.raises(ValueError, match="neither a known source"):
         load_math_dataset("not-a-dataset")

@@ -12,6 +12,7 @@ import pytest
 
 from disco_trl import evaluation
 from disco_trl.data import benchmark_dir
+from disco_trl.eval_generation import TransformersGenerator
 from disco_trl.evaluation import evaluate, format_markdown, pass_at_k, summarize
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer
 
@@ -161,7 +162,7 @@ def test_metrics_are_exact_with_scripted_completions(tiny, tmp_path, monkeypatch
         "2+2?": [r"\boxed{4}", r"<think>\boxed{4}</think>", r"<think>\boxed{5}</think> \boxed{4}", r"\boxed{4.0}"],  # 3/4
         "half of 1?": [r"\boxed{0.5}", "no box", r"\boxed{2}", r"\boxed{1/3}"],  # 1 of 4 correct
     })
-    monkeypatch.setattr(evaluation, "_TransformersGenerator", lambda *a, **k: scripted)
+    monkeypatch.setattr(evaluation, "make_generator", lambda *a, **k: scripted)
     results = evaluate(model, {"toy": _toy_benchmark()}, tokenizer=tokenizer, num_samples=4, output_dir=tmp_path,
                        progress=False, batch_size=3)
     toy = results["benchmarks"]["toy"]
@@ -180,11 +181,32 @@ def test_sampling_ignores_top_k_from_the_models_generation_config(tiny):
         results_dir = evaluate(model, {"toy": _toy_benchmark().select([0])}, tokenizer=tokenizer, num_samples=6,
                                max_new_tokens=8, progress=False)
         assert results_dir["timing"]["samples_generated"] == 6
-        gen = evaluation._TransformersGenerator(model, tokenizer, batch_size=6, seed=0)
-        texts = [t for t, _, _ in gen.generate(["Q: 2+2?"] * 6, temperature=0.6, top_p=0.95, max_new_tokens=8, seed=0)]
+        gen = TransformersGenerator(model, tokenizer, batch_size=6)
+        outs = gen.generate(["Q: 2+2?"] * 6, seeds=list(range(6)), temperature=0.6, top_p=0.95, max_new_tokens=8)
+        texts = [t for t, _, _ in outs]
         assert len(set(texts)) > 1  # top-p sampling over the whole vocabulary, not top-1
     finally:
         model.generation_config.top_k = None
+
+
+def test_per_sample_sampler_draws_from_the_temperature_top_p_distribution():
+    import torch
+
+    from disco_trl.eval_generation import PerSampleSampler
+
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, -3.0])
+    temperature, top_p, rows = 0.7, 0.9, 20_000
+    probs = torch.softmax(logits / temperature, dim=-1)  # already in descending order
+    nucleus = (probs.cumsum(0) - probs) < top_p
+    expected = probs * nucleus / (probs * nucleus).sum()
+    sampler = PerSampleSampler(list(range(rows)), temperature=temperature, top_p=top_p)
+    out = sampler(None, logits.repeat(rows, 1))
+    assert torch.isfinite(out).sum(dim=-1).eq(1).all()  # one allowed token per row: generate can only pick it
+    counts = torch.bincount(out.argmax(dim=-1), minlength=6).float() / rows
+    assert counts[~nucleus].sum() == 0 and nucleus.sum() == 3
+    assert torch.allclose(counts, expected, atol=0.015), (counts, expected)
+    again = PerSampleSampler([5, 7], temperature=temperature, top_p=top_p)(None, logits.repeat(2, 1))
+    assert torch.equal(again.argmax(-1), out[[5, 7]].argmax(-1))  # a row's draw depends on its seed only
 
 
 def test_in_memory_model_keeps_its_training_mode(tiny):
@@ -219,8 +241,9 @@ def test_resume_generates_only_what_is_missing(tiny, tmp_path, monkeypatch):
     # an interrupted run: the last record is cut in the middle of its line
     text = (tmp_path / "samples.jsonl").read_text().splitlines()
     (tmp_path / "samples.jsonl").write_text("\n".join(text[:-1]) + "\n" + text[-1][:20])
-    healed = evaluate(model, bench, tokenizer=tokenizer, num_samples=3, max_new_tokens=6, output_dir=tmp_path,
-                      progress=False)
+    with pytest.warns(UserWarning, match="partial last line"):
+        healed = evaluate(model, bench, tokenizer=tokenizer, num_samples=3, max_new_tokens=6, output_dir=tmp_path,
+                          progress=False)
     assert healed["timing"]["samples_generated"] == 1
     assert healed["benchmarks"]["toy"]["samples_per_problem"] == 3
 
@@ -266,3 +289,89 @@ def test_cli_with_a_saved_model(tiny, tmp_path, capsys):
     assert results["config"]["model"] == str(model_dir)
     assert results["config"]["temperature"] == 0.6 and results["config"]["top_p"] == 0.95
     assert len(_lines(out / "samples.jsonl")) == 2 * 2 * 2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Issue 10: per-sample seeds, the samples file's tail, missing model paths, one-line CLI errors
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _completions(folder):
+    return {(r["problem_id"], r["sample"]): r["completion"] for r in _lines(folder / "samples.jsonl")}
+
+
+def test_extending_num_samples_gives_the_samples_of_a_fresh_run(tiny, tmp_path):
+    model, tokenizer = tiny
+    bench = {"toy": _toy_benchmark()}
+    run = dict(tokenizer=tokenizer, max_new_tokens=8, progress=False)
+    evaluate(model, bench, num_samples=2, output_dir=tmp_path / "extended", **run)
+    extended = evaluate(model, bench, num_samples=4, output_dir=tmp_path / "extended", **run)
+    assert extended["timing"]["samples_generated"] == 4
+    evaluate(model, bench, num_samples=4, output_dir=tmp_path / "fresh", batch_size=3, **run)  # other batches too
+    got, fresh = _completions(tmp_path / "extended"), _completions(tmp_path / "fresh")
+    assert got == fresh and len(got) == 8
+    for pid in (0, 1):
+        assert {got[pid, 2], got[pid, 3]}.isdisjoint({got[pid, 0], got[pid, 1]}), "new samples copy earlier ones"
+    other_seed = evaluate(model, bench, num_samples=4, output_dir=tmp_path / "seed1", seed=1, **run)
+    assert other_seed["timing"]["samples_generated"] == 8
+    assert set(_completions(tmp_path / "seed1").values()).isdisjoint(got.values())
+    with pytest.raises(ValueError, match="other settings.*seed"):  # no mixing of two seeds' samples in one folder
+        evaluate(model, bench, num_samples=4, output_dir=tmp_path / "extended", seed=1, **run)
+    config_path = tmp_path / "fresh" / "config.json"  # a folder written before seeds were per (problem, sample)
+    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items() if k != "sample_seeds"}))
+    with pytest.raises(ValueError, match="older disco-trl whose seeds depended on the batch number"):
+        evaluate(model, bench, num_samples=6, output_dir=tmp_path / "fresh", **run)
+
+
+def test_a_cut_last_line_is_dropped_before_appending(tiny, tmp_path):
+    model, tokenizer = tiny
+    bench = {"toy": _toy_benchmark()}
+    run = dict(tokenizer=tokenizer, num_samples=3, max_new_tokens=6, output_dir=tmp_path, progress=False)
+    evaluate(model, bench, **run)
+    samples = tmp_path / "samples.jsonl"
+    lines = samples.read_text().splitlines()
+    samples.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # interrupted in the middle of a record
+    with pytest.warns(UserWarning, match=r"samples.jsonl.*partial last line.*generated again"):
+        healed = evaluate(model, bench, **run)
+    assert healed["timing"]["samples_generated"] == 1
+    assert len(_lines(samples)) == 6  # every line is a whole record: the new one was not glued to the cut one
+    assert evaluate(model, bench, **run)["timing"]["samples_generated"] == 0
+
+    samples.write_text(samples.read_text().rstrip("\n"))  # a whole last record, only its newline missing: kept
+    assert evaluate(model, bench, **run)["timing"]["samples_generated"] == 0
+    assert samples.read_text().endswith("\n") and len(_lines(samples)) == 6
+
+
+@pytest.mark.parametrize("path", ["./nope", "../nope/model", "/nonexistent/model", "~/nonexistent-model",
+                                  "outputs/run1/checkpoint-500"])
+def test_a_missing_model_path_is_named(path):
+    with pytest.raises(FileNotFoundError, match=r"model path .* does not exist"):
+        evaluate(path, {"toy": _toy_benchmark()})
+
+
+def test_hub_ids_and_existing_paths_are_not_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "local-model").mkdir()
+    for source in ("Qwen/Qwen2.5-Math-1.5B", "gpt2", "org/local-model", str(tmp_path / "org"), "./org"):
+        evaluation.check_model_source(source)  # no error
+
+
+def _one_line_error(capsys, argv):
+    code = evaluation.main(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code != 0 and len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    line = _one_line_error(capsys, ["--model", "./nope", "--benchmarks", "aime24", "--output-dir", str(tmp_path / "o")])
+    assert line.startswith("disco-trl eval: ") and "./nope" in line and "does not exist" in line
+    assert not (tmp_path / "o").exists()
+    line = _one_line_error(capsys, ["--model", str(tmp_path), "--num-samples", "0", "--output-dir", str(tmp_path / "o")])
+    assert "num_samples must be >= 1" in line
+    bad = tmp_path / "empty.jsonl"
+    bad.write_text("")
+    line = _one_line_error(capsys, ["--model", str(tmp_path), "--benchmarks", str(bad), "--output-dir", str(tmp_path / "o")])
+    assert str(bad) in line and "is empty" in line

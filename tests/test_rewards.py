@@ -157,6 +157,23 @@ def test_bad_inputs_are_reported_clearly():
         boxed_math_reward([r"\boxed{1}", r"\boxed{2}"], ["1", "2", "3"])
 
 
+def test_spaces_between_digits_are_significant():
+    """`2 3` is not `23`: the fast path must not strip a space that separates digits (math-verify decides)."""
+    assert rewards._quick_grade("23", "2 3") is None and rewards._quick_grade("2 3", "23") is None
+    assert boxed_math_reward([r"\boxed{2 3}", r"\boxed{23}", r"\boxed{1 000}"], ["23", "2 3", "1000"]) == [0.0] * 3
+    assert boxed_math_reward([r"x = \boxed{2 3}"], ["x=23"]) == [0.0]
+
+
+def test_ordinary_spacing_still_grades_on_the_fast_path():
+    shutdown_grader_pool()
+    golds = ["23", "23", "(1, 2)", "2, 3", r"\frac{1}{2}", "2 3", "1000", "x^2 + 1"]
+    answers = [r"\boxed{ 23 }", r"\boxed{23.}", r"\boxed{(1,2)}", r"\boxed{2,3}", r"\boxed{\dfrac{1}{2}}",
+               r"\boxed{2  3}", r"\boxed{1\,000}", r"\boxed{x^2+1}"]
+    assert boxed_math_reward(answers, golds) == [1.0] * len(golds)
+    assert rewards._POOLS == {}, "these answers are decided without math-verify, as before"
+    assert boxed_math_reward([r"\boxed{2,300}"], ["2300"]) == [1.0]  # math-verify, as before
+
+
 def test_in_process_mode_matches_worker_pool(monkeypatch):
     pairs = EQUIVALENT + NOT_EQUIVALENT
     answers, golds = [a for _, a in pairs], [g for g, _ in pairs]

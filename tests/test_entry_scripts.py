@@ -1,0 +1,58 @@
+"""run.sh and test.sh run the virtual environment that scripts/setup_env.sh made: `$DISCO_VENV`, else `.venv`.
+
+Each script is copied into a scratch folder next to a stand-in setup_env.sh (which does nothing) and a stand-in
+venv whose `python` and `disco-trl` print what they were asked to run, so nothing is installed or trained.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ECHO = '#!/usr/bin/env bash\necho "$0 $*"\n'
+
+
+def _scratch_repo(tmp_path: Path, script: str, venv: str) -> Path:
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / script, repo / script)
+    (repo / "scripts" / "setup_env.sh").write_text("#!/usr/bin/env bash\nexit 0\n")
+    bin_dir = (repo / venv if not os.path.isabs(venv) else Path(venv)) / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "disco-trl"):
+        (bin_dir / name).write_text(ECHO)
+        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+    return repo
+
+
+def _run(repo: Path, script: str, env_venv: str | None, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DISCO_VENV"}
+    if env_venv is not None:
+        env["DISCO_VENV"] = env_venv
+    return subprocess.run(["bash", str(repo / script), *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(("script", "program", "expected_args"), [("run.sh", "disco-trl", "demo --quick"),
+                                                                  ("test.sh", "python", "-m pytest tests --quick")])
+@pytest.mark.parametrize("venv", ["my-venv", "ABSOLUTE", None])
+def test_entry_scripts_use_the_venv_from_disco_venv(tmp_path, script, program, expected_args, venv):
+    if venv == "ABSOLUTE":
+        venv = str(tmp_path / "elsewhere" / "venv")
+    repo = _scratch_repo(tmp_path, script, venv or ".venv")
+    result = _run(repo, script, venv, "--quick")
+    assert result.returncode == 0, result.stderr
+    ran = Path(result.stdout.split()[0])
+    expected = Path(venv) if venv and os.path.isabs(venv) else repo / (venv or ".venv")
+    assert ran == expected / "bin" / program, result.stdout
+    assert result.stdout.strip().endswith(expected_args)
+
+
+@pytest.mark.parametrize("script", ["run.sh", "test.sh"])
+def test_entry_scripts_parse(script):
+    assert subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True).returncode == 0
