@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .deepspeed_geometry import check_deepspeed_geometry
 from .losses import SCORE_TYPES, VARIANTS
 
 def _has_bf16_accelerator() -> bool:
@@ -136,6 +137,7 @@ class DiscoConfig(GRPOConfig):
             self.bf16 = False
         super().__post_init__()
         self._check_whole_groups()
+        check_deepspeed_geometry(self)  # a DeepSpeed config that batches otherwise would split groups silently
 
     def _check_whole_groups(self) -> None:
         """Each question's completions must stay on one process and inside one optimizer step.

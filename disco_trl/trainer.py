@@ -282,7 +282,8 @@ class DiscoTrainer(GRPOTrainer):
         path = os.path.join(checkpoint, self._STATE_FILE.format(self.accelerator.process_index))
         if not os.path.exists(path):
             return  # a checkpoint from another trainer: TRL's behaviour (regenerate) applies
-        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        device = self.accelerator.device  # DeepSpeed's CPU accelerator says cpu:0, which torch.load cannot map to
+        state = torch.load(path, map_location="cpu" if device.type == "cpu" else device, weights_only=False)
         self._step = state["step"]
         self._buffered_inputs = state["buffered_inputs"]
 
