@@ -6,8 +6,9 @@ optimizer steps every `gradient_accumulation_steps` micro-batches of `per_device
 DeepSpeed the engine counts micro-batches itself, from its own config: a DeepSpeed config (a JSON file, a dict passed
 as `deepspeed=`, or the `deepspeed_config` section of an accelerate config) that names other values would make the
 engine step elsewhere. One such trap is silent: accelerate writes `gradient_accumulation_steps: 1` into a DeepSpeed
-config that does not name it. `check_deepspeed_geometry` refuses any such disagreement when the configuration is built,
-before any model loads, naming both values and the fix.
+config that does not name it. Another is CPU-only: without `use_cpu`, accelerate's DeepSpeed set-up counts 1 process
+however many run. `check_deepspeed_geometry` refuses both when the configuration is built, before any model loads,
+naming the values and the fix.
 """
 
 from __future__ import annotations
@@ -57,11 +58,26 @@ def _fix(key: str, value, name: str, source: str, raw: dict | None) -> str:
     return f"{follow} so that DeepSpeed follows the training arguments, or {other}."
 
 
+def _check_process_count(args) -> None:
+    """On a machine without a GPU, accelerate's DeepSpeed set-up counts 1 process unless `use_cpu` is set."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == args.world_size:
+        return
+    raise ValueError(
+        f"DeepSpeed runs {dist.get_world_size()} processes, but the training arguments count world_size="
+        f"{args.world_size} (accelerate does so under DeepSpeed on a machine without a GPU), so generation batches and "
+        f"DisCO's gradient normalisation would be sized for {args.world_size}. On CPU, set use_cpu=True "
+        "(--use_cpu true); DeepSpeed then runs on its CPU accelerator with gloo."
+    )
+
+
 def check_deepspeed_geometry(args) -> None:
-    """Raise ValueError when the DeepSpeed config's batch sizes disagree with the training arguments."""
+    """Raise ValueError when DeepSpeed would batch otherwise than the training arguments say."""
     plugin = getattr(args, "deepspeed_plugin", None)
     if plugin is None:
         return
+    _check_process_count(args)
     config = plugin.deepspeed_config
     source, raw = _source(args)
     for key, (want, name, detail) in _expected(args).items():

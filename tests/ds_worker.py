@@ -142,7 +142,53 @@ def run_resume_case(out: Path, case: dict) -> dict:
     }
 
 
-RUNNERS = {"layout": run_layout_case, "lora": run_lora_case, "resume": run_resume_case}
+def refusal(build) -> str | None:
+    try:
+        build()
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def run_geometry_case(out: Path, case: dict) -> dict:
+    """DeepSpeed configs that batch otherwise than the training arguments, and one that agrees with them."""
+    import io
+
+    from disco_trl.scripts import train as train_script
+
+    def json_config(**batching):
+        config = {"zero_optimization": {"stage": 2}, **batching}
+        with without_launcher_deepspeed_settings():
+            layout_config(out, 4, 2, 2, deepspeed=config)
+
+    def script(*extra) -> tuple[int, str]:
+        argv = ["--model_name_or_path", str(out / "never-loaded"), "--output_dir", str(out), "--num_generations", "4",
+                "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2", "--report_to", "none",
+                *extra]
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            status = train_script.main(argv)
+        return status, stderr.getvalue().strip().splitlines()[-1]
+
+    # What `accelerate launch` exports for `gradient_accumulation_steps: 4` in an accelerate config's deepspeed_config
+    os.environ["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"] = "4"
+    try:
+        script_accumulation = script("--use_cpu", "true")
+    finally:
+        os.environ.pop("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    return {
+        "rank": int(os.environ["RANK"]),
+        "json_without_accumulation": refusal(lambda: json_config(train_micro_batch_size_per_gpu="auto")),
+        "json_micro_batch": refusal(lambda: json_config(train_micro_batch_size_per_gpu=8)),
+        "json_train_batch": refusal(lambda: json_config(train_batch_size=32, gradient_accumulation_steps="auto")),
+        "json_agreeing": refusal(lambda: json_config(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=2)),
+        "script_accumulation": script_accumulation,
+        # last: without use_cpu, accelerate re-initialises its process state with 1 process
+        "script_without_use_cpu": script(),
+    }
+
+
+RUNNERS = {"layout": run_layout_case, "lora": run_lora_case, "resume": run_resume_case, "geometry": run_geometry_case}
 
 
 if __name__ == "__main__":
