@@ -89,7 +89,7 @@ def check_deepspeed_geometry(args) -> None:
             implicit = f" (accelerate sets {value} when {source} does not name it)"
         raise ValueError(
             f"DeepSpeed batch geometry: {source} gives {key}={value}{implicit}, but the training arguments give "
-            f"{name}={want}{detail}. DeepSpeed would step the optimizer on other micro-batches than DisCO's, "
+            f"{name}={want}{detail}. DeepSpeed would count micro-batches and optimizer steps otherwise than DisCO, "
             f"splitting the groups of num_generations={args.num_generations} completions across optimizer steps (a "
             f"wrong gradient). " + _fix(key, value, name, source, raw)
         )

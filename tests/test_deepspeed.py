@@ -34,7 +34,7 @@ TESTS_DIR = Path(__file__).parent
 # DeepSpeed CPU accelerator (gloo) with CUDA hidden, so that a GPU machine runs these tests the same way.
 CPU_OVERRIDES = ["--num_processes", "2", "--mixed_precision", "no"]
 SCRIPT_CPU_OVERRIDES = ["--use_cpu", "true"]  # the training argument; disco_testing.layout_config sets it too
-CPU_ENV = {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+CPU_ENV = {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
 LR = 0.1
 
 # (per_device_train_batch_size, gradient_accumulation_steps, steps_per_generation) with groups of 4 completions.
@@ -50,7 +50,9 @@ LAYOUTS = {
     "split_groups_off_policy": dict(layout=[2, 4, 8], max_steps=2, score_type="l_ratio", disco_variant="basic",
                                     kl_delta=0.0),
 }
-ZERO2_CASES = [dict(name=n, kind="layout", learning_rate=LR, **c) for n, c in LAYOUTS.items()]
+# ZeRO-2 keeps full parameters, so the combined case (look-ahead on partitioned parameters) is ZeRO-3's alone
+ZERO2_LAYOUTS = ["whole_groups", "split_groups", "updates_per_generation"]
+ZERO2_CASES = [dict(name=n, kind="layout", learning_rate=LR, **LAYOUTS[n]) for n in ZERO2_LAYOUTS]
 ZERO2_CASES.append(dict(name="geometry", kind="geometry"))
 ZERO3_CASES = [dict(name=n, kind="layout", learning_rate=LR, save_model=n == "whole_groups", **c)
                for n, c in LAYOUTS.items()]
@@ -67,7 +69,7 @@ def accelerate_launch(config: str, args: list[str], out: Path) -> subprocess.Com
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     cmd = [accelerate, "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / config), *CPU_OVERRIDES,
            "--main_process_port", "0", *args]
-    env = dict(os.environ, **CPU_ENV, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(ROOT)]))
+    env = dict(os.environ, **CPU_ENV, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(ROOT)]))
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=out, capture_output=True, text=True, timeout=500)
     LAUNCH_SECONDS[config + " " + Path(args[0]).name] = time.perf_counter() - start
@@ -131,7 +133,7 @@ def check_exact(records, case):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(LAYOUTS))
+@pytest.mark.parametrize("name", ZERO2_LAYOUTS)
 def test_zero2_updates_equal_the_reference(zero2, name):
     assert zero2[name][0]["zero_stage"] == 2
     check_exact(zero2[name], next(c for c in ZERO2_CASES if c["name"] == name))
