@@ -37,7 +37,8 @@ def _source(args) -> tuple[str, dict | None]:
 
 def _expected(args) -> dict[str, tuple[int, str, str]]:
     """DeepSpeed key -> (value the training arguments imply, their name, how it is computed)."""
-    per_device, accumulation, world = args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size
+    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    world = args.world_size
     total = per_device * accumulation * world
     return {
         "train_micro_batch_size_per_gpu": (per_device, "per_device_train_batch_size", ""),

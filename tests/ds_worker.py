@@ -19,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from disco_testing import RecordingTrainer, layout_config, parity_reward, prompt_dataset, tiny_model_and_tokenizer
+from test_resume import StopAt
 
 
 def full_state(model) -> dict[str, torch.Tensor]:
@@ -41,20 +42,12 @@ class CaptureFullParams(TrainerCallback):
         self.after_step.append(full_state(model))
 
 
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
-
-
 @contextlib.contextmanager
 def without_launcher_deepspeed_settings():
     """The environment of a DeepSpeed JSON launch: accelerate refuses a `deepspeed=` config next to the settings an
     accelerate config's deepspeed_config section puts in the environment."""
-    names = [k for k in os.environ if k.startswith(("ACCELERATE_DEEPSPEED_", "ACCELERATE_GRADIENT_", "ACCELERATE_CONFIG_DS_"))]
+    prefixes = ("ACCELERATE_DEEPSPEED_", "ACCELERATE_GRADIENT_", "ACCELERATE_CONFIG_DS_")
+    names = [k for k in os.environ if k.startswith(prefixes)]
     saved = {k: os.environ.pop(k) for k in names + ["ACCELERATE_MIXED_PRECISION"] if k in os.environ}
     try:
         yield
@@ -63,14 +56,10 @@ def without_launcher_deepspeed_settings():
 
 
 def make_trainer(out: Path, case: dict, callbacks=(), peft_config=None):
-    config = {k: v for k, v in case.items() if k not in ("name", "kind", "layout", "save_model", "stop_at", "lora")}
+    config = {k: v for k, v in case.items() if k not in ("name", "kind", "layout", "save_model", "stop_at")}
     config.setdefault("optim", "sgd")
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
-    if "deepspeed" in config:
-        with without_launcher_deepspeed_settings():
-            args = layout_config(out, *case["layout"], **config)
-    else:
-        args = layout_config(out, *case["layout"], **config)
+    args = layout_config(out, *case["layout"], **config)
     trainer = RecordingTrainer(
         model=model, reward_funcs=parity_reward, args=args, train_dataset=prompt_dataset(), processing_class=tokenizer,
         callbacks=list(callbacks), peft_config=peft_config,

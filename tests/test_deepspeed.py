@@ -106,7 +106,8 @@ def assert_update_is_reference(before, after, grad, lr):
     for name, g in grad.items():
         update = after[name].double() - before[name].double()
         err = float((update + lr * g).abs().max())
-        allowed = 1e-4 * lr * float(g.abs().max()) + 2 * torch.finfo(torch.float32).eps * float(before[name].abs().max())
+        ulp = torch.finfo(torch.float32).eps * float(before[name].abs().max())
+        allowed = 1e-4 * lr * float(g.abs().max()) + 2 * ulp
         assert err <= allowed, f"{name}: update off by {err:.3e} (allowed {allowed:.3e}, largest update {largest:.3e})"
 
 
@@ -232,7 +233,8 @@ def test_training_script_under_zero3_at_a_scaled_down_paper_geometry(tiny_model_
         "--generation_batch_size", "64", "--expected_questions_per_generation", "8",
         "--expected_questions_per_update", "2", "--max_completion_length", "8", "--max_steps", "4",
         "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--dtype", "float32", "--seed", "0",
-        "--learning_rate", "1e-3", *SCRIPT_CPU_OVERRIDES, "--reward_funcs", "boxed_math_reward", "test_scripts.hash_reward",
+        "--learning_rate", "1e-3", *SCRIPT_CPU_OVERRIDES,
+        "--reward_funcs", "boxed_math_reward", "test_scripts.hash_reward",
     ]
     proc = accelerate_launch("zero3.yaml", args, tmp_path)
     assert ("8 questions x 8 completions per generation; 2 questions per optimizer update (2 processes x 4 sequences "
