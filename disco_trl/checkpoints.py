@@ -81,7 +81,9 @@ def load_rank_state(folder: str, rank: int, device=None, mmap: bool = False) -> 
     path = state_path(folder, rank)
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location=device or "cpu", weights_only=False, mmap=mmap)
+    # DeepSpeed's CPU accelerator says cpu:0, which torch.load cannot map to
+    device = "cpu" if device is None or torch.device(device).type == "cpu" else device
+    return torch.load(path, map_location=device, weights_only=False, mmap=mmap)
 
 
 def check_geometry(checkpoint: str, state: dict, args, world_size: int) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .compatibility import refuse_grpo_loss_options
+from .deepspeed_geometry import check_deepspeed_geometry
 from .losses import SCORE_TYPES, VARIANTS
 
 def _has_bf16_accelerator() -> bool:
@@ -120,6 +121,7 @@ class DiscoConfig(GRPOConfig):
         self._check_whole_groups()  # with the steps_per_generation GRPOConfig will derive, when it does not need it
         super().__post_init__()
         self._check_whole_groups()  # again, with the steps_per_generation derived from generation_batch_size
+        check_deepspeed_geometry(self)  # a DeepSpeed config that batches otherwise would split groups silently
 
     def _check_disco_fields(self) -> None:
         if self.score_type not in SCORE_TYPES:

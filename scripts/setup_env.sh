@@ -11,6 +11,23 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PY" -m venv "$VENV"
 fi
+# DeepSpeed on CPU (tests/test_deepspeed.py runs ZeRO-2/3 on 2 CPU processes) JIT-compiles its shared-memory
+# communication op with a C++ compiler (torch's cpp_extension: $CXX, else c++) and ninja the first time a process
+# group starts. Check for the compiler with a clear message, and build the op once here so that the tests do not pay for
+# it (~35 s on 2 cores; cached in ${TORCH_EXTENSIONS_DIR:-~/.cache/torch_extensions}). DS_ACCELERATOR=cpu selects
+# DeepSpeed's CPU accelerator (gloo) even on a machine with a GPU; the tests set it themselves.
+deepspeed_cpu_prerequisites() {
+  local cxx=${CXX:-c++}
+  if ! command -v "$cxx" >/dev/null 2>&1; then
+    echo "[setup] error: no C++ compiler ('$cxx' not found). DeepSpeed on CPU compiles its communication op at the" \
+         "first launch, so tests/test_deepspeed.py needs one: install g++ (apt-get install g++, or build-essential)" \
+         "or point CXX at a compiler." >&2
+    exit 1
+  fi
+  echo "[setup] building DeepSpeed's CPU communication op (deepspeed_shm_comm) with $cxx"
+  DS_ACCELERATOR=cpu "$VENV/bin/python" -c "from deepspeed.accelerator import get_accelerator; \
+get_accelerator().create_op_builder('ShareMemCommBuilder').load(verbose=False)" >/dev/null
+}
 stamp="$VENV/.disco-installed"
 want="$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1) $TORCH_REQ"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -21,4 +38,5 @@ echo "[setup] installing $TORCH_REQ and disco-trl[dev,deepspeed] into $VENV (fir
 "$VENV/bin/python" -m pip install -q "$TORCH_REQ" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -m pip install -q -e ".[dev,deepspeed]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import torch, trl, disco_trl; print('[setup] torch', torch.__version__, '| trl', trl.__version__, '| disco_trl', disco_trl.__version__)"
+deepspeed_cpu_prerequisites
 echo "$want" > "$stamp"
