@@ -42,6 +42,12 @@ class DiscoConfig(GRPOConfig):
             Weight beta of the squared-hinge penalty beta * max(KL - delta, 0)^2.
         reward_threshold (`float`, defaults to `0.5`):
             A completion is positive when its (weighted) reward is greater than this, negative otherwise.
+        skip_uninformative_questions (`bool`, defaults to `False`):
+            Train only on questions with both positive and negative completions. The others contribute 0 to the
+            objective (they still count in its denominator, so its gradient is unchanged) and are dropped from the
+            micro-batches the optimizer sees, which makes steps cheaper; the KL trust region is then estimated on the
+            kept questions' tokens, and an optimizer step with no kept question anywhere makes no update. A deviation
+            from the paper, off by default (see docs/method.md).
 
     Defaults that differ from `GRPOConfig`, to follow the paper: `temperature=0.6`, `lr_scheduler_type="constant"`,
     `learning_rate=2e-6` (the authors' 1.5B scripts; use 1e-6 for 7B/8B), `num_generations=8`, `weight_decay=0.0`,
@@ -88,6 +94,12 @@ class DiscoConfig(GRPOConfig):
         default=False,
         metadata={"help": "GRPO-side correction for vLLM/trainer mismatch; DisCO ignores it (the old policy is "
                   "recomputed by the trainer), so it is off to save a forward pass."},
+    )
+    skip_uninformative_questions: bool = field(
+        default=False,
+        metadata={"help": "Drop questions whose completions are all positive or all negative (they add 0 to the "
+                  "objective) from the micro-batches: the same discriminative gradient for less compute. The KL trust "
+                  "region is then estimated on the kept questions' tokens. Off: the paper's exact objective."},
     )
 
     def __post_init__(self):
@@ -136,6 +148,7 @@ class DiscoConfig(GRPOConfig):
             self.bf16 = False
         super().__post_init__()
         self._check_whole_groups()
+        self._check_skipping_layout()
 
     def _check_whole_groups(self) -> None:
         """Each question's completions must stay on one process and inside one optimizer step.
@@ -168,3 +181,14 @@ class DiscoConfig(GRPOConfig):
             f"{accumulation} so that no optimizer step straddles two generation batches. Set steps_per_generation to a "
             f"multiple of {accumulation} (or leave it unset), or use per_device_train_batch_size a multiple of {g}."
         )
+
+    def _check_skipping_layout(self) -> None:
+        """skip_uninformative_questions re-packs each optimizer step's kept questions: steps must not straddle
+        generation batches."""
+        if self.skip_uninformative_questions and self.steps_per_generation % self.gradient_accumulation_steps != 0:
+            raise ValueError(
+                f"DiscoConfig.skip_uninformative_questions=True re-packs the questions of each optimizer step, so "
+                f"steps_per_generation={self.steps_per_generation} must be a multiple of gradient_accumulation_steps="
+                f"{self.gradient_accumulation_steps}: set steps_per_generation to a multiple of "
+                f"{self.gradient_accumulation_steps} (or leave it unset), or turn the option off."
+            )
