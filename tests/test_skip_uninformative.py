@@ -170,7 +170,7 @@ def test_no_update_when_nothing_to_learn(tmp_path):
 def _torchrun_many(tmp_path, runs):
     out = tmp_path / "dist"
     out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS_DIR))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)]))
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + (os.getpid() + 500) % 1000),
            str(TESTS_DIR / "dist_many_worker.py"), str(out), json.dumps(runs)]
@@ -187,8 +187,9 @@ def test_two_processes(tmp_path, default_whole):
     the KL reference over both processes' kept tokens."""
     runs = [
         ["whole", 8, 1, 1, 1, dict(skip_uninformative_questions=True, reward="half_informative")],
-        ["hinge", 4, 1, 2, 2, dict(skip_uninformative_questions=True, reward="half_informative",
-                                   score_type="l_ratio", disco_variant="basic", kl_delta=0.0, learning_rate=3e-2)],
+        # seed 1: step 1 keeps the question of one process only (the other runs a placeholder), the hinge is live
+        ["hinge", 4, 1, 2, 2, dict(skip_uninformative_questions=True, seed=1, score_type="l_ratio",
+                                   disco_variant="basic", kl_delta=0.0, learning_rate=3e-2)],
         ["split", 2, 4, 4, 1, dict(skip_uninformative_questions=True, reward="half_informative")],
         ["empty", 4, 2, 2, 3, dict(skip_uninformative_questions=True, reward="first_step", learning_rate=1e-2)],
     ]
@@ -199,8 +200,10 @@ def test_two_processes(tmp_path, default_whole):
     hinge = dist["hinge"]
     for step in range(2):
         expected, _ = reference_gradient(hinge, step, accumulation=1, score_type="l_ratio", variant="basic",
-                                         delta=0.0, num_questions=2, reward=half_informative_reward)
-        assert_grads_close(hinge[0]["grads"][step], expected)
+                                         delta=0.0, num_questions=2)
+        for rank in (0, 1):
+            assert_grads_close(hinge[rank]["grads"][step], expected)
+    assert [h["disco/hinge_active"] for h in hinge[0]["log_history"] if "disco/kl" in h] == [0.0, 1.0]
     # the launch covered a micro-step where one process had only a placeholder and the other real rows
     uneven = 0
     for runs_of_layout in dist.values():

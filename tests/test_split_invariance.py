@@ -85,6 +85,8 @@ def reference_gradient(records, step, *, accumulation, score_type="log_l", varia
     questions = sorted(set(all_prompts))
     groups = torch.tensor([questions.index(p) for p in all_prompts])
     rewards = torch.tensor(all_rewards, dtype=torch.float64)
+    if not all_scores:  # skipping: no question kept on any process, nothing to learn
+        return {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}, 0
     j_sum = ref_objective(torch.cat(all_scores), rewards, groups, variant, tau, num_questions=1)
     n_questions = num_questions if num_questions is not None else len(questions)
     loss = -j_sum / n_questions * ("j" in parts) + penalty / max(kl_micro_steps, 1) * ("kl" in parts)
@@ -147,7 +149,7 @@ def test_steps_per_generation_larger_than_accumulation(tmp_path):
 def _torchrun(tmp_path, per_device, accumulation, spg, max_steps, **config):
     out = tmp_path / f"dist_{per_device}_{accumulation}_{spg}_{max_steps}"
     out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(TESTS_DIR))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)]))
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
            str(TESTS_DIR / "dist_worker.py"), str(out), str(per_device), str(accumulation), str(spg),
