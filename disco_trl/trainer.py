@@ -27,8 +27,8 @@ from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, uns
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .config import DiscoConfig
 from . import skipping
+from .config import DiscoConfig
 from .losses import discriminative_objective, hinge_from_kl, sequence_scores
 
 

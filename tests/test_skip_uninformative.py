@@ -216,3 +216,12 @@ def test_two_processes(tmp_path, default_whole):
             assert torch.equal(empty[rank]["params"][2][name], empty[rank]["params"][1][name])
         skipped = [h["disco/skipped_update"] for h in empty[rank]["log_history"] if "disco/skipped_update" in h]
         assert skipped == [0.0, 1.0, 1.0]
+
+
+def test_demo_passes_the_option_to_disco_only(tmp_path):
+    from disco_trl.demo.experiment import RunSettings, build_args
+
+    assert build_args(RunSettings(skip_uninformative_questions=True), str(tmp_path)).skip_uninformative_questions
+    assert not build_args(RunSettings(), str(tmp_path)).skip_uninformative_questions
+    with pytest.raises(ValueError, match="skip_uninformative_questions is a DisCO option"):
+        RunSettings(method="grpo", skip_uninformative_questions=True).validate()
