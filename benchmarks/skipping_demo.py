@@ -114,6 +114,7 @@ def main(argv=None) -> dict:
             with tempfile.TemporaryDirectory(prefix="skipping-demo-") as tmp:
                 result = run_method(settings, info["path"], tmp, log=lambda m: print(m, flush=True), save_model=False)
             runs.append(summarise_run(result, skip, seed))
+            (out / "skipping_demo.partial.json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")  # so far
             print(f"[skipping-demo] seed {seed} skip={skip}: Pass@1 {result['pass@1_before']:.3f} -> "
                   f"{result['pass@1_after']:.3f}, train {result['train_seconds']:.1f} s", flush=True)
     config = {"command": "python benchmarks/skipping_demo.py " + " ".join(sys.argv[1:] if argv is None else argv),
