@@ -48,6 +48,12 @@ class DiscoConfig(GRPOConfig):
             reward (TRL's advantage > 0, after its `multi_objective_aggregation`); a number: those whose (weighted)
             reward is above it. Both give the paper's sets for 0/1 rewards; only `"group_mean"` also learns from
             non-binary rewards (a length reward, format + accuracy), which is why it is the default.
+        skip_uninformative_questions (`bool`, defaults to `False`):
+            Train only on questions with both positive and negative completions. The others contribute 0 to the
+            objective (they still count in its denominator, so its gradient is unchanged) and are dropped from the
+            micro-batches the optimizer sees, which makes steps cheaper; the KL trust region is then estimated on the
+            kept questions' tokens, and an optimizer step with no kept question anywhere makes no update. A deviation
+            from the paper, off by default (see docs/method.md).
 
     Defaults that differ from `GRPOConfig`, to follow the paper: `temperature=0.6`, `lr_scheduler_type="constant"`,
     `learning_rate=2e-6` (the authors' 1.5B scripts; use 1e-6 for 7B/8B), `num_generations=8`, `weight_decay=0.0`,
@@ -107,6 +113,12 @@ class DiscoConfig(GRPOConfig):
         metadata={"help": "Start a new run in an output_dir that holds checkpoint-N folders of an earlier run, deleting "
                   "them (without it, such a run is refused unless it resumes with resume_from_checkpoint)."},
     )
+    skip_uninformative_questions: bool = field(
+        default=False,
+        metadata={"help": "Drop questions whose completions are all positive or all negative (they add 0 to the "
+                  "objective) from the micro-batches: the same discriminative gradient for less compute. The KL trust "
+                  "region is then estimated on the kept questions' tokens. Off: the paper's exact objective."},
+    )
 
     def __post_init__(self):
         # Validate first, before GRPOConfig spends time on anything else, so that a bad value is named as the user set
@@ -122,6 +134,7 @@ class DiscoConfig(GRPOConfig):
         super().__post_init__()
         self._check_whole_groups()  # again, with the steps_per_generation derived from generation_batch_size
         check_deepspeed_geometry(self)  # a DeepSpeed config that batches otherwise would split groups silently
+        self._check_skipping_layout()
 
     def _check_disco_fields(self) -> None:
         if self.score_type not in SCORE_TYPES:
@@ -247,3 +260,14 @@ class DiscoConfig(GRPOConfig):
             f"{accumulation} so that no optimizer step straddles two generation batches. Set steps_per_generation to a "
             f"multiple of {accumulation} (or leave it unset), or use per_device_train_batch_size a multiple of {g}."
         )
+
+    def _check_skipping_layout(self) -> None:
+        """skip_uninformative_questions re-packs each optimizer step's kept questions: steps must not straddle
+        generation batches."""
+        if self.skip_uninformative_questions and self.steps_per_generation % self.gradient_accumulation_steps != 0:
+            raise ValueError(
+                f"DiscoConfig.skip_uninformative_questions=True re-packs the questions of each optimizer step, so "
+                f"steps_per_generation={self.steps_per_generation} must be a multiple of gradient_accumulation_steps="
+                f"{self.gradient_accumulation_steps}: set steps_per_generation to a multiple of "
+                f"{self.gradient_accumulation_steps} (or leave it unset), or turn the option off."
+            )

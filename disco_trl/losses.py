@@ -10,6 +10,7 @@ per-completion tensors are (B,).
 * :func:`sequence_scores`  -- the scoring function s_theta(o, q) (log-L, Eq. 5; L-ratio, Eq. 6).
 * :func:`discriminative_objective` -- J_1 (DisCO-b, Eq. 7) or J_2 (DisCO, the DRO objective, Eq. 10), averaged over
   the questions of a mini-batch exactly as G_1 in Algorithm 1 (no per-question weight: no difficulty bias).
+* :func:`mixed_questions` -- the completions whose question has both positives and negatives (the only ones J sees).
 * :func:`kl_hinge_penalty` -- the squared-hinge penalty beta * [KL(pi_old || pi_theta) - delta]_+^2 used to enforce the
   trust-region constraint (Eq. 8/11, G_2 in Algorithm 1).
 
@@ -80,6 +81,33 @@ def sequence_scores(
     return (values * mask).sum(dim=-1) / lengths.clamp(min=1.0)
 
 
+def positives_and_negatives(rewards: torch.Tensor, reward_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) boolean masks, shape (B,): positive when reward > reward_threshold, negative otherwise;
+    a NaN reward (unscorable) is neither. The one rule `discriminative_objective` and `mixed_questions` share."""
+    valid = ~torch.isnan(rewards)
+    pos = (rewards > reward_threshold) & valid
+    return pos, (~pos) & valid
+
+
+def mixed_questions(rewards: torch.Tensor, group_ids: torch.Tensor, reward_threshold: float) -> torch.Tensor:
+    r"""Which completions belong to a question with at least one positive and one negative: a boolean mask, shape (B,).
+
+    Only those questions contribute to J (Eq. 7/10): for the others (all positive, all negative, or only unscorable
+    completions) J_q = 0 whatever the scores, so `discriminative_objective` over the kept rows, with the full
+    `num_questions`, equals the objective over all rows, value and gradient. Same positive/negative rule as
+    `discriminative_objective` (`positives_and_negatives`).
+    """
+    _check_same_shape("rewards", rewards, "group_ids", group_ids)
+    if rewards.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=rewards.device)
+    pos, neg = positives_and_negatives(rewards, reward_threshold)
+    _, group_index = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(group_index.max()) + 1
+    n_pos = torch.zeros(n_groups, device=rewards.device).index_add(0, group_index, pos.float())
+    n_neg = torch.zeros(n_groups, device=rewards.device).index_add(0, group_index, neg.float())
+    return ((n_pos > 0) & (n_neg > 0))[group_index]
+
+
 def discriminative_objective(
     scores: torch.Tensor,
     rewards: torch.Tensor,
@@ -128,10 +156,7 @@ def discriminative_objective(
     if scores.numel() == 0:
         return scores.sum() * 0.0
 
-    rewards = rewards.to(scores.device)
-    valid = ~torch.isnan(rewards)
-    pos = (rewards > reward_threshold) & valid
-    neg = (~pos) & valid
+    pos, neg = positives_and_negatives(rewards.to(scores.device), reward_threshold)
     dtype = scores.dtype
 
     def group_sum(values: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, uns
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import checkpoints
+from . import skipping
 from .config import DiscoConfig
 from .losses import completion_labels, discriminative_objective, hinge_from_kl, sequence_scores
 from .reward_checks import NoSignalWatch, check_reward_columns, with_output_check
@@ -129,6 +130,8 @@ class DiscoTrainer(GRPOTrainer):
         self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
         self._disco_rewards_per_func = None
         self._no_signal_watch = NoSignalWatch(args.reward_threshold)
+        if args.skip_uninformative_questions:
+            self.add_callback(skipping.NoUpdateWithoutSignal(self))
 
     # ------------------------------------------------------------------ data flow: keep rewards and groups
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -208,13 +211,25 @@ class DiscoTrainer(GRPOTrainer):
             batch = split_pixel_values_by_grid(batch)
             batch = shuffle_groups(batch, self.num_generations)  # TRL shuffles rows; DisCO moves whole questions
             batches = split_tensor_dict(batch, spg)
+            if self.args.skip_uninformative_questions:
+                batches = self._drop_uninformative_questions(batches)
             self._buffered_inputs = [unsplit_pixel_values_by_grid(b) for b in batches]
         index = self._step % spg
+        if self.args.skip_uninformative_questions:
+            skipping.note_optimizer_step(self, self._buffered_inputs[index])
         if self.groups_span_micro_steps and self._step % self.args.gradient_accumulation_steps == 0:
             # First micro-step of an optimizer step whose groups are spread over several micro-steps.
             step_batches = self._buffered_inputs[index : index + self.current_gradient_accumulation_steps]
             self._attach_score_weights(step_batches, fresh=self._step % generate_every == 0)
         return self._buffered_inputs[index]
+
+    def _drop_uninformative_questions(self, batches: list[dict]) -> list[dict]:
+        """skip_uninformative_questions: the optimizer sees only questions with positives and negatives (skipping.py)."""
+        return skipping.drop_uninformative_questions(
+            batches, accumulation=self.args.gradient_accumulation_steps,
+            rows_per_micro_batch=self.args.per_device_train_batch_size, reward_threshold=0.5,  # on disco_labels
+            accelerator=self.accelerator,
+        )
 
     @property
     def groups_span_micro_steps(self) -> bool:
@@ -259,7 +274,9 @@ class DiscoTrainer(GRPOTrainer):
         scores = torch.cat([self._current_scores(b, fresh) for b in step_batches]).float()
         labels = torch.cat([b["disco_labels"] for b in step_batches])
         group_ids = torch.cat([b["disco_group_ids"] for b in step_batches])
-        num_questions = (scores.numel() // self.num_generations) * self.accelerator.num_processes
+        # the step's full question count (skipping shrinks micro-batches, not the denominator)
+        step_rows = self.args.per_device_train_batch_size * len(step_batches)
+        num_questions = (step_rows // self.num_generations) * self.accelerator.num_processes
         scores.requires_grad_(True)
         with torch.enable_grad():
             objective = self._objective(scores, labels, group_ids, num_questions)
@@ -362,7 +379,8 @@ class DiscoTrainer(GRPOTrainer):
         else:
             # Discriminative term. This micro-batch holds whole questions; the optimizer step spans `accumulation`
             # micro-steps on each of `num_processes` processes, so it covers this many questions in all:
-            num_questions_step = (completion_ids.size(0) // group_size) * accumulation * num_processes
+            rows = self.args.per_device_train_batch_size if mode == "train" else completion_ids.size(0)
+            num_questions_step = (rows // group_size) * accumulation * num_processes  # full count, even when skipping
             objective = self._objective(scores, inputs["disco_labels"], inputs["disco_group_ids"], num_questions_step)
             logged_objective = objective.detach() * accumulation  # summed over processes: this micro-step's mean J
 
@@ -375,12 +393,13 @@ class DiscoTrainer(GRPOTrainer):
 
         # DDP (and DeepSpeed) average gradients over processes, so scale by the process count to sum the parts; the
         # penalty is averaged over the micro-steps of the optimizer step.
-        loss = num_processes * (-objective + penalty / accumulation)
+        loss = num_processes * (-objective + penalty / skipping.kl_micro_steps(inputs, accumulation))
         if self.aux_loss_enabled:
             # As in GRPOTrainer: the router's load-balancing loss, averaged over micro-steps and (by DDP) processes.
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
 
+        kl = kl if totals[1] > 0 else None  # no tokens on any process (skipping): no KL estimate to log
         self._log_loss_metrics(mode, logged_objective, kl, penalty, scores, inputs, mask, entropies)
         return loss
 
@@ -408,6 +427,7 @@ class DiscoTrainer(GRPOTrainer):
             metrics["disco/score_pos"].append((totals[4] / totals[5]).item())
         if totals[7] > 0:
             metrics["disco/score_neg"].append((totals[6] / totals[7]).item())
-        metrics["disco/kl"].append(kl.item())
-        metrics["disco/kl_penalty"].append(penalty.item())
-        metrics["disco/hinge_active"].append(float(kl.item() > self.args.kl_delta))
+        if kl is not None:
+            metrics["disco/kl"].append(kl.item())
+            metrics["disco/kl_penalty"].append(penalty.item())
+            metrics["disco/hinge_active"].append(float(kl.item() > self.args.kl_delta))

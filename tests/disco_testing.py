@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import re
 import zlib
 from pathlib import Path
 
@@ -61,6 +62,26 @@ def parity_reward(completions, **kwargs):
     """1.0 for roughly a third of completions, as a fixed function of the completion text."""
     texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
     return [float(zlib.crc32(t.encode()) % 3 == 0) for t in texts]
+
+
+def _question_number(prompt) -> int:
+    text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+    return int(re.search(r"Q(\d+):", text).group(1))
+
+
+def half_informative_reward(completions, prompts, **kwargs):
+    """parity_reward on even-numbered questions; 0 on odd ones (all negative: no signal for DisCO)."""
+    rewards = parity_reward(completions)
+    return [r if _question_number(p) % 2 == 0 else 0.0 for r, p in zip(rewards, prompts)]
+
+
+def first_step_reward(completions, trainer_state=None, **kwargs):
+    """parity_reward for the generation of the first optimizer step, 0 afterwards (nothing left to learn)."""
+    step = trainer_state.global_step if trainer_state is not None else 0
+    return parity_reward(completions) if step == 0 else [0.0] * len(completions)
+
+
+REWARDS = {"parity": parity_reward, "half_informative": half_informative_reward, "first_step": first_step_reward}
 
 
 class FixedGenerationTrainer(DiscoTrainer):
@@ -155,15 +176,17 @@ class CaptureParamsAndGrads(CaptureGrads):
         self.params.append({n: p.detach().clone() for n, p in model.named_parameters()})
 
 
-def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_steps=1, arch="qwen2", **config):
-    """Train `max_steps` optimizer steps with fixed generations. Returns what the reference needs (this process)."""
+def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_steps=1, arch="qwen2", reward="parity",
+               **config):
+    """Train `max_steps` optimizer steps with fixed generations. Returns what the reference needs (this process).
+    `arch` names the tiny model's architecture, `reward` one of REWARDS."""
     model, tokenizer = tiny_model_and_tokenizer(arch=arch)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = layout_config(tmp_path, per_device, accumulation, steps_per_generation, max_steps=max_steps, **config)
     capture = CaptureParamsAndGrads()
     trainer = RecordingTrainer(
         model=model,
-        reward_funcs=parity_reward,
+        reward_funcs=REWARDS[reward],
         args=args,
         train_dataset=prompt_dataset(),
         processing_class=tokenizer,
@@ -188,7 +211,7 @@ def torchrun_layout(tmp_path, per_device, accumulation, spg, max_steps, **config
     out = Path(tmp_path) / f"dist_{per_device}_{accumulation}_{spg}_{max_steps}_{zlib.crc32(repr(config).encode())}"
     out.mkdir()
     # keep the caller's PYTHONPATH (a worktree checkout must import its own disco_trl)
-    pythonpath = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
+    pythonpath = os.pathsep.join(p for p in (str(TESTS_DIR), str(TESTS_DIR.parent), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),

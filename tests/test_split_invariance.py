@@ -36,8 +36,12 @@ def completion_logps(model, rec):
 
 
 def reference_gradient(records, step, *, accumulation, score_type="log_l", variant="dro", tau=None, delta=1e-4,
-                       beta=1e3, old_params=None):
-    """Gradient of  -(1/Q) sum_q J_q + (1/GA) sum_m beta [KL_m - delta]_+^2  for optimizer step `step` (0-based)."""
+                       beta=1e3, old_params=None, num_questions=None, reward=parity_reward, parts=("j", "kl")):
+    """Gradient of  -(1/Q) sum_q J_q + (1/M) sum_m beta [KL_m - delta]_+^2  for optimizer step `step` (0-based).
+
+    Q: the step's questions (`num_questions` when given: the full count, when the records hold only kept questions);
+    M: the micro-steps whose KL has tokens (all `accumulation` of them without skipping). Rows without completion
+    tokens (skipping's placeholders) are no completion at all. `parts` selects the terms (objective "j", KL "kl")."""
     tau = tau if tau is not None else {"log_l": 10.0, "l_ratio": 1.0}[score_type]
     model, tokenizer = tiny_model_and_tokenizer()
     old_model, _ = tiny_model_and_tokenizer()
@@ -50,10 +54,15 @@ def reference_gradient(records, step, *, accumulation, score_type="log_l", varia
 
     all_scores, all_rewards, all_prompts = [], [], []
     penalty = torch.zeros((), dtype=torch.float64)
+    kl_micro_steps = 0
     for m in range(accumulation):
         kl_num, kl_den = torch.zeros((), dtype=torch.float64), 0.0
         for rank_micros in per_rank:
             rec = rank_micros[m]
+            real = rec["completion_mask"].sum(dim=1) > 0
+            rec = {k: rec[k][real] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")}
+            if not real.any():
+                continue
             mask = rec["completion_mask"].double()
             logps = completion_logps(model, rec)
             with torch.no_grad():
@@ -61,10 +70,15 @@ def reference_gradient(records, step, *, accumulation, score_type="log_l", varia
             all_scores.append(ref_scores(logps, old, mask, score_type))
             texts = [tokenizer.decode(ids[msk.bool()], skip_special_tokens=True)
                      for ids, msk in zip(rec["completion_ids"], rec["completion_mask"])]
-            all_rewards += parity_reward(texts)
+            prompts = [tokenizer.decode(ids[msk.bool()], skip_special_tokens=True)
+                       for ids, msk in zip(rec["prompt_ids"], rec["prompt_mask"])]
+            all_rewards += reward(texts, prompts=prompts)
             all_prompts += [tuple(ids[msk.bool()].tolist()) for ids, msk in zip(rec["prompt_ids"], rec["prompt_mask"])]
             kl_num = kl_num + ((old - logps) * mask).sum()
             kl_den += float(mask.sum())
+        if kl_den == 0:
+            continue
+        kl_micro_steps += 1
         kl = kl_num / kl_den
         if kl.item() > delta:
             penalty = penalty + beta * (kl - delta) ** 2
@@ -72,10 +86,15 @@ def reference_gradient(records, step, *, accumulation, score_type="log_l", varia
     questions = sorted(set(all_prompts))
     groups = torch.tensor([questions.index(p) for p in all_prompts])
     rewards = torch.tensor(all_rewards, dtype=torch.float64)
+    if not all_scores:  # skipping: no question kept on any process, nothing to learn
+        return {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}, 0
     j_sum = ref_objective(torch.cat(all_scores), rewards, groups, variant, tau, num_questions=1)
-    loss = -j_sum / len(questions) + penalty / accumulation
+    n_questions = num_questions if num_questions is not None else len(questions)
+    loss = -j_sum / n_questions * ("j" in parts) + penalty / max(kl_micro_steps, 1) * ("kl" in parts)
     loss.backward()
-    return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}, len(questions)
+    grads = {n: p.grad if p.grad is not None else torch.zeros_like(p) for n, p in model.named_parameters()
+             if p.requires_grad}
+    return grads, len(questions)
 
 
 def assert_grads_close(actual, expected, rtol=1e-5):

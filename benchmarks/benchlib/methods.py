@@ -164,14 +164,15 @@ def trainer_classes():
 
 
 def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, dataset, args, max_steps: int,
-                  workdir: Path, callbacks=()):
+                  workdir: Path, callbacks=(), reward_funcs=bench_reward, methods=None):
+    """A trainer for `method` (a key of `methods`, default METHODS) with fixed completions."""
     import torch
     from transformers import PrinterCallback
     from trl import GRPOConfig
 
     from disco_trl import DiscoConfig
 
-    kind, overrides, _ = METHODS[method]
+    kind, overrides, _ = (methods or METHODS)[method]
     overrides = dict(overrides)
     if "beta" in overrides:
         overrides["beta"] = args.ref_beta
@@ -206,7 +207,7 @@ def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, d
     grpo_cls, disco_cls = trainer_classes()
     trainer_cls = disco_cls if kind == "disco" else grpo_cls
     torch.manual_seed(args.seed)
-    trainer = trainer_cls(model=model_path, reward_funcs=bench_reward, args=config, train_dataset=dataset,
+    trainer = trainer_cls(model=model_path, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # the benchmark prints its own lines
     trainer.bench_completion_length = geometry.completion_length

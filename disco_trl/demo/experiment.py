@@ -58,6 +58,7 @@ class RunSettings:
     kl_delta: float = 1e-4
     kl_beta: float = 1e3
     disable_tqdm: bool = False
+    skip_uninformative_questions: bool = False  # DisCO only: train on questions with both right and wrong answers
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -90,6 +91,8 @@ class RunSettings:
             raise ValueError(f"kl_delta and kl_beta must be >= 0, got {self.kl_delta} and {self.kl_beta}.")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}.")
+        if self.skip_uninformative_questions and self.method not in DISCO_METHODS:
+            raise ValueError(f"skip_uninformative_questions is a DisCO option; method={self.method!r} is not DisCO.")
 
 
 def reward_function():
@@ -136,7 +139,8 @@ def build_args(settings: RunSettings, output_dir: str):
     )
     method = settings.method
     if method in DISCO_METHODS:
-        disco = dict(kl_delta=settings.kl_delta, kl_beta=settings.kl_beta, tau=settings.tau)
+        disco = dict(kl_delta=settings.kl_delta, kl_beta=settings.kl_beta, tau=settings.tau,
+                     skip_uninformative_questions=settings.skip_uninformative_questions)
         if method == "disco":
             disco.update(score_type="log_l", disco_variant="dro")
         elif method == "disco-lratio":

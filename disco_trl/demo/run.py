@@ -112,6 +112,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: RunSettings)
                              "the paper's; 0 turns the KL constraint off)")
     parser.add_argument("--cache-dir", default=None,
                         help="where the warm-started model is cached (default $DISCO_TRL_CACHE or ~/.cache/disco-trl)")
+    parser.add_argument("--skip-uninformative-questions", action="store_true",
+                        help="DisCO methods only: train only on questions with both right and wrong completions "
+                             "(DiscoConfig.skip_uninformative_questions; docs/method.md)")
     parser.add_argument("--quick", action="store_true",
                         help="a one-minute smoke run: tiny model, short warm start, few steps, small evaluation")
 
@@ -140,6 +143,7 @@ def settings_from_args(args, method: str, seed: int, learning_rate: float, *, de
         tau=args.tau,
         kl_delta=args.kl_delta,
         kl_beta=args.kl_beta,
+        skip_uninformative_questions=getattr(args, "skip_uninformative_questions", False),
     )
     if settings.eval_questions > 100:
         raise ValueError(f"--eval-questions={settings.eval_questions}: at most 100 held-out questions are reserved.")
