@@ -27,8 +27,7 @@ from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, uns
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from . import checkpoints
-from . import skipping
+from . import checkpoints, metrics, skipping
 from .config import DiscoConfig
 from .losses import completion_labels, discriminative_objective, hinge_from_kl, sequence_scores
 from .reward_checks import NoSignalWatch, check_reward_columns, with_output_check
@@ -182,23 +181,10 @@ class DiscoTrainer(GRPOTrainer):
 
     def _log_group_statistics(self, labels: torch.Tensor, rewards: torch.Tensor, group_size: int, mode: str) -> None:
         """Per-question counts over the whole generation batch (all processes): what DisCO can learn from."""
-        grouped = labels.view(-1, group_size)
-        n_pos = (grouped == 1).sum(dim=1).float()
-        n_neg = (grouped == 0).sum(dim=1).float()
-        mixed = (n_pos > 0) & (n_neg > 0)
-        metrics = self._metrics[mode]
-        metrics["disco/frac_mixed_questions"].append(mixed.float().mean().item())
-        if self.args.reward_threshold != "group_mean":  # with group_mean a question cannot be all positive
-            metrics["disco/frac_all_positive"].append(((n_neg == 0) & (n_pos > 0)).float().mean().item())
-            metrics["disco/frac_all_negative"].append(((n_pos == 0) & (n_neg > 0)).float().mean().item())
-        metrics["disco/frac_unscored"].append(torch.isnan(grouped).float().mean().item())
-        metrics["disco/positives_per_question"].append(n_pos.mean().item())
-        metrics["disco/negatives_per_question"].append(n_neg.mean().item())
-        if mixed.any():
-            metrics["disco/neg_per_pos_mixed"].append((n_neg[mixed] / n_pos[mixed]).mean().item())
-            metrics["disco/frac_more_neg_than_pos"].append((n_neg[mixed] > n_pos[mixed]).float().mean().item())
+        any_mixed = metrics.log_group_statistics(self._metrics[mode], labels, group_size,
+                                                 numeric_threshold=self.args.reward_threshold != "group_mean")
         if mode == "train":
-            self._no_signal_watch.update(bool(mixed.any()), rewards)
+            self._no_signal_watch.update(any_mixed, rewards)
 
     def _prepare_inputs(self, generation_batch):
         mode = "train" if self.model.training else "eval"
@@ -404,30 +390,5 @@ class DiscoTrainer(GRPOTrainer):
         return loss
 
     def _log_loss_metrics(self, mode, logged_objective, kl, penalty, scores, inputs, mask, entropies) -> None:
-        metrics = self._metrics[mode]
-        labels = inputs["disco_labels"]
-        pos, neg = labels == 1, labels == 0
-        stats = torch.stack(
-            [
-                scores.new_zeros(()) if logged_objective is None else logged_objective.float(),
-                torch.tensor(float(logged_objective is not None), device=scores.device),
-                (entropies.detach().float() * mask).sum(),
-                mask.sum(),
-                (scores.detach() * pos).sum(),
-                pos.sum().float(),
-                (scores.detach() * neg).sum(),
-                neg.sum().float(),
-            ]
-        )
-        totals = self._global_sum(stats)
-        if totals[1] > 0:
-            metrics["disco/objective"].append(totals[0].item())
-        metrics["entropy"].append((totals[2] / totals[3].clamp(min=1.0)).item())
-        if totals[5] > 0:
-            metrics["disco/score_pos"].append((totals[4] / totals[5]).item())
-        if totals[7] > 0:
-            metrics["disco/score_neg"].append((totals[6] / totals[7]).item())
-        if kl is not None:
-            metrics["disco/kl"].append(kl.item())
-            metrics["disco/kl_penalty"].append(penalty.item())
-            metrics["disco/hinge_active"].append(float(kl.item() > self.args.kl_delta))
+        metrics.log_loss_metrics(self._metrics[mode], self._global_sum, logged_objective, kl, penalty, scores,
+                                 inputs["disco_labels"], mask, entropies, kl_delta=self.args.kl_delta)
