@@ -31,7 +31,6 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ for _path in (_REPO_ROOT, Path(__file__).resolve().parent):
 
 from benchlib.methods import Geometry, build_prompts, build_trainer, make_model_dir  # noqa: E402
 from benchlib.report import machine_info  # noqa: E402
-from benchlib.timing import Baton, MemoryMeter, _loss_and_backward, make_step_timer  # noqa: E402
+from benchlib.timing import Baton, MemoryMeter, _loss_and_backward, make_step_timer, run_in_threads  # noqa: E402
 
 BASELINE = "grpo"
 DISCO = {"score_type": "log_l", "disco_variant": "dro"}
@@ -133,14 +132,7 @@ def run_repetition(order, methods, geometry, model_path, tokenizer, dataset, arg
         finally:
             baton.pass_on(slot, finished=True)
 
-    threads = [threading.Thread(target=work, args=(slot,)) for slot in range(len(order))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        slot, exc = next(iter(errors.items()))
-        raise RuntimeError(f"training {order[slot]} failed: {exc!r}") from exc
+    run_in_threads(order, work, errors)
     seen = [probe.values for probe in probes]
 
     steps = [prepared_step(trainer) for trainer in trainers]

@@ -259,14 +259,7 @@ def run_repetition(order: list[str], geometry: Geometry, model_path: str, tokeni
         finally:
             baton.pass_on(slot, finished=True)
 
-    threads = [threading.Thread(target=work, args=(slot,), name=f"bench-{m}") for slot, m in enumerate(order)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        slot, exc = next(iter(errors.items()))
-        raise RuntimeError(f"training {order[slot]} failed: {exc!r}") from exc
+    run_in_threads(order, work, errors)
     for method, timer in zip(order, timers):
         if len(timer.times) != steps or timer.memory is None:
             raise RuntimeError(f"{method}: expected {steps} timed steps and a memory step, got {len(timer.times)}.")
@@ -314,3 +307,15 @@ def run_repetition(order: list[str], geometry: Geometry, model_path: str, tokeni
     del trainers, inputs, timers
     meter.settle()
     return results
+
+
+def run_in_threads(order: list[str], work, errors: dict) -> None:
+    """Run `work(slot)` for every method of `order` in its own thread; re-raise the first error `work` recorded."""
+    threads = [threading.Thread(target=work, args=(slot,), name=f"bench-{m}") for slot, m in enumerate(order)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        slot, exc = next(iter(errors.items()))
+        raise RuntimeError(f"training {order[slot]} failed: {exc!r}") from exc
