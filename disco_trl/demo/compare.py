@@ -113,11 +113,27 @@ def _slim(result: dict) -> dict:
         "pass@1_by_ops_before": {str(k): v for k, v in result["before"]["pass@1_by_ops"].items()},
         "pass@1_by_ops_after": {str(k): v for k, v in result["after"]["pass@1_by_ops"].items()},
         "eval_history": result["eval_history"],
+        "group_history": result.get("group_history", []),
+        "also_eval": None if not result.get("also_eval") else {
+            "split": result["also_eval"]["split"],
+            "pass@1_before": result["also_eval"]["before"]["pass@1"],
+            "pass@1_after": result["also_eval"]["after"]["pass@1"],
+        },
         "log_history": [{k: e[k] for k in KEEP_KEYS if k in e} for e in result["log_history"]
                         if "train_runtime" not in e],
         "train_seconds": result["train_seconds"],
         "total_seconds": result["total_seconds"],
+        "cpu_seconds": result.get("cpu_seconds"),
     }
+
+
+def same_settings(cached: dict | None, wanted: dict) -> bool:
+    """Whether a run file's settings are `wanted`. A field added to RunSettings after the file was written counts
+    as equal when `wanted` has its default (so older runs stay reusable)."""
+    if not isinstance(cached, dict):
+        return False
+    defaults = json.loads(json.dumps(asdict(RunSettings())))
+    return all(cached.get(k, defaults[k]) == v for k, v in wanted.items()) and set(cached) <= set(wanted)
 
 
 def run_cached(settings: RunSettings, model_path: str, runs_dir: str, tag: str, log=print) -> dict:
@@ -130,7 +146,7 @@ def run_cached(settings: RunSettings, model_path: str, runs_dir: str, tag: str, 
     if os.path.isfile(path):
         with open(path) as f:
             cached = json.load(f)
-        if cached.get("settings") == wanted and cached.get("model_path_key") == os.path.basename(model_path):
+        if same_settings(cached.get("settings"), wanted) and cached.get("model_path_key") == os.path.basename(model_path):
             log(f"[compare] {name}: reusing the finished run")
             return cached
     t0 = time.time()
