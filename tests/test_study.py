@@ -80,8 +80,15 @@ def test_study_rejects_an_inconsistent_plan_before_any_work(argv, message, capsy
     assert not (tmp_path / "never").exists()
 
 
-def test_tiny_study_writes_every_part_and_resumes(tmp_path, capsys):
+TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2)
+
+
+def test_tiny_study_writes_every_part_and_resumes(tmp_path, capsys, monkeypatch):
     from disco_trl.cli import main
+    from disco_trl.demo import study
+
+    monkeypatch.setattr(study, "warmstart_config", lambda quick: TINY)  # a seconds-long warm start
 
     out = tmp_path / "study"
     argv = ["study", "--quick", "--methods", "disco,dr_grpo", "--lr-grid", "1e-4,1e-3", "--grid-seeds", "0",
@@ -96,7 +103,7 @@ def test_tiny_study_writes_every_part_and_resumes(tmp_path, capsys):
         assert results["best_learning_rate"][method] == float(best)  # chosen on validation, not test
         stats = results["statistics"][method]
         assert stats["pass@1"]["n"] == 3 and set(stats["by_seed"]) == {"0", "1", "2"}  # grid, long@2, extra
-        assert set(stats["gain_by_ops"]) == {"3", "4"}
+        assert set(stats["gain_by_ops"]) == {"2", "3", "4"}
         assert results["long"][method]["steps"] == [0, 2, 4]
         assert results["imbalance"][method]["positives_histogram"]  # recorded for both families
     assert results["statistics"]["dr_grpo"]["vs_disco"]["seeds"] == [0, 1, 2]
@@ -110,3 +117,20 @@ def test_tiny_study_writes_every_part_and_resumes(tmp_path, capsys):
 
     assert main(argv) == 0  # resumes: every run is reused
     assert capsys.readouterr().out.count("reusing the finished run") == 8
+
+
+def test_run_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from disco_trl.demo.compare import _claim
+
+    lock = str(tmp_path / "run.json.lock")
+    assert _claim(lock) and not _claim(lock)  # held (by this live process)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(lock, "w") as f:
+        f.write(str(dead.pid))  # a process that has exited: a stale lock
+    assert _claim(lock)
+    with open(lock) as f:
+        assert f.read() == str(__import__("os").getpid())

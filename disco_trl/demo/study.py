@@ -4,7 +4,7 @@
 at a shared, small learning rate. The study measures the three places where the paper's mechanisms should matter,
 with every method given the same sweep and the same compute:
 
-1. **Imbalance** (the DRO term): a harder task mix (`--difficulties`, default 3-4 operations) on which the warm
+1. **Imbalance** (the DRO term): a harder task mix (`--difficulties`, default 2-4 operations) on which the warm
    start's Pass@1 is low, so most informative groups have one or two positives out of eight. Reported: Pass@1,
    per-difficulty gains, and how the positives fall in the training groups (negatives per positive) over training,
    recorded identically for every method (`experiment.recording_reward`).
@@ -38,7 +38,7 @@ from .experiment import METHODS, RunSettings
 from .run import _positive_int, add_common_arguments, settings_from_args, warmstart_config
 
 DEFAULT_LR_GRID = [1e-5, 3e-5, 1e-4, 3e-4]
-DEFAULT_DIFFICULTIES = [3, 4]
+DEFAULT_DIFFICULTIES = [2, 3, 4]
 
 
 def _difficulty(text):
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="held-out evaluations of the long runs every N steps (default --steps / 2); must "
                              "divide --steps, so that the long runs have a --steps point")
     parser.add_argument("--difficulties", type=_list(_difficulty, "--difficulties"), default=DEFAULT_DIFFICULTIES,
-                        help="numbers of operations of the training and held-out questions (default 3,4)")
+                        help="numbers of operations of the training and held-out questions (default 2,3,4)")
     parser.add_argument("--output-dir", default="disco-study-output",
                         help="where results.md, results.json, the plots and runs/ go")
     parser.add_argument("--runs-dir", default=None, help="where the per-run files are kept (default OUTPUT_DIR/runs)")
@@ -131,6 +131,13 @@ def _cpu_seconds_so_far() -> float:
     return usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
 
 
+def run_all(jobs: list[tuple[RunSettings, str]], model_path: str, runs_dir: str) -> list[dict]:
+    """Every (settings, tag) run, in order; runs another process of the same command has claimed are collected at
+    the end (so two processes on one runs folder split the work)."""
+    results = [run_cached(s, model_path, runs_dir, tag, wait=False) for s, tag in jobs]
+    return [r if r is not None else run_cached(s, model_path, runs_dir, tag) for r, (s, tag) in zip(results, jobs)]
+
+
 def run_study(args, parser) -> dict:
     """Runs (or reuses) every run of the study, in an order that makes a partial study useful: the grid seed by seed,
     then the long runs, then the extra seeds. Returns the runs by part."""
@@ -152,25 +159,25 @@ def run_study(args, parser) -> dict:
           f" runs of {base.max_steps} steps and {n * len(args.long_seeds)} of {long_steps}", flush=True)
 
     grid: dict[str, dict[float, list[dict]]] = {m: {lr: [] for lr in args.lr_grid} for m in args.methods}
-    for seed in args.grid_seeds:
-        for method in args.methods:
-            for lr in args.lr_grid:
-                settings = study_settings(args, method, seed, lr, kind="grid")
-                grid[method][lr].append(run_cached(settings, model_path, runs_dir, "grid"))
+    keys = [(m, lr, seed) for seed in args.grid_seeds for m in args.methods for lr in args.lr_grid]
+    done = run_all([(study_settings(args, m, seed, lr, kind="grid"), "grid") for m, lr, seed in keys], model_path,
+                   runs_dir)
+    for (method, lr, _), run in zip(keys, done):
+        grid[method][lr].append(run)
     best = best_rates(grid)
     print("[study] best rates (validation): " + ", ".join(f"{METHODS[m]} {lr:g}" for m, lr in best.items()),
           flush=True)
-    long_runs = {m: [] for m in args.methods}
-    for seed in args.long_seeds:
-        for method in args.methods:
-            settings = study_settings(args, method, seed, best[method], kind="long", long_steps=long_steps,
-                                      long_every=long_every)
-            long_runs[method].append(run_cached(settings, model_path, runs_dir, "long"))
-    extra = {m: [] for m in args.methods}
-    for seed in args.extra_seeds:
-        for method in args.methods:
-            settings = study_settings(args, method, seed, best[method], kind="extra")
-            extra[method].append(run_cached(settings, model_path, runs_dir, "extra"))
+    long_keys = [(m, seed) for seed in args.long_seeds for m in args.methods]
+    extra_keys = [(m, seed) for seed in args.extra_seeds for m in args.methods]
+    jobs = [(study_settings(args, m, seed, best[m], kind="long", long_steps=long_steps, long_every=long_every), "long")
+            for m, seed in long_keys]
+    jobs += [(study_settings(args, m, seed, best[m], kind="extra"), "extra") for m, seed in extra_keys]
+    done = run_all(jobs, model_path, runs_dir)
+    long_runs, extra = {m: [] for m in args.methods}, {m: [] for m in args.methods}
+    for (method, _), run in zip(long_keys, done[: len(long_keys)]):
+        long_runs[method].append(run)
+    for (method, _), run in zip(extra_keys, done[len(long_keys):]):
+        extra[method].append(run)
     return {"grid": grid, "best": best, "long": long_runs, "extra": extra, "steps": base.max_steps,
             "long_steps": long_steps, "long_every": long_every, "warmstart": info, "probe": base}
 
