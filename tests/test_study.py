@@ -118,6 +118,16 @@ def test_tiny_study_writes_every_part_and_resumes(tmp_path, capsys, monkeypatch)
     assert main(argv) == 0  # resumes: every run is reused
     assert capsys.readouterr().out.count("reusing the finished run") == 8
 
+    # --partial reports what has finished without running anything: here, the study minus one extra run.
+    (out / "runs" / "extra-dr_grpo-lr0.0001-seed2.json").unlink(missing_ok=True)
+    (out / "runs" / "extra-dr_grpo-lr0.001-seed2.json").unlink(missing_ok=True)
+    assert main([*argv, "--partial"]) == 0
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["meta"]["partial"] and partial["meta"]["timing"]["runs"] == 7
+    assert partial["meta"]["planned_runs"] == 8 and partial["statistics"]["dr_grpo"]["pass@1"]["n"] == 2
+    assert "Partial report" in (out / "results.md").read_text()
+    assert len(list((out / "runs").glob("*.json"))) == 7  # nothing was run
+
 
 def test_run_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path):
     import subprocess

@@ -33,7 +33,9 @@ import resource
 import sys
 import time
 
-from .compare import _list, _lr, _method, _seed, run_cached
+from dataclasses import asdict
+
+from .compare import _list, _load_finished, _lr, _method, _seed, run_cached
 from .experiment import METHODS, RunSettings
 from .run import _positive_int, add_common_arguments, settings_from_args, warmstart_config
 
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default="disco-study-output",
                         help="where results.md, results.json, the plots and runs/ go")
     parser.add_argument("--runs-dir", default=None, help="where the per-run files are kept (default OUTPUT_DIR/runs)")
+    parser.add_argument("--partial", action="store_true",
+                        help="run nothing: report the finished runs only (a study still running, or interrupted); "
+                             "the best rates then come from the grid runs finished so far")
     add_common_arguments(parser, defaults)
     return parser
 
@@ -131,9 +136,13 @@ def _cpu_seconds_so_far() -> float:
     return usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
 
 
-def run_all(jobs: list[tuple[RunSettings, str]], model_path: str, runs_dir: str) -> list[dict]:
+def run_all(jobs: list[tuple[RunSettings, str]], model_path: str, runs_dir: str, partial: bool = False) -> list:
     """Every (settings, tag) run, in order; runs another process of the same command has claimed are collected at
-    the end (so two processes on one runs folder split the work)."""
+    the end (so two processes on one runs folder split the work). With `partial`, nothing is run: the finished runs
+    are loaded and the others are None."""
+    if partial:
+        return [_load_finished(os.path.join(runs_dir, f"{tag}-{s.method}-lr{s.learning_rate:g}-seed{s.seed}.json"),
+                               json.loads(json.dumps(asdict(s))), model_path) for s, tag in jobs]
     results = [run_cached(s, model_path, runs_dir, tag, wait=False) for s, tag in jobs]
     return [r if r is not None else run_cached(s, model_path, runs_dir, tag) for r, (s, tag) in zip(results, jobs)]
 
@@ -161,23 +170,30 @@ def run_study(args, parser) -> dict:
     grid: dict[str, dict[float, list[dict]]] = {m: {lr: [] for lr in args.lr_grid} for m in args.methods}
     keys = [(m, lr, seed) for seed in args.grid_seeds for m in args.methods for lr in args.lr_grid]
     done = run_all([(study_settings(args, m, seed, lr, kind="grid"), "grid") for m, lr, seed in keys], model_path,
-                   runs_dir)
+                   runs_dir, args.partial)
     for (method, lr, _), run in zip(keys, done):
-        grid[method][lr].append(run)
+        if run is not None:
+            grid[method][lr].append(run)
+    grid = {m: {lr: runs for lr, runs in per.items() if runs} for m, per in grid.items()}
+    grid = {m: per for m, per in grid.items() if per}
     best = best_rates(grid)
     print("[study] best rates (validation): " + ", ".join(f"{METHODS[m]} {lr:g}" for m, lr in best.items()),
           flush=True)
     long_keys = [(m, seed) for seed in args.long_seeds for m in args.methods]
     extra_keys = [(m, seed) for seed in args.extra_seeds for m in args.methods]
+    long_keys = [(m, seed) for m, seed in long_keys if m in best]
+    extra_keys = [(m, seed) for m, seed in extra_keys if m in best]
     jobs = [(study_settings(args, m, seed, best[m], kind="long", long_steps=long_steps, long_every=long_every), "long")
             for m, seed in long_keys]
     jobs += [(study_settings(args, m, seed, best[m], kind="extra"), "extra") for m, seed in extra_keys]
-    done = run_all(jobs, model_path, runs_dir)
-    long_runs, extra = {m: [] for m in args.methods}, {m: [] for m in args.methods}
+    done = run_all(jobs, model_path, runs_dir, args.partial)
+    long_runs, extra = {m: [] for m in best}, {m: [] for m in best}
     for (method, _), run in zip(long_keys, done[: len(long_keys)]):
-        long_runs[method].append(run)
+        if run is not None:
+            long_runs[method].append(run)
     for (method, _), run in zip(extra_keys, done[len(long_keys):]):
-        extra[method].append(run)
+        if run is not None:
+            extra[method].append(run)
     return {"grid": grid, "best": best, "long": long_runs, "extra": extra, "steps": base.max_steps,
             "long_steps": long_steps, "long_every": long_every, "warmstart": info, "probe": base}
 

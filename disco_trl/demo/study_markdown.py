@@ -32,6 +32,9 @@ def _header(meta: dict) -> list[str]:
         f" x seeds {meta['grid_seeds']}, {meta['steps']} steps; long runs: seeds {meta['long_seeds']}, "
         f"{meta['long_steps']} steps; extra seeds {meta['extra_seeds']} at {meta['steps']} steps.",
         "",
+        *([f"**Partial report** (`--partial`): {t['runs']} of the {meta['planned_runs']} planned runs have "
+           "finished; the best rates come from the grid runs finished so far, and parts with no runs are absent. "
+           "Re-running the command without `--partial` resumes the study.", ""] if meta.get("partial") else []),
         f"Compute: {t['runs']} runs, {t['sum_run_wall_seconds'] / 60:.1f} min of run wall time and "
         f"{t['sum_run_cpu_seconds'] / 60:.1f} min of CPU time (all threads; / 2 cores = "
         f"{t['sum_run_cpu_seconds'] / 120:.1f} min, the estimate of the wall time on an otherwise idle 2-core "
@@ -89,10 +92,11 @@ def _statistics(results: dict) -> list[str]:
         lines.append(f"| {s['label']} | {s['learning_rate']:g} | {p['n']} | {s['start']:.3f} | {_pm(p)} | "
                      f"[{p['min']:.3f}, {p['max']:.3f}] | " +
                      " | ".join(_f(s["gain_by_ops"].get(k), "{:+.3f}") for k in ops) + f" | {vs_cells} |")
-    lines += ["", "Per seed:", "", "| method | " + " | ".join(f"seed {s}" for s in next(iter(stats.values()))["by_seed"])
-              + " |", "|---|" + "---|" * len(next(iter(stats.values()))["by_seed"])]
+    seeds = sorted({int(k) for s in stats.values() for k in s["by_seed"]})
+    lines += ["", "Per seed:", "", "| method | " + " | ".join(f"seed {k}" for k in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
     for method, s in stats.items():
-        lines.append(f"| {s['label']} | " + " | ".join(f"{v:.3f}" for v in s["by_seed"].values()) + " |")
+        lines.append(f"| {s['label']} | " + " | ".join(_f(s["by_seed"].get(str(k))) for k in seeds) + " |")
     lines += ["", "How the positives fall in the training groups (the same reward-side record for every method; "
               "first -> last 10% of the generation batches):", "",
               "| method | mixed groups | all wrong | negatives per positive (mixed) | mixed groups with 1-2 of 8 "

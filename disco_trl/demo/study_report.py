@@ -197,6 +197,9 @@ def summarize(parts: dict, args, command: str, timing: dict) -> dict:
     stat_runs = {m: parts["grid"][m][best[m]] + parts["long"][m] + parts["extra"][m] for m in best}
     return {
         "meta": {"command": command, "methods": list(best), "difficulties": list(args.difficulties),
+                 "partial": bool(getattr(args, "partial", False)),
+                 "planned_runs": len(args.methods) * (len(args.lr_grid) * len(args.grid_seeds) + len(args.extra_seeds)
+                                                      + len(args.long_seeds)),
                  "steps": parts["steps"], "long_steps": parts["long_steps"], "long_eval_every": parts["long_every"],
                  "lr_grid": list(args.lr_grid), "grid_seeds": list(args.grid_seeds),
                  "long_seeds": list(args.long_seeds), "extra_seeds": list(args.extra_seeds),
