@@ -4,6 +4,7 @@
     disco-trl eval --model PATH --benchmarks ...  # Pass@1 / pass@k on the paper's benchmarks
     disco-trl demo                                # the CPU demo: a real DisCO run on a toy math task
     disco-trl compare                             # the demo task with DisCO variants and TRL's GRPO-family losses
+    disco-trl study                               # where DisCO's design should show: imbalance, step size, long runs
 
 Each subcommand lives in its own module and exposes `main(argv: list[str] | None) -> int | None`.
 """
@@ -18,6 +19,7 @@ SUBCOMMANDS = {
     "eval": ("disco_trl.evaluation", "Evaluate a model: Pass@1 averaged over samples and pass@k per benchmark."),
     "demo": ("disco_trl.demo.run", "CPU demo: warm-start a tiny model, train it with DisCO, report and plot."),
     "compare": ("disco_trl.demo.compare", "CPU comparison of DisCO, DisCO-b, GRPO, Dr. GRPO and DAPO on the demo task."),
+    "study": ("disco_trl.demo.study", "CPU study: hard task mix, learning-rate grid, long runs, seeds (docs/study.md)."),
 }
 
 

@@ -113,34 +113,98 @@ def _slim(result: dict) -> dict:
         "pass@1_by_ops_before": {str(k): v for k, v in result["before"]["pass@1_by_ops"].items()},
         "pass@1_by_ops_after": {str(k): v for k, v in result["after"]["pass@1_by_ops"].items()},
         "eval_history": result["eval_history"],
+        "group_history": result.get("group_history", []),
+        "also_eval": None if not result.get("also_eval") else {
+            "split": result["also_eval"]["split"],
+            "pass@1_before": result["also_eval"]["before"]["pass@1"],
+            "pass@1_after": result["also_eval"]["after"]["pass@1"],
+        },
         "log_history": [{k: e[k] for k in KEEP_KEYS if k in e} for e in result["log_history"]
                         if "train_runtime" not in e],
         "train_seconds": result["train_seconds"],
         "total_seconds": result["total_seconds"],
+        "cpu_seconds": result.get("cpu_seconds"),
     }
 
 
-def run_cached(settings: RunSettings, model_path: str, runs_dir: str, tag: str, log=print) -> dict:
-    """Run one (method, lr, seed), or load it from `runs_dir` when a run with identical settings is there."""
+def same_settings(cached: dict | None, wanted: dict) -> bool:
+    """Whether a run file's settings are `wanted`. A field added to RunSettings after the file was written counts
+    as equal when `wanted` has its default (so older runs stay reusable)."""
+    if not isinstance(cached, dict):
+        return False
+    defaults = json.loads(json.dumps(asdict(RunSettings())))
+    return all(cached.get(k, defaults[k]) == v for k, v in wanted.items()) and set(cached) <= set(wanted)
+
+
+def _load_finished(path: str, wanted: dict, model_path: str) -> dict | None:
+    if os.path.isfile(path):
+        with open(path) as f:
+            cached = json.load(f)
+        if same_settings(cached.get("settings"), wanted) and cached.get("model_path_key") == os.path.basename(model_path):
+            return cached
+    return None
+
+
+def _claim(lock: str) -> bool:
+    """Take the run's lock file (another process running the same command does the run otherwise). A lock whose
+    process is gone is stale and taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    os.kill(int(f.read().strip() or 0), 0)
+                return False  # alive: someone else is on it
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                try:
+                    os.remove(lock)  # stale
+                except FileNotFoundError:
+                    pass
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def run_cached(settings: RunSettings, model_path: str, runs_dir: str, tag: str, log=print,
+               wait: bool = True) -> dict | None:
+    """Run one (method, lr, seed), or load it from `runs_dir` when a run with identical settings is there.
+
+    Several processes may run the same command on one `runs_dir` to share the work: a run another live process has
+    claimed (its `.lock` file) is waited for, or, with `wait=False`, skipped (returns None) to be collected later."""
     from .experiment import run_method
 
     name = f"{tag}-{settings.method}-lr{settings.learning_rate:g}-seed{settings.seed}.json"
     path = os.path.join(runs_dir, name)
     wanted = json.loads(json.dumps(asdict(settings)))
-    if os.path.isfile(path):
-        with open(path) as f:
-            cached = json.load(f)
-        if cached.get("settings") == wanted and cached.get("model_path_key") == os.path.basename(model_path):
+    while True:
+        cached = _load_finished(path, wanted, model_path)
+        if cached is not None:
             log(f"[compare] {name}: reusing the finished run")
             return cached
-    t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="disco-compare-") as trainer_dir:  # the trainer's output_dir (unused)
-        result = _slim(run_method(settings, model_path, trainer_dir, log=lambda *a: None, save_model=False))
-    result["settings"] = wanted
-    result["model_path_key"] = os.path.basename(model_path)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(path + ".tmp", path)
+        if _claim(path + ".lock"):
+            break
+        if not wait:
+            return None
+        time.sleep(5)
+    try:
+        cached = _load_finished(path, wanted, model_path)  # finished between the check and the claim
+        if cached is not None:
+            return cached
+        t0 = time.time()
+        with tempfile.TemporaryDirectory(prefix="disco-compare-") as trainer_dir:  # the trainer's output_dir (unused)
+            result = _slim(run_method(settings, model_path, trainer_dir, log=lambda *a: None, save_model=False))
+        result["settings"] = wanted
+        result["model_path_key"] = os.path.basename(model_path)
+        with open(path + f".tmp{os.getpid()}", "w") as f:
+            json.dump(result, f)
+        os.replace(path + f".tmp{os.getpid()}", path)
+    finally:
+        os.remove(path + ".lock")
     log(f"[compare] {tag} {settings.method:<13} lr {settings.learning_rate:<8g} seed {settings.seed}: Pass@1 "
         f"{result['pass@1_before']:.3f} -> {result['pass@1_after']:.3f}  ({time.time() - t0:.0f}s)")
     return result

@@ -53,6 +53,8 @@ class RunSettings:
     eval_questions: int = 100
     eval_samples: int = 8
     eval_split: str = "test"  # held-out questions: "test" (reported) or "val" (hyperparameter choice)
+    eval_difficulties: tuple[int, ...] = (1, 2, 3, 4)  # the held-out mix (its own reserved pool, see warmstart.py)
+    also_eval_split: str | None = None  # evaluate before/after on this split too (e.g. "val" to choose a rate)
     eval_every: int = 0  # optimizer steps between held-out evaluations during training (0: before/after only)
     tau: float | None = None  # DisCO's DRO temperature (None: the paper's default per score)
     kl_delta: float = 1e-4
@@ -83,6 +85,13 @@ class RunSettings:
             raise ValueError("eval questions and eval samples must be >= 1.")
         if self.eval_split not in ("test", "val"):
             raise ValueError(f"eval_split must be 'test' or 'val', got {self.eval_split!r}.")
+        if self.also_eval_split not in (None, "test", "val") or self.also_eval_split == self.eval_split:
+            raise ValueError(f"also_eval_split must be None or the other split than eval_split={self.eval_split!r}, "
+                             f"got {self.also_eval_split!r}.")
+        for name in ("train_difficulties", "eval_difficulties"):
+            value = tuple(getattr(self, name))
+            if not value or any(not isinstance(d, int) or not 1 <= d <= 4 for d in value):
+                raise ValueError(f"{name} must list numbers of operations between 1 and 4, got {value}.")
         if self.eval_questions > 100:
             raise ValueError(f"at most 100 held-out questions are reserved per split; got {self.eval_questions}.")
         if self.tau is not None and not (self.tau > 0 and math.isfinite(self.tau)):
@@ -193,6 +202,35 @@ def _progress_callback_class():
     return LiveMetricsProgress
 
 
+def recording_reward(reward_fn, num_generations: int, updates_per_generation: int, history: list):
+    """`reward_fn`, also recording how the positives fall in each generation batch (the same statistic for every
+    method, so the GRPO family's groups can be compared with DisCO's): per batch, the fraction of groups that are
+    mixed / all wrong / all right, the mean number of negatives per positive over mixed groups, and how many groups
+    have k = 0..G positives. The trainers score a generation batch in one call, the G completions of a prompt
+    consecutive."""
+    import functools
+
+    @functools.wraps(reward_fn)
+    def record(*args, completions, **kwargs):
+        rewards = reward_fn(*args, completions=completions, **kwargs)
+        values = [0.0 if r is None else float(r) for r in rewards]
+        if len(values) % num_generations == 0 and values:
+            groups = [values[i : i + num_generations] for i in range(0, len(values), num_generations)]
+            positives = [sum(v > 0.5 for v in g) for g in groups]
+            mixed = [k for k in positives if 0 < k < num_generations]
+            history.append({
+                "step": len(history) * updates_per_generation,
+                "frac_mixed": len(mixed) / len(groups),
+                "frac_all_wrong": sum(k == 0 for k in positives) / len(groups),
+                "frac_all_right": sum(k == num_generations for k in positives) / len(groups),
+                "neg_per_pos_mixed": (sum((num_generations - k) / k for k in mixed) / len(mixed)) if mixed else None,
+                "positives_histogram": [sum(k == j for k in positives) for j in range(num_generations + 1)],
+            })
+        return rewards
+
+    return record
+
+
 def _make_eval_callback(trainer_holder, tokenizer, problems, reward_fn, settings, history, log):
     from transformers import TrainerCallback
 
@@ -206,10 +244,28 @@ def _make_eval_callback(trainer_holder, tokenizer, problems, reward_fn, settings
                 result = evaluate_pass_at_1(model, tokenizer, problems, reward_fn, num_samples=settings.eval_samples,
                                             temperature=settings.temperature,
                                             max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
-                history.append({"step": state.global_step, "pass@1": result["pass@1"]})
+                history.append({"step": state.global_step, "pass@1": result["pass@1"],
+                                "pass@1_by_ops": {str(k): v for k, v in result["pass@1_by_ops"].items()}})
                 model.train()
 
     return HeldOutEval()
+
+
+_START_EVALS: dict[tuple, dict] = {}  # the starting model's evaluations, shared by the runs of one process
+
+
+def _starting_pass_at_1(model, tokenizer, problems, reward_fn, model_path, settings, split) -> dict:
+    """The warm start's held-out Pass@1 (the same for every method and rate: same model, questions and sampling
+    seed), computed once per process."""
+    from .evaluate import evaluate_pass_at_1
+
+    key = (os.path.abspath(model_path), split, tuple(settings.eval_difficulties), settings.eval_questions,
+           settings.eval_samples, settings.temperature, settings.max_completion_length, settings.seed)
+    if key not in _START_EVALS:
+        _START_EVALS[key] = evaluate_pass_at_1(model, tokenizer, problems, reward_fn, num_samples=settings.eval_samples,
+                                               temperature=settings.temperature,
+                                               max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
+    return _START_EVALS[key]
 
 
 def run_method(settings: RunSettings, model_path: str, output_dir: str, log=print, save_model: bool = True) -> dict:
@@ -232,29 +288,38 @@ def run_method(settings: RunSettings, model_path: str, output_dir: str, log=prin
     os.makedirs(output_dir, exist_ok=True)
     reward_fn = reward_function()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    held_out = eval_problems(settings.eval_questions, settings.eval_split)
+    held_out = eval_problems(settings.eval_questions, settings.eval_split, tuple(settings.eval_difficulties))
+    also = eval_problems(settings.eval_questions, settings.also_eval_split, tuple(settings.eval_difficulties)) \
+        if settings.also_eval_split else None
     eval_kwargs = dict(num_samples=settings.eval_samples, temperature=settings.temperature,
                        max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
 
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     model = AutoModelForCausalLM.from_pretrained(model_path)
-    before = evaluate_pass_at_1(model, tokenizer, held_out, reward_fn, **eval_kwargs)
+    before = _starting_pass_at_1(model, tokenizer, held_out, reward_fn, model_path, settings, settings.eval_split)
+    also_before = _starting_pass_at_1(model, tokenizer, also, reward_fn, model_path, settings,
+                                      settings.also_eval_split) if also else None
     del model
     log(f"[{settings.method}] held-out Pass@1 before training: {before['pass@1']:.3f} "
         f"({settings.eval_questions} questions x {settings.eval_samples} samples, T={settings.temperature})")
 
     n_train = settings.max_steps // settings.updates_per_generation * settings.questions_per_generation + \
         settings.questions_per_generation
-    train_set = train_problems(n_train, seed=1000 + settings.seed, difficulties=settings.train_difficulties)
+    train_set = train_problems(n_train, seed=1000 + settings.seed, difficulties=tuple(settings.train_difficulties),
+                               held_out_difficulties=tuple(settings.eval_difficulties))
     dataset = Dataset.from_list(task.to_rl_rows(train_set))
 
     args = build_args(settings, output_dir)
     trainer_cls = DiscoTrainer if settings.method in DISCO_METHODS else GRPOTrainer
-    history: list[dict] = [{"step": 0, "pass@1": before["pass@1"]}]
+    history: list[dict] = [{"step": 0, "pass@1": before["pass@1"],
+                            "pass@1_by_ops": {str(k): v for k, v in before["pass@1_by_ops"].items()}}]
+    group_history: list[dict] = []
+    train_reward = recording_reward(reward_fn, settings.num_generations, settings.updates_per_generation,
+                                    group_history)
     holder: list = []
     callbacks = [_make_eval_callback(holder, tokenizer, held_out, reward_fn, settings, history, log)]
     torch.manual_seed(settings.seed)
-    trainer = trainer_cls(model=model_path, reward_funcs=reward_fn, args=args, train_dataset=dataset,
+    trainer = trainer_cls(model=model_path, reward_funcs=train_reward, args=args, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=callbacks)
     holder.append(trainer)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -269,7 +334,9 @@ def run_method(settings: RunSettings, model_path: str, output_dir: str, log=prin
     train_seconds = time.time() - train_start
 
     after = evaluate_pass_at_1(trainer.model, tokenizer, held_out, reward_fn, **eval_kwargs)
-    history.append({"step": settings.max_steps, "pass@1": after["pass@1"]})
+    history.append({"step": settings.max_steps, "pass@1": after["pass@1"],
+                    "pass@1_by_ops": {str(k): v for k, v in after["pass@1_by_ops"].items()}})
+    also_after = evaluate_pass_at_1(trainer.model, tokenizer, also, reward_fn, **eval_kwargs) if also else None
     log(f"[{settings.method}] held-out Pass@1 after {settings.max_steps} steps: {after['pass@1']:.3f}")
     result = {
         "method": settings.method,
@@ -281,9 +348,13 @@ def run_method(settings: RunSettings, model_path: str, output_dir: str, log=prin
         "before": before,
         "after": after,
         "eval_history": history,
+        "group_history": group_history,
+        "also_eval": None if also is None else {"split": settings.also_eval_split, "before": also_before,
+                                                 "after": also_after},
         "log_history": trainer.state.log_history,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),  # this process, all threads
     }
     if save_model:
         trainer.model.save_pretrained(os.path.join(output_dir, "final_model"))

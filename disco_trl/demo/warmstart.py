@@ -83,27 +83,40 @@ def default_cache_dir() -> Path:
 EVAL_SPLITS = ("test", "val")
 
 
-def eval_problems(n: int, split: str = "test") -> list[task.Problem]:
-    """Held-out questions, balanced over 1-4 operations. The reserved pool is cut in two halves: "test" (the
-    reported Pass@1) and "val" (for choosing hyperparameters, e.g. the comparison's learning-rate sweep). Training
-    sets exclude the whole pool."""
+DEFAULT_DIFFICULTIES = (1, 2, 3, 4)
+
+
+def eval_problems(n: int, split: str = "test", difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES) -> list[task.Problem]:
+    """Held-out questions, balanced over `difficulties` (numbers of operations; default 1-4). The reserved pool of
+    that mix is cut in two halves: "test" (the reported Pass@1) and "val" (for choosing hyperparameters, e.g. the
+    comparison's learning-rate sweep). Training sets exclude the whole pool (`train_problems`)."""
     half = NUM_EVAL_PROBLEMS_RESERVED // 2
     if split not in EVAL_SPLITS:
         raise ValueError(f"split={split!r} is unknown; use one of {EVAL_SPLITS}.")
     if not 0 <= n <= half:
         raise ValueError(f"between 0 and {half} held-out questions are reserved per split; got {n}.")
-    pool = _eval_pool()
+    pool = _eval_pool(tuple(difficulties))
     return pool[:n] if split == "test" else pool[half : half + n]
 
 
-def _eval_pool(seed: int = 12345) -> list[task.Problem]:
-    # Balanced over difficulties; the first n of the pool are still balanced because difficulties cycle.
-    return task.make_problems(NUM_EVAL_PROBLEMS_RESERVED, seed)
+def _eval_pool(difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES) -> list[task.Problem]:
+    # Balanced over difficulties; the first n of the pool are still balanced because difficulties cycle. The default
+    # mix's pool is the original one (seed 12345); another mix (e.g. the study's harder 3-4 operations) has its own
+    # pool, drawn from its own seed and disjoint from the default pool.
+    difficulties = tuple(difficulties)
+    if difficulties == DEFAULT_DIFFICULTIES:
+        return task.make_problems(NUM_EVAL_PROBLEMS_RESERVED, 12345)
+    seed = 12345 + int("".join(str(d) for d in difficulties))
+    default = {p.expression for p in _eval_pool()}
+    return task.make_problems(NUM_EVAL_PROBLEMS_RESERVED, seed, difficulties=difficulties, exclude=default)
 
 
-def train_problems(n: int, seed: int, difficulties: tuple[int, ...] = (1, 2, 3, 4)) -> list[task.Problem]:
-    """Training questions (repeats allowed: there are only 243 one-operation questions), disjoint from eval."""
+def train_problems(n: int, seed: int, difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES,
+                   held_out_difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES) -> list[task.Problem]:
+    """Training questions (repeats allowed: there are only 243 one-operation questions), disjoint from the default
+    held-out pool and from the pool of `held_out_difficulties` (the mix the run is evaluated on)."""
     exclude = {p.expression for p in _eval_pool()}
+    exclude |= {p.expression for p in _eval_pool(tuple(held_out_difficulties))}
     return task.make_problems(n, seed, difficulties=difficulties, exclude=exclude, distinct=False)
 
 
