@@ -151,6 +151,14 @@ def settings_from_args(args, method: str, seed: int, learning_rate: float, *, de
     return settings
 
 
+def make_output_dir(parser, path: str) -> None:
+    """Create `--output-dir`, or stop with one line saying why it cannot be."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--output-dir {path!r} cannot be created: {err}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = RunSettings(max_steps=DEMO_STEPS)
     parser = argparse.ArgumentParser(
@@ -226,10 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                                       default_eval_every=DEMO_EVAL_EVERY)
     except ValueError as err:
         parser.error(str(err))
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-    except OSError as err:
-        parser.error(f"--output-dir {args.output_dir!r} cannot be created: {err}")
+    make_output_dir(parser, args.output_dir)
 
     from .experiment import DISCO_METHODS, METHODS as labels, quiet_libraries, run_method
     from .plots import plot_run

@@ -37,7 +37,7 @@ from dataclasses import asdict
 
 from .compare import _list, _load_finished, _lr, _method, _seed, run_cached
 from .experiment import METHODS, RunSettings
-from .run import _positive_int, add_common_arguments, settings_from_args, warmstart_config
+from .run import _positive_int, add_common_arguments, make_output_dir, settings_from_args, warmstart_config
 
 DEFAULT_LR_GRID = [1e-5, 3e-5, 1e-4, 3e-4]
 DEFAULT_DIFFICULTIES = [2, 3, 4]
@@ -208,10 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         base.validate()
     except ValueError as err:
         parser.error(str(err))
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-    except OSError as err:
-        parser.error(f"--output-dir {args.output_dir!r} cannot be created: {err}")
+    make_output_dir(parser, args.output_dir)
     t0, cpu0 = time.time(), _cpu_seconds_so_far()
     parts = run_study(args, parser)
 
