@@ -35,16 +35,16 @@ import warnings
 import zipfile
 
 import torch
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
+
+from .geometry import BatchGeometry
 
 logger = logging.get_logger(__name__)
 
 STATE_FILE = "disco_state_rank{}.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
-# (generation_batch_size follows: per_device_train_batch_size x world_size x steps_per_generation)
-GEOMETRY_FIELDS = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
-                   "num_generations", "num_iterations")
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _STATE_NAME = re.compile(r"^disco_state_rank(\d+)\.pt$")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -60,20 +60,16 @@ class ResumeWarning(UserWarning):
 
 
 # ------------------------------------------------------------------------------------------------- DisCO's state
-def batch_geometry(args, world_size: int) -> dict:
-    """The settings that cut generation batches into micro-steps: a saved buffer only fits a run with the same."""
-    return {**{name: getattr(args, name) for name in GEOMETRY_FIELDS}, "world_size": world_size}
-
-
 def state_path(folder: str, rank: int) -> str:
     return os.path.join(folder, STATE_FILE.format(rank))
 
 
-def save_rank_state(folder: str, rank: int, step: int, buffered_inputs, geometry: dict) -> None:
+def save_rank_state(folder: str, rank: int, step: int, buffered_inputs, geometry: BatchGeometry) -> None:
     """Write this process's state atomically (a temporary file renamed), so that a present file is a whole one."""
     os.makedirs(folder, exist_ok=True)
     path = state_path(folder, rank)
-    torch.save({"step": step, "buffered_inputs": buffered_inputs, "geometry": geometry}, path + ".tmp")
+    state = {"step": step, "buffered_inputs": buffered_inputs, "geometry": geometry.checkpoint_fields()}
+    torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
 
 
@@ -86,9 +82,9 @@ def load_rank_state(folder: str, rank: int, device=None, mmap: bool = False) -> 
     return torch.load(path, map_location=device, weights_only=False, mmap=mmap)
 
 
-def check_geometry(checkpoint: str, state: dict, args, world_size: int) -> None:
+def check_geometry(checkpoint: str, state: dict, geometry: BatchGeometry) -> None:
     """Refuse a saved buffer cut with other batch settings than this run's (it would end in an IndexError, or worse)."""
-    current = batch_geometry(args, world_size)
+    current = geometry.checkpoint_fields()
     saved = state.get("geometry")
     if saved is None:  # saved before DisCO recorded the geometry: compare what the buffer itself shows
         buffer = state.get("buffered_inputs") or []
@@ -285,7 +281,7 @@ def resolve_resume(args, value, world_size: int, rank: int) -> str | None:
         check_explicit_checkpoint(folder, world_size)
     state = load_rank_state(folder, rank, mmap=True)
     if state is not None:
-        check_geometry(folder, state, args, world_size)
+        check_geometry(folder, state, BatchGeometry.from_args(args, world_size))
     return folder
 
 
@@ -309,3 +305,55 @@ def resolve_resume_for_trainer(trainer, value) -> str | None:
                 logger.warning(f"overwrite_output_dir=True: deleted the earlier run's {', '.join(removed)}.")
         accelerator.wait_for_everyone()
     return checkpoint
+
+
+# ------------------------------------------------------------------------------------------- the trainer's callback
+class DiscoStateCallback(TrainerCallback):
+    """Writes DisCO's state into every checkpoint and restores it when a run resumes (`DiscoTrainer` adds it).
+
+    Saving happens at the end of the step whose checkpoint Trainer is about to write (`control.should_save`), so
+    DisCO's file is in the folder before Trainer's files and `trainer_state.json`, which Trainer writes last: a save
+    cut short lacks `trainer_state.json` and is skipped by `last`. `resume_from` is the checkpoint that
+    `DiscoTrainer.train` resolved; its state is loaded when training begins, after Trainer has restored the rest.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.resume_from: str | None = None
+
+    def _folder(self, args, state) -> str:
+        return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+    def _save(self, args, state) -> None:
+        trainer = self.trainer
+        geometry = BatchGeometry.from_args(args, trainer.accelerator.num_processes)
+        save_rank_state(self._folder(args, state), trainer.accelerator.process_index, trainer._step,
+                        trainer._buffered_inputs, geometry)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._save(args, state)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._save(args, state)
+
+    def on_save(self, args, state, control, **kwargs):
+        # a callback that runs after this one may have asked for the save: write the state now if it is missing
+        if not os.path.isfile(state_path(self._folder(args, state), self.trainer.accelerator.process_index)):
+            self._save(args, state)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+
+    def _restore(self, checkpoint: str) -> None:
+        trainer = self.trainer
+        rank = trainer.accelerator.process_index
+        saved = load_rank_state(checkpoint, rank, trainer.accelerator.device)
+        if saved is None:  # a checkpoint of another trainer: TRL's behaviour (regenerate) applies
+            warnings.warn(missing_state_warning(checkpoint, rank), ResumeWarning, stacklevel=2)
+            return
+        check_geometry(checkpoint, saved, BatchGeometry.from_args(trainer.args, trainer.accelerator.num_processes))
+        trainer._step = saved["step"]
+        trainer._buffered_inputs = saved["buffered_inputs"]

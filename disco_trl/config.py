@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .compatibility import refuse_grpo_loss_options
-from .deepspeed_geometry import check_deepspeed_geometry
-from .losses import SCORE_TYPES, VARIANTS
+from .geometry import check_deepspeed_geometry, check_whole_groups
+from .losses import SCORE_TYPES, VARIANTS, check_tau
 
 def _has_bf16_accelerator() -> bool:
     import torch
@@ -17,6 +16,69 @@ def _has_bf16_accelerator() -> bool:
     if torch.cuda.is_available():
         return True
     return any(getattr(torch, name, None) is not None and getattr(torch, name).is_available() for name in ("xpu", "npu"))
+
+
+# GRPOConfig options that configure GRPO's loss (docs/compatibility.md lists them all). DisCO replaces GRPO's clipped,
+# advantage-weighted surrogate with its own objective, so every option that shapes that surrogate has no meaning for
+# DisCO. Ignoring one silently would let a GRPO script run as something it is not, so each is refused at any value
+# other than its neutral one, with a message about that option.
+_CLIPPING = "DisCO's scores are not clipped; its trust region is KL(pi_old || pi_theta) <= kl_delta (weight kl_beta)"
+_ENTROPY = "DisCO keeps entropy stable through its KL constraint (kl_delta, kl_beta), not with an entropy term"
+_REFERENCE = "DisCO has no reference model (TRL's beta must be 0)"
+_VLLM_IS = ("DisCO recomputes the old policy's log-probs with the trainer, so there is no vLLM/trainer mismatch to "
+            "correct")
+
+# option -> (neutral value, what it does in GRPO and why DisCO does not use it)
+GRPO_LOSS_OPTIONS: dict[str, tuple[object, str]] = {
+    "loss_type": ("dapo", "it picks GRPO's loss aggregation; DisCO's objective is chosen with `disco_variant` "
+                          "('dro' or 'basic') and `score_type` ('log_l' or 'l_ratio')"),
+    "epsilon": (0.2, f"it is GRPO's clipping range; {_CLIPPING}"),
+    "epsilon_high": (None, f"it is the upper clipping range (DAPO's clip-higher); {_CLIPPING}"),
+    "delta": (None, f"it is GRPO's two-sided clipping bound (not DisCO's `kl_delta`); {_CLIPPING}"),
+    "importance_sampling_level": ("token", "it sets where GRPO clips its importance ratio; DisCO's `score_type` "
+                                           "chooses log-L or the (unclipped) L-ratio score"),
+    "scale_rewards": ("group", "it divides GRPO's advantages by a reward std; DisCO uses no advantage magnitude and no "
+                               "std normalisation (that weight is the difficulty bias DisCO removes)"),
+    "sapo_temperature_neg": (1.05, "it belongs to loss_type='sapo'"),
+    "sapo_temperature_pos": (1.0, "it belongs to loss_type='sapo'"),
+    "vespo_k_pos": (2.0, "it belongs to loss_type='vespo'"),
+    "vespo_lambda_pos": (3.0, "it belongs to loss_type='vespo'"),
+    "vespo_k_neg": (3.0, "it belongs to loss_type='vespo'"),
+    "vespo_lambda_neg": (2.0, "it belongs to loss_type='vespo'"),
+    "entropy_coef": (0.0, f"it is GRPO's entropy bonus; {_ENTROPY}"),
+    "use_adaptive_entropy": (False, f"it adapts GRPO's entropy bonus; {_ENTROPY}"),
+    "entropy_coef_min": (0.0, f"it bounds GRPO's adaptive entropy bonus; {_ENTROPY}"),
+    "entropy_coef_max": (1.0, f"it bounds GRPO's adaptive entropy bonus; {_ENTROPY}"),
+    "entropy_coef_delta": (0.005, f"it steps GRPO's adaptive entropy bonus; {_ENTROPY}"),
+    "entropy_target": (0.2, f"it is the target of GRPO's adaptive entropy bonus; {_ENTROPY}"),
+    "top_entropy_quantile": (1.0, "it trains GRPO only on the highest-entropy tokens; DisCO scores whole completions "
+                                  "(the token mean of Eq. 5/6)"),
+    "off_policy_mask_threshold": (None, "it drops negative-advantage sequences far from the sampling policy "
+                                        "(DeepSeek-V3.2's off-policy mask); DisCO bounds the distance to pi_old with its "
+                                        "KL trust region (kl_delta, kl_beta) instead"),
+    "use_bias_correction_kl": (True, f"it corrects GRPO's KL to the reference model; {_REFERENCE}"),
+    "sync_ref_model": (False, f"it updates GRPO's reference model; {_REFERENCE}"),
+    "ref_model_mixup_alpha": (0.6, f"it mixes GRPO's reference model; {_REFERENCE}"),
+    "ref_model_sync_steps": (512, f"it schedules GRPO's reference-model sync; {_REFERENCE}"),
+    "vllm_importance_sampling_correction": (False, f"it reweights GRPO's loss by pi_trainer/pi_vLLM; {_VLLM_IS}"),
+    "vllm_importance_sampling_mode": ("sequence_mask", f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
+    "vllm_importance_sampling_clip_min": (None, f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
+    "vllm_importance_sampling_clip_max": (3.0, f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
+    "vllm_importance_sampling_cap": (None, f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
+}
+
+
+def refuse_grpo_loss_options(config) -> None:
+    """Raise on the first GRPO-loss option set away from its neutral value, with a message about that option."""
+    for name, (neutral, reason) in GRPO_LOSS_OPTIONS.items():
+        if not hasattr(config, name):
+            continue
+        value = getattr(config, name)
+        if value != neutral:
+            raise ValueError(
+                f"DiscoConfig.{name}={value!r} is a GRPO loss option that DisCO does not use: {reason}. Leave it at "
+                f"{neutral!r} (remove it from your GRPO script's arguments); see docs/compatibility.md."
+            )
 
 
 # tau of the DRO objective used in the paper (section 5.4): 10 for log-L, 1 for L-ratio.
@@ -130,9 +192,9 @@ class DiscoConfig(GRPOConfig):
             # TRL turns bf16 on by default: transformers refuses it on a machine without a GPU, and with use_cpu it
             # means slow, imprecise bf16 autocast on the CPU. DisCO trains in float32 on CPU unless bf16=True is asked.
             self.bf16 = False
-        self._check_whole_groups()  # with the steps_per_generation GRPOConfig will derive, when it does not need it
+        check_whole_groups(self)  # with the steps_per_generation GRPOConfig will derive, when it does not need it
         super().__post_init__()
-        self._check_whole_groups()  # again, with the steps_per_generation derived from generation_batch_size
+        check_whole_groups(self)  # again, with the steps_per_generation derived from generation_batch_size
         check_deepspeed_geometry(self)  # a DeepSpeed config that batches otherwise would split groups silently
         self._check_skipping_layout()
 
@@ -145,11 +207,7 @@ class DiscoConfig(GRPOConfig):
             )
         if self.tau is None:
             self.tau = DEFAULT_TAU[self.score_type]
-        if not (math.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(
-                f"DiscoConfig.tau must be > 0 and finite (got {self.tau}); the paper uses 10 for log_l and 1 for "
-                "l_ratio."
-            )
+        self.tau = check_tau(self.tau, "DiscoConfig.tau")
         if not (math.isfinite(self.kl_delta) and self.kl_delta >= 0):
             raise ValueError(
                 f"DiscoConfig.kl_delta must be >= 0 and finite (got {self.kl_delta}); the paper uses 1e-4. To turn "
@@ -220,46 +278,6 @@ class DiscoConfig(GRPOConfig):
                     "reward_threshold='group_mean' (positives: above their question's mean)."
                 )
         self.reward_threshold = value
-
-    def _check_whole_groups(self) -> None:
-        """Each question's completions must stay on one process and inside one optimizer step.
-
-        Either the per-device micro-batch holds whole groups (the fast path), or, when a group is larger than a
-        micro-batch (e.g. 8 completions, 4 sequences per GPU), a group spans consecutive micro-steps of one optimizer
-        step on one process: the trainer then gathers the group's scores before the first micro-step (exact, at the
-        cost of one extra no-grad forward pass per optimizer step; see DiscoTrainer).
-
-        Called before GRPOConfig's own checks too: with a batch that cannot hold whole groups, TRL would report the
-        `generation_batch_size` it derives (per_device_train_batch_size x processes x steps_per_generation), a setting
-        the user never set. `steps_per_generation` is then the user's value, or gradient_accumulation_steps (TRL's
-        default) when generation_batch_size is unset too; when only generation_batch_size is set, its share of the check
-        waits for the value TRL derives (which needs the number of processes).
-        """
-        g = self.num_generations
-        per_device = self.per_device_train_batch_size
-        if g is None or per_device % g == 0:
-            return
-        accumulation, spg = self.gradient_accumulation_steps, self.steps_per_generation
-        if spg is None and self.generation_batch_size is None:
-            spg = accumulation  # what GRPOConfig derives
-        per_step = per_device * accumulation
-        if per_step % g == 0 and (spg is None or spg % accumulation == 0):
-            return
-        if per_step % g != 0:
-            fix_ga = next(k for k in range(accumulation, accumulation * g + 1) if (per_device * k) % g == 0)
-            raise ValueError(
-                f"per_device_train_batch_size={per_device} x gradient_accumulation_steps={accumulation} = {per_step} "
-                f"completions per process and optimizer step cannot hold whole groups of num_generations={g}: DisCO "
-                f"compares each question's completions with each other, so they must stay on one process within one "
-                f"optimizer step. Use per_device_train_batch_size a multiple of {g}, or gradient_accumulation_steps="
-                f"{fix_ga} so that per_device_train_batch_size x gradient_accumulation_steps is a multiple of {g}."
-            )
-        raise ValueError(
-            f"per_device_train_batch_size={per_device} does not hold whole groups of num_generations={g}, so groups "
-            f"span micro-steps; steps_per_generation={spg} must then be a multiple of gradient_accumulation_steps="
-            f"{accumulation} so that no optimizer step straddles two generation batches. Set steps_per_generation to a "
-            f"multiple of {accumulation} (or leave it unset), or use per_device_train_batch_size a multiple of {g}."
-        )
 
     def _check_skipping_layout(self) -> None:
         """skip_uninformative_questions re-packs each optimizer step's kept questions: steps must not straddle

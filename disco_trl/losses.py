@@ -4,22 +4,25 @@ Paper: Li, Lin, Galanti, Tu, Yang, "DisCO: Reinforcing Large Reasoning Models wi
 Optimization", arXiv:2505.12366. Equation numbers below follow the paper (section 4.2 and Algorithm 1).
 
 Shapes: per-token tensors are (B, T) (B completions, T completion tokens, right-padded, `mask` is 1 on real tokens);
-per-completion tensors are (B,).
+per-completion tensors are (B,). *Labels* are the paper's binary reward, decided once per generation batch by
+:func:`completion_labels`: 1.0 for a positive (S_q^+), 0.0 for a negative (S_q^-), NaN for neither.
 
-* :func:`completion_labels` -- the paper's binary reward: which completions are positives (S_q^+) and negatives (S_q^-).
-* :func:`sequence_scores`  -- the scoring function s_theta(o, q) (log-L, Eq. 5; L-ratio, Eq. 6).
+* :func:`completion_labels` -- positives and negatives from any reward.
+* :func:`question_counts` / :func:`mixed_questions` -- positives and negatives per question, and which completions
+  belong to a question that has both (the only ones J sees).
+* :func:`sequence_scores` -- the scoring function s_theta(o, q) (log-L, Eq. 5; L-ratio, Eq. 6).
 * :func:`discriminative_objective` -- J_1 (DisCO-b, Eq. 7) or J_2 (DisCO, the DRO objective, Eq. 10), averaged over
   the questions of a mini-batch exactly as G_1 in Algorithm 1 (no per-question weight: no difficulty bias).
-* :func:`mixed_questions` -- the completions whose question has both positives and negatives (the only ones J sees).
-* :func:`kl_hinge_penalty` -- the squared-hinge penalty beta * [KL(pi_old || pi_theta) - delta]_+^2 used to enforce the
-  trust-region constraint (Eq. 8/11, G_2 in Algorithm 1).
-
-The trainer (:mod:`disco_trl.trainer`) minimises ``-discriminative_objective(...) + kl_hinge_penalty(...)[0]``.
+* :func:`token_mean_kl` -- the token estimate of KL(pi_old || pi_theta) of Algorithm 1, step d.i.
+* :func:`kl_hinge_penalty` -- the squared hinge beta * [KL - delta]_+^2 enforcing the trust region (Eq. 8/11, G_2).
+* :func:`disco_loss` -- what an optimizer step minimises: -J plus the penalty, with the scaling that makes the parts
+  of a step (micro-steps, processes) add up to the paper's mini-batch objective.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -30,6 +33,15 @@ VARIANTS = ("basic", "dro")
 def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"`{name_a}` has shape {tuple(a.shape)} but `{name_b}` has shape {tuple(b.shape)}; they must match.")
+
+
+def check_tau(tau, name: str = "tau") -> float:
+    """`tau` as a float, or ValueError naming `name` when it is not a finite number > 0."""
+    if isinstance(tau, bool) or not (isinstance(tau, int | float) and math.isfinite(tau) and tau > 0):
+        raise ValueError(
+            f"{name} must be > 0 and finite (got {tau}); the paper uses 10 for log_l and 1 for l_ratio."
+        )
+    return float(tau)
 
 
 def completion_labels(values: torch.Tensor, scorable: torch.Tensor, *, threshold: float) -> torch.Tensor:
@@ -47,12 +59,42 @@ def completion_labels(values: torch.Tensor, scorable: torch.Tensor, *, threshold
     return torch.where(scorable.bool() & ~torch.isnan(values), labels, torch.full_like(labels, math.nan))
 
 
+class QuestionCounts(NamedTuple):
+    """Per question (distinct group id): positives and negatives; `index` maps each completion to its question."""
+
+    index: torch.Tensor  # (B,) long, the question of each completion, 0..Q-1 in order of the sorted group ids
+    positives: torch.Tensor  # (Q,)
+    negatives: torch.Tensor  # (Q,)
+
+    @property
+    def mixed(self) -> torch.Tensor:
+        """(Q,) bool: the question has at least one positive and one negative."""
+        return (self.positives > 0) & (self.negatives > 0)
+
+
+def question_counts(labels: torch.Tensor, group_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> QuestionCounts:
+    """Count each question's positives (label 1) and negatives (label 0); NaN labels count as neither."""
+    _check_same_shape("labels", labels, "group_ids", group_ids)
+    _, index = torch.unique(group_ids, return_inverse=True)
+    num_questions = int(index.max()) + 1 if index.numel() else 0
+    zeros = torch.zeros(num_questions, dtype=dtype, device=labels.device)
+    return QuestionCounts(index, zeros.index_add(0, index, (labels == 1).to(dtype)),
+                          zeros.index_add(0, index, (labels == 0).to(dtype)))
+
+
+def mixed_questions(labels: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    r"""Which completions belong to a question with at least one positive and one negative: a bool mask, shape (B,).
+
+    Only those questions contribute to J (Eq. 7/10): for the others J_q = 0 whatever the scores, so
+    `discriminative_objective` over the kept rows, with the full `num_questions`, equals the objective over all rows,
+    value and gradient.
+    """
+    counts = question_counts(labels, group_ids)
+    return counts.mixed[counts.index] if labels.numel() else torch.zeros(0, dtype=torch.bool, device=labels.device)
+
+
 def sequence_scores(
-    per_token_logps: torch.Tensor,
-    old_per_token_logps: torch.Tensor | None,
-    mask: torch.Tensor,
-    *,
-    score_type: str,
+    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor | None, mask: torch.Tensor, *, score_type: str
 ) -> torch.Tensor:
     r"""Scoring function s_theta(o, q) of each completion, shape (B,).
 
@@ -77,144 +119,123 @@ def sequence_scores(
         _check_same_shape("per_token_logps", per_token_logps, "old_per_token_logps", old_per_token_logps)
         # Padded positions may hold arbitrary log-probs: zero the exponent there so exp() cannot overflow.
         values = torch.exp((per_token_logps - old_per_token_logps) * mask)
-    lengths = mask.sum(dim=-1)
-    return (values * mask).sum(dim=-1) / lengths.clamp(min=1.0)
+    return (values * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
 
 
-def positives_and_negatives(rewards: torch.Tensor, reward_threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positive, negative) boolean masks, shape (B,): positive when reward > reward_threshold, negative otherwise;
-    a NaN reward (unscorable) is neither. The one rule `discriminative_objective` and `mixed_questions` share."""
-    valid = ~torch.isnan(rewards)
-    pos = (rewards > reward_threshold) & valid
-    return pos, (~pos) & valid
-
-
-def mixed_questions(rewards: torch.Tensor, group_ids: torch.Tensor, reward_threshold: float) -> torch.Tensor:
-    r"""Which completions belong to a question with at least one positive and one negative: a boolean mask, shape (B,).
-
-    Only those questions contribute to J (Eq. 7/10): for the others (all positive, all negative, or only unscorable
-    completions) J_q = 0 whatever the scores, so `discriminative_objective` over the kept rows, with the full
-    `num_questions`, equals the objective over all rows, value and gradient. Same positive/negative rule as
-    `discriminative_objective` (`positives_and_negatives`).
-    """
-    _check_same_shape("rewards", rewards, "group_ids", group_ids)
-    if rewards.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=rewards.device)
-    pos, neg = positives_and_negatives(rewards, reward_threshold)
-    _, group_index = torch.unique(group_ids, return_inverse=True)
-    n_groups = int(group_index.max()) + 1
-    n_pos = torch.zeros(n_groups, device=rewards.device).index_add(0, group_index, pos.float())
-    n_neg = torch.zeros(n_groups, device=rewards.device).index_add(0, group_index, neg.float())
-    return ((n_pos > 0) & (n_neg > 0))[group_index]
+def _check_objective_inputs(scores, labels, group_ids, variant, tau, num_questions) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown `variant`={variant!r}; expected one of {VARIANTS} ('basic' is DisCO-b, 'dro' is DisCO).")
+    check_tau(tau, "`tau`")
+    if scores.dim() != 1:
+        raise ValueError(f"`scores` must be (B,); got shape {tuple(scores.shape)}.")
+    _check_same_shape("scores", scores, "labels", labels)
+    _check_same_shape("scores", scores, "group_ids", group_ids)
+    if num_questions is not None and num_questions <= 0:
+        raise ValueError(f"`num_questions` must be a positive integer; got {num_questions!r}.")
 
 
 def discriminative_objective(
-    scores: torch.Tensor,
-    rewards: torch.Tensor,
-    group_ids: torch.Tensor,
-    *,
-    variant: str = "dro",
-    tau: float = 10.0,
-    reward_threshold: float = 0.5,
+    scores: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tensor, *, variant: str = "dro", tau: float = 10.0,
     num_questions: int | None = None,
 ) -> torch.Tensor:
     r"""The discriminative objective to MAXIMISE, a scalar (the true value, safe to log as is).
 
-    For each question q (completions sharing a group id), S_q^+ = {o : r(o) > reward_threshold} and
-    S_q^- = the others. A question with both kinds contributes
+    For each question q (completions sharing a group id), S_q^+ = {o : label 1} and S_q^- = {o : label 0}. A question
+    with both kinds contributes
 
     * ``variant="basic"`` (DisCO-b, Eq. 7):  J_q = mean_{o in S_q^+} s(o) - mean_{o' in S_q^-} s(o')
     * ``variant="dro"``   (DisCO, Eq. 10):   J_q = mean_{o in S_q^+} s(o) - tau * log( mean_{o' in S_q^-} exp(s(o')/tau) )
 
     (Eq. 10 is -E_{o+} tau log E_{o-} exp((s(o') - s(o))/tau); the s(o) term leaves the log unchanged, giving the
-    form above.) The log-mean-exp is computed stably as logsumexp(s/tau) - log|S_q^-|. As tau -> infinity the DRO term
-    tends to the plain mean, i.e. DisCO tends to DisCO-b.
+    form above.) The log-mean-exp is computed stably per question (a segmented logsumexp). As tau -> infinity the
+    DRO term tends to the plain mean, i.e. DisCO tends to DisCO-b.
 
-    The result is (1/num_questions) * sum_q J_q, matching G_1 of Algorithm 1: every question counts once,
-    without GRPO's per-question weight sqrt(p_q(1-p_q)) (the difficulty bias). Questions with only positives or
-    only negatives contribute 0 but still count in `num_questions`, which defaults to the number of distinct
-    group ids given. Pass the mini-batch's question count when the function sees only part of it (one micro-batch,
-    one process) so that the parts add up to the mini-batch objective.
-
-    Completions whose reward is NaN (unscorable) are neither positive nor negative: they are ignored.
+    The result is (1/num_questions) * sum_q J_q, matching G_1 of Algorithm 1: every question counts once, without
+    GRPO's per-question weight sqrt(p_q(1-p_q)) (the difficulty bias). Questions with only positives or only
+    negatives contribute 0 but still count in `num_questions`, which defaults to the number of distinct group ids.
+    Pass the mini-batch's question count when the function sees only part of it (one micro-batch, one process) so
+    that the parts add up to the mini-batch objective. Completions labelled NaN are ignored.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown `variant`={variant!r}; expected one of {VARIANTS} ('basic' is DisCO-b, 'dro' is DisCO).")
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"`tau` must be a finite number > 0; got {tau!r}.")
-    if scores.dim() != 1:
-        raise ValueError(f"`scores` must be (B,); got shape {tuple(scores.shape)}.")
-    _check_same_shape("scores", scores, "rewards", rewards)
-    _check_same_shape("scores", scores, "group_ids", group_ids)
-    if num_questions is not None and num_questions <= 0:
-        raise ValueError(f"`num_questions` must be a positive integer; got {num_questions!r}.")
-
-    unique_ids, group_index = torch.unique(group_ids, return_inverse=True)
-    n_groups = unique_ids.numel()
-    if num_questions is None:
-        num_questions = max(n_groups, 1)
+    _check_objective_inputs(scores, labels, group_ids, variant, tau, num_questions)
     if scores.numel() == 0:
         return scores.sum() * 0.0
+    labels = labels.to(scores.device)
+    counts = question_counts(labels, group_ids, dtype=scores.dtype)
+    num_questions = num_questions or max(counts.positives.numel(), 1)
+    zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
 
-    pos, neg = positives_and_negatives(rewards.to(scores.device), reward_threshold)
-    dtype = scores.dtype
+    def question_sum(values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(counts.positives).index_add(0, counts.index, values)
 
-    def group_sum(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n_groups, dtype=values.dtype, device=values.device).index_add(0, group_index, values)
-
-    n_pos = group_sum(pos.to(dtype))
-    n_neg = group_sum(neg.to(dtype))
-    has_both = (n_pos > 0) & (n_neg > 0)
-
-    zero = torch.zeros((), dtype=dtype, device=scores.device)
-    pos_mean = group_sum(torch.where(pos, scores, zero)) / n_pos.clamp(min=1.0)
+    pos_mean = question_sum(torch.where(labels == 1, scores, zero)) / counts.positives.clamp(min=1.0)
     if variant == "basic":
-        neg_term = group_sum(torch.where(neg, scores, zero)) / n_neg.clamp(min=1.0)
+        neg_term = question_sum(torch.where(labels == 0, scores, zero)) / counts.negatives.clamp(min=1.0)
     else:
-        # tau * log mean exp(s/tau) over negatives, per group, via a per-group max shift (a segmented logsumexp).
-        z = torch.where(neg, scores / tau, torch.full_like(scores, -math.inf))
-        group_max = torch.full((n_groups,), -math.inf, dtype=dtype, device=scores.device)
-        group_max = group_max.scatter_reduce(0, group_index, z, reduce="amax", include_self=True)
-        shift = torch.where(torch.isfinite(group_max), group_max, torch.zeros_like(group_max)).detach()
-        sum_exp = group_sum(torch.exp(z - shift[group_index]))  # exp(-inf) = 0 on non-negatives
-        log_mean_exp = shift + torch.log(sum_exp.clamp(min=torch.finfo(dtype).tiny)) - torch.log(n_neg.clamp(min=1.0))
-        neg_term = tau * log_mean_exp
-    per_question = torch.where(has_both, pos_mean - neg_term, zero)
-    return per_question.sum() / num_questions
+        neg_term = tau * _log_mean_exp_of_negatives(scores / tau, labels == 0, counts, question_sum)
+    return torch.where(counts.mixed, pos_mean - neg_term, zero).sum() / num_questions
 
 
-def kl_hinge_penalty(
-    per_token_logps: torch.Tensor,
-    old_per_token_logps: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    delta: float = 1e-4,
-    beta: float = 1e3,
+def _log_mean_exp_of_negatives(z: torch.Tensor, negative: torch.Tensor, counts: QuestionCounts, question_sum):
+    """Per question, log mean_{negatives} exp(z), shifted by the question's max for stability."""
+    z = torch.where(negative, z, torch.full_like(z, -math.inf))
+    question_max = torch.full_like(counts.negatives, -math.inf).scatter_reduce(0, counts.index, z, reduce="amax")
+    shift = torch.where(torch.isfinite(question_max), question_max, torch.zeros_like(question_max)).detach()
+    sum_exp = question_sum(torch.exp(z - shift[counts.index]))  # exp(-inf) = 0 on non-negatives
+    tiny = torch.finfo(z.dtype).tiny
+    return shift + torch.log(sum_exp.clamp(min=tiny)) - torch.log(counts.negatives.clamp(min=1.0))
+
+
+def token_kl_terms(
+    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Squared-hinge penalty for the trust-region constraint KL(pi_old || pi_theta) <= delta. Returns (penalty, kl).
+    """(sum over the masked tokens of log pi_old - log pi_theta, number of masked tokens): the two parts of the token
+    KL estimate, for estimates that span several processes (sum each part over them, then divide)."""
+    _check_same_shape("per_token_logps", per_token_logps, "old_per_token_logps", old_per_token_logps)
+    _check_same_shape("per_token_logps", per_token_logps, "mask", mask)
+    mask = mask.to(per_token_logps.dtype)
+    return ((old_per_token_logps - per_token_logps) * mask).sum(), mask.sum()
 
-    kl is the token-level estimate of Algorithm 1, step d.i:
+
+def token_mean_kl(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    r"""The token estimate of KL(pi_old || pi_theta) of Algorithm 1, step d.i, over the tokens given:
+
         kl = sum(mask * (log pi_old - log pi_theta)) / sum(mask)
-    over all tokens given (one micro-step's tokens), and
-        penalty = beta * max(kl - delta, 0)^2         (Eq. 8 / Eq. 11)
+    """
+    kl_sum, num_tokens = token_kl_terms(per_token_logps, old_per_token_logps, mask)
+    return kl_sum / num_tokens.clamp(min=1.0)
+
+
+def kl_hinge_penalty(kl: torch.Tensor, *, delta: float = 1e-4, beta: float = 1e3) -> torch.Tensor:
+    r"""Squared-hinge penalty for the trust region KL(pi_old || pi_theta) <= delta (Eq. 8 / Eq. 11):
+
+        penalty = beta * max(kl - delta, 0)^2
+
     whose gradient is G_2 = 2 * beta * [kl - delta]_+ * grad(kl). The penalty is zero, with zero gradient, while the
     constraint holds, so it never slows learning inside the trust region.
 
     Note: the authors' reference implementation applies half this gradient: it uses
-    ``(beta * [kl - delta]_+).detach() * kl`` as the loss term, whose gradient is beta * [kl - delta]_+ * grad(kl).
-    This function follows the paper's equations (the full squared-hinge gradient).
+    ``(beta * [kl - delta]_+).detach() * kl`` as the loss term. This function follows the paper's equations.
     """
     if not (math.isfinite(delta) and delta >= 0):
         raise ValueError(f"`delta` must be a finite number >= 0; got {delta!r}.")
     if not (math.isfinite(beta) and beta >= 0):
         raise ValueError(f"`beta` must be a finite number >= 0; got {beta!r}.")
-    _check_same_shape("per_token_logps", per_token_logps, "old_per_token_logps", old_per_token_logps)
-    _check_same_shape("per_token_logps", per_token_logps, "mask", mask)
-    mask = mask.to(per_token_logps.dtype)
-    kl = ((old_per_token_logps - per_token_logps) * mask).sum() / mask.sum().clamp(min=1.0)
-    return hinge_from_kl(kl, delta=delta, beta=beta), kl
-
-
-def hinge_from_kl(kl: torch.Tensor, *, delta: float, beta: float) -> torch.Tensor:
-    """beta * max(kl - delta, 0)^2 for an already computed KL estimate (used when the estimate spans processes)."""
     return beta * torch.clamp(kl - delta, min=0.0) ** 2
+
+
+def disco_loss(
+    objective: torch.Tensor, kl: torch.Tensor, *, kl_delta: float, kl_beta: float, num_processes: int = 1,
+    kl_micro_steps: int = 1,
+) -> torch.Tensor:
+    r"""What one micro-step on one process minimises: -J plus the trust-region penalty, scaled so that the gradients
+    of an optimizer step's parts add up to the paper's (G_1 + G_2 of Algorithm 1).
+
+        loss = num_processes * ( -objective + kl_hinge_penalty(kl) / kl_micro_steps )
+
+    `objective` is this micro-step's share of the step's J (`discriminative_objective` with the step's full question
+    count), `kl` the micro-step's KL estimate (over its tokens on every process). DDP and DeepSpeed average gradients
+    over processes, hence the factor `num_processes` (the processes' parts are summed); the penalty is averaged over
+    the `kl_micro_steps` micro-steps of the optimizer step that hold tokens.
+    """
+    penalty = kl_hinge_penalty(kl, delta=kl_delta, beta=kl_beta)
+    return num_processes * (-objective + penalty / max(int(kl_micro_steps), 1))

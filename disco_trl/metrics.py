@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from .losses import kl_hinge_penalty, question_counts
+
 
 def log_group_statistics(metrics, labels: torch.Tensor, group_size: int, *, numeric_threshold: bool) -> bool:
     """Per-question counts over a whole generation batch (all processes' labels). Returns whether any question has
     both positives and negatives."""
-    grouped = labels.view(-1, group_size)
-    n_pos = (grouped == 1).sum(dim=1).float()
-    n_neg = (grouped == 0).sum(dim=1).float()
-    mixed = (n_pos > 0) & (n_neg > 0)
+    counts = question_counts(labels, torch.arange(labels.numel(), device=labels.device) // group_size)
+    n_pos, n_neg, mixed = counts.positives, counts.negatives, counts.mixed
     metrics["disco/frac_mixed_questions"].append(mixed.float().mean().item())
     if numeric_threshold:  # with group_mean a question cannot be all positive
         metrics["disco/frac_all_positive"].append(((n_neg == 0) & (n_pos > 0)).float().mean().item())
         metrics["disco/frac_all_negative"].append(((n_pos == 0) & (n_neg > 0)).float().mean().item())
-    metrics["disco/frac_unscored"].append(torch.isnan(grouped).float().mean().item())
+    metrics["disco/frac_unscored"].append(torch.isnan(labels).float().mean().item())
     metrics["disco/positives_per_question"].append(n_pos.mean().item())
     metrics["disco/negatives_per_question"].append(n_neg.mean().item())
     if mixed.any():
@@ -25,8 +25,8 @@ def log_group_statistics(metrics, labels: torch.Tensor, group_size: int, *, nume
     return bool(mixed.any())
 
 
-def log_loss_metrics(metrics, global_sum, logged_objective, kl, penalty, scores, labels, mask, entropies, *,
-                     kl_delta: float) -> None:
+def log_loss_metrics(metrics, global_sum, logged_objective, kl, scores, labels, mask, entropies, *, kl_delta: float,
+                     kl_beta: float) -> None:
     """One micro-step's objective, entropy, scores of positives and negatives, and KL (summed over processes by
     `global_sum`, one collective)."""
     pos, neg = labels == 1, labels == 0
@@ -52,5 +52,5 @@ def log_loss_metrics(metrics, global_sum, logged_objective, kl, penalty, scores,
         metrics["disco/score_neg"].append((totals[6] / totals[7]).item())
     if kl is not None:
         metrics["disco/kl"].append(kl.item())
-        metrics["disco/kl_penalty"].append(penalty.item())
+        metrics["disco/kl_penalty"].append(kl_hinge_penalty(kl.detach(), delta=kl_delta, beta=kl_beta).item())
         metrics["disco/hinge_active"].append(float(kl.item() > kl_delta))

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .batching import concat_rows, select_rows
 from .losses import mixed_questions
 
 # Keys cut along the prompt (left-padded: keep the last column) and along the completion (keep the first column).
@@ -43,32 +44,6 @@ KEPT_MICRO_STEPS = "disco_kept_micro_steps"
 
 def _is_per_row(value) -> bool:
     return isinstance(value, list) or (isinstance(value, torch.Tensor) and value.ndim > 0)
-
-
-def concat_rows(batches: list[dict[str, Any]]) -> dict[str, Any]:
-    """The micro-batches of one step as one batch (per-row values concatenated, scalars taken from the first)."""
-    out = {}
-    for key, first in batches[0].items():
-        if isinstance(first, torch.Tensor) and first.ndim > 0:
-            out[key] = torch.cat([b[key] for b in batches])
-        elif isinstance(first, list):
-            out[key] = [row for b in batches for row in b[key]]
-        else:
-            out[key] = first
-    return out
-
-
-def select_rows(batch: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
-    """`batch` restricted to the row indices `rows` (a 1-D long tensor), scalars unchanged."""
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.ndim > 0:
-            out[key] = value[rows.to(value.device)]
-        elif isinstance(value, list):
-            out[key] = [value[i] for i in rows.tolist()]
-        else:
-            out[key] = value
-    return out
 
 
 def placeholder_batch(template: dict[str, Any]) -> dict[str, Any]:
@@ -97,20 +72,20 @@ def placeholder_batch(template: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def pack_step(step_batches: list[dict[str, Any]], rows_per_micro_batch: int, reward_threshold: float):
+def pack_step(step_batches: list[dict[str, Any]], rows_per_micro_batch: int):
     """Keep the mixed questions of one optimizer step and pack them into at most len(step_batches) micro-batches.
 
     Returns (micro-batches holding kept rows, in order; the step's original first micro-batch, as the template of
     placeholders)."""
     step = concat_rows(step_batches)
-    keep = mixed_questions(step["disco_labels"], step["disco_group_ids"], reward_threshold)
+    keep = mixed_questions(step["disco_labels"], step["disco_group_ids"])
     rows = torch.nonzero(keep.cpu(), as_tuple=True)[0]
     packed = [select_rows(step, chunk) for chunk in rows.split(rows_per_micro_batch)] if rows.numel() else []
     return packed, step_batches[0]
 
 
 def drop_uninformative_questions(micro_batches: list[dict[str, Any]], *, accumulation: int, rows_per_micro_batch: int,
-                                 reward_threshold: float, accelerator) -> list[dict[str, Any]]:
+                                 accelerator) -> list[dict[str, Any]]:
     """Re-split a generation batch's micro-batches (this process) so the optimizer sees only mixed questions.
 
     Returns as many micro-batches as given: per optimizer step, the packed kept rows first, then placeholders. Each
@@ -121,7 +96,7 @@ def drop_uninformative_questions(micro_batches: list[dict[str, Any]], *, accumul
             "skip_uninformative_questions=False."
         )
     steps = [micro_batches[i : i + accumulation] for i in range(0, len(micro_batches), accumulation)]
-    packed_steps = [pack_step(step, rows_per_micro_batch, reward_threshold) for step in steps]
+    packed_steps = [pack_step(step, rows_per_micro_batch) for step in steps]
     counts = torch.tensor([len(packed) for packed, _ in packed_steps], device=accelerator.device)
     if accelerator.num_processes > 1:
         counts = accelerator.gather(counts).view(accelerator.num_processes, -1).amax(dim=0)
@@ -139,29 +114,28 @@ def kl_micro_steps(inputs: dict[str, Any], accumulation: int) -> int:
     return max(int(inputs.get(KEPT_MICRO_STEPS, accumulation)), 1)
 
 
-def note_optimizer_step(trainer, inputs: dict[str, Any]) -> None:
-    """At the first micro-step of an optimizer step: remember whether it has anything to learn, and log it."""
-    if trainer._step % trainer.args.gradient_accumulation_steps != 0:
-        return
-    trainer._disco_nothing_to_learn = inputs.get(KEPT_MICRO_STEPS) == 0
-    trainer._metrics["train"]["disco/skipped_update"].append(float(trainer._disco_nothing_to_learn))
-
-
 class NoUpdateWithoutSignal(TrainerCallback):
-    """Before the optimizer step of a step with no kept question on any process: drop the (zero) gradients, so that
-    the optimizer leaves every parameter and its state untouched (torch optimizers skip parameters whose grad is
-    None). Under DeepSpeed the engine steps inside backward, before this point: warn that the zero-gradient step was
-    taken."""
+    """Makes no update for an optimizer step with no kept question on any process, and logs `disco/skipped_update`.
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    `DiscoTrainer` calls `observe_step` with the first micro-batch of each optimizer step; before the optimizer step,
+    the (exactly zero) gradients are dropped so that the optimizer leaves every parameter and its state untouched
+    (torch optimizers skip parameters whose grad is None). Under DeepSpeed the engine steps inside backward, before
+    this point: a warning says that the zero-gradient step was taken.
+    """
+
+    def __init__(self, is_deepspeed: bool):
+        self.is_deepspeed = is_deepspeed
+        self.nothing_to_learn = False  # the current optimizer step has no kept question on any process
         self._warned = False
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        if not getattr(trainer, "_disco_nothing_to_learn", False):
+    def observe_step(self, first_micro_batch: dict[str, Any], metrics) -> None:
+        self.nothing_to_learn = first_micro_batch.get(KEPT_MICRO_STEPS) == 0
+        metrics["disco/skipped_update"].append(float(self.nothing_to_learn))
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if not self.nothing_to_learn:
             return
-        if trainer.is_deepspeed_enabled:
+        if self.is_deepspeed:
             if not self._warned:
                 warnings.warn(
                     "skip_uninformative_questions: an optimizer step had no question with both positive and negative "
@@ -169,5 +143,5 @@ class NoUpdateWithoutSignal(TrainerCallback):
                     "moves the parameters).", stacklevel=2)
                 self._warned = True
             return
-        for parameter in trainer.model.parameters():
+        for parameter in model.parameters():
             parameter.grad = None

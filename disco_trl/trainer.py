@@ -1,59 +1,47 @@
 """`DiscoTrainer`: TRL's `GRPOTrainer` with DisCO's objective (arXiv:2505.12366).
 
 Everything TRL does stays TRL's: generation (transformers, vLLM server/colocate), reward functions, weight sync,
-PEFT, DeepSpeed, logging, model cards. DisCO changes three things, each a small override:
+PEFT, DeepSpeed, logging, model cards. DisCO overrides five GRPOTrainer methods, each for one reason:
 
-1. `_calculate_rewards` / `_generate_and_score_completions`: carry each completion's raw reward and its question's
-   group id to the loss (TRL keeps only normalised advantages, which DisCO does not use).
-2. `_prepare_inputs`: shuffle the generation batch by whole questions instead of by rows, so that every question's
-   completions land in one micro-batch on one process (the objective compares a question's positives with its
-   negatives).
-3. `_compute_loss`: minimise -J (DisCO or DisCO-b, `disco_trl.losses`) plus the squared-hinge KL penalty, scaled so
+1. `_calculate_rewards`: keep each completion's rewards per reward function (TRL passes on only GRPO's normalised
+   advantages, which DisCO does not use), for `_generate_and_score_completions` to read.
+2. `_generate_and_score_completions`: decide once per generation batch which completions are positives, negatives or
+   neither (`disco_labels`), give each its question's id (`disco_group_ids`), and log the per-question counts.
+3. `_prepare_inputs`: TRL shuffles a new generation batch by rows; DisCO re-cuts it by whole questions
+   (`batching.cut_by_questions`), so that every question's completions land on one process within one optimizer
+   step (the objective compares a question's positives with its negatives). Also where, per optimizer step, the
+   look-ahead weights of questions larger than a micro-batch are attached and, with skip_uninformative_questions,
+   questions without signal are dropped (`skipping`).
+4. `_compute_loss`: minimise `losses.disco_loss` (-J of DisCO or DisCO-b plus the squared-hinge KL penalty), scaled so
    that one optimizer step follows the gradient of the paper's mini-batch objective whatever the per-device batch,
    gradient accumulation, `steps_per_generation` or number of processes.
+5. `train`: `resume_from_checkpoint=True` (or "last") means the newest *complete* checkpoint, and a new run is refused
+   in an output_dir holding an earlier run's checkpoints (`checkpoints.resolve_resume`). Trainer offers no hook
+   before it resolves the checkpoint itself.
+
+Saving and restoring DisCO's generation buffer with each checkpoint (`checkpoints.DiscoStateCallback`) and the skipped
+update of a step with nothing to learn (`skipping.NoUpdateWithoutSignal`) attach as Trainer callbacks.
 """
 
 from __future__ import annotations
 
-import os
 import textwrap
-import warnings
-from typing import Any
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
-
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl.trainer.utils import get_config_model_id
 
 from . import checkpoints, metrics, skipping
+from .batching import cut_by_questions
 from .config import DiscoConfig
-from .losses import completion_labels, discriminative_objective, hinge_from_kl, sequence_scores
-from .reward_checks import NoSignalWatch, check_reward_columns, with_output_check
+from .geometry import BatchGeometry
+from .losses import completion_labels, discriminative_objective, disco_loss, sequence_scores, token_kl_terms
+from .rewards.checks import NoSignalWatch, check_reward_columns, with_output_check
 
-
-def group_permutation(num_rows: int, group_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A random row permutation that moves whole groups of `group_size` consecutive rows (order inside kept)."""
-    if num_rows % group_size != 0:
-        raise ValueError(f"{num_rows} rows cannot be cut into whole groups of {group_size}.")
-    group_order = torch.randperm(num_rows // group_size, generator=generator)
-    return (group_order[:, None] * group_size + torch.arange(group_size)[None, :]).reshape(-1)
-
-
-def shuffle_groups(batch: dict[str, Any], group_size: int) -> dict[str, Any]:
-    """Like TRL's `shuffle_sequence_dict`, but permutes whole questions so no group is split across micro-batches."""
-    num_rows = len(batch["completion_ids"])
-    permutation = group_permutation(num_rows, group_size)
-
-    def permute(value):
-        if value is None or (isinstance(value, torch.Tensor) and value.ndim == 0):
-            return value
-        if isinstance(value, torch.Tensor):
-            return value[permutation.to(value.device)]
-        return [value[i] for i in permutation.tolist()]
-
-    return {key: permute(value) for key, value in batch.items()}
+# Model inputs besides the token ids that TRL's batches may carry (vision-language models).
+_FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
+                 "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 
 
 class DiscoTrainer(GRPOTrainer):
@@ -106,18 +94,7 @@ class DiscoTrainer(GRPOTrainer):
         environment_factory=None,
     ):
         # Same parameters, order and defaults as GRPOTrainer.__init__ (tests/test_compatibility.py checks it).
-        if args is None:
-            from trl.trainer.utils import get_config_model_id
-
-            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = DiscoConfig(f"{str(model_name).split('/')[-1]}-DisCO")
-        elif not isinstance(args, DiscoConfig):
-            kind = "GRPOConfig" if isinstance(args, GRPOConfig) else type(args).__name__
-            raise TypeError(
-                f"DiscoTrainer needs a DiscoConfig, got a {kind}. Build `DiscoConfig(...)` with the same arguments "
-                "(it subclasses GRPOConfig) and set DisCO's own fields there (score_type, disco_variant, tau, kl_delta, "
-                "kl_beta)."
-            )
+        args = _disco_config(args, model)
         if rollout_func is None and environment_factory is None:  # those add reward inputs of their own at run time
             check_reward_columns(reward_funcs, train_dataset)
         super().__init__(
@@ -127,24 +104,32 @@ class DiscoTrainer(GRPOTrainer):
             peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
         )
         self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
-        self._disco_rewards_per_func = None
+        # (all processes' completions, reward functions) of the batch being scored: _calculate_rewards -> next method
+        self._rewards_per_func_being_scored: torch.Tensor | None = None
         self._no_signal_watch = NoSignalWatch(args.reward_threshold)
+        self._checkpoint_state = checkpoints.DiscoStateCallback(self)
+        self.add_callback(self._checkpoint_state)
+        self._skipped_updates = None
         if args.skip_uninformative_questions:
-            self.add_callback(skipping.NoUpdateWithoutSignal(self))
+            self._skipped_updates = skipping.NoUpdateWithoutSignal(is_deepspeed=self.is_deepspeed_enabled)
+            self.add_callback(self._skipped_updates)
 
-    # ------------------------------------------------------------------ data flow: keep rewards and groups
+    @property
+    def geometry(self) -> BatchGeometry:
+        """How this run cuts its generation batches (over all of its processes)."""
+        return BatchGeometry.from_args(self.args, self.accelerator.num_processes)
+
+    # ------------------------------------------------------------------ data flow: labels and questions
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._disco_rewards_per_func = rewards_per_func  # (all processes' completions, num_reward_funcs)
+        self._rewards_per_func_being_scored = rewards_per_func
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
-
-        rewards_per_func = self._disco_rewards_per_func
-        self._disco_rewards_per_func = None
+        rewards_per_func, self._rewards_per_func_being_scored = self._rewards_per_func_being_scored, None
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
         rewards = (rewards_per_func * weights).nansum(dim=1)  # TRL's weighted sum, all processes' completions
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable: neither positive nor negative
@@ -161,7 +146,12 @@ class DiscoTrainer(GRPOTrainer):
         # question's index in the global generation batch, so ids are unique across processes.
         global_rows = torch.arange(num_local, device=rewards.device) + process_index * num_local
         output["disco_group_ids"] = global_rows // group_size
-        self._log_group_statistics(self.accelerator.gather(output["disco_labels"]), rewards, group_size, mode)
+        any_mixed = metrics.log_group_statistics(
+            self._metrics[mode], self.accelerator.gather(output["disco_labels"]), group_size,
+            numeric_threshold=self.args.reward_threshold != "group_mean",
+        )
+        if mode == "train":
+            self._no_signal_watch.update(any_mixed, rewards)
         return output
 
     def _labels(self, local_rewards: torch.Tensor, output: dict) -> torch.Tensor:
@@ -179,53 +169,33 @@ class DiscoTrainer(GRPOTrainer):
             values, threshold = local_rewards, float(self.args.reward_threshold)
         return completion_labels(values, scorable.to(values.device), threshold=threshold)
 
-    def _log_group_statistics(self, labels: torch.Tensor, rewards: torch.Tensor, group_size: int, mode: str) -> None:
-        """Per-question counts over the whole generation batch (all processes): what DisCO can learn from."""
-        any_mixed = metrics.log_group_statistics(self._metrics[mode], labels, group_size,
-                                                 numeric_threshold=self.args.reward_threshold != "group_mean")
-        if mode == "train":
-            self._no_signal_watch.update(any_mixed, rewards)
-
     def _prepare_inputs(self, generation_batch):
-        mode = "train" if self.model.training else "eval"
-        if mode != "train":
-            return self._generate_and_score_completions(generation_batch)
-        spg = self.args.steps_per_generation
-        generate_every = spg * self.num_iterations
-        if self._step % generate_every == 0 or self._buffered_inputs is None:
-            batch = self._generate_and_score_completions(generation_batch)
-            batch = split_pixel_values_by_grid(batch)
-            batch = shuffle_groups(batch, self.num_generations)  # TRL shuffles rows; DisCO moves whole questions
-            batches = split_tensor_dict(batch, spg)
-            if self.args.skip_uninformative_questions:
-                batches = self._drop_uninformative_questions(batches)
-            self._buffered_inputs = [unsplit_pixel_values_by_grid(b) for b in batches]
+        if not self.model.training:
+            return super()._prepare_inputs(generation_batch)
+        buffered_before = self._buffered_inputs
+        super()._prepare_inputs(generation_batch)  # TRL generates when due and buffers the batch, shuffled by rows
+        spg, accumulation = self.args.steps_per_generation, self.args.gradient_accumulation_steps
+        fresh = self._buffered_inputs is not buffered_before
+        if fresh:
+            batches = cut_by_questions(self._buffered_inputs)
+            if self._skipped_updates is not None:
+                batches = skipping.drop_uninformative_questions(
+                    batches, accumulation=accumulation, rows_per_micro_batch=self.args.per_device_train_batch_size,
+                    accelerator=self.accelerator,
+                )
+            self._buffered_inputs = batches
         index = self._step % spg
-        if self.args.skip_uninformative_questions:
-            skipping.note_optimizer_step(self, self._buffered_inputs[index])
-        if self.groups_span_micro_steps and self._step % self.args.gradient_accumulation_steps == 0:
-            # First micro-step of an optimizer step whose groups are spread over several micro-steps.
-            step_batches = self._buffered_inputs[index : index + self.current_gradient_accumulation_steps]
-            self._attach_score_weights(step_batches, fresh=self._step % generate_every == 0)
+        if self._step % accumulation == 0:  # the first micro-step of an optimizer step
+            if self._skipped_updates is not None:
+                self._skipped_updates.observe_step(self._buffered_inputs[index], self._metrics["train"])
+            if self.geometry.groups_span_micro_steps:
+                step_batches = self._buffered_inputs[index : index + self.current_gradient_accumulation_steps]
+                self._attach_score_weights(step_batches, fresh=self._step % (spg * self.num_iterations) == 0)
         return self._buffered_inputs[index]
 
-    def _drop_uninformative_questions(self, batches: list[dict]) -> list[dict]:
-        """skip_uninformative_questions: the optimizer sees only questions with positives and negatives (skipping.py)."""
-        return skipping.drop_uninformative_questions(
-            batches, accumulation=self.args.gradient_accumulation_steps,
-            rows_per_micro_batch=self.args.per_device_train_batch_size, reward_threshold=0.5,  # on disco_labels
-            accelerator=self.accelerator,
-        )
-
-    @property
-    def groups_span_micro_steps(self) -> bool:
-        """True when a question's completions do not fit in one per-device micro-batch."""
-        return self.args.per_device_train_batch_size % self.num_generations != 0
-
+    # ------------------------------------------------------------------ questions larger than a micro-batch
     def _forward_kwargs(self, inputs) -> dict:
-        keys = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
-                "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
-        return {k: inputs.get(k) for k in keys}
+        return {k: inputs.get(k) for k in _FORWARD_KEYS}
 
     @torch.no_grad()
     def _current_scores(self, inputs, fresh: bool) -> torch.Tensor:
@@ -257,15 +227,12 @@ class DiscoTrainer(GRPOTrainer):
         sum_i w_i s_i over its own completions. Costs one no-grad forward pass per optimizer step (none for the first
         step after a generation when TRL already computed the old policy's log-probs, or for L-ratio).
         """
-        scores = torch.cat([self._current_scores(b, fresh) for b in step_batches]).float()
+        scores = torch.cat([self._current_scores(b, fresh) for b in step_batches]).float().requires_grad_(True)
         labels = torch.cat([b["disco_labels"] for b in step_batches])
         group_ids = torch.cat([b["disco_group_ids"] for b in step_batches])
-        # the step's full question count (skipping shrinks micro-batches, not the denominator)
-        step_rows = self.args.per_device_train_batch_size * len(step_batches)
-        num_questions = (step_rows // self.num_generations) * self.accelerator.num_processes
-        scores.requires_grad_(True)
         with torch.enable_grad():
-            objective = self._objective(scores, labels, group_ids, num_questions)
+            # the step's full question count (skipping shrinks micro-batches, not the denominator)
+            objective = self._objective(scores, labels, group_ids, self.geometry.questions_in(len(step_batches)))
             (weights,) = torch.autograd.grad(objective, scores)
         for batch, w in zip(step_batches, weights.split([len(b["disco_labels"]) for b in step_batches])):
             batch["disco_score_weights"] = w
@@ -275,34 +242,12 @@ class DiscoTrainer(GRPOTrainer):
             batch.pop("disco_step_objective", None)
 
     # ------------------------------------------------------------------ checkpoints
-    # DisCO saves its generation buffer, micro-step counter and batch geometry with each checkpoint, one file per
-    # process, so that a resumed run continues exactly where it stopped; which checkpoint a run may resume from (and
-    # when a new run is refused) is decided in disco_trl.checkpoints.
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train`, with `resume_from_checkpoint=True` (or "last") meaning the newest *complete* checkpoint,
         and a new run refused in an output_dir that holds an earlier run's checkpoints (see disco_trl.checkpoints)."""
         checkpoint = checkpoints.resolve_resume_for_trainer(self, resume_from_checkpoint)
+        self._checkpoint_state.resume_from = checkpoint
         return super().train(checkpoint, trial, ignore_keys_for_eval, **kwargs)
-
-    def _save_checkpoint(self, model, trial):
-        # DisCO's files first, Trainer's after (trainer_state.json last): a save cut short lacks trainer_state.json.
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        geometry = checkpoints.batch_geometry(self.args, self.accelerator.num_processes)
-        checkpoints.save_rank_state(folder, self.accelerator.process_index, self._step, self._buffered_inputs, geometry)
-        super()._save_checkpoint(model, trial)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
-        rank = self.accelerator.process_index
-        state = checkpoints.load_rank_state(checkpoint, rank, self.accelerator.device)
-        if state is None:  # a checkpoint of another trainer: TRL's behaviour (regenerate) applies
-            warnings.warn(checkpoints.missing_state_warning(checkpoint, rank), checkpoints.ResumeWarning, stacklevel=2)
-            return
-        checkpoints.check_geometry(checkpoint, state, self.args, self.accelerator.num_processes)
-        self._step = state["step"]
-        self._buffered_inputs = state["buffered_inputs"]
 
     # ------------------------------------------------------------------ the objective
     def _global_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -320,75 +265,78 @@ class DiscoTrainer(GRPOTrainer):
 
     def _objective(self, scores, labels, group_ids, num_questions) -> torch.Tensor:
         """J on the paper's binary rewards (`disco_labels`: 1 positive, 0 negative, NaN neither)."""
-        args = self.args
-        return discriminative_objective(
-            scores, labels, group_ids, variant=args.disco_variant, tau=args.tau, reward_threshold=0.5,
-            num_questions=num_questions,
-        )
+        return discriminative_objective(scores, labels, group_ids, variant=self.args.disco_variant, tau=self.args.tau,
+                                        num_questions=num_questions)
 
-    def _compute_loss(self, model, inputs):
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logits_to_keep = completion_ids.size(1)
-        mask = self._loss_mask(inputs)
-
-        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
-            model,
-            input_ids,
-            attention_mask,
-            logits_to_keep,
-            compute_entropy=True,
-            compute_aux_loss=self.aux_loss_enabled,
-            **self._forward_kwargs(inputs),
-        )
-        per_token_logps = per_token_logps.float()
-        # First update after generation: TRL skips the old policy's forward pass because it equals the current one.
-        old_per_token_logps = inputs.get("old_per_token_logps")
-        old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps.float()
-
-        mode = "train" if self.model.training else "eval"
-        args = self.args
-        group_size = self.num_generations if mode == "train" else self.num_generations_eval
-        num_processes = self.accelerator.num_processes
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
-
-        scores = sequence_scores(per_token_logps, old_per_token_logps, mask, score_type=args.score_type)
+    def _micro_step_objective(self, scores, inputs, mode: str):
+        """(This micro-step's share of the step's J, differentiable; the value to log, summed over processes)."""
         if "disco_score_weights" in inputs:
             # Groups span micro-steps: weights dJ/ds were computed from the whole step's scores (see
             # _attach_score_weights); this surrogate has exactly this micro-step's share of grad J.
             surrogate = (inputs["disco_score_weights"].to(scores.dtype) * scores).sum()
             step_objective = inputs.get("disco_step_objective")  # on the step's first micro-batch only
             objective = surrogate - surrogate.detach() + (0.0 if step_objective is None else step_objective)
-            logged_objective = step_objective  # summed over processes: the step's mean J
+            return objective, step_objective  # summed over processes: the step's mean J
+        # This micro-batch holds whole questions; the optimizer step covers the geometry's question count in all
+        # (in evaluation, one micro-batch is the whole step).
+        if mode == "train":
+            accumulation = self.current_gradient_accumulation_steps
+            num_questions = self.geometry.questions_in(accumulation)
         else:
-            # Discriminative term. This micro-batch holds whole questions; the optimizer step spans `accumulation`
-            # micro-steps on each of `num_processes` processes, so it covers this many questions in all:
-            rows = self.args.per_device_train_batch_size if mode == "train" else completion_ids.size(0)
-            num_questions_step = (rows // group_size) * accumulation * num_processes  # full count, even when skipping
-            objective = self._objective(scores, inputs["disco_labels"], inputs["disco_group_ids"], num_questions_step)
-            logged_objective = objective.detach() * accumulation  # summed over processes: this micro-step's mean J
+            num_questions = scores.numel() // self.num_generations_eval * self.accelerator.num_processes
+            accumulation = 1
+        objective = self._objective(scores, inputs["disco_labels"], inputs["disco_group_ids"], num_questions)
+        return objective, objective.detach() * accumulation  # summed over processes: this micro-step's mean J
 
-        # Trust region: token-mean KL(pi_old || pi_theta) over this micro-step's tokens on all processes. The value is
-        # global; the gradient flows through this process's tokens, and the processes' parts add up (below).
-        local_kl_sum = ((old_per_token_logps - per_token_logps) * mask).sum()
-        totals = self._global_sum(torch.stack([local_kl_sum.detach(), mask.sum()]))
-        kl = (local_kl_sum + (totals[0] - local_kl_sum).detach()) / totals[1].clamp(min=1.0)
-        penalty = hinge_from_kl(kl, delta=args.kl_delta, beta=args.kl_beta)
+    def _global_kl(self, per_token_logps, old_per_token_logps, mask):
+        """The micro-step's token-mean KL(pi_old || pi_theta) over its tokens on all processes. The value is global;
+        the gradient flows through this process's tokens, and the processes' parts add up (see disco_loss)."""
+        local_sum, local_tokens = token_kl_terms(per_token_logps, old_per_token_logps, mask)
+        totals = self._global_sum(torch.stack([local_sum.detach(), local_tokens]))
+        kl = (local_sum + (totals[0] - local_sum).detach()) / totals[1].clamp(min=1.0)
+        return kl, totals[1] > 0
 
-        # DDP (and DeepSpeed) average gradients over processes, so scale by the process count to sum the parts; the
-        # penalty is averaged over the micro-steps of the optimizer step.
-        loss = num_processes * (-objective + penalty / skipping.kl_micro_steps(inputs, accumulation))
+    def _compute_loss(self, model, inputs):
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, inputs["completion_ids"].size(1), compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled, **self._forward_kwargs(inputs),
+        )
+        per_token_logps = per_token_logps.float()
+        # First update after generation: TRL skips the old policy's forward pass because it equals the current one.
+        old_per_token_logps = inputs.get("old_per_token_logps")
+        old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps.float()
+        mode = "train" if self.model.training else "eval"
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        mask = self._loss_mask(inputs)
+
+        scores = sequence_scores(per_token_logps, old_per_token_logps, mask, score_type=self.args.score_type)
+        objective, logged_objective = self._micro_step_objective(scores, inputs, mode)
+        kl, has_tokens = self._global_kl(per_token_logps, old_per_token_logps, mask)
+        loss = disco_loss(objective, kl, kl_delta=self.args.kl_delta, kl_beta=self.args.kl_beta,
+                          num_processes=self.accelerator.num_processes,
+                          kl_micro_steps=skipping.kl_micro_steps(inputs, accumulation))
         if self.aux_loss_enabled:
             # As in GRPOTrainer: the router's load-balancing loss, averaged over micro-steps and (by DDP) processes.
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
-
-        kl = kl if totals[1] > 0 else None  # no tokens on any process (skipping): no KL estimate to log
-        self._log_loss_metrics(mode, logged_objective, kl, penalty, scores, inputs, mask, entropies)
+        metrics.log_loss_metrics(self._metrics[mode], self._global_sum, logged_objective, kl if has_tokens else None,
+                                 scores, inputs["disco_labels"], mask, entropies,
+                                 kl_delta=self.args.kl_delta, kl_beta=self.args.kl_beta)
         return loss
 
-    def _log_loss_metrics(self, mode, logged_objective, kl, penalty, scores, inputs, mask, entropies) -> None:
-        metrics.log_loss_metrics(self._metrics[mode], self._global_sum, logged_objective, kl, penalty, scores,
-                                 inputs["disco_labels"], mask, entropies, kl_delta=self.args.kl_delta)
+
+def _disco_config(args, model) -> DiscoConfig:
+    """`args`, or GRPOTrainer's default config as a DiscoConfig; a GRPOConfig is refused with the way to convert it."""
+    if args is None:
+        model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+        return DiscoConfig(f"{str(model_name).split('/')[-1]}-DisCO")
+    if not isinstance(args, DiscoConfig):
+        kind = "GRPOConfig" if isinstance(args, GRPOConfig) else type(args).__name__
+        raise TypeError(
+            f"DiscoTrainer needs a DiscoConfig, got a {kind}. Build `DiscoConfig(...)` with the same arguments "
+            "(it subclasses GRPOConfig) and set DisCO's own fields there (score_type, disco_variant, tau, kl_delta, "
+            "kl_beta)."
+        )
+    return args

@@ -51,11 +51,11 @@ def child(kind: str, size: int) -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    from disco_trl import rewards
+    from disco_trl.rewards import grading
 
     completions, solutions = build_batch(kind, size)
     answers = [rewards.extract_boxed_answer(c) for c in completions]
-    slow = sum(rewards._quick_grade(s, a) is None for s, a in zip(solutions, answers) if a)
+    slow = sum(grading.quick_grade(s, a) is None for s, a in zip(solutions, answers) if a)
     start = time.perf_counter()
     first = rewards.boxed_math_reward(completions, solutions)
     cold = time.perf_counter() - start

@@ -21,7 +21,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     from math_verify import parse, verify
 
-    from disco_trl import rewards
+    from disco_trl.rewards import grading
     from disco_trl.data import BENCHMARKS, load_math_dataset
 
     total_start = time.perf_counter()
@@ -42,7 +42,7 @@ def main() -> None:
         shifted = rewards.boxed_math_reward([f"\\boxed{{{g}}}" for g in gold], others)
         t_shift = time.perf_counter() - start
         accepted = [(a, b) for a, b, x in zip(gold, others, shifted) if x]
-        different = [(a, b) for a, b in accepted if rewards._normalize(a) != rewards._normalize(b)]
+        different = [(a, b) for a, b in accepted if grading.normalize_spelling(a) != grading.normalize_spelling(b)]
         print(json.dumps({
             "benchmark": name, "problems": len(gold),
             "math_verify_alone": alone, "grader_path": path, "reward": reward,

@@ -82,7 +82,7 @@ def test_script_resume_last_picks_the_newest_complete_checkpoint(run_dir, tmp_pa
     _, args, _ = parse(tiny_run_args(tmp_path / "model", tmp_path / "data.jsonl", run_dir, *same_batches,
                                      "--resume_from_checkpoint", "last"))
     with pytest.warns(ResumeWarning, match="skipping checkpoint-3"):
-        train_script.resolve_resume(args)
+        train_script.resolve_resume_setting(args)
     assert args.resume_from_checkpoint == str(run_dir / "checkpoint-2")
 
 

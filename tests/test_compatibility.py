@@ -11,7 +11,7 @@ from transformers import TrainingArguments
 from trl import GRPOConfig, GRPOTrainer
 
 from disco_trl import DiscoConfig
-from disco_trl.compatibility import GRPO_LOSS_OPTIONS
+from disco_trl.config import GRPO_LOSS_OPTIONS
 
 DOC = Path(__file__).parent.parent / "docs" / "compatibility.md"
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from disco_trl import data
+from disco_trl.data import sources
 from disco_trl.data import (
     BENCHMARKS,
     PROMPT_TEMPLATE,
@@ -269,7 +270,7 @@ def fake_hub(monkeypatch):
             raise RuntimeError(f"no network in tests: {hub_id}")
         return datasets.Dataset.from_list(tables[hub_id])
 
-    monkeypatch.setattr(data, "_read_hub", read_hub)
+    monkeypatch.setattr(sources, "read_hub", read_hub)
     return calls
 
 

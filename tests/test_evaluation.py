@@ -1,4 +1,4 @@
-"""Tests for disco_trl.evaluation: the pass@k estimator, the metrics, and the whole pipeline offline (tiny local
+"""Tests for disco_trl.eval: the pass@k estimator, the metrics, and the whole pipeline offline (tiny local
 model on a few problems of each shared benchmark: counts, file formats, resume, CLI)."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from math import comb
 import datasets
 import pytest
 
-from disco_trl import evaluation
+from disco_trl.eval import cli as eval_cli
+from disco_trl.eval import run as eval_run
+from disco_trl.eval import generation
 from disco_trl.data import benchmark_dir
-from disco_trl.eval_generation import TransformersGenerator
-from disco_trl.evaluation import evaluate, format_markdown, pass_at_k, summarize
+from disco_trl.eval.generation import TransformersGenerator
+from disco_trl.eval import evaluate, format_markdown, pass_at_k, summarize
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer
 
 needs_benchmarks = pytest.mark.skipif(benchmark_dir() is None, reason="benchmark files not found")
@@ -162,7 +164,7 @@ def test_metrics_are_exact_with_scripted_completions(tiny, tmp_path, monkeypatch
         "2+2?": [r"\boxed{4}", r"<think>\boxed{4}</think>", r"<think>\boxed{5}</think> \boxed{4}", r"\boxed{4.0}"],  # 3/4
         "half of 1?": [r"\boxed{0.5}", "no box", r"\boxed{2}", r"\boxed{1/3}"],  # 1 of 4 correct
     })
-    monkeypatch.setattr(evaluation, "make_generator", lambda *a, **k: scripted)
+    monkeypatch.setattr(eval_run, "make_generator", lambda *a, **k: scripted)
     results = evaluate(model, {"toy": _toy_benchmark()}, tokenizer=tokenizer, num_samples=4, output_dir=tmp_path,
                        progress=False, batch_size=3)
     toy = results["benchmarks"]["toy"]
@@ -192,7 +194,7 @@ def test_sampling_ignores_top_k_from_the_models_generation_config(tiny):
 def test_per_sample_sampler_draws_from_the_temperature_top_p_distribution():
     import torch
 
-    from disco_trl.eval_generation import PerSampleSampler
+    from disco_trl.eval.generation import PerSampleSampler
 
     logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, -3.0])
     temperature, top_p, rows = 0.7, 0.9, 20_000
@@ -354,11 +356,11 @@ def test_hub_ids_and_existing_paths_are_not_refused(tmp_path, monkeypatch):
     (tmp_path / "org").mkdir()
     (tmp_path / "org" / "local-model").mkdir()
     for source in ("Qwen/Qwen2.5-Math-1.5B", "gpt2", "org/local-model", str(tmp_path / "org"), "./org"):
-        evaluation.check_model_source(source)  # no error
+        generation.check_model_source(source)  # no error
 
 
 def _one_line_error(capsys, argv):
-    code = evaluation.main(argv)
+    code = eval_cli.main(argv)
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1 and "Traceback" not in captured.err, captured.err

@@ -83,7 +83,7 @@ def test_length_reward_trains_with_group_mean_default(tmp_path):
 
 
 def test_numeric_threshold_that_nothing_crosses_warns_loudly(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="disco_trl.reward_checks"):
+    with caplog.at_level(logging.WARNING, logger="disco_trl.rewards.checks"):
         trainer, changed = _run(tmp_path, length_reward, steps=6, reward_threshold=0.5)
     assert not changed  # every completion is a "positive": no question has both kinds, J = 0
     warnings = [r.getMessage() for r in caplog.records if "DisCO IS LEARNING NOTHING" in r.getMessage()]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from disco_trl.losses import discriminative_objective, kl_hinge_penalty, sequence_scores
+from disco_trl.losses import discriminative_objective, disco_loss, kl_hinge_penalty, sequence_scores, token_mean_kl
 from reference import ref_kl_hinge, ref_objective, ref_scores
 
 
@@ -146,7 +146,8 @@ def test_nan_rewards_are_ignored():
 def test_kl_hinge_matches_reference(delta, seed):
     logps, old, mask, *_ = random_batch(seed)
     logps.grad = None
-    p, kl = kl_hinge_penalty(logps, old, mask, delta=delta, beta=1e3)
+    kl = token_mean_kl(logps, old, mask)
+    p = kl_hinge_penalty(kl, delta=delta, beta=1e3)
     p.backward()
     gp = logps.grad.clone()
     logps.grad = None
@@ -165,7 +166,8 @@ def test_kl_hinge_matches_reference(delta, seed):
 
 def test_kl_hinge_inactive_inside_trust_region():
     logps = torch.zeros(2, 3, requires_grad=True)
-    p, kl = kl_hinge_penalty(logps, logps.detach() + 1e-5, torch.ones(2, 3), delta=1e-4, beta=1e3)
+    kl = token_mean_kl(logps, logps.detach() + 1e-5, torch.ones(2, 3))
+    p = kl_hinge_penalty(kl, delta=1e-4, beta=1e3)
     p.backward()
     assert p.item() == 0.0 and kl.item() == pytest.approx(1e-5) and torch.all(logps.grad == 0)
 
@@ -179,11 +181,13 @@ def test_kl_hinge_inactive_inside_trust_region():
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), variant="auc"), "variant"),
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), tau=0.0), "tau"),
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), tau=-1.0), "tau"),
-        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(3), torch.zeros(4)), "rewards"),
+        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(3), torch.zeros(4)), "labels"),
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(5)), "group_ids"),
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), num_questions=0), "num_questions"),
-        (lambda: kl_hinge_penalty(torch.zeros(2, 3), torch.zeros(2, 2), torch.ones(2, 3)), "old_per_token_logps"),
-        (lambda: kl_hinge_penalty(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3), delta=-1.0), "delta"),
+        (lambda: token_mean_kl(torch.zeros(2, 3), torch.zeros(2, 2), torch.ones(2, 3)), "old_per_token_logps"),
+        (lambda: token_mean_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4)), "mask"),
+        (lambda: kl_hinge_penalty(torch.tensor(0.0), delta=-1.0), "delta"),
+        (lambda: kl_hinge_penalty(torch.tensor(0.0), beta=math.inf), "beta"),
     ],
 )
 def test_bad_arguments_are_named(call, field):

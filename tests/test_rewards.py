@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from disco_trl import rewards
+from disco_trl.rewards import grading, pool
 from disco_trl.data import BENCHMARKS, benchmark_dir, load_math_dataset
 from disco_trl.rewards import (
     BoxedMathReward,
@@ -159,7 +159,7 @@ def test_bad_inputs_are_reported_clearly():
 
 def test_spaces_between_digits_are_significant():
     """`2 3` is not `23`: the fast path must not strip a space that separates digits (math-verify decides)."""
-    assert rewards._quick_grade("23", "2 3") is None and rewards._quick_grade("2 3", "23") is None
+    assert grading.quick_grade("23", "2 3") is None and grading.quick_grade("2 3", "23") is None
     assert boxed_math_reward([r"\boxed{2 3}", r"\boxed{23}", r"\boxed{1 000}"], ["23", "2 3", "1000"]) == [0.0] * 3
     assert boxed_math_reward([r"x = \boxed{2 3}"], ["x=23"]) == [0.0]
 
@@ -170,7 +170,7 @@ def test_ordinary_spacing_still_grades_on_the_fast_path():
     answers = [r"\boxed{ 23 }", r"\boxed{23.}", r"\boxed{(1,2)}", r"\boxed{2,3}", r"\boxed{\dfrac{1}{2}}",
                r"\boxed{2  3}", r"\boxed{1\,000}", r"\boxed{x^2+1}"]
     assert boxed_math_reward(answers, golds) == [1.0] * len(golds)
-    assert rewards._POOLS == {}, "these answers are decided without math-verify, as before"
+    assert pool._POOLS == {}, "these answers are decided without math-verify, as before"
     assert boxed_math_reward([r"\boxed{2,300}"], ["2300"]) == [1.0]  # math-verify, as before
 
 
@@ -215,7 +215,7 @@ PATHOLOGICAL = [
 def _bound(n_slow: int) -> float:
     # each answer may use up to the per-answer deadline; answers run in parallel on the workers; plus slack for a
     # loaded 2-core machine and for restarting killed workers
-    return rewards.DEFAULT_TIMEOUT_S * (n_slow / 2 + 1) + 15.0
+    return pool.DEFAULT_TIMEOUT_S * (n_slow / 2 + 1) + 15.0
 
 
 def test_pathological_answers_score_zero_in_bounded_time():
@@ -309,7 +309,7 @@ def test_small_integer_batches_are_fast_and_start_no_process():
         boxed_math_reward(completions, golds)
     per_completion = (time.perf_counter() - start) / (repeats * len(completions))
     assert per_completion < 2e-4, f"{per_completion * 1e3:.3f} ms per completion"
-    assert rewards._POOLS == {}, "a batch of plain integer answers must not start grader processes"
+    assert pool._POOLS == {}, "a batch of plain integer answers must not start grader processes"
 
 
 def test_large_batches_use_several_workers():
@@ -317,8 +317,8 @@ def test_large_batches_use_several_workers():
     golds = [rf"\frac{{{k}}}{{{k + 1}}}" for k in range(64)]
     answers = [rf"\frac{{{2 * k}}}{{{2 * k + 2}}}" for k in range(64)]
     assert grade_answers(answers, golds) == [1.0] * 64
-    pool = rewards._get_pool()
-    assert pool.num_workers == min(pool.max_workers, 64 // rewards.ANSWERS_PER_WORKER)
+    shared = pool.shared_pool()
+    assert shared.num_workers == min(shared.max_workers, 64 // pool.ANSWERS_PER_WORKER)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -357,7 +357,7 @@ def _shifted_false_accepts(solutions: list[str], shift: int = 1) -> tuple[int, i
     others = solutions[shift:] + solutions[:shift]
     completions = [f"\\boxed{{{s}}}" for s in solutions]
     scores = boxed_math_reward(completions, others)
-    norm = rewards._normalize
+    norm = grading.normalize_spelling
     accepted = [(a, b) for a, b, x in zip(solutions, others, scores) if x]
     different = [(a, b) for a, b in accepted if norm(a) != norm(b)]
     return len(accepted), len(different), different

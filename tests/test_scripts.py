@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from disco_trl.scripts import train as train_script
-from disco_trl.scripts.train import ScriptError, batch_geometry, check_batch_geometry, make_parser
+from disco_trl.geometry import BatchGeometry
+from disco_trl.scripts.train import ScriptError, check_batch_geometry, make_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
@@ -136,7 +137,7 @@ def test_paper_recipe_has_the_papers_settings(recipe, tmp_path):
     # Batch geometry on the documented 8-GPU launch: 128 questions x 8 per generation, 32 questions per update.
     _, num_processes = documented_launch(recipe)
     assert num_processes == 8
-    geometry = batch_geometry(args, num_processes)
+    geometry = BatchGeometry.from_args(args, num_processes)
     assert args.num_generations == 8
     assert geometry.questions_per_generation == 128 and geometry.questions_per_update == 32
     assert geometry.updates_per_generation == 4 and args.num_iterations == 1

@@ -20,7 +20,7 @@ import torch
 from disco_testing import GROUP, REWARDS, half_informative_reward, layout_config, run_layout, tiny_model_and_tokenizer
 from test_split_invariance import assert_grads_close, reference_gradient
 
-from disco_trl.losses import discriminative_objective, mixed_questions
+from disco_trl.losses import completion_labels, discriminative_objective, mixed_questions
 
 TESTS_DIR = Path(__file__).parent
 SKIP = dict(skip_uninformative_questions=True, reward="half_informative")
@@ -67,15 +67,17 @@ def test_mixed_questions_uses_the_objectives_rule():
     nan = math.nan
     rewards = torch.tensor([1.0, 0.0, nan, 1.0, 1.0, 0.2, 0.0, nan, 0.9, nan, nan, 0.5])
     groups = torch.tensor([7, 7, 7, 3, 3, 9, 9, 1, 1, 4, 4, 2])
+    scorable = torch.ones(12, dtype=torch.bool)
+    labels = completion_labels(rewards, scorable, threshold=0.5)
     expected = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=torch.bool)
-    assert torch.equal(mixed_questions(rewards, groups, 0.5), expected)
-    assert torch.equal(mixed_questions(rewards, groups, 0.1), torch.tensor([1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0],
-                                                                           dtype=torch.bool))
+    assert torch.equal(mixed_questions(labels, groups), expected)
+    low = completion_labels(rewards, scorable, threshold=0.1)
+    assert torch.equal(mixed_questions(low, groups), torch.tensor([1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0], dtype=torch.bool))
     # J over the kept rows with the full question count equals J over all rows: value and gradient
     scores = torch.randn(12, dtype=torch.float64, requires_grad=True)
-    full = discriminative_objective(scores, rewards, groups, variant="dro", tau=1.0)
-    keep = mixed_questions(rewards, groups, 0.5)
-    kept = discriminative_objective(scores[keep], rewards[keep], groups[keep], variant="dro", tau=1.0,
+    full = discriminative_objective(scores, labels, groups, variant="dro", tau=1.0)
+    keep = mixed_questions(labels, groups)
+    kept = discriminative_objective(scores[keep], labels[keep], groups[keep], variant="dro", tau=1.0,
                                     num_questions=6)
     (g_full,) = torch.autograd.grad(full, scores)
     (g_kept,) = torch.autograd.grad(kept, scores)
@@ -108,9 +110,10 @@ def test_same_gradient_as_default_for_whole_group_layouts(tmp_path, default_whol
         assert _placeholder_micro_steps(skip) > 0
 
 
-def _off_policy_pair(tmp_path, per_device, accumulation, spg, **config):
-    """The default and the skipping run of two optimizer steps per generation (parity reward)."""
-    kwargs = dict(max_steps=2, kl_delta=0.0, learning_rate=3e-2, seed=1, **config)  # seed 1: step 1 keeps 1 of 2
+def _off_policy_pair(tmp_path, per_device, accumulation, spg, seed, **config):
+    """The default and the skipping run of two optimizer steps per generation (parity reward). The seed is one whose
+    second step keeps 1 of its 2 questions and has a live hinge."""
+    kwargs = dict(max_steps=2, kl_delta=0.0, learning_rate=3e-2, seed=seed, **config)
     default = run_layout(tmp_path / "default", per_device, accumulation, spg, **kwargs)
     skip = run_layout(tmp_path / "skip", per_device, accumulation, spg, skip_uninformative_questions=True, **kwargs)
     dropped = sum(len(_question_rows(default, s)) - len(_question_rows(skip, s)) for s in (0, 1))
@@ -136,7 +139,7 @@ def _assert_off_policy_step(default, skip, accumulation, n_questions, **ref):
 
 
 def test_steps_per_generation_larger_than_accumulation(tmp_path):
-    default, skip = _off_policy_pair(tmp_path, 4, 2, 4, score_type="l_ratio", disco_variant="dro")
+    default, skip = _off_policy_pair(tmp_path, 4, 2, 4, 0, score_type="l_ratio", disco_variant="dro")
     assert_grads_close(skip["grads"][0], default["grads"][0])
     _assert_off_policy_step(default, skip, 2, 2, score_type="l_ratio", variant="dro")
 
@@ -145,7 +148,7 @@ def test_groups_larger_than_a_micro_batch(tmp_path, default_whole):
     split = run_layout(tmp_path / "split", 2, 8, 8, **SKIP)
     assert_grads_close(split["grads"][0], default_whole["grads"][0])
     assert _placeholder_micro_steps(split) > 0
-    default, skip = _off_policy_pair(tmp_path, 2, 4, 8, score_type="log_l")
+    default, skip = _off_policy_pair(tmp_path, 2, 4, 8, 0, score_type="log_l")
     assert_grads_close(skip["grads"][0], default["grads"][0])
     _assert_off_policy_step(default, skip, 4, 2, score_type="log_l")
 

@@ -10,7 +10,7 @@ import pytest
 
 from disco_trl.demo import warmstart as ws
 from disco_trl.demo.experiment import recording_reward
-from disco_trl.demo.study_report import entropy_flag, paired
+from disco_trl.demo.study.report import entropy_flag, paired
 
 
 def test_hard_pool_is_its_own_mix_and_disjoint_from_training_and_the_default_pool():
@@ -71,7 +71,7 @@ def test_paired_statistics_and_entropy_flags():
     ],
 )
 def test_study_rejects_an_inconsistent_plan_before_any_work(argv, message, capsys, tmp_path):
-    from disco_trl.demo.study import main
+    from disco_trl.demo.study.command import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--output-dir", str(tmp_path / "never")])
@@ -86,7 +86,7 @@ TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_hea
 
 def test_tiny_study_writes_every_part_and_resumes(tmp_path, capsys, monkeypatch):
     from disco_trl.cli import main
-    from disco_trl.demo import study
+    from disco_trl.demo.study import command as study
 
     monkeypatch.setattr(study, "warmstart_config", lambda quick: TINY)  # a seconds-long warm start
 

@@ -26,14 +26,14 @@ def grpo_token_loss(logps, old_logps, advantages, mask, *, loss_type: str = "dap
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def disco_loss(logps, old_logps, rewards, group_ids, mask, *, score_type: str, tau: float, num_questions: int):
+def disco_loss(logps, old_logps, labels, group_ids, mask, *, score_type: str, tau: float, num_questions: int):
     """What DiscoTrainer._compute_loss computes after the log-probs (one process, no accumulation)."""
-    from disco_trl.losses import discriminative_objective, hinge_from_kl, sequence_scores
+    from disco_trl.losses import disco_loss as disco_step_loss
+    from disco_trl.losses import discriminative_objective, sequence_scores, token_mean_kl
 
     scores = sequence_scores(logps, old_logps, mask, score_type=score_type)
-    objective = discriminative_objective(scores, rewards, group_ids, variant="dro", tau=tau, num_questions=num_questions)
-    kl = ((old_logps - logps) * mask).sum() / mask.sum().clamp(min=1.0)
-    return -objective + hinge_from_kl(kl, delta=1e-4, beta=1e3)
+    objective = discriminative_objective(scores, labels, group_ids, variant="dro", tau=tau, num_questions=num_questions)
+    return disco_step_loss(objective, token_mean_kl(logps, old_logps, mask), kl_delta=1e-4, kl_beta=1e3)
 
 
 def pure_loss_inputs(g: int, q: int, t: int, device: str, seed: int):

@@ -29,12 +29,12 @@ import importlib
 import os
 import sys
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from trl import ModelConfig, TrlParser
 
 from disco_trl import DiscoConfig
+from disco_trl.geometry import BatchGeometry, check_expected_questions
 
 
 @dataclass
@@ -105,95 +105,20 @@ class ScriptError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------- batch geometry
-@dataclass(frozen=True)
-class BatchGeometry:
-    """How a launch cuts generation batches into optimizer updates (all counts are global, over processes)."""
-
-    num_processes: int
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    num_generations: int
-    generation_batch_size: int
-    num_iterations: int = 1
-
-    @property
-    def completions_per_update(self) -> int:
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_processes
-
-    @property
-    def questions_per_update(self) -> Fraction:
-        return Fraction(self.completions_per_update, self.num_generations)
-
-    @property
-    def questions_per_generation(self) -> Fraction:
-        return Fraction(self.generation_batch_size, self.num_generations)
-
-    @property
-    def updates_per_generation(self) -> Fraction:
-        return Fraction(self.generation_batch_size * self.num_iterations, self.completions_per_update)
-
-    def describe(self) -> str:
-        return (
-            f"{self.questions_per_generation} questions x {self.num_generations} completions per generation; "
-            f"{self.questions_per_update} questions per optimizer update ({self.num_processes} "
-            f"{'process' if self.num_processes == 1 else 'processes'} x "
-            f"{self.per_device_train_batch_size} sequences per micro-batch x {self.gradient_accumulation_steps} "
-            f"accumulation steps); {self.updates_per_generation} updates per generation"
-        )
-
-
-def batch_geometry(args: DiscoConfig, num_processes: int | None = None) -> BatchGeometry:
-    """The geometry of `args` when launched on `num_processes` processes (default: this launch's)."""
-    return BatchGeometry(
-        num_processes=num_processes or args.world_size,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        num_generations=args.num_generations,
-        generation_batch_size=args.generation_batch_size,
-        num_iterations=args.num_iterations,
-    )
-
-
 def check_batch_geometry(
     script_args: DiscoScriptArguments, args: DiscoConfig, num_processes: int | None = None
 ) -> BatchGeometry:
-    """Check the launch against the recipe's expected questions per generation and per update.
+    """The launch's geometry, checked against the recipe's expected questions per generation and per update.
 
     (Whole groups per process are checked by `DiscoConfig` itself, when the arguments are parsed.)
     """
-    geo = batch_geometry(args, num_processes)
-    g = geo.num_generations
-    want_gen = script_args.expected_questions_per_generation
-    if want_gen is not None and geo.questions_per_generation != want_gen:
-        raise ScriptError(
-            f"generation_batch_size={geo.generation_batch_size} samples {geo.questions_per_generation} questions x "
-            f"{g} completions per generation, but this recipe expects expected_questions_per_generation={want_gen}. "
-            f"Set generation_batch_size={want_gen * g} (it counts completions over all processes)."
-        )
-    want_upd = script_args.expected_questions_per_update
-    if want_upd is not None and geo.questions_per_update != want_upd:
-        per_step = geo.per_device_train_batch_size * geo.num_processes
-        needed = Fraction(want_upd * g, per_step)
-        if needed.denominator == 1:
-            fix = f"With this launch, set gradient_accumulation_steps={needed.numerator}."
-        else:
-            fix = (
-                f"No gradient_accumulation_steps gives {want_upd * g} completions with {geo.num_processes} processes x "
-                f"{geo.per_device_train_batch_size} per device; launch on a number of processes that divides "
-                f"{Fraction(want_upd * g, geo.per_device_train_batch_size)}, or change per_device_train_batch_size."
-            )
-        raise ScriptError(
-            f"This launch updates on {geo.questions_per_update} questions ({geo.num_processes} processes x "
-            f"per_device_train_batch_size={geo.per_device_train_batch_size} x "
-            f"gradient_accumulation_steps={geo.gradient_accumulation_steps} / num_generations={g}), but the recipe "
-            f"expects expected_questions_per_update={want_upd}. {fix}"
-        )
-    if want_gen is not None and want_upd is not None and geo.updates_per_generation.denominator != 1:
-        raise ScriptError(
-            f"{geo.describe()}: a generation batch must be a whole number of updates (num_iterations="
-            f"{geo.num_iterations})."
-        )
-    return geo
+    geometry = BatchGeometry.from_args(args, num_processes)
+    try:
+        check_expected_questions(geometry, script_args.expected_questions_per_generation,
+                                 script_args.expected_questions_per_update)
+    except ValueError as err:
+        raise ScriptError(str(err)) from None
+    return geometry
 
 
 # ------------------------------------------------------------------------------------------------------------ checks
@@ -262,12 +187,11 @@ def check_model(model_args: ModelConfig, args: DiscoConfig) -> None:
         ) from err
 
 
-def resolve_resume(args: DiscoConfig) -> None:
+def resolve_resume_setting(args: DiscoConfig) -> None:
     """`resume_from_checkpoint`: a checkpoint directory, or `last` (also `true`) for the newest complete one in
     output_dir. Without it, an output_dir holding an earlier run's checkpoints is refused unless overwrite_output_dir
     (the rules: disco_trl.checkpoints)."""
-    from disco_trl.checkpoints import CheckpointError
-    from disco_trl.checkpoints import resolve_resume as resolve
+    from disco_trl.checkpoints import CheckpointError, resolve_resume
 
     value = args.resume_from_checkpoint
     if value is None or value is False or str(value).lower() in ("", "false", "none"):
@@ -275,7 +199,7 @@ def resolve_resume(args: DiscoConfig) -> None:
     elif str(value).lower() in ("last", "true"):
         value = True
     try:
-        args.resume_from_checkpoint = resolve(args, value, args.world_size, args.process_index)
+        args.resume_from_checkpoint = resolve_resume(args, value, args.world_size, args.process_index)
     except CheckpointError as err:
         raise ScriptError(str(err)) from err
 
@@ -310,7 +234,7 @@ def load_reward_funcs(names: list[str]) -> list[Any]:
 def load_train_dataset(script_args: DiscoScriptArguments, reward_funcs: list[Any]):
     """Load the training set with `disco_trl.data.load_math_dataset`; check it has what the rewards read."""
     from disco_trl.data import load_math_dataset
-    from disco_trl.reward_checks import check_reward_columns
+    from disco_trl.rewards.checks import check_reward_columns
 
     source = script_args.dataset_name
     try:
@@ -349,7 +273,7 @@ def make_parser(prog: str | None = "disco-trl train") -> TrlParser:
 def prepare(script_args: DiscoScriptArguments, training_args: DiscoConfig, model_args: ModelConfig):
     """Every check that can fail on the inputs, cheapest first, before any weights are loaded."""
     geometry = check_batch_geometry(script_args, training_args)
-    resolve_resume(training_args)
+    resolve_resume_setting(training_args)
     check_vllm(training_args)
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
     check_model(model_args, training_args)

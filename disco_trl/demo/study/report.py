@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .experiment import METHODS
+from ..experiment import METHODS
 
 # Student t quantiles by degrees of freedom (two-sided 5% level; one-sided 20%, for 80% power).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -55,7 +55,7 @@ def eval_at(run: dict, step: int) -> dict | None:
 
 
 def entropy_start_end(run: dict) -> tuple[float | None, float | None]:
-    from .run import start_end
+    from ..run import start_end
 
     return start_end(run["log_history"], "entropy")
 

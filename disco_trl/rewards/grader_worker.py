@@ -1,8 +1,8 @@
 """Math-equivalence grading with math-verify, and the worker process that runs it in isolation.
 
 This file is deliberately self-contained (it imports math-verify and the standard library only, never the
-`disco_trl` package, whose import pulls in torch and TRL): `disco_trl.rewards` starts it as a script,
-``python _math_grader.py``, so a worker process is ready in a fraction of a second, imports nothing of the user's
+`disco_trl` package, whose import pulls in torch and TRL): `disco_trl.rewards.pool` starts it as a script,
+``python grader_worker.py``, so a worker process is ready in a fraction of a second, imports nothing of the user's
 training script (unlike multiprocessing's spawn/forkserver start methods) and can be killed when an answer makes
 sympy hang in C code, where math-verify's own ``signal.alarm`` timeouts cannot reach it.
 
@@ -27,7 +27,7 @@ VERIFY_TIMEOUT = 2
 WORKER_MEMORY_LIMIT_BYTES = 3 * 1024**3
 
 
-def _quiet_math_verify_logs() -> None:
+def quiet_math_verify_logs() -> None:
     # math-verify logs the whole offending input at WARNING on every timeout; keep worker stderr readable.
     for name in ("math_verify", "math_verify.parser", "math_verify.grader", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -129,7 +129,7 @@ def worker_main() -> int:
     # Keep the protocol channel private: anything printed by a library goes to stderr, not into our replies.
     protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    _quiet_math_verify_logs()
+    quiet_math_verify_logs()
     _limit_memory()
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
     import math_verify  # noqa: F401 - import before announcing readiness

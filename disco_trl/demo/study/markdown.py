@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .experiment import METHODS
+from ..experiment import METHODS
 
 
 def _f(value, fmt="{:.3f}"):

@@ -14,8 +14,8 @@ _DAPO_PREFIX = re.compile(r"^\s*Solve the following math problem step by step\..
 _DAPO_SUFFIX = re.compile(r"\s*Remember to put your answer on its own line after \"Answer:\"\.?\s*$", re.S)
 
 
-def _last_boxed(text: str) -> str | None:
-    from .rewards import extract_boxed_answer
+def last_boxed(text: str) -> str | None:
+    from ..rewards import extract_boxed_answer
 
     return extract_boxed_answer(text, after_think=False)
 
@@ -48,7 +48,7 @@ def normalize_answer(value: Any) -> str | None:
     return text or None
 
 
-def _problem_text(value: Any) -> str | None:
+def problem_text(value: Any) -> str | None:
     """A problem from a string or from a chat prompt (the last user message), without DAPO's wrapper text."""
     if value is None:
         return None

@@ -1,50 +1,15 @@
-r"""Math datasets in the shape DisCO / GRPO trainers expect: a `prompt` column and a `solution` column.
-
-    from disco_trl.data import load_math_dataset
-    train = load_math_dataset("deepscaler")                         # agentica-org/DeepScaleR-Preview-Dataset
-    train = load_math_dataset("dapo-math-17k")                      # BytedTsinghua-SIA/DAPO-Math-17k, de-duplicated
-    test = load_math_dataset("aime24", conversational=False)        # local benchmark file when present, else the hub
-    mine = load_math_dataset("data/my_problems.jsonl", question_field="q", answer_field="a")
-
-Every source is turned into
-
-* `prompt`: the paper's prompt, ``"{problem} Let's think step by step and output the final answer within \boxed{}."``,
-  as a one-message chat (``[{"role": "user", "content": ...}]``, optionally after a system message) or, with
-  ``conversational=False``, as a plain string;
-* `solution`: the reference final answer as a string (what `disco_trl.rewards.boxed_math_reward` compares against);
-* `problem`: the problem text alone (kept for evaluation records).
-
-The sources name their fields differently (see `SOURCES`): DeepScaleR, MATH-500 and AIME use problem/answer,
-AMC 2023 stores the answer as a float, Minerva has no answer field (the answer is the last ``\boxed{}`` of its
-solution, as in MATH), OlympiadBench uses question/final_answer (a list), and DAPO-Math-17k stores a chat prompt
-wrapped in its own instructions with the answer under ``reward_model.ground_truth``. Unknown hub datasets and local
-files are read by looking for the usual field names; when none is found the error names the missing field, the
-columns that exist, and the argument that fixes it (`question_field=` / `answer_field=`).
-"""
+"""`load_math_dataset`: any math source as `prompt` / `solution` / `problem` columns (see `disco_trl.data`): which
+fields hold the problem and the answer, and one record per usable row."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .data_answers import _last_boxed, _problem_text, normalize_answer
-from .data_files import LOCAL_SUFFIXES, read_local_rows
-
-__all__ = [
-    "PROMPT_TEMPLATE",
-    "SOURCES",
-    "BENCHMARKS",
-    "BENCHMARK_FILES",
-    "SourceSpec",
-    "benchmark_dir",
-    "format_prompt",
-    "load_math_dataset",
-    "normalize_answer",
-]
+from .answers import last_boxed, normalize_answer, problem_text
+from .sources import SOURCES, SourceSpec, canonical_source, read_source
 
 # The prompt of the DisCO paper (and of DeepScaleR): the problem, then the instruction. "{problem}" is replaced
 # literally (no str.format), so the template can contain \boxed{} as it is.
@@ -53,81 +18,6 @@ PROMPT_TEMPLATE = "{problem} Let's think step by step and output the final answe
 QUESTION_FIELDS = ("problem", "question", "prompt", "query", "input", "instruction")
 ANSWER_FIELDS = ("answer", "final_answer", "ground_truth", "reward_model.ground_truth", "target", "label", "solution")
 SOLUTION_FIELDS = ("solution",)  # full worked solutions: the answer is their last \boxed{}
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """Where a known dataset lives and which fields hold its problem and answer."""
-
-    hub_id: str
-    split: str
-    question_fields: tuple[str, ...]
-    answer_fields: tuple[str, ...] = ()  # fields holding the final answer, tried in order
-    boxed_solution_fields: tuple[str, ...] = ()  # else: the last \boxed{} of one of these fields
-    config: str | None = None
-    local_file: str | None = None  # benchmark file name inside benchmark_dir()
-    deduplicate: bool = False
-
-
-SOURCES: dict[str, SourceSpec] = {
-    # Training sets
-    "deepscaler": SourceSpec("agentica-org/DeepScaleR-Preview-Dataset", "train", ("problem",), ("answer",), ("solution",)),
-    "dapo-math-17k": SourceSpec(
-        "BytedTsinghua-SIA/DAPO-Math-17k",
-        "train",
-        ("prompt",),
-        ("reward_model.ground_truth",),
-        deduplicate=True,  # the published file repeats each of its ~17k problems about 100 times
-    ),
-    "math": SourceSpec("DigitalLearningGmbH/MATH-lighteval", "train", ("problem",), (), ("solution",)),
-    # The six benchmarks of the paper (local copies in benchmark_dir() are preferred when present)
-    "aime24": SourceSpec("HuggingFaceH4/aime_2024", "train", ("problem", "question"), ("answer",), local_file="aime24.jsonl"),
-    "aime25": SourceSpec("math-ai/aime25", "test", ("problem", "question"), ("answer",), local_file="aime25.jsonl"),
-    "amc23": SourceSpec("math-ai/amc23", "test", ("problem", "question"), ("answer",), local_file="amc23.jsonl"),
-    "math500": SourceSpec("HuggingFaceH4/MATH-500", "test", ("problem",), ("answer",), ("solution",), local_file="math500.jsonl"),
-    "minerva": SourceSpec(
-        "math-ai/minervamath", "test", ("problem", "question"), ("answer",), ("solution",), local_file="minerva_math.jsonl"
-    ),
-    "olympiadbench": SourceSpec(
-        "math-ai/olympiadbench", "test", ("question", "problem"), ("final_answer", "answer"), ("solution",),
-        local_file="olympiadbench.jsonl",
-    ),
-}
-ALIASES = {
-    "dapo": "dapo-math-17k",
-    "dapo_math_17k": "dapo-math-17k",
-    "dapo-math": "dapo-math-17k",
-    "deepscaler-preview": "deepscaler",
-    "aime2024": "aime24",
-    "aime_2024": "aime24",
-    "aime2025": "aime25",
-    "aime_2025": "aime25",
-    "amc2023": "amc23",
-    "amc": "amc23",
-    "math-500": "math500",
-    "math_500": "math500",
-    "minerva_math": "minerva",
-    "minervamath": "minerva",
-    "olympiad": "olympiadbench",
-    "olympiad_bench": "olympiadbench",
-}
-BENCHMARKS = ("aime24", "aime25", "math500", "amc23", "minerva", "olympiadbench")
-BENCHMARK_FILES = {name: SOURCES[name].local_file for name in BENCHMARKS}
-
-
-def canonical_source(source: str) -> str | None:
-    key = source.strip().lower()
-    key = ALIASES.get(key, key)
-    return key if key in SOURCES else None
-
-
-def benchmark_dir() -> Path | None:
-    """The folder with the benchmark JSONL files: $DISCO_BENCHMARK_DIR, else ../shared/data/benchmarks of the repo."""
-    env = os.environ.get("DISCO_BENCHMARK_DIR")
-    if env:
-        return Path(env).expanduser()
-    candidate = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks"
-    return candidate if candidate.is_dir() else None
 
 
 def format_prompt(
@@ -170,20 +60,6 @@ def _has(columns: Iterable[str], first_row: Mapping[str, Any] | None, dotted: st
 # --------------------------------------------------------------------------------------------------------------------
 # Reading rows
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _read_hub(hub_id: str, split: str, config: str | None) -> Any:
-    import datasets
-
-    try:
-        return datasets.load_dataset(hub_id, config, split=split) if config else datasets.load_dataset(hub_id, split=split)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the way out
-        raise RuntimeError(
-            f"Could not load {hub_id!r} (split {split!r}) from the Hugging Face Hub: {exc}\n"
-            "Offline? Pass a local JSON/JSONL/Parquet file instead (load_math_dataset('path/to/file.jsonl')), or for "
-            "the benchmarks point DISCO_BENCHMARK_DIR at a folder with the benchmark files."
-        ) from exc
-
 
 def _choose(
     fields: Iterable[str], columns: list[str], first_row: Mapping[str, Any] | None
@@ -241,7 +117,7 @@ def load_math_dataset(
     import datasets
 
     spec = SOURCES.get(canonical_source(source) or "")
-    rows, origin = _read_source(source, spec, split=split, config=config, local=local)
+    rows, origin = read_source(source, spec, split=split, config=config, local=local)
     fields = _choose_fields(
         source, spec, rows, origin, question_field=question_field, answer_field=answer_field,
         solution_field=solution_field, keep_columns=keep_columns,
@@ -261,37 +137,6 @@ def load_math_dataset(
         raise ValueError(f"load_math_dataset({source!r}): no usable rows in {origin}.")
     return datasets.Dataset.from_dict(records)
 
-
-# --------------------------------------------------------------------------------------------------------------------
-# Reading: where the rows come from
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _read_source(source: str, spec: SourceSpec | None, *, split: str | None, config: str | None,
-                 local: bool | None) -> tuple[Any, str]:
-    """The rows (a list of dicts or a `datasets.Dataset`) and where they came from (a path or a Hub id)."""
-    path = Path(source).expanduser()
-    if spec is None and (path.is_file() or path.suffix.lower() in LOCAL_SUFFIXES):
-        if not path.is_file():
-            raise FileNotFoundError(f"load_math_dataset: no such file {str(path)!r}.")
-        return read_local_rows(path, split), str(path)
-    if spec is not None:
-        folder = benchmark_dir() if spec.local_file and local is not False else None
-        if folder is not None and (folder / spec.local_file).is_file():
-            return read_local_rows(folder / spec.local_file, split), str(folder / spec.local_file)
-        if local:
-            raise FileNotFoundError(
-                f"load_math_dataset({source!r}, local=True): no {spec.local_file or 'local file'} in "
-                f"{benchmark_dir() or '(no benchmark folder found)'}; set DISCO_BENCHMARK_DIR to the folder that has it."
-            )
-        return _read_hub(spec.hub_id, split or spec.split, config or spec.config), spec.hub_id
-    if "/" not in source:
-        known = ", ".join(sorted(SOURCES))
-        raise ValueError(
-            f"load_math_dataset: {source!r} is neither a known source ({known}), a Hub id (owner/name) nor an "
-            "existing local file."
-        )
-    return _read_hub(source, split or "train", config), source
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -364,18 +209,18 @@ def _mostly_boxed(rows: Any, field: str) -> bool:
 
 def _row_answer(row: Mapping[str, Any], fields: _Fields, spec: SourceSpec | None) -> str | None:
     if fields.answer is None:
-        return normalize_answer(_last_boxed(str(_get(row, fields.boxed_solution) or "")))
+        return normalize_answer(last_boxed(str(_get(row, fields.boxed_solution) or "")))
     raw = _get(row, fields.answer)
     if fields.boxed_in_answer:
-        raw = _last_boxed(raw) if isinstance(raw, str) else None
+        raw = last_boxed(raw) if isinstance(raw, str) else None
     answer = normalize_answer(raw)
     if answer is None and spec is not None and spec.boxed_solution_fields:
-        answer = normalize_answer(_last_boxed(str(_get(row, spec.boxed_solution_fields[0]) or "")))
+        answer = normalize_answer(last_boxed(str(_get(row, spec.boxed_solution_fields[0]) or "")))
     return answer
 
 
 def _row_problem(row: Mapping[str, Any], fields: _Fields) -> str | None:
-    problem = _problem_text(_get(row, fields.question))
+    problem = problem_text(_get(row, fields.question))
     context = row.get("context") if problem and isinstance(row, Mapping) and fields.question == "question" else None
     if isinstance(context, str) and context.strip() and context.strip() not in problem:
         problem = f"{context.strip()}\n\n{problem}"  # OlympiadBench: some problems rely on a shared context
@@ -405,3 +250,4 @@ def _build_records(rows: Any, fields: _Fields, spec: SourceSpec | None, *, dedup
         if limit is not None and len(records["problem"]) >= limit:
             break
     return records, dropped
+

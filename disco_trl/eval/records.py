@@ -1,6 +1,6 @@
 """The records of a `disco-trl eval` run and its output folder: what is done, what to resume, what to append.
 
-Files (see `disco_trl.evaluation`): ``config.json`` (settings; resuming with other settings is refused),
+Files (see `disco_trl.eval`): ``config.json`` (settings; resuming with other settings is refused),
 ``problems.jsonl`` and ``samples.jsonl`` (appended as the run goes), ``results.json`` and ``results.md``.
 A run killed in the middle of a write leaves a partial last line: it is dropped (with a warning) before anything
 is appended, so the next record starts on a line of its own and that sample is generated again.

@@ -1,4 +1,4 @@
-"""`disco-trl study`: the regimes where DisCO's design should show, measured on the demo task (issue 14).
+"""`disco-trl study`: the regimes where DisCO's design should show, measured on the demo task.
 
 `disco-trl compare` (docs/comparison.md) found DisCO and the GRPO family indistinguishable on the balanced task mix
 at a shared, small learning rate. The study measures the three places where the paper's mechanisms should matter,
@@ -35,9 +35,9 @@ import time
 
 from dataclasses import asdict
 
-from .compare import _list, _load_finished, _lr, _method, _seed, run_cached
-from .experiment import METHODS, RunSettings
-from .run import _positive_int, add_common_arguments, make_output_dir, settings_from_args, warmstart_config
+from ..compare import _list, _load_finished, _lr, _method, _seed, run_cached
+from ..experiment import METHODS, RunSettings
+from ..run import _positive_int, add_common_arguments, make_output_dir, settings_from_args, warmstart_config
 
 DEFAULT_LR_GRID = [1e-5, 3e-5, 1e-4, 3e-4]
 DEFAULT_DIFFICULTIES = [2, 3, 4]
@@ -155,8 +155,8 @@ def run_study(args, parser) -> dict:
     runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
     os.makedirs(runs_dir, exist_ok=True)
 
-    from .experiment import quiet_libraries
-    from .warmstart import load_or_build
+    from ..experiment import quiet_libraries
+    from ..warmstart import load_or_build
 
     quiet_libraries()
     _, _, info = load_or_build(warmstart_config(args.quick), cache_dir=args.cache_dir)
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     t0, cpu0 = time.time(), _cpu_seconds_so_far()
     parts = run_study(args, parser)
 
-    from .study_plots import plot_imbalance, plot_long_runs, plot_step_size
-    from .study_markdown import render as markdown
-    from .study_report import summarize
+    from .plots import plot_imbalance, plot_long_runs, plot_step_size
+    from .markdown import render as markdown
+    from .report import summarize
 
     command = "disco-trl study " + " ".join(argv if argv is not None else sys.argv[1:])
     timing = {"this_invocation_wall_seconds": round(time.time() - t0, 1),

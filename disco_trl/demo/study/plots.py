@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from .experiment import METHODS
-from .plots import _use_agg, moving_average, series
+from ..experiment import METHODS
+from ..plots import _use_agg, moving_average, series
 
 
 def _colors(plt, methods):

@@ -1,4 +1,4 @@
-"""The `disco-trl eval` command line: flags to `disco_trl.evaluation.evaluate`, errors as one line.
+"""The `disco-trl eval` command line: flags to `disco_trl.eval.evaluate`, errors as one line.
 
 Bad input or an environment problem (a missing model path, an empty benchmark file, settings that differ from the
 run already in the output folder, no network for a Hub id...) prints one line, ``disco-trl eval: error: ...``, on
@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .eval_metrics import format_markdown
-from .evaluation import DEFAULT_BENCHMARKS, evaluate
+from .metrics import format_markdown
+from .benchmarks import DEFAULT_BENCHMARKS
+from .run import evaluate
 
 
 def _parser() -> argparse.ArgumentParser:
