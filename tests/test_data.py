@@ -19,7 +19,6 @@ from disco_trl.data import (
 )
 
 SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
-needs_benchmarks = pytest.mark.skipif(benchmark_dir() is None, reason="benchmark files not found")
 
 
 def test_prompt_template_is_the_papers():
@@ -51,7 +50,7 @@ def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
 
 
-@needs_benchmarks
+@pytest.mark.needs_benchmarks
 @pytest.mark.parametrize(
     ("name", "rows", "first_solution"),
     [
@@ -78,7 +77,7 @@ def test_shared_benchmarks_load_with_their_own_field_names(name, rows, first_sol
     assert len(plain) == 3 and plain[0]["prompt"] == ds[0]["problem"] + SUFFIX
 
 
-@needs_benchmarks
+@pytest.mark.needs_benchmarks
 def test_benchmark_answers_come_from_the_right_fields():
     folder = benchmark_dir()
     raw = {n: [json.loads(line) for line in open(folder / f, encoding="utf-8")] for n, f in data.BENCHMARK_FILES.items()}
@@ -95,7 +94,7 @@ def test_benchmark_answers_come_from_the_right_fields():
     assert aime["solution"] == [str(r["answer"]) for r in raw["aime24"]]
 
 
-@needs_benchmarks
+@pytest.mark.needs_benchmarks
 def test_aliases_and_limit():
     assert load_math_dataset("MATH-500", limit=4)["solution"] == load_math_dataset("math500")["solution"][:4]
     assert len(load_math_dataset("minerva_math", limit=2)) == 2

@@ -18,7 +18,6 @@ from disco_trl.eval.generation import TransformersGenerator
 from disco_trl.eval import evaluate, format_markdown, pass_at_k, summarize
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer
 
-needs_benchmarks = pytest.mark.skipif(benchmark_dir() is None, reason="benchmark files not found")
 SIX = ["aime24", "aime25", "math500", "amc23", "minerva", "olympiadbench"]
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -93,7 +92,7 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@needs_benchmarks
+@pytest.mark.needs_benchmarks
 def test_pipeline_on_all_six_benchmarks_with_a_tiny_model(tiny, tmp_path, capsys):
     model, tokenizer = tiny
     out = tmp_path / "eval"
@@ -271,7 +270,7 @@ def test_bad_arguments_fail_before_generation(tiny):
         evaluate(model, ["aime2077"], tokenizer=tokenizer)
 
 
-@needs_benchmarks
+@pytest.mark.needs_benchmarks
 def test_cli_with_a_saved_model(tiny, tmp_path, capsys):
     from disco_trl.cli import main as cli_main
 
@@ -294,7 +293,7 @@ def test_cli_with_a_saved_model(tiny, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Issue 10: per-sample seeds, the samples file's tail, missing model paths, one-line CLI errors
+# Reliability: per-sample seeds, the samples file's tail, missing model paths, one-line CLI errors
 # ----------------------------------------------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ def test_completion_labels_threshold_and_unscorable():
 
 
 def test_empty_mask_row_is_neither_positive_nor_negative():
-    """The issue's example: DRO, tau 10, scores [-2 (positive), -3, -4, masked (scores 0)]: J must be 1.49, not 0.185."""
+    """A masked completion is neither positive nor negative. DRO, tau 10, scores [-2 (positive), -3, -4, masked (scores 0)]: J must be 1.49, not 0.185."""
     scores = torch.tensor([-2.0, -3.0, -4.0, 0.0])
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
     scorable = torch.tensor([True, True, True, False])
