@@ -10,6 +10,7 @@ from .config import DiscoConfig
 from .losses import discriminative_objective, kl_hinge_penalty, sequence_scores, token_mean_kl
 from .trainer import DiscoTrainer
 
+
 __version__ = "0.1.0"
 __all__ = ["DiscoConfig", "DiscoTrainer", "sequence_scores", "discriminative_objective", "token_mean_kl",
            "kl_hinge_penalty"]

@@ -41,6 +41,7 @@ from transformers.utils import logging
 
 from .geometry import BatchGeometry
 
+
 logger = logging.get_logger(__name__)
 
 STATE_FILE = "disco_state_rank{}.pt"
@@ -83,7 +84,7 @@ def load_rank_state(folder: str, rank: int, device=None, mmap: bool = False) -> 
 
 
 def check_geometry(checkpoint: str, state: dict, geometry: BatchGeometry) -> None:
-    """Refuse a saved buffer cut with other batch settings than this run's (it would end in an IndexError, or worse)."""
+    """Refuse a saved buffer cut with other batch settings than this run's (an IndexError would follow, or worse)."""
     current = geometry.checkpoint_fields()
     saved = state.get("geometry")
     if saved is None:  # saved before DisCO recorded the geometry: compare what the buffer itself shows
@@ -97,7 +98,8 @@ def check_geometry(checkpoint: str, state: dict, geometry: BatchGeometry) -> Non
         now = ", ".join(f"{name}={current[name]}" for name in differences)
         processes = " (world_size counts processes)" if "world_size" in differences else ""
         raise CheckpointError(
-            f"{checkpoint} was saved with {was}, but this run has {now}{processes}: its buffered generation batch does "
+            f"{checkpoint} was saved with {was}, but this run has {now}{processes}: its buffered generation batch "
+            "does "
             "not fit this run's batches. Resume with the checkpoint's settings, or start a new "
             f"run from its weights (model_name_or_path={checkpoint}) in another output_dir."
         )
@@ -155,7 +157,8 @@ def _weights_problem(folder: str) -> str | None:
     subdirs = [name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))]
     if any(name.startswith("global_step") or "pytorch_model_fsdp" in name for name in subdirs):
         return None  # DeepSpeed / FSDP shards: loaded (and checked) by their own code
-    files += [os.path.join(folder, d, name) for d in subdirs for name in ("adapter_model.safetensors", "adapter_model.bin")
+    adapters = ("adapter_model.safetensors", "adapter_model.bin")
+    files += [os.path.join(folder, d, name) for d in subdirs for name in adapters
               if os.path.isfile(os.path.join(folder, d, name))]
     if os.path.isfile(os.path.join(folder, "pytorch_model_fsdp.bin")):
         files.append(os.path.join(folder, "pytorch_model_fsdp.bin"))
@@ -184,7 +187,8 @@ def _disco_state_problem(folder: str, world_size: int) -> tuple[str, str] | None
     if not ranks:
         return "none", f"no DisCO state ({STATE_FILE.format('*')})"
     if ranks == whole == set(range(len(whole))) and len(whole) != world_size:
-        return "world", f"DisCO state of {len(whole)} processes (world_size={len(whole)}), this run has world_size={world_size}"
+        return "world", (f"DisCO state of {len(whole)} processes (world_size={len(whole)}), this run has "
+                         f"world_size={world_size}")
     missing = sorted(set(range(world_size)) - whole)
     if missing:
         return "partial", f"no whole {STATE_FILE.format('N')} for process(es) {missing}"
@@ -213,14 +217,16 @@ def last_complete_checkpoint(output_dir: str, world_size: int) -> str:
         if not reasons:
             for name, why in skipped:
                 warnings.warn(
-                    f"resume_from_checkpoint='last': skipping {name}, which is incomplete ({why}; probably interrupted "
+                    f"resume_from_checkpoint='last': skipping {name}, which is incomplete ({why}; probably "
+                    "interrupted "
                     f"while being written); resuming from {os.path.basename(folder)}.", ResumeWarning, stacklevel=3,
                 )
             return folder
         skipped.append((os.path.basename(folder), "; ".join(reasons)))
     listed = "; ".join(f"{name}: {why}" for name, why in skipped)
     raise CheckpointError(
-        f"resume_from_checkpoint='last': output_dir={output_dir!r} holds no complete checkpoint ({listed}). A complete "
+        f"resume_from_checkpoint='last': output_dir={output_dir!r} holds no complete checkpoint ({listed}). A "
+        "complete "
         "one has trainer_state.json, the model weights and DisCO's state of every process; one with no DisCO state "
         "at all can still be resumed (not bit-exactly) by passing its path as resume_from_checkpoint."
     )

@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib
 import sys
 
+
 SUBCOMMANDS = {
     "train": ("disco_trl.scripts.train", "Train with DisCO (TrlParser: YAML --config or flags)."),
     "eval": ("disco_trl.eval.cli", "Evaluate a model: Pass@1 averaged over samples and pass@k per benchmark."),
     "demo": ("disco_trl.demo.run", "CPU demo: warm-start a tiny model, train it with DisCO, report and plot."),
-    "compare": ("disco_trl.demo.compare", "CPU comparison of DisCO, DisCO-b, GRPO, Dr. GRPO and DAPO on the demo task."),
-    "study": ("disco_trl.demo.study.command", "CPU study: hard task mix, learning-rate grid, long runs, seeds (docs/study.md)."),
+    "compare": ("disco_trl.demo.compare", "CPU comparison of DisCO, DisCO-b, GRPO, Dr. GRPO and DAPO (demo task)."),
+    "study": ("disco_trl.demo.study.command", "CPU study: hard tasks, learning-rate grid, long runs (docs/study.md)."),
 }
 
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
 from trl import GRPOConfig
 
 from .geometry import check_deepspeed_geometry, check_whole_groups
 from .losses import SCORE_TYPES, VARIANTS, check_tau
 
-def _has_bf16_accelerator() -> bool:
-    import torch
 
+def _has_bf16_accelerator() -> bool:
     if torch.cuda.is_available():
         return True
-    return any(getattr(torch, name, None) is not None and getattr(torch, name).is_available() for name in ("xpu", "npu"))
+    return any(getattr(getattr(torch, name, None), "is_available", lambda: False)() for name in ("xpu", "npu"))
 
 
 # GRPOConfig options that configure GRPO's loss (docs/compatibility.md lists them all). DisCO replaces GRPO's clipped,
@@ -37,7 +37,8 @@ GRPO_LOSS_OPTIONS: dict[str, tuple[object, str]] = {
     "delta": (None, f"it is GRPO's two-sided clipping bound (not DisCO's `kl_delta`); {_CLIPPING}"),
     "importance_sampling_level": ("token", "it sets where GRPO clips its importance ratio; DisCO's `score_type` "
                                            "chooses log-L or the (unclipped) L-ratio score"),
-    "scale_rewards": ("group", "it divides GRPO's advantages by a reward std; DisCO uses no advantage magnitude and no "
+    "scale_rewards": ("group", "it divides GRPO's advantages by a reward std; DisCO uses no advantage magnitude and "
+                               "no "
                                "std normalisation (that weight is the difficulty bias DisCO removes)"),
     "sapo_temperature_neg": (1.05, "it belongs to loss_type='sapo'"),
     "sapo_temperature_pos": (1.0, "it belongs to loss_type='sapo'"),
@@ -54,7 +55,8 @@ GRPO_LOSS_OPTIONS: dict[str, tuple[object, str]] = {
     "top_entropy_quantile": (1.0, "it trains GRPO only on the highest-entropy tokens; DisCO scores whole completions "
                                   "(the token mean of Eq. 5/6)"),
     "off_policy_mask_threshold": (None, "it drops negative-advantage sequences far from the sampling policy "
-                                        "(DeepSeek-V3.2's off-policy mask); DisCO bounds the distance to pi_old with its "
+                                        "(DeepSeek-V3.2's off-policy mask); DisCO bounds the distance to pi_old with "
+                                        "its "
                                         "KL trust region (kl_delta, kl_beta) instead"),
     "use_bias_correction_kl": (True, f"it corrects GRPO's KL to the reference model; {_REFERENCE}"),
     "sync_ref_model": (False, f"it updates GRPO's reference model; {_REFERENCE}"),
@@ -172,7 +174,8 @@ class DiscoConfig(GRPOConfig):
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start a new run in an output_dir that holds checkpoint-N folders of an earlier run, deleting "
+        metadata={"help": "Start a new run in an output_dir that holds checkpoint-N folders of an earlier run, "
+                  "deleting "
                   "them (without it, such a run is refused unless it resumes with resume_from_checkpoint)."},
     )
     skip_uninformative_questions: bool = field(
@@ -223,17 +226,20 @@ class DiscoConfig(GRPOConfig):
         """Values TRL or transformers accept but that fail (or silently do something else) once the model is loaded."""
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(
-                f"DiscoConfig.max_steps={self.max_steps}: set the number of optimizer updates (> 0), or -1 (the default) "
+                f"DiscoConfig.max_steps={self.max_steps}: set the number of optimizer updates (> 0), or -1 (the "
+                "default) "
                 "to train for num_train_epochs."
             )
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
             raise ValueError(
-                f"DiscoConfig.learning_rate={self.learning_rate} must be a finite number >= 0; the authors use 2e-6 for "
+                f"DiscoConfig.learning_rate={self.learning_rate} must be a finite number >= 0; the authors use 2e-6 "
+                "for "
                 "1.5B models and 1e-6 for 7B/8B."
             )
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(
-                f"DiscoConfig.temperature={self.temperature}: DisCO samples its completions, so the sampling temperature "
+                f"DiscoConfig.temperature={self.temperature}: DisCO samples its completions, so the sampling "
+                "temperature "
                 "must be a finite number > 0 (the paper uses 0.6)."
             )
         if self.max_completion_length is not None and self.max_completion_length <= 0:
@@ -273,7 +279,8 @@ class DiscoConfig(GRPOConfig):
             value = float(value)
             if self.multi_objective_aggregation == "normalize_then_sum":
                 raise ValueError(
-                    f"DiscoConfig.reward_threshold={value} with multi_objective_aggregation='normalize_then_sum': that "
+                    f"DiscoConfig.reward_threshold={value} with multi_objective_aggregation='normalize_then_sum': "
+                    "that "
                     "aggregation sums group-normalised rewards, which have no fixed scale to cut at a number. Use "
                     "reward_threshold='group_mean' (positives: above their question's mean)."
                 )

@@ -20,6 +20,9 @@ import os
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
+import torch.distributed as dist
+
+
 # The fields a checkpoint's buffered generation batch depends on (with the number of processes, saved as world_size).
 CHECKPOINT_FIELDS = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
                      "num_generations", "num_iterations")
@@ -27,7 +30,7 @@ CHECKPOINT_FIELDS = ("per_device_train_batch_size", "gradient_accumulation_steps
 
 @dataclass(frozen=True)
 class BatchGeometry:
-    """How a launch cuts generation batches into optimizer updates (counts of completions are global, over processes)."""
+    """How a launch cuts generation batches into optimizer updates (completion counts are over all processes)."""
 
     num_processes: int
     per_device_train_batch_size: int
@@ -117,7 +120,8 @@ def _update_mismatch(geometry: BatchGeometry, per_update: int) -> str:
         fix = f"With this launch, set gradient_accumulation_steps={needed.numerator}."
     else:
         fix = (
-            f"No gradient_accumulation_steps gives {per_update * g} completions with {geometry.num_processes} processes "
+            f"No gradient_accumulation_steps gives {per_update * g} completions with {geometry.num_processes} "
+            "processes "
             f"x {per_device} per device; launch on a number of processes that divides "
             f"{Fraction(per_update * g, per_device)}, or change per_device_train_batch_size."
         )
@@ -215,13 +219,12 @@ def _fix(key: str, value, name: str, source: str, raw: dict | None) -> str:
 
 def _check_process_count(args) -> None:
     """On a machine without a GPU, accelerate's DeepSpeed set-up counts 1 process unless `use_cpu` is set."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == args.world_size:
         return
     raise ValueError(
         f"DeepSpeed runs {dist.get_world_size()} processes, but the training arguments count world_size="
-        f"{args.world_size} (accelerate does so under DeepSpeed on a machine without a GPU), so generation batches and "
+        f"{args.world_size} (accelerate does so under DeepSpeed on a machine without a GPU), so generation batches "
+        "and "
         f"DisCO's gradient normalisation would be sized for {args.world_size}. On CPU, set use_cpu=True "
         "(--use_cpu true); DeepSpeed then runs on its CPU accelerator with gloo."
     )

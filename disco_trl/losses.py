@@ -26,13 +26,16 @@ from typing import NamedTuple
 
 import torch
 
+
 SCORE_TYPES = ("log_l", "l_ratio")
 VARIANTS = ("basic", "dro")
 
 
 def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"`{name_a}` has shape {tuple(a.shape)} but `{name_b}` has shape {tuple(b.shape)}; they must match.")
+        raise ValueError(
+            f"`{name_a}` has shape {tuple(a.shape)} but `{name_b}` has shape {tuple(b.shape)}; they must match."
+        )
 
 
 def check_tau(tau, name: str = "tau") -> float:
@@ -45,7 +48,7 @@ def check_tau(tau, name: str = "tau") -> float:
 
 
 def completion_labels(values: torch.Tensor, scorable: torch.Tensor, *, threshold: float) -> torch.Tensor:
-    r"""The paper's binary reward r(o, q) in {0, 1}, from any reward: 1.0 for a positive, 0.0 for a negative, NaN for neither.
+    r"""The paper's binary reward r(o, q) in {0, 1} from any reward: 1.0 positive, 0.0 negative, NaN neither (a label).
 
     A completion is positive when ``values > threshold`` and negative otherwise. `values` is either the (weighted)
     reward itself with a numeric threshold (``reward_threshold=0.5``: for 0/1 rewards, exactly the paper's S_q^+ and
@@ -72,7 +75,9 @@ class QuestionCounts(NamedTuple):
         return (self.positives > 0) & (self.negatives > 0)
 
 
-def question_counts(labels: torch.Tensor, group_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> QuestionCounts:
+def question_counts(
+    labels: torch.Tensor, group_ids: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> QuestionCounts:
     """Count each question's positives (label 1) and negatives (label 0); NaN labels count as neither."""
     _check_same_shape("labels", labels, "group_ids", group_ids)
     _, index = torch.unique(group_ids, return_inverse=True)
@@ -124,7 +129,9 @@ def sequence_scores(
 
 def _check_objective_inputs(scores, labels, group_ids, variant, tau, num_questions) -> None:
     if variant not in VARIANTS:
-        raise ValueError(f"Unknown `variant`={variant!r}; expected one of {VARIANTS} ('basic' is DisCO-b, 'dro' is DisCO).")
+        raise ValueError(
+            f"Unknown `variant`={variant!r}; expected one of {VARIANTS} ('basic' is DisCO-b, 'dro' is DisCO)."
+        )
     check_tau(tau, "`tau`")
     if scores.dim() != 1:
         raise ValueError(f"`scores` must be (B,); got shape {tuple(scores.shape)}.")
@@ -144,7 +151,8 @@ def discriminative_objective(
     with both kinds contributes
 
     * ``variant="basic"`` (DisCO-b, Eq. 7):  J_q = mean_{o in S_q^+} s(o) - mean_{o' in S_q^-} s(o')
-    * ``variant="dro"``   (DisCO, Eq. 10):   J_q = mean_{o in S_q^+} s(o) - tau * log( mean_{o' in S_q^-} exp(s(o')/tau) )
+    * ``variant="dro"``   (DisCO, Eq. 10):   J_q = mean_{o in S_q^+} s(o) - tau * log( mean_{o' in S_q^-}
+    exp(s(o')/tau) )
 
     (Eq. 10 is -E_{o+} tau log E_{o-} exp((s(o') - s(o))/tau); the s(o) term leaves the log unchanged, giving the
     form above.) The log-mean-exp is computed stably per question (a segmented logsumexp). As tau -> infinity the
@@ -196,7 +204,9 @@ def token_kl_terms(
     return ((old_per_token_logps - per_token_logps) * mask).sum(), mask.sum()
 
 
-def token_mean_kl(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_mean_kl(
+    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     r"""The token estimate of KL(pi_old || pi_theta) of Algorithm 1, step d.i, over the tokens given:
 
         kl = sum(mask * (log pi_old - log pi_theta)) / sum(mask)

@@ -35,6 +35,7 @@ from transformers import TrainerCallback
 from .batching import concat_rows, select_rows
 from .losses import mixed_questions
 
+
 # Keys cut along the prompt (left-padded: keep the last column) and along the completion (keep the first column).
 _PROMPT_KEYS = ("prompt_ids", "prompt_mask")
 _MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes", "image_sizes",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
 
 EOS_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -74,7 +76,6 @@ def build_tiny_qwen2(
     seed: int = 0,
 ) -> Qwen2ForCausalLM:
     """A Qwen2-architecture causal LM with random weights, sized for CPU tests (about 100k parameters by default)."""
-    import torch
 
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -95,8 +96,6 @@ def build_tiny_qwen2(
 def instantiate(model_class, config, tokenizer: PreTrainedTokenizerFast, seed: int):
     """`model_class(config)` with weights drawn from `seed` (the global RNG untouched), generating with `tokenizer`'s
     end and padding tokens."""
-    import torch
-
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = model_class(config)

@@ -36,8 +36,9 @@ from . import checkpoints, metrics, skipping
 from .batching import cut_by_questions
 from .config import DiscoConfig
 from .geometry import BatchGeometry
-from .losses import completion_labels, discriminative_objective, disco_loss, sequence_scores, token_kl_terms
+from .losses import completion_labels, disco_loss, discriminative_objective, sequence_scores, token_kl_terms
 from .rewards.checks import NoSignalWatch, check_reward_columns, with_output_check
+
 
 # Model inputs besides the token ids that TRL's batches may carry (vision-language models).
 _FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
@@ -69,7 +70,8 @@ class DiscoTrainer(GRPOTrainer):
         # docstyle-ignore
         "citation": textwrap.dedent("""\
             @article{li2025disco,
-                title        = {{DisCO: Reinforcing Large Reasoning Models with Discriminative Constrained Optimization}},
+                title        = {{DisCO: Reinforcing Large Reasoning Models with Discriminative Constrained
+                Optimization}},
                 author       = {Gang Li and Ming Lin and Tomer Galanti and Zhengzhong Tu and Tianbao Yang},
                 year         = 2025,
                 eprint       = {arXiv:2505.12366},
@@ -221,7 +223,8 @@ class DiscoTrainer(GRPOTrainer):
     def _attach_score_weights(self, step_batches: list[dict], fresh: bool) -> None:
         """Exact DisCO gradient when groups span micro-steps.
 
-        J depends on a completion only through its scalar score, so grad J = sum_i (dJ/ds_i) grad s_i. Parameters do not
+        J depends on a completion only through its scalar score, so grad J = sum_i (dJ/ds_i) grad s_i. Parameters do
+        not
         change within an optimizer step, so the weights dJ/ds_i can be computed up front from no-grad scores of all the
         step's completions on this process (each group lies wholly within them); each micro-step then back-propagates
         sum_i w_i s_i over its own completions. Costs one no-grad forward pass per optimizer step (none for the first

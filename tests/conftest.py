@@ -4,14 +4,20 @@
   with the reason, where they are absent.
 * `gpu`: needs a CUDA device; skipped on CPU machines.
 * `slow`: end-to-end runs that take more than a few seconds (`-m "not slow"` leaves them out).
+
+Shared fixtures: `tiny_model_dir` (a tiny Qwen2 model and its tokenizer saved with save_pretrained, as users save
+models) and `math_jsonl` (a local JSONL training set shaped like the public math sets).
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 from disco_trl.data import benchmark_dir
+from disco_trl.toy import build_tiny_qwen2, build_tokenizer
 
 
 def pytest_collection_modifyitems(config, items):
@@ -23,3 +29,23 @@ def pytest_collection_modifyitems(config, items):
         for marker, (skip, reason) in skips.items():
             if skip and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Qwen2 model and its tokenizer, saved the way users save models (save_pretrained)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = build_tokenizer()
+    build_tiny_qwen2(tokenizer, hidden_size=32, num_hidden_layers=1, intermediate_size=64).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def math_jsonl(tmp_path_factory):
+    """A local JSONL training set in the shape of the public math sets (problem, answer)."""
+    path = tmp_path_factory.mktemp("data") / "arithmetic.jsonl"
+    rows = [{"problem": f"Compute {a} + {b}.", "answer": str(a + b), "difficulty": a % 3}
+            for a in range(8) for b in (1, 2)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

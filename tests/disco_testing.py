@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
-import re
 import zlib
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from transformers import TrainerCallback
 
 from disco_trl import DiscoConfig, DiscoTrainer
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer, instantiate
+
 
 GROUP = 4  # completions per question in these tests
 

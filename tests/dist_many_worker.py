@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 import torch
-
 from disco_testing import run_layout
+
 
 if __name__ == "__main__":
     out, runs = sys.argv[1], json.loads(sys.argv[2])

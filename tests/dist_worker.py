@@ -4,8 +4,8 @@ import json
 import sys
 
 import torch
-
 from disco_testing import run_layout
+
 
 if __name__ == "__main__":
     out, per_device, accumulation, spg, max_steps, extra = sys.argv[1:7]

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
-
 from disco_testing import RecordingTrainer, layout_config, parity_reward, prompt_dataset, tiny_model_and_tokenizer
 from test_resume import StopAt
+from transformers import TrainerCallback
 
 
 def full_state(model) -> dict[str, torch.Tensor]:

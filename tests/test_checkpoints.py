@@ -13,12 +13,13 @@ import warnings
 
 import pytest
 import torch
+from test_resume import make_trainer
+from test_scripts import parse, run_main, tiny_run_args
 from transformers.trainer_callback import TrainerState
 
 from disco_trl.checkpoints import CheckpointError, ResumeWarning, last_complete_checkpoint, state_path
 from disco_trl.scripts import train as train_script
-from test_resume import make_trainer
-from test_scripts import parse, run_main, tiny_run_args
+
 
 STEPS = 4
 
@@ -118,7 +119,8 @@ def test_checkpoint_of_other_processes_is_refused_with_both_world_sizes(run_dir)
     folder = run_dir / "checkpoint-2"
     shutil.copy(state_path(str(folder), 0), state_path(str(folder), 1))  # as if saved by 2 processes
     trainer = make_trainer(run_dir, save_steps=1, max_steps=STEPS)
-    with pytest.raises(CheckpointError, match=r"DisCO state of 2 processes \(world_size=2\), this run has world_size=1"):
+    expected = r"DisCO state of 2 processes \(world_size=2\), this run has world_size=1"
+    with pytest.raises(CheckpointError, match=expected):
         trainer.train(resume_from_checkpoint=str(folder))
 
 

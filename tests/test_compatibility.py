@@ -13,6 +13,7 @@ from trl import GRPOConfig, GRPOTrainer
 from disco_trl import DiscoConfig
 from disco_trl.config import GRPO_LOSS_OPTIONS
 
+
 DOC = Path(__file__).parent.parent / "docs" / "compatibility.md"
 
 
@@ -62,7 +63,7 @@ def _other_value(neutral):
 @pytest.mark.parametrize("name", sorted(GRPO_LOSS_OPTIONS))
 def test_each_refusal_is_about_its_own_option(tmp_path, name):
     neutral, _ = GRPO_LOSS_OPTIONS[name]
-    assert getattr(DiscoConfig(output_dir=str(tmp_path)), name) == neutral  # the neutral value is DiscoConfig's default
+    assert getattr(DiscoConfig(output_dir=str(tmp_path)), name) == neutral  # the neutral value is the default
     with pytest.raises(ValueError) as error:
         DiscoConfig(output_dir=str(tmp_path), **{name: _other_value(neutral)})
     message = str(error.value)

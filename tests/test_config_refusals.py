@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from test_scripts import run_main, tiny_run_args
 
 from disco_trl import DiscoConfig
-from test_scripts import run_main, tiny_run_args
+
 
 INF, NAN = math.inf, math.nan
 

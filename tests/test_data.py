@@ -8,7 +8,6 @@ import json
 import pytest
 
 from disco_trl import data
-from disco_trl.data import sources
 from disco_trl.data import (
     BENCHMARKS,
     PROMPT_TEMPLATE,
@@ -16,7 +15,9 @@ from disco_trl.data import (
     format_prompt,
     load_math_dataset,
     normalize_answer,
+    sources,
 )
+
 
 SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
 
@@ -80,7 +81,8 @@ def test_shared_benchmarks_load_with_their_own_field_names(name, rows, first_sol
 @pytest.mark.needs_benchmarks
 def test_benchmark_answers_come_from_the_right_fields():
     folder = benchmark_dir()
-    raw = {n: [json.loads(line) for line in open(folder / f, encoding="utf-8")] for n, f in data.BENCHMARK_FILES.items()}
+    raw = {n: [json.loads(line) for line in open(folder / f, encoding="utf-8")]
+           for n, f in data.BENCHMARK_FILES.items()}
     amc = load_math_dataset("amc23")
     assert [r["answer"] for r in raw["amc23"]][:3] == [float(s) for s in amc["solution"][:3]]  # 27.0 -> "27"
     assert all("." not in s for s in amc["solution"])
@@ -110,9 +112,9 @@ def test_benchmark_dir_env_override(tmp_path, monkeypatch):
         load_math_dataset("aime25", local=True)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Local files
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 ROWS = [
     {"question": "What is $3 \\cdot 4$?", "final": "12", "other": 1},
@@ -157,7 +159,8 @@ def test_local_file_field_detection(tmp_path):
     assert ds["problem"] == ["P1", "P2"] and ds["solution"] == ["1", "2"]
     # open-r1/DAPO-Math-17k-Processed style: the problem under `prompt`, the bare answer under `solution`
     processed = tmp_path / "processed.parquet"
-    _write(processed, [{"prompt": "Find $x$.", "solution": "4", "data_source": "x"}, {"prompt": "Q2", "solution": "-1"}], "parquet")
+    rows = [{"prompt": "Find $x$.", "solution": "4", "data_source": "x"}, {"prompt": "Q2", "solution": "-1"}]
+    _write(processed, rows, "parquet")
     ds = load_math_dataset(str(processed), conversational=False)
     assert ds["problem"] == ["Find $x$.", "Q2"] and ds["solution"] == ["4", "-1"]
 
@@ -226,9 +229,9 @@ def test_custom_template_and_system_prompt(tmp_path):
     ]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Known training sources: their Hub layouts, served from memory (no network in tests)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 DAPO_WRAPPED = (
     "Solve the following math problem step by step. The last line of your response should be of the form "

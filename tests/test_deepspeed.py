@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 import torch
 
+
 pytest.importorskip(
     "deepspeed", reason="DeepSpeed is not installed: `pip install -e '.[deepspeed]'` (scripts/setup_env.sh does)"
 )
 
 from disco_testing import tiny_model_and_tokenizer  # noqa: E402
-from test_scripts import math_jsonl, tiny_model_dir  # noqa: E402,F401  (module fixtures: a saved tiny model, data)
 from test_split_invariance import reference_gradient  # noqa: E402
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS_DIR = Path(__file__).parent

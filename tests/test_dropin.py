@@ -2,16 +2,14 @@
 reward, positional arguments, custom rollouts whose environment tokens (`env_mask` / `tool_mask`) are excluded."""
 
 import inspect
-import os
 import zlib
 
 import pytest
 import torch
-from datasets import Dataset
+from disco_testing import CaptureGrads, parity_reward, prompt_dataset, short_run_config, tiny_model_and_tokenizer
 from trl import GRPOTrainer
 
-from disco_trl import DiscoConfig, DiscoTrainer
-from disco_testing import CaptureGrads, parity_reward, prompt_dataset, tiny_model_and_tokenizer, short_run_config
+from disco_trl import DiscoTrainer
 
 
 def test_signature_is_grpo_trainers():
@@ -34,7 +32,8 @@ def test_positional_arguments_land_where_grpo_trainer_puts_them(tmp_path):
 def test_no_reward_source_is_trls_error(tmp_path):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     with pytest.raises(ValueError, match="No reward source provided"):
-        DiscoTrainer(model, args=short_run_config(tmp_path), train_dataset=prompt_dataset(), processing_class=tokenizer)
+        DiscoTrainer(model, args=short_run_config(tmp_path), train_dataset=prompt_dataset(),
+                     processing_class=tokenizer)
 
 
 # A chat template that renders tool calls and tool messages (TRL requires one with environments).
@@ -109,9 +108,9 @@ def model_token_reward(completion_ids, model_length, **kwargs):
 def _train_with_rollout(tmp_path, env_tokens):
     model, tokenizer = tiny_model_and_tokenizer()
     capture = CaptureGrads()
-    trainer = DiscoTrainer(model, model_token_reward, short_run_config(tmp_path, max_completion_length=16, kl_delta=0.0,
-                                                                  learning_rate=1e-2, max_grad_norm=0.0),
-                           prompt_dataset(), processing_class=tokenizer, callbacks=[capture],
+    args = short_run_config(tmp_path, max_completion_length=16, kl_delta=0.0, learning_rate=1e-2, max_grad_norm=0.0)
+    trainer = DiscoTrainer(model, model_token_reward, args, prompt_dataset(), processing_class=tokenizer,
+                           callbacks=[capture],
                            rollout_func=EnvMaskRollout(tokenizer, env_tokens))
     trainer.train()
     return capture.grads, trainer.state.log_history
@@ -145,9 +144,8 @@ def test_num_iterations_reuses_each_generation_batch(tmp_path):
     """num_iterations=2: two updates per generation batch, the second against the old policy (KL != 0)."""
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     CountingGenerations.generations = 0
-    trainer = CountingGenerations(model, parity_reward, short_run_config(tmp_path, steps_per_generation=1, num_iterations=2,
-                                                                    max_steps=4), prompt_dataset(),
-                                  processing_class=tokenizer)
+    args = short_run_config(tmp_path, steps_per_generation=1, num_iterations=2, max_steps=4)
+    trainer = CountingGenerations(model, parity_reward, args, prompt_dataset(), processing_class=tokenizer)
     trainer.train()
     assert CountingGenerations.generations == 2
     kls = [e["disco/kl"] for e in trainer.state.log_history if "disco/kl" in e]

@@ -11,18 +11,17 @@ import datasets
 import pytest
 
 from disco_trl.eval import cli as eval_cli
+from disco_trl.eval import evaluate, format_markdown, generation, pass_at_k, summarize
 from disco_trl.eval import run as eval_run
-from disco_trl.eval import generation
-from disco_trl.data import benchmark_dir
 from disco_trl.eval.generation import TransformersGenerator
-from disco_trl.eval import evaluate, format_markdown, pass_at_k, summarize
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer
+
 
 SIX = ["aime24", "aime25", "math500", "amc23", "minerva", "olympiadbench"]
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # pass@k
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _pass_at_k_by_enumeration(n: int, c: int, k: int) -> float:
@@ -48,7 +47,8 @@ def test_pass_at_k_closed_form_and_edges():
     assert pass_at_k(1000, 3, 500) == pytest.approx(1 - comb(997, 500) / comb(1000, 500), rel=1e-10)
 
 
-@pytest.mark.parametrize(("n", "c", "k", "error"), [(4, 5, 1, ValueError), (4, 1, 5, ValueError), (0, 0, 1, ValueError),
+@pytest.mark.parametrize(("n", "c", "k", "error"), [(4, 5, 1, ValueError), (4, 1, 5, ValueError),
+                                                    (0, 0, 1, ValueError),
                                                     (4, 1, 0, ValueError), (4.0, 1, 1, TypeError)])
 def test_pass_at_k_rejects_bad_arguments(n, c, k, error):
     with pytest.raises(error):
@@ -67,7 +67,7 @@ def test_summarize_and_markdown():
     assert aime["pass@2"] == pytest.approx((pass_at_k(4, 1, 2) + 1 + 0) / 3)
     assert aime["pass@4"] == pytest.approx(2 / 3)
     assert math["pass@1"] == pytest.approx((2 / 4 + 1 / 4) / 2)
-    assert set(k for k in aime if k.startswith("pass@")) == {"pass@1", "pass@2", "pass@4"}
+    assert {k for k in aime if k.startswith("pass@")} == {"pass@1", "pass@2", "pass@4"}
     assert out["average"]["pass@1"] == pytest.approx((aime["pass@1"] + math["pass@1"]) / 2)
     assert out["average"]["num_benchmarks"] == 2
     table = format_markdown(out, title="m")
@@ -77,9 +77,9 @@ def test_summarize_and_markdown():
     assert summarize(rewards, k_values=[1, 3])["benchmarks"]["aime24"].keys() >= {"pass@1", "pass@3"}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Pipeline
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,8 @@ def test_pipeline_on_all_six_benchmarks_with_a_tiny_model(tiny, tmp_path, capsys
     saved = json.loads((out / "results.json").read_text())
     assert saved["benchmarks"] == results["benchmarks"]
     for name in SIX:
-        per_problem = [[s["reward"] for s in samples if s["benchmark"] == name and s["problem_id"] == p] for p in range(2)]
+        per_problem = [[s["reward"] for s in samples if s["benchmark"] == name and s["problem_id"] == p]
+                       for p in range(2)]
         assert saved["benchmarks"][name]["num_correct"] == [int(sum(r)) for r in per_problem]
     assert (out / "results.md").read_text().count("\n| ") >= 7  # six benchmarks and the average
     assert json.loads((out / "config.json").read_text())["num_samples"] == 3
@@ -160,7 +161,8 @@ def _toy_benchmark():
 def test_metrics_are_exact_with_scripted_completions(tiny, tmp_path, monkeypatch):
     model, tokenizer = tiny
     scripted = _Scripted({
-        "2+2?": [r"\boxed{4}", r"<think>\boxed{4}</think>", r"<think>\boxed{5}</think> \boxed{4}", r"\boxed{4.0}"],  # 3/4
+        # 3 of 4 correct
+        "2+2?": [r"\boxed{4}", r"<think>\boxed{4}</think>", r"<think>\boxed{5}</think> \boxed{4}", r"\boxed{4.0}"],
         "half of 1?": [r"\boxed{0.5}", "no box", r"\boxed{2}", r"\boxed{1/3}"],  # 1 of 4 correct
     })
     monkeypatch.setattr(eval_run, "make_generator", lambda *a, **k: scripted)
@@ -214,7 +216,8 @@ def test_in_memory_model_keeps_its_training_mode(tiny):
     model, tokenizer = tiny
     model.train()
     try:
-        evaluate(model, {"toy": _toy_benchmark()}, tokenizer=tokenizer, num_samples=1, max_new_tokens=2, progress=False)
+        evaluate(model, {"toy": _toy_benchmark()}, tokenizer=tokenizer, num_samples=1, max_new_tokens=2,
+                 progress=False)
         assert model.training
     finally:
         model.eval()
@@ -292,9 +295,9 @@ def test_cli_with_a_saved_model(tiny, tmp_path, capsys):
     assert len(_lines(out / "samples.jsonl")) == 2 * 2 * 2
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Reliability: per-sample seeds, the samples file's tail, missing model paths, one-line CLI errors
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _completions(folder):
@@ -319,7 +322,8 @@ def test_extending_num_samples_gives_the_samples_of_a_fresh_run(tiny, tmp_path):
     with pytest.raises(ValueError, match="other settings.*seed"):  # no mixing of two seeds' samples in one folder
         evaluate(model, bench, num_samples=4, output_dir=tmp_path / "extended", seed=1, **run)
     config_path = tmp_path / "fresh" / "config.json"  # a folder written before seeds were per (problem, sample)
-    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items() if k != "sample_seeds"}))
+    old_config = {k: v for k, v in json.loads(config_path.read_text()).items() if k != "sample_seeds"}
+    config_path.write_text(json.dumps(old_config))
     with pytest.raises(ValueError, match="older disco-trl whose seeds depended on the batch number"):
         evaluate(model, bench, num_samples=6, output_dir=tmp_path / "fresh", **run)
 
@@ -367,12 +371,13 @@ def _one_line_error(capsys, argv):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    line = _one_line_error(capsys, ["--model", "./nope", "--benchmarks", "aime24", "--output-dir", str(tmp_path / "o")])
+    out = ["--output-dir", str(tmp_path / "o")]
+    line = _one_line_error(capsys, ["--model", "./nope", "--benchmarks", "aime24", *out])
     assert line.startswith("disco-trl eval: ") and "./nope" in line and "does not exist" in line
     assert not (tmp_path / "o").exists()
-    line = _one_line_error(capsys, ["--model", str(tmp_path), "--num-samples", "0", "--output-dir", str(tmp_path / "o")])
+    line = _one_line_error(capsys, ["--model", str(tmp_path), "--num-samples", "0", *out])
     assert "num_samples must be >= 1" in line
     bad = tmp_path / "empty.jsonl"
     bad.write_text("")
-    line = _one_line_error(capsys, ["--model", str(tmp_path), "--benchmarks", str(bad), "--output-dir", str(tmp_path / "o")])
+    line = _one_line_error(capsys, ["--model", str(tmp_path), "--benchmarks", str(bad), *out])
     assert str(bad) in line and "is empty" in line

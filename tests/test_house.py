@@ -6,6 +6,7 @@ import ast
 import re
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "disco_trl"
 MAX_FUNCTION_LINES = 60

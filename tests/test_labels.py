@@ -7,10 +7,17 @@ import math
 
 import pytest
 import torch
+from disco_testing import (
+    FixedGenerationTrainer,
+    layout_config,
+    parity_reward,
+    prompt_dataset,
+    tiny_model_and_tokenizer,
+)
 
-from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl import DiscoConfig
 from disco_trl.losses import completion_labels, discriminative_objective
-from disco_testing import FixedGenerationTrainer, layout_config, parity_reward, prompt_dataset, tiny_model_and_tokenizer
+
 
 NAN = math.nan
 
@@ -23,7 +30,8 @@ def test_completion_labels_threshold_and_unscorable():
 
 
 def test_empty_mask_row_is_neither_positive_nor_negative():
-    """A masked completion is neither positive nor negative. DRO, tau 10, scores [-2 (positive), -3, -4, masked (scores 0)]: J must be 1.49, not 0.185."""
+    """A masked completion is neither positive nor negative. DRO, tau 10, scores [-2 (positive), -3, -4, masked
+    (scores 0)]: J must be 1.49, not 0.185."""
     scores = torch.tensor([-2.0, -3.0, -4.0, 0.0])
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
     scorable = torch.tensor([True, True, True, False])
@@ -134,7 +142,8 @@ def test_binary_rewards_same_labels_either_way(tmp_path):
     grouped = b.view(-1, 4)
     mixed = ((grouped == 1).any(1) & (grouped == 0).any(1)).repeat_interleave(4)
     assert torch.equal(a[mixed], b[mixed])  # the paper's sets on every question that carries signal
-    assert by_mean.state.log_history[0]["disco/objective"] == pytest.approx(by_cut.state.log_history[0]["disco/objective"])
+    objective = [run.state.log_history[0]["disco/objective"] for run in (by_mean, by_cut)]
+    assert objective[0] == pytest.approx(objective[1])
 
 
 @pytest.mark.parametrize("value, shown", [("0.5", 0.5), ("group_mean", "group_mean")])
@@ -155,7 +164,8 @@ def scalar_reward(completions, **kwargs):
     return 1.0
 
 
-@pytest.mark.parametrize("func, what", [(string_reward, "returned a str"), (scalar_reward, "returned a single number")])
+@pytest.mark.parametrize("func, what",
+                         [(string_reward, "returned a str"), (scalar_reward, "returned a single number")])
 def test_malformed_reward_output_names_the_function(tmp_path, func, what):
     with pytest.raises(TypeError, match=f"Reward function `{func.__name__}` {what}.*one float"):
         _run(tmp_path, func, steps=1)

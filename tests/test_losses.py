@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-
-from disco_trl.losses import discriminative_objective, disco_loss, kl_hinge_penalty, sequence_scores, token_mean_kl
 from reference import ref_kl_hinge, ref_objective, ref_scores
 
+from disco_trl.losses import discriminative_objective, kl_hinge_penalty, sequence_scores, token_mean_kl
 
 
 @pytest.fixture(autouse=True)
@@ -176,14 +175,16 @@ def test_kl_hinge_inactive_inside_trust_region():
     "call, field",
     [
         (lambda: sequence_scores(torch.zeros(2, 3), None, torch.ones(2, 3), score_type="log-l"), "score_type"),
-        (lambda: sequence_scores(torch.zeros(2, 3), None, torch.ones(2, 3), score_type="l_ratio"), "old_per_token_logps"),
+        (lambda: sequence_scores(torch.zeros(2, 3), None, torch.ones(2, 3), score_type="l_ratio"),
+         "old_per_token_logps"),
         (lambda: sequence_scores(torch.zeros(2, 3), None, torch.ones(2, 4), score_type="log_l"), "mask"),
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), variant="auc"), "variant"),
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), tau=0.0), "tau"),
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), tau=-1.0), "tau"),
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(3), torch.zeros(4)), "labels"),
         (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(5)), "group_ids"),
-        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), num_questions=0), "num_questions"),
+        (lambda: discriminative_objective(torch.zeros(4), torch.zeros(4), torch.zeros(4), num_questions=0),
+         "num_questions"),
         (lambda: token_mean_kl(torch.zeros(2, 3), torch.zeros(2, 2), torch.ones(2, 3)), "old_per_token_logps"),
         (lambda: token_mean_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4)), "mask"),
         (lambda: kl_hinge_penalty(torch.tensor(0.0), delta=-1.0), "delta"),

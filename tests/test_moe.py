@@ -3,9 +3,18 @@ does, with the router's load-balancing loss added at TRL's scale and logged unde
 
 import pytest
 import torch
+from disco_testing import (
+    GROUP,
+    parity_reward,
+    prompt_dataset,
+    run_layout,
+    short_run_config,
+    tiny_model_and_tokenizer,
+    torchrun_layout,
+)
 
-from disco_trl import DiscoConfig, DiscoTrainer
-from disco_testing import GROUP, parity_reward, prompt_dataset, run_layout, tiny_model_and_tokenizer, torchrun_layout, short_run_config
+from disco_trl import DiscoTrainer
+
 
 ARCHS = ["qwen3_moe", "gpt_oss"]
 
@@ -14,7 +23,8 @@ ARCHS = ["qwen3_moe", "gpt_oss"]
 def test_moe_trains_and_logs_aux_loss(tmp_path, arch):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32, arch=arch)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = DiscoTrainer(model, parity_reward, short_run_config(tmp_path), prompt_dataset(), processing_class=tokenizer)
+    trainer = DiscoTrainer(model, parity_reward, short_run_config(tmp_path), prompt_dataset(),
+                           processing_class=tokenizer)
     assert trainer.aux_loss_enabled and trainer.router_aux_loss_coef == pytest.approx(0.01)
     trainer.train()
     logged = [e["aux_loss"] for e in trainer.state.log_history if "aux_loss" in e]

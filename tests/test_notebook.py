@@ -10,6 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "disco_lora_colab.ipynb"
 
 

@@ -6,10 +6,10 @@ buffered completions, the micro-step counter and the RNG state must all survive 
 
 import pytest
 import torch
+from disco_testing import parity_reward, prompt_dataset, tiny_model_and_tokenizer
 from transformers import TrainerCallback
 
 from disco_trl import DiscoConfig, DiscoTrainer
-from disco_testing import parity_reward, prompt_dataset, tiny_model_and_tokenizer
 
 
 class StopAt(TrainerCallback):

@@ -1,4 +1,5 @@
-"""The training script (`disco-trl train` / examples/train_disco.py), its recipes, accelerate configs and GPU smoke script.
+"""The training script (`disco-trl train` / examples/train_disco.py), its recipes, accelerate configs and GPU smoke
+script.
 
 Everything runs on CPU: recipes are parsed (not run), the end-to-end test trains a tiny local model for two updates,
 and every fail-early check is exercised by its message.
@@ -18,9 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from disco_trl.scripts import train as train_script
 from disco_trl.geometry import BatchGeometry
+from disco_trl.scripts import train as train_script
 from disco_trl.scripts.train import ScriptError, check_batch_geometry, make_parser
+
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
@@ -162,7 +164,8 @@ def test_vllm_server_recipe_uses_the_server(tmp_path):
     assert args.use_vllm and args.vllm_mode == "server"
     text = recipe.read_text()
     # The documented server command carries TRL 1.16's weight-transfer settings.
-    for flag in ("VLLM_SERVER_DEV_MODE=1 vllm serve", "--weight-transfer-config", "--logprobs-mode processed_logprobs"):
+    flags = ("VLLM_SERVER_DEV_MODE=1 vllm serve", "--weight-transfer-config", "--logprobs-mode processed_logprobs")
+    for flag in flags:
         assert flag in text
 
 
@@ -232,7 +235,8 @@ def test_gpu_smoke_commands_parse(tmp_path):
     assert [r[0] for r in runs] == ["colocate", "zero3"]
     for run in runs:
         words = run[1:]
-        launch, script_args = words[: words.index("examples/train_disco.py")], words[words.index("examples/train_disco.py") + 1 :]
+        cut = words.index("examples/train_disco.py")
+        launch, script_args = words[:cut], words[cut + 1 :]
         config = ROOT / launch[launch.index("--config_file") + 1]
         assert config.is_file()
         s_args, args, _ = parse([*script_args, *CPU_OVERRIDES])
@@ -242,27 +246,6 @@ def test_gpu_smoke_commands_parse(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ running the script end to end
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A tiny Qwen2 model and its tokenizer, saved the way users save models (save_pretrained)."""
-    from disco_trl.toy import build_tiny_qwen2, build_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = build_tokenizer()
-    build_tiny_qwen2(tokenizer, hidden_size=32, num_hidden_layers=1, intermediate_size=64).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def math_jsonl(tmp_path_factory):
-    """A local JSONL training set in the shape of the public math sets (problem, answer)."""
-    path = tmp_path_factory.mktemp("data") / "arithmetic.jsonl"
-    rows = [{"problem": f"Compute {a} + {b}.", "answer": str(a + b), "difficulty": a % 3} for a in range(8) for b in (1, 2)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def tiny_run_args(model_dir, dataset, output_dir, *extra):
     return [
         "--model_name_or_path", str(model_dir),
@@ -335,7 +318,8 @@ def test_script_trains_with_lora_flags_and_groups_split_over_micro_steps(tiny_mo
                          "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "4")
     code, stdout, stderr = run_main(args, capsys)
     assert code == 0, stderr
-    assert "2 questions per optimizer update (1 process x 2 sequences per micro-batch x 4 accumulation steps)" in stdout
+    expected = "2 questions per optimizer update (1 process x 2 sequences per micro-batch x 4 accumulation steps)"
+    assert expected in stdout
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
 
@@ -378,7 +362,8 @@ def reward_needing_difficulty(completions, difficulty, **kwargs):  # a custom re
 
 def test_column_a_custom_reward_needs_must_be_in_the_dataset(tiny_model_dir, math_jsonl, tmp_path, capsys):
     reward = f"{__name__}.reward_needing_difficulty"
-    code, _, err = run_main(tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "o", "--reward_funcs", reward), capsys)
+    args = tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "o", "--reward_funcs", reward)
+    code, _, err = run_main(args, capsys)
     assert code == 2
     assert "needs the dataset column(s) ['difficulty']" in err and "--keep_columns" in err
     # Carrying the column over fixes it.

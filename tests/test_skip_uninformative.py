@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from disco_testing import GROUP, REWARDS, half_informative_reward, layout_config, run_layout, tiny_model_and_tokenizer
 from test_split_invariance import assert_grads_close, reference_gradient
 
 from disco_trl.losses import completion_labels, discriminative_objective, mixed_questions
+
 
 TESTS_DIR = Path(__file__).parent
 SKIP = dict(skip_uninformative_questions=True, reward="half_informative")
@@ -72,7 +72,8 @@ def test_mixed_questions_uses_the_objectives_rule():
     expected = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=torch.bool)
     assert torch.equal(mixed_questions(labels, groups), expected)
     low = completion_labels(rewards, scorable, threshold=0.1)
-    assert torch.equal(mixed_questions(low, groups), torch.tensor([1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0], dtype=torch.bool))
+    expected_low = torch.tensor([1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0], dtype=torch.bool)
+    assert torch.equal(mixed_questions(low, groups), expected_low)
     # J over the kept rows with the full question count equals J over all rows: value and gradient
     scores = torch.randn(12, dtype=torch.float64, requires_grad=True)
     full = discriminative_objective(scores, labels, groups, variant="dro", tau=1.0)

@@ -6,19 +6,14 @@ loop-over-questions objective of tests/reference.py, groups identified by prompt
 decoded completions; the KL hinge is evaluated per micro-step over the tokens of all processes of that micro-step.
 """
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
 from disco_testing import GROUP, parity_reward, run_layout, tiny_model_and_tokenizer
 from disco_testing import torchrun_layout as _torchrun
 from reference import ref_objective, ref_scores
+
 
 TESTS_DIR = Path(__file__).parent
 
@@ -182,7 +177,9 @@ def test_groups_larger_than_a_micro_batch(tmp_path, score_type, variant):
     expected, n_questions = reference_gradient([split], 0, accumulation=8, score_type=score_type, variant=variant)
     assert n_questions == 4
     assert_grads_close(split["grads"][0], expected)
-    objective = lambda r: [h["disco/objective"] for h in r["log_history"] if "disco/objective" in h]
+    def objective(run):
+        return [h["disco/objective"] for h in run["log_history"] if "disco/objective" in h]
+
     assert objective(split) == pytest.approx(objective(whole), abs=1e-6)
 
 

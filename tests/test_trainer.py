@@ -1,11 +1,13 @@
-"""End to end: DiscoTrainer.train() with real sampling on a tiny local Qwen2 model, plus every refusal by its message."""
+"""End to end: DiscoTrainer.train() with real sampling on a tiny local Qwen2 model, and every refusal by its
+message."""
 
 import pytest
 import torch
+from disco_testing import parity_reward, prompt_dataset, tiny_model_and_tokenizer
 from trl import GRPOConfig
 
 from disco_trl import DiscoConfig, DiscoTrainer
-from disco_testing import parity_reward, prompt_dataset, tiny_model_and_tokenizer
+
 
 DISCO_METRICS = [
     "disco/objective",
@@ -94,7 +96,9 @@ def test_lora_adapter_trains(tmp_path):
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
     assert lora_before
-    assert any(not torch.equal(p.detach(), lora_before[n]) for n, p in trainer.model.named_parameters() if n in lora_before)
+    changed = [not torch.equal(p.detach(), lora_before[n]) for n, p in trainer.model.named_parameters()
+               if n in lora_before]
+    assert any(changed)
     base = [p for n, p in trainer.model.named_parameters() if "lora" not in n]
     assert all(not p.requires_grad for p in base)
     assert "disco/objective" in merged_logs(trainer)

@@ -26,6 +26,7 @@ from .answers import normalize_answer
 from .loader import PROMPT_TEMPLATE, format_prompt, load_math_dataset
 from .sources import BENCHMARK_FILES, BENCHMARKS, SOURCES, SourceSpec, benchmark_dir, canonical_source
 
+
 __all__ = [
     "PROMPT_TEMPLATE",
     "SOURCES",

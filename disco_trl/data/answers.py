@@ -7,6 +7,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..rewards import extract_boxed_answer
+
+
 __all__ = ["normalize_answer"]
 
 # DAPO-Math-17k wraps each problem in its own instructions; we strip them to apply the paper's prompt instead.
@@ -15,8 +18,6 @@ _DAPO_SUFFIX = re.compile(r"\s*Remember to put your answer on its own line after
 
 
 def last_boxed(text: str) -> str | None:
-    from ..rewards import extract_boxed_answer
-
     return extract_boxed_answer(text, after_think=False)
 
 

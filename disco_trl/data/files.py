@@ -7,10 +7,15 @@ of becoming part of the first column name. A file without rows is refused with o
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
+
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv", ".gz")
 TEXT_ENCODING = "utf-8-sig"  # utf-8, and a leading byte-order mark is skipped
@@ -35,12 +40,8 @@ def _read_by_suffix(path: Path, split: str | None) -> list[dict[str, Any]]:
     if suffix in (".json", ".json.gz"):
         return _read_json(path, split)
     if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
         return pq.read_table(path).to_pylist()
     if suffix in (".csv",):
-        import csv
-
         with open(path, newline="", encoding=TEXT_ENCODING) as handle:
             return list(csv.DictReader(handle))
     raise ValueError(f"{path}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv.")
@@ -80,7 +81,5 @@ def _read_json(path: Path, split: str | None) -> list[dict[str, Any]]:
 
 def _open_text(path: Path):
     if path.suffix == ".gz":
-        import gzip
-
         return gzip.open(path, "rt", encoding=TEXT_ENCODING)
     return open(path, encoding=TEXT_ENCODING)

@@ -8,8 +8,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
+
 from .answers import last_boxed, normalize_answer, problem_text
 from .sources import SOURCES, SourceSpec, canonical_source, read_source
+
 
 # The prompt of the DisCO paper (and of DeepScaleR): the problem, then the instruction. "{problem}" is replaced
 # literally (no str.format), so the template can contain \boxed{} as it is.
@@ -114,8 +117,6 @@ def load_math_dataset(
     Rows without a usable answer are dropped with a warning; a missing field raises `ValueError` before anything
     else is done.
     """
-    import datasets
-
     spec = SOURCES.get(canonical_source(source) or "")
     rows, origin = read_source(source, spec, split=split, config=config, local=local)
     fields = _choose_fields(
@@ -154,7 +155,8 @@ class _Fields:
 
 
 def _choose_fields(source: str, spec: SourceSpec | None, rows: Any, origin: str, *, question_field: str | None,
-                   answer_field: str | None, solution_field: str | None, keep_columns: Iterable[str] | None) -> _Fields:
+                   answer_field: str | None, solution_field: str | None,
+                   keep_columns: Iterable[str] | None) -> _Fields:
     """The fields to read, from the explicit arguments or the usual names; ValueError naming what is missing."""
     columns = list(rows.column_names) if hasattr(rows, "column_names") else sorted({k for r in rows[:100] for k in r})
     first = rows[0] if len(rows) else None
@@ -164,7 +166,8 @@ def _choose_fields(source: str, spec: SourceSpec | None, rows: Any, origin: str,
             return _choose(candidates, columns, first)
         if not _has(columns, first, explicit):
             raise ValueError(
-                f"load_math_dataset({source!r}): the {kind} field {explicit!r} is not in the data (columns: {columns})."
+                f"load_math_dataset({source!r}): the {kind} field {explicit!r} is not in the data (columns: "
+                f"{columns})."
             )
         return explicit
 
@@ -177,7 +180,8 @@ def _choose_fields(source: str, spec: SourceSpec | None, rows: Any, origin: str,
         )
     a_field = b_field = None
     if solution_field is None:
-        a_field = pick("answer", answer_field, spec.answer_fields if spec else tuple(f for f in ANSWER_FIELDS if f != q_field))
+        candidates = spec.answer_fields if spec else tuple(f for f in ANSWER_FIELDS if f != q_field)
+        a_field = pick("answer", answer_field, candidates)
     if a_field is None:
         b_field = pick("solution", solution_field, spec.boxed_solution_fields if spec else SOLUTION_FIELDS)
     if a_field is None and b_field is None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from .files import LOCAL_SUFFIXES, read_local_rows
 
 
@@ -27,7 +29,9 @@ class SourceSpec:
 
 SOURCES: dict[str, SourceSpec] = {
     # Training sets
-    "deepscaler": SourceSpec("agentica-org/DeepScaleR-Preview-Dataset", "train", ("problem",), ("answer",), ("solution",)),
+    "deepscaler": SourceSpec(
+        "agentica-org/DeepScaleR-Preview-Dataset", "train", ("problem",), ("answer",), ("solution",)
+    ),
     "dapo-math-17k": SourceSpec(
         "BytedTsinghua-SIA/DAPO-Math-17k",
         "train",
@@ -37,12 +41,17 @@ SOURCES: dict[str, SourceSpec] = {
     ),
     "math": SourceSpec("DigitalLearningGmbH/MATH-lighteval", "train", ("problem",), (), ("solution",)),
     # The six benchmarks of the paper (local copies in benchmark_dir() are preferred when present)
-    "aime24": SourceSpec("HuggingFaceH4/aime_2024", "train", ("problem", "question"), ("answer",), local_file="aime24.jsonl"),
+    "aime24": SourceSpec(
+        "HuggingFaceH4/aime_2024", "train", ("problem", "question"), ("answer",), local_file="aime24.jsonl"
+    ),
     "aime25": SourceSpec("math-ai/aime25", "test", ("problem", "question"), ("answer",), local_file="aime25.jsonl"),
     "amc23": SourceSpec("math-ai/amc23", "test", ("problem", "question"), ("answer",), local_file="amc23.jsonl"),
-    "math500": SourceSpec("HuggingFaceH4/MATH-500", "test", ("problem",), ("answer",), ("solution",), local_file="math500.jsonl"),
+    "math500": SourceSpec(
+        "HuggingFaceH4/MATH-500", "test", ("problem",), ("answer",), ("solution",), local_file="math500.jsonl"
+    ),
     "minerva": SourceSpec(
-        "math-ai/minervamath", "test", ("problem", "question"), ("answer",), ("solution",), local_file="minerva_math.jsonl"
+        "math-ai/minervamath", "test", ("problem", "question"), ("answer",), ("solution",),
+        local_file="minerva_math.jsonl",
     ),
     "olympiadbench": SourceSpec(
         "math-ai/olympiadbench", "test", ("question", "problem"), ("final_answer", "answer"), ("solution",),
@@ -88,10 +97,8 @@ def benchmark_dir() -> Path | None:
 
 
 def read_hub(hub_id: str, split: str, config: str | None) -> Any:
-    import datasets
-
     try:
-        return datasets.load_dataset(hub_id, config, split=split) if config else datasets.load_dataset(hub_id, split=split)
+        return datasets.load_dataset(hub_id, *([config] if config else []), split=split)
     except Exception as exc:  # noqa: BLE001 - re-raised with the way out
         raise RuntimeError(
             f"Could not load {hub_id!r} (split {split!r}) from the Hugging Face Hub: {exc}\n"
@@ -116,7 +123,8 @@ def read_source(source: str, spec: SourceSpec | None, *, split: str | None, conf
         if local:
             raise FileNotFoundError(
                 f"load_math_dataset({source!r}, local=True): no {spec.local_file or 'local file'} in "
-                f"{benchmark_dir() or '(no benchmark folder found)'}; set DISCO_BENCHMARK_DIR to the folder that has it."
+                f"{benchmark_dir() or '(no benchmark folder found)'}; set DISCO_BENCHMARK_DIR to the folder that has "
+                "it."
             )
         return read_hub(spec.hub_id, split or spec.split, config or spec.config), spec.hub_id
     if "/" not in source:

@@ -30,7 +30,8 @@ Output folder (when `output_dir` is given; the CLI defaults to ``eval_results/<m
 """
 
 from .benchmarks import DEFAULT_BENCHMARKS
-from .run import evaluate
 from .metrics import BENCHMARK_TITLES, format_markdown, pass_at_k, summarize
+from .run import evaluate
+
 
 __all__ = ["BENCHMARK_TITLES", "DEFAULT_BENCHMARKS", "evaluate", "format_markdown", "pass_at_k", "summarize"]

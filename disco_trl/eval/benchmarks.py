@@ -10,6 +10,7 @@ from typing import Any
 
 from ..data import BENCHMARKS, PROMPT_TEMPLATE, canonical_source, load_math_dataset
 
+
 DEFAULT_BENCHMARKS = BENCHMARKS  # the paper's six
 
 
@@ -83,7 +84,8 @@ def plan_problems(datasets_by_name: Mapping[str, Any], records, num_samples: int
     problems = []
     for name, dataset in datasets_by_name.items():
         for pid, row in enumerate(dataset):
-            text = row.get("problem") or (row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"])
+            prompt = row["prompt"]
+            text = row.get("problem") or (prompt if isinstance(prompt, str) else prompt[-1]["content"])
             key = problem_key(str(text), str(row["solution"]))
             problems.append(dict(
                 benchmark=name, problem_id=pid, key=key, problem=text, solution=str(row["solution"]),

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .metrics import format_markdown
 from .benchmarks import DEFAULT_BENCHMARKS
+from .metrics import format_markdown
 from .run import evaluate
 
 

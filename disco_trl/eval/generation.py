@@ -15,6 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
 __all__ = ["PerSampleSampler", "check_model_source", "make_generator", "sample_seed"]
 
 _PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
@@ -47,8 +51,6 @@ def _vllm_usable() -> bool:
     if importlib.util.find_spec("vllm") is None:
         return False
     try:
-        import torch
-
         return torch.cuda.is_available()
     except ImportError:  # pragma: no cover
         return False
@@ -65,8 +67,6 @@ class PerSampleSampler:
     block = 256  # uniform numbers drawn per row at once (fixed: the streams must not depend on anything else)
 
     def __init__(self, seeds: list[int], *, temperature: float, top_p: float):
-        import torch
-
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.temperature = temperature
         self.top_p = top_p
@@ -74,8 +74,6 @@ class PerSampleSampler:
         self._step = 0
 
     def _next_uniforms(self, device):
-        import torch
-
         if self._step % self.block == 0:
             draws = [torch.rand(self.block, generator=g, dtype=torch.float64) for g in self.generators]
             self._uniforms = torch.stack(draws).to(device)
@@ -84,8 +82,6 @@ class PerSampleSampler:
         return uniform
 
     def __call__(self, input_ids, scores):
-        import torch
-
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         nucleus = (sorted_probs.cumsum(dim=-1) - sorted_probs) < self.top_p  # smallest top set with mass >= top_p
@@ -118,8 +114,6 @@ class TransformersGenerator:
 
     def generate(self, prompts: list[str], seeds: list[int], *, temperature: float, top_p: float, max_new_tokens: int):
         """One (text, completion tokens, finish reason) per prompt; prompt i sampled with seeds[i]."""
-        import torch
-
         enc = self._encode(prompts)
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
         if temperature > 0:
@@ -168,7 +162,7 @@ class VLLMGenerator:
     batch_size = 2048  # samples per vLLM call: enough to keep the GPU busy, few enough to save progress often
 
     def __init__(self, model_path: str, tokenizer_path: str | None, *, seed: int, dtype: str, **llm_kwargs: Any):
-        from vllm import LLM
+        from vllm import LLM  # noqa: PLC0415 - optional: only the vLLM backend needs it
 
         kwargs = {k: v for k, v in llm_kwargs.items() if v is not None}
         # vLLM's own sampling defaults, not the model's generation_config.json (which may set top_k, a repetition
@@ -178,7 +172,7 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list[str], seeds: list[int], *, temperature: float, top_p: float, max_new_tokens: int):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # noqa: PLC0415 - optional: only the vLLM backend needs it
 
         params = [
             SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=s) for s in seeds
@@ -188,9 +182,6 @@ class VLLMGenerator:
 
 
 def _load_transformers(model_path: str, tokenizer_path: str | None, dtype: str, device: str | None):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+
 __all__ = ["BENCHMARK_TITLES", "format_markdown", "pass_at_k", "summarize"]
 
 BENCHMARK_TITLES = {
@@ -66,11 +67,11 @@ def summarize(
         problems = [list(p) for p in problems if len(p) > 0]
         if not problems:
             continue
-        n_min = min(len(p) for p in problems)
+        n_min, n_max = min(len(p) for p in problems), max(len(p) for p in problems)
         ks = [k for k in (wanted or _default_ks(n_min)) if 1 <= k <= n_min]
         entry: dict[str, Any] = {
             "num_problems": len(problems),
-            "samples_per_problem": n_min if n_min == max(len(p) for p in problems) else [n_min, max(len(p) for p in problems)],
+            "samples_per_problem": n_min if n_min == n_max else [n_min, n_max],
             "num_correct": [int(sum(1 for r in p if r > 0.5)) for p in problems],
         }
         entry["pass@1"] = sum(c / len(p) for c, p in zip(entry["num_correct"], problems)) / len(problems)

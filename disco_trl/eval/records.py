@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+
 __all__ = ["RESUME_KEYS", "RunRecords", "read_jsonl", "repair_tail"]
 
 # Settings that must match to resume into an existing output folder (num_samples and limit may grow).

@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ..rewards import boxed_math_reward, extract_boxed_answer
 from .benchmarks import DEFAULT_BENCHMARKS, plan_problems, problem_rows, render_prompts, resolve_benchmarks
 from .generation import check_model_source, make_generator, sample_seed
@@ -32,7 +34,8 @@ def evaluate(
         num_samples, temperature, top_p, max_new_tokens: the sampling protocol (the paper: 16, 0.6, 0.95, 8k).
         output_dir: where records and results go (see `disco_trl.eval`); None keeps everything in memory.
         limit: the first `limit` problems of each benchmark. batch_size: sequences per `generate` (transformers).
-        backend: ``"auto"`` (vLLM when installed, a GPU is present and `model` is a path), ``"vllm"``, ``"transformers"``.
+        backend: ``"auto"`` (vLLM when installed, a GPU is present and `model` is a path), ``"vllm"``,
+        ``"transformers"``.
         k_values: which pass@k to report (default: 1, 2, 4, ... up to num_samples).
         seed: sample j of a problem is drawn with `sample_seed(seed, problem, j)` whatever the batching.
         resume: reuse the records already in `output_dir` (same settings required); False starts over.
@@ -86,7 +89,7 @@ def _check_arguments(model: Any, tokenizer: Any, *, num_samples: int, max_new_to
         raise ValueError(f"evaluate: backend must be 'auto', 'vllm' or 'transformers', got {backend!r}.")
     model_is_path = isinstance(model, str | os.PathLike)
     if not model_is_path and tokenizer is None:
-        raise ValueError("evaluate: an in-memory model needs its tokenizer: evaluate(model, ..., tokenizer=tokenizer).")
+        raise ValueError("evaluate: an in-memory model needs its tokenizer: evaluate(model, ..., tokenizer=...).")
     if model_is_path:
         check_model_source(model, role="model")
     if isinstance(tokenizer, str | os.PathLike):
@@ -146,8 +149,6 @@ def _generate_missing(generator: Any, problems: list[dict], records: RunRecords,
 
 
 def _progress_bar(total: int, initial: int):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc="eval problems", unit="problem", dynamic_ncols=True)
 
 

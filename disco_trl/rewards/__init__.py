@@ -16,6 +16,7 @@ from .grading import grade_answers
 from .math_reward import BoxedMathReward, boxed_math_reward
 from .pool import MathGraderPool, shutdown_grader_pool
 
+
 __all__ = [
     "boxed_math_reward",
     "extract_boxed_answer",

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from trl.trainer.utils import get_callable_name, is_async_callable
 
+
 logger = logging.getLogger(__name__)
 
 # Keyword arguments TRL passes to every reward function besides the dataset's columns.
@@ -60,7 +61,8 @@ def check_reward_columns(reward_funcs, dataset) -> None:
             raise ValueError(
                 f"Reward function `{get_callable_name(func)}` needs the dataset column(s) {missing}, but the training "
                 f"dataset has only {list(columns)}. Add the column (for math rewards, the reference answer as "
-                "`solution`; see disco_trl.data.load_math_dataset) or rename it with `dataset.rename_column(old, new)`."
+                "`solution`; see disco_trl.data.load_math_dataset) or rename it with `dataset.rename_column(old, "
+                "new)`."
             )
 
 
@@ -138,11 +140,13 @@ class NoSignalWatch:
         shown = ", ".join(f"{v:g}" for v in seen[:12]) + (", ..." if len(seen) > 12 else "")
         if self.threshold == "group_mean":
             why = "every question's completions got the same reward"
-            fix = ("make the reward tell completions apart (a finer reward, harder or easier questions), or check that "
+            fix = ("make the reward tell completions apart (a finer reward, harder or easier questions), or check "
+                   "that "
                    "the reward function reads the right answer column")
         else:
             why = f"no question had completions on both sides of reward_threshold={self.threshold}"
-            fix = ("set `reward_threshold=\"group_mean\"` (positives: completions above their question's mean reward), "
+            fix = ("set `reward_threshold=\"group_mean\"` (positives: completions above their question's mean "
+                   "reward), "
                    "or a threshold between the rewards of right and wrong answers")
         return (
             f"\n{'!' * 100}\nDisCO IS LEARNING NOTHING: in the last {self.streak} generation batches {why} (rewards "

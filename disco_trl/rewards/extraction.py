@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+
 MAX_ANSWER_CHARS = 1000  # a boxed answer longer than this is not a final answer (references are < 250 chars)
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 

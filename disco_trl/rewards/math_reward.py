@@ -50,7 +50,8 @@ def _solutions_for(completions: Sequence[Any], solution: Any) -> list[str]:
 
 
 def boxed_math_reward(completions: Sequence[Any], solution: Sequence[str] | None = None, **kwargs: Any) -> list[float]:
-    r"""TRL reward function: 1.0 if the last ``\boxed{}`` (after ``</think>``) equals `solution` mathematically, else 0.0.
+    r"""TRL reward function: 1.0 if the last ``\boxed{}`` (after ``</think>``) equals `solution` mathematically, else
+    0.0.
 
     Works with plain-text completions (``list[str]``) and conversational ones (``list[list[dict]]``). Extra keyword
     arguments from the trainer (prompts, completion_ids, trainer_state, ...) are accepted; when TRL passes
@@ -81,7 +82,9 @@ class BoxedMathReward:
         self.after_think = after_think
         self.__name__ = "boxed_math_reward"
 
-    def __call__(self, completions: Sequence[Any], solution: Sequence[str] | None = None, **kwargs: Any) -> list[float]:
+    def __call__(
+        self, completions: Sequence[Any], solution: Sequence[str] | None = None, **kwargs: Any
+    ) -> list[float]:
         texts = [completion_text(c) for c in completions]
         golds = _solutions_for(completions, solution)
         answers = [extract_boxed_answer(t, after_think=self.after_think) for t in texts]

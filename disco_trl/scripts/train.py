@@ -31,10 +31,19 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl import ModelConfig, TrlParser
+import torch
+import transformers
+from packaging.version import Version
+from transformers import AutoConfig
+from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+from trl.import_utils import is_vllm_available
 
-from disco_trl import DiscoConfig
+from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl.checkpoints import CheckpointError, resolve_resume
+from disco_trl.data import load_math_dataset
 from disco_trl.geometry import BatchGeometry, check_expected_questions
+from disco_trl.rewards import boxed_math_reward
+from disco_trl.rewards.checks import check_reward_columns
 
 
 @dataclass
@@ -93,7 +102,8 @@ class DiscoScriptArguments:
     expected_questions_per_update: int | None = field(
         default=None,
         metadata={
-            "help": "If set, stop unless each optimizer update covers this many questions (per_device_train_batch_size "
+            "help": "If set, stop unless each optimizer update covers this many questions "
+            "(per_device_train_batch_size "
             "x gradient_accumulation_steps x processes / num_generations) and say which gradient_accumulation_steps "
             "would. The paper's recipes set 32."
         },
@@ -126,16 +136,12 @@ def check_vllm(args: DiscoConfig) -> None:
     """`use_vllm` needs vLLM (in the range TRL supports) and a CUDA device; vLLM generation needs gathered weights."""
     if not args.use_vllm:
         return
-    from trl.import_utils import is_vllm_available
-
     if not is_vllm_available():
         raise ScriptError(
             "use_vllm=True, but vLLM is not installed in this environment. Install the versions the pinned TRL "
             "supports with `pip install 'disco-trl[vllm]'` (vllm>=0.22.0,<=0.31.0), or drop use_vllm to generate "
             "with transformers (much slower for long completions)."
         )
-    import torch
-
     if not torch.cuda.is_available():
         raise ScriptError("use_vllm=True, but no CUDA device is visible: vLLM generation needs an NVIDIA GPU.")
     if args.vllm_mode not in ("colocate", "server"):
@@ -176,8 +182,6 @@ def check_model(model_args: ModelConfig, args: DiscoConfig) -> None:
             "'organisation/model'). Check the path, or save the model there first with save_pretrained."
         )
     # A Hub id: resolve its config now (a few kB) rather than failing after the dataset is prepared.
-    from transformers import AutoConfig
-
     try:
         AutoConfig.from_pretrained(name, revision=model_args.model_revision, trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError) as err:
@@ -191,8 +195,6 @@ def resolve_resume_setting(args: DiscoConfig) -> None:
     """`resume_from_checkpoint`: a checkpoint directory, or `last` (also `true`) for the newest complete one in
     output_dir. Without it, an output_dir holding an earlier run's checkpoints is refused unless overwrite_output_dir
     (the rules: disco_trl.checkpoints)."""
-    from disco_trl.checkpoints import CheckpointError, resolve_resume
-
     value = args.resume_from_checkpoint
     if value is None or value is False or str(value).lower() in ("", "false", "none"):
         value = None
@@ -209,8 +211,6 @@ def load_reward_funcs(names: list[str]) -> list[Any]:
     if not names:
         raise ScriptError("reward_funcs is empty: DisCO needs a reward to split completions into positives and "
                           "negatives (use boxed_math_reward for math).")
-    from disco_trl.rewards import boxed_math_reward
-
     registry = {"boxed_math_reward": boxed_math_reward}
     funcs = []
     for name in names:
@@ -233,9 +233,6 @@ def load_reward_funcs(names: list[str]) -> list[Any]:
 
 def load_train_dataset(script_args: DiscoScriptArguments, reward_funcs: list[Any]):
     """Load the training set with `disco_trl.data.load_math_dataset`; check it has what the rewards read."""
-    from disco_trl.data import load_math_dataset
-    from disco_trl.rewards.checks import check_reward_columns
-
     source = script_args.dataset_name
     try:
         dataset = load_math_dataset(
@@ -282,12 +279,6 @@ def prepare(script_args: DiscoScriptArguments, training_args: DiscoConfig, model
 
 
 def train(script_args, training_args, model_args, geometry, reward_funcs, dataset):
-    import transformers
-    from packaging.version import Version
-    from trl import get_peft_config, get_quantization_config
-
-    from disco_trl import DiscoTrainer
-
     model_init_kwargs = dict(
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
@@ -312,7 +303,7 @@ def train(script_args, training_args, model_args, geometry, reward_funcs, datase
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    trainer.save_state()  # trainer_state.json: the logged training dynamics (reward, entropy, disco/kl, step_time, ...)
+    trainer.save_state()  # trainer_state.json: the logged dynamics (reward, entropy, disco/kl, step_time, ...)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
