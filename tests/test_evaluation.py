@@ -354,12 +354,19 @@ def test_a_missing_model_path_is_named(path):
         evaluate(path, {"toy": _toy_benchmark()})
 
 
-def test_hub_ids_and_existing_paths_are_not_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("accepted, refused", [
+    ("Qwen/Qwen2.5-Math-1.5B", "Qwen/Qwen2.5-Math-1.5B/model"),  # a Hub id has one "/"
+    ("gpt2", "./gpt2"),
+    ("org/local-model", "org/local-model/checkpoint-1"),  # an existing folder that looks like a Hub id
+    ("./org", "./org2"),
+])
+def test_hub_ids_and_existing_paths_are_not_refused(tmp_path, monkeypatch, accepted, refused):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "org").mkdir()
-    (tmp_path / "org" / "local-model").mkdir()
-    for source in ("Qwen/Qwen2.5-Math-1.5B", "gpt2", "org/local-model", str(tmp_path / "org"), "./org"):
-        generation.check_model_source(source)  # no error
+    (tmp_path / "org" / "local-model").mkdir(parents=True)
+    generation.check_model_source(accepted)
+    generation.check_model_source(str(tmp_path / "org"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        generation.check_model_source(refused)
 
 
 def _one_line_error(capsys, argv):

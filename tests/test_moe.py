@@ -55,10 +55,12 @@ def _assert_aux_part(with_aux, without_aux, expected):
     for name, grad in expected.items():
         diff = with_aux[name] - without_aux.get(name, torch.zeros_like(grad))
         torch.testing.assert_close(diff, grad, rtol=1e-5, atol=1e-6 * scale, msg=name)
-    # and the scale is really checked: half or double the coefficient would be far outside the tolerance
+    # and the tolerance can see a scale error: half or double the coefficient would fail it
     name = max(expected, key=lambda n: expected[n].abs().max().item())
     diff = with_aux[name] - without_aux.get(name, torch.zeros_like(expected[name]))
-    assert (diff - expected[name]).abs().max() < 0.01 * expected[name].abs().max()
+    for wrong_scale in (0.5, 2.0):
+        with pytest.raises(AssertionError):
+            torch.testing.assert_close(diff, wrong_scale * expected[name], rtol=1e-5, atol=1e-6 * scale)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -6,10 +6,10 @@ buffered completions, the micro-step counter and the RNG state must all survive 
 
 import pytest
 import torch
-from disco_testing import parity_reward, prompt_dataset, tiny_model_and_tokenizer
+from disco_testing import parity_reward, prompt_dataset, short_run_config, tiny_model_and_tokenizer
 from transformers import TrainerCallback
 
-from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl import DiscoTrainer
 
 
 class StopAt(TrainerCallback):
@@ -23,28 +23,13 @@ class StopAt(TrainerCallback):
 
 def make_trainer(output_dir, callbacks=(), **overrides):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
-    kwargs = dict(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        gradient_accumulation_steps=1,
-        steps_per_generation=2,
-        max_completion_length=8,
-        max_steps=6,
-        learning_rate=5e-3,
-        temperature=1.0,
-        report_to="none",
-        save_strategy="steps",
-        save_steps=3,
-        logging_steps=1,
-        seed=5,
-        use_cpu=True,
-    )
-    kwargs.update(overrides)
+    # short_run_config's run, longer, with a checkpoint every 3 steps
+    settings = dict(max_steps=6, save_strategy="steps", save_steps=3, seed=5)
+    args = short_run_config(output_dir, **{**settings, **overrides})
     return DiscoTrainer(
         model=model,
         reward_funcs=parity_reward,
-        args=DiscoConfig(**kwargs),
+        args=args,
         train_dataset=prompt_dataset(),
         processing_class=tokenizer,
         callbacks=list(callbacks),

@@ -3,7 +3,7 @@ message."""
 
 import pytest
 import torch
-from disco_testing import parity_reward, prompt_dataset, tiny_model_and_tokenizer
+from disco_testing import parity_reward, prompt_dataset, short_run_config, tiny_model_and_tokenizer
 from trl import GRPOConfig
 
 from disco_trl import DiscoConfig, DiscoTrainer
@@ -22,34 +22,13 @@ DISCO_METRICS = [
 ]
 
 
-def config(tmp_path, **overrides):
-    kwargs = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        gradient_accumulation_steps=1,
-        steps_per_generation=2,  # two updates per generation: the second is off-policy (old log-probs, KL hinge)
-        max_completion_length=8,
-        max_steps=2,
-        learning_rate=5e-3,
-        temperature=1.0,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        seed=3,
-        use_cpu=True,
-    )
-    kwargs.update(overrides)
-    return DiscoConfig(**kwargs)
-
-
 def train(tmp_path, dataset=None, **overrides):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = DiscoTrainer(
         model=model,
         reward_funcs=parity_reward,
-        args=config(tmp_path, **overrides),
+        args=short_run_config(tmp_path, **overrides),
         train_dataset=dataset if dataset is not None else prompt_dataset(),
         processing_class=tokenizer,
     )
@@ -88,7 +67,7 @@ def test_lora_adapter_trains(tmp_path):
     trainer = DiscoTrainer(
         model=model,
         reward_funcs=parity_reward,
-        args=config(tmp_path),
+        args=short_run_config(tmp_path),
         train_dataset=prompt_dataset(),
         processing_class=tokenizer,
         peft_config=lora,
@@ -143,19 +122,19 @@ def test_model_card_names_disco_and_cites_the_paper(tmp_path):
 )
 def test_config_refusals(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        config(tmp_path, **overrides)
+        short_run_config(tmp_path, **overrides)
 
 
 def test_groups_may_span_micro_steps_of_one_optimizer_step(tmp_path):
-    args = config(tmp_path, per_device_train_batch_size=2, num_generations=4, gradient_accumulation_steps=2,
+    args = short_run_config(tmp_path, per_device_train_batch_size=2, num_generations=4, gradient_accumulation_steps=2,
                   steps_per_generation=4)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 4
 
 
 def test_tau_defaults_follow_the_score_type(tmp_path):
-    assert config(tmp_path).tau == 10.0
-    assert config(tmp_path, score_type="l_ratio").tau == 1.0
-    assert config(tmp_path, score_type="l_ratio", tau=3.0).tau == 3.0
+    assert short_run_config(tmp_path).tau == 10.0
+    assert short_run_config(tmp_path, score_type="l_ratio").tau == 1.0
+    assert short_run_config(tmp_path, score_type="l_ratio", tau=3.0).tau == 3.0
 
 
 def test_paper_defaults(tmp_path):
@@ -181,5 +160,5 @@ def test_missing_reward_column_is_refused_before_training(tmp_path):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     dataset = prompt_dataset().rename_column("solution", "answer")
     with pytest.raises(ValueError, match=r"`needs_solution` needs the dataset column\(s\) \['solution'\].*'answer'"):
-        DiscoTrainer(model=model, reward_funcs=[needs_solution], args=config(tmp_path), train_dataset=dataset,
-                     processing_class=tokenizer)
+        DiscoTrainer(model=model, reward_funcs=[needs_solution], args=short_run_config(tmp_path),
+                     train_dataset=dataset, processing_class=tokenizer)
