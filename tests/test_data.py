@@ -3,6 +3,7 @@ layouts, the known training sources (their Hub layout, served from memory), and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -318,3 +319,24 @@ def test_real_hub_error_message_names_the_offline_way_out(monkeypatch):
 def test_every_benchmark_has_a_local_file_name():
     assert set(data.BENCHMARK_FILES) == set(BENCHMARKS)
     assert all(name.endswith(".jsonl") for name in data.BENCHMARK_FILES.values())
+
+
+# sha256 (first 16 hex digits) of each benchmark as loaded, rows as sorted-key JSON: a change to the loader that
+# changes what any benchmark reads as shows here (recorded when load_math_dataset moved into disco_trl/data/).
+LOADED_BENCHMARKS = {
+    ("aime24", True): "ab418002580747b7", ("aime24", False): "af21881ee00864cb",
+    ("aime25", True): "c033abec302d0064", ("aime25", False): "89faa4b2741071f7",
+    ("math500", True): "1bbab8a86ad323be", ("math500", False): "aaede68a05f393a1",
+    ("amc23", True): "74a97f14afbf16c2", ("amc23", False): "15d8500644f342df",
+    ("minerva", True): "f90ccd2b42723df7", ("minerva", False): "c760d6a104f3d5d8",
+    ("olympiadbench", True): "b801170883286296", ("olympiadbench", False): "a0e06339e1252fc9",
+}
+
+
+@pytest.mark.needs_benchmarks
+@pytest.mark.parametrize("name, conversational", sorted(LOADED_BENCHMARKS))
+def test_the_six_benchmarks_load_byte_identically(name, conversational):
+    rows = load_math_dataset(name, conversational=conversational).to_list()
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    assert digest == LOADED_BENCHMARKS[(name, conversational)]
+
