@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .batching import concat_rows, select_rows
+from .geometry import concat_rows, select_rows
 from .losses import mixed_questions
 
 

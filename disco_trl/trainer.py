@@ -8,7 +8,7 @@ PEFT, DeepSpeed, logging, model cards. DisCO overrides five GRPOTrainer methods,
 2. `_generate_and_score_completions`: decide once per generation batch which completions are positives, negatives or
    neither (`disco_labels`), give each its question's id (`disco_group_ids`), and log the per-question counts.
 3. `_prepare_inputs`: TRL shuffles a new generation batch by rows; DisCO re-cuts it by whole questions
-   (`batching.cut_by_questions`), so that every question's completions land on one process within one optimizer
+   (`geometry.cut_by_questions`), so that every question's completions land on one process within one optimizer
    step (the objective compares a question's positives with its negatives). Also where, per optimizer step, the
    look-ahead weights of questions larger than a micro-batch are attached and, with skip_uninformative_questions,
    questions without signal are dropped (`skipping`).
@@ -33,9 +33,8 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
 from . import checkpoints, metrics, skipping
-from .batching import cut_by_questions
 from .config import DiscoConfig
-from .geometry import BatchGeometry
+from .geometry import BatchGeometry, cut_by_questions
 from .losses import completion_labels, disco_loss, discriminative_objective, sequence_scores, token_kl_terms
 from .rewards.checks import NoSignalWatch, check_reward_columns, with_output_check
 
