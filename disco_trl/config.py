@@ -223,30 +223,43 @@ class DiscoConfig(GRPOConfig):
             )
 
     def _check_training_values(self) -> None:
-        """Values TRL or transformers accept but that fail (or silently do something else) once the model is loaded."""
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(
-                f"DiscoConfig.max_steps={self.max_steps}: set the number of optimizer updates (> 0), or -1 (the "
-                "default) "
-                "to train for num_train_epochs."
-            )
-        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
-            raise ValueError(
-                f"DiscoConfig.learning_rate={self.learning_rate} must be a finite number >= 0; the authors use 2e-6 "
-                "for "
-                "1.5B models and 1e-6 for 7B/8B."
-            )
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(
-                f"DiscoConfig.temperature={self.temperature}: DisCO samples its completions, so the sampling "
-                "temperature "
-                "must be a finite number > 0 (the paper uses 0.6)."
-            )
-        if self.max_completion_length is not None and self.max_completion_length <= 0:
-            raise ValueError(
-                f"DiscoConfig.max_completion_length={self.max_completion_length} must be a positive number of tokens "
-                "(the paper uses 8192)."
-            )
+        """Values TRL or transformers accept but that fail, or train nothing, once the model is loaded."""
+        for name, fine, what in self._training_value_rules():
+            if not fine:
+                raise ValueError(f"DiscoConfig.{name}={getattr(self, name)}{what}")
+
+    def _training_value_rules(self):
+        """(field, whether its value is fine, what the message says after the value)."""
+        def positive(value):
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        def optional_positive(value):
+            return value is None or positive(value)
+
+        lr, temperature, top_p = self.learning_rate, self.temperature, self.top_p
+        batch = " must be a whole number >= 1: DisCO cuts every batch into whole questions of num_generations"
+        return (
+            ("max_steps", self.max_steps > 0 or self.max_steps == -1, ": set the number of optimizer updates (> 0), "
+             "or -1 (the default) to train for num_train_epochs."),
+            ("num_train_epochs", self.max_steps > 0 or self.num_train_epochs > 0, " with max_steps=-1 trains "
+             "nothing: set num_train_epochs > 0, or max_steps to the number of optimizer updates."),
+            ("num_iterations", positive(self.num_iterations), " must be a whole number >= 1 (the optimizer passes "
+             "over each generation batch; the paper uses 1): with 0 nothing is trained."),
+            ("learning_rate", math.isfinite(lr) and lr >= 0, " must be a finite number >= 0; the authors use 2e-6 for "
+             "1.5B models and 1e-6 for 7B/8B."),
+            ("temperature", math.isfinite(temperature) and temperature > 0, ": DisCO samples its completions, so the "
+             "sampling temperature must be a finite number > 0 (the paper uses 0.6)."),
+            ("top_p", math.isfinite(top_p) and 0 < top_p <= 1, " must be in (0, 1]: the nucleus keeps the most "
+             "likely tokens up to this probability mass (1.0, the paper's, samples from the whole distribution)."),
+            ("max_completion_length", self.max_completion_length is None or self.max_completion_length > 0,
+             " must be a positive number of tokens (the paper uses 8192)."),
+            ("per_device_train_batch_size", positive(self.per_device_train_batch_size), batch + "."),
+            ("gradient_accumulation_steps", positive(self.gradient_accumulation_steps), " must be a whole number "
+             ">= 1 (micro-batches per optimizer update)."),
+            ("steps_per_generation", optional_positive(self.steps_per_generation), " must be a whole number >= 1 "
+             "(micro-batches per generation batch), or unset (gradient_accumulation_steps)."),
+            ("generation_batch_size", optional_positive(self.generation_batch_size), batch + ", or unset."),
+        )
 
     def _check_grpo_loss_options(self) -> None:
         if self.beta != 0.0:

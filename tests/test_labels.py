@@ -169,3 +169,24 @@ def scalar_reward(completions, **kwargs):
 def test_malformed_reward_output_names_the_function(tmp_path, func, what):
     with pytest.raises(TypeError, match=f"Reward function `{func.__name__}` {what}.*one float"):
         _run(tmp_path, func, steps=1)
+
+
+def best_is_infinite_reward(completions, **kwargs):
+    """A reward with a division by zero: the best completion of each batch scores inf."""
+    rewards = parity_reward(completions)
+    rewards[0] = math.inf
+    return rewards
+
+
+def worst_is_minus_infinite_reward(completions, **kwargs):
+    rewards = parity_reward(completions)
+    rewards[-1] = -math.inf
+    return rewards
+
+
+@pytest.mark.parametrize("func, shown", [(best_is_infinite_reward, "inf"), (worst_is_minus_infinite_reward, "-inf")])
+def test_an_infinite_reward_is_refused_naming_the_function(tmp_path, func, shown):
+    """Left alone, an infinite reward makes every completion of its question a negative (inf - inf is NaN)."""
+    expected = rf"Reward function `{func.__name__}` returned {shown} for 1 of \d+ completions"
+    with pytest.raises(ValueError, match=expected):
+        _run(tmp_path, func, steps=1)

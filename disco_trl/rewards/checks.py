@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -67,27 +68,41 @@ def check_reward_columns(reward_funcs, dataset) -> None:
 
 
 def check_reward_output(name: str, output) -> None:
-    """Raise one clear line when a reward function's return value is not one number (or None) per completion."""
-    problem = None
-    if isinstance(output, (str, bytes)):
-        problem = f"a {type(output).__name__} ({output[:40]!r})"
-    elif isinstance(output, numbers.Number) or (isinstance(output, torch.Tensor) and output.ndim == 0):
-        problem = f"a single number ({float(output)!r})"
-    elif not isinstance(output, (Sequence, torch.Tensor)) and not hasattr(output, "__array__"):
-        problem = f"a {type(output).__name__}"
-    else:
-        for value in output:
-            if value is None or isinstance(value, (numbers.Number, bool)):
-                continue
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                continue
-            problem = f"a list holding a {type(value).__name__} ({value!r:.40})"
-            break
+    """Raise one clear line when a reward function's return value is not one finite number (or None) per completion.
+
+    NaN is accepted as "cannot score" (TRL's None); an infinite reward is refused: the completions of its question
+    would all become negatives (inf - inf is NaN in the question's mean), silently.
+    """
+    problem = _malformed(output)
     if problem is not None:
         raise TypeError(
             f"Reward function `{name}` returned {problem}; a reward function must return a list with one float (or "
             "None, for a completion it cannot score) per completion, e.g. `return [float(r) for r in rewards]`."
         )
+    infinite = [float(v) for v in output if v is not None and math.isinf(float(v))]
+    if infinite:
+        raise ValueError(
+            f"Reward function `{name}` returned {sorted(set(infinite))[0]} for {len(infinite)} of {len(output)} "
+            "completions: rewards must be finite (an infinite one makes every completion of its question a "
+            "negative). Return a large finite number instead, or None for a completion it cannot score."
+        )
+
+
+def _malformed(output) -> str | None:
+    """What is wrong with the shape of a reward function's return value, or None."""
+    if isinstance(output, str | bytes):
+        return f"a {type(output).__name__} ({output[:40]!r})"
+    if isinstance(output, numbers.Number) or (isinstance(output, torch.Tensor) and output.ndim == 0):
+        return f"a single number ({float(output)!r})"
+    if not isinstance(output, Sequence | torch.Tensor) and not hasattr(output, "__array__"):
+        return f"a {type(output).__name__}"
+    for value in output:
+        if value is None or isinstance(value, numbers.Number | bool):
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            continue
+        return f"a list holding a {type(value).__name__} ({value!r:.40})"
+    return None
 
 
 def with_output_check(func):
