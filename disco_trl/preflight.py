@@ -1,5 +1,11 @@
 """What a run checks before it spends compute, and the lock that keeps one run per output folder.
 
+Checks on a run's inputs (each raises ValueError with one line naming the setting and the fix): the training set
+holds at least one generation batch (`check_dataset_size`), every LoRA target module exists in the model
+(`check_lora_targets`, on a model built on the meta device when the weights are not loaded yet), and every prompt
+fits the model's positions with room for max_completion_length tokens (`check_prompt_lengths`). The training script
+runs them before any weights load; `DiscoTrainer` runs them before training starts.
+
 `FolderLock`: a training run (`DiscoTrainer.train`, the training script) or an evaluation (`disco-trl eval`) holds its
 output folder for as long as it runs, through a lock file in it (`.disco-lock`, JSON: host, pid, process start time,
 what holds it). A second run into the same folder is refused with one line naming the holder. A lock whose holder is
@@ -10,13 +16,19 @@ seconds; the holder renews it every `HEARTBEAT_S` seconds from a daemon thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import threading
 import time
 import warnings
 from pathlib import Path
+
+import torch
+from accelerate.utils import broadcast_object_list
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
 
 LOCK_FILE = ".disco-lock"
@@ -105,7 +117,13 @@ class FolderLock:
             return self
         raise FolderInUse(f"{self.folder}: could not take its lock file {self.path}; remove it if no run uses it.")
 
-    def _check_holder(self) -> None:
+    def check_free(self) -> None:
+        """FolderInUse if a live run other than this process holds the folder (takes nothing: any process of a
+        launch may call it before the launch's main process takes the folder)."""
+        if self.path.exists() and self.folder.resolve() not in _HELD:
+            self._check_holder(remove_stale=False)
+
+    def _check_holder(self, remove_stale: bool = True) -> None:
         """Raise if a live run holds the folder; remove a stale lock so the caller can retry."""
         holder = self._read()
         if holder is None:
@@ -118,9 +136,10 @@ class FolderLock:
                 f"{holder.get('pid')}): two runs writing one folder would overwrite each other's files. Wait for it "
                 f"to finish, or use another folder (its lock: {self.path})."
             )
-        warnings.warn(f"{self.path}: taking over the lock of {holder.get('what', 'a run')} (host "
-                      f"{holder.get('host')}, pid {holder.get('pid')}), which is no longer running.", stacklevel=3)
-        self.path.unlink(missing_ok=True)
+        if remove_stale:
+            warnings.warn(f"{self.path}: taking over the lock of {holder.get('what', 'a run')} (host "
+                          f"{holder.get('host')}, pid {holder.get('pid')}), which is no longer running.", stacklevel=3)
+            self.path.unlink(missing_ok=True)
 
     def _start_heartbeat(self) -> None:
         self._stop.clear()
@@ -153,3 +172,100 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def hold_folder(accelerator, folder, what: str):
+    """The launch's main process holds `folder` for the block; every process raises FolderInUse if it cannot."""
+    lock = FolderLock(folder, what)
+    refusal = [None]
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except FolderInUse as err:
+            refusal = [str(err)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(refusal)
+    if refusal[0] is not None:
+        raise FolderInUse(refusal[0])
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+# ----------------------------------------------------------------------------------------------- inputs of a run
+def check_dataset_size(dataset, args) -> None:
+    """ValueError when a (sized) training set holds fewer questions than one generation batch: no step would run."""
+    if dataset is None or not hasattr(dataset, "__len__") or args.generation_batch_size is None:
+        return
+    per_generation = args.generation_batch_size // args.num_generations
+    if len(dataset) < per_generation:
+        raise ValueError(
+            f"train_dataset has {len(dataset)} questions, fewer than one generation batch of {per_generation} "
+            f"(generation_batch_size={args.generation_batch_size} / num_generations={args.num_generations}): the run "
+            "would make no optimizer step. Use more questions, or a smaller generation batch (generation_batch_size, "
+            "or per_device_train_batch_size x steps_per_generation x processes)."
+        )
+
+
+def module_names(model) -> list[str]:
+    """The names of a model's modules, for a loaded model or a config (built on the meta device: no weights)."""
+    if isinstance(model, PretrainedConfig):
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model)
+    return [name for name, _ in model.named_modules()]
+
+
+def check_lora_targets(model, peft_config) -> None:
+    """ValueError naming every LoRA target module that matches no module of the model (PEFT raises only when none
+    matches, after the model has loaded; a misspelt name beside a right one is silently left untrained)."""
+    targets = getattr(peft_config, "target_modules", None)
+    if getattr(peft_config, "r", 1) < 1:
+        raise ValueError(f"LoRA rank r={peft_config.r} (lora_r): the adapter needs a rank >= 1 (common: 8 to 64).")
+    if targets is None or targets == "all-linear":
+        return
+    names = module_names(model)
+    if isinstance(targets, str):
+        unmatched = [] if any(re.fullmatch(targets, n) for n in names) else [targets]
+    else:
+        unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if unmatched:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names if n and not n.rsplit(".", 1)[-1].isdigit()})
+        raise ValueError(
+            f"LoRA target module(s) {unmatched} (lora_target_modules) match no module of the model; its module names "
+            f"are {leaves}. Fix the names, or use 'all-linear'."
+        )
+
+
+def check_prompt_lengths(prompts, tokenizer, max_positions: int | None, max_completion_length: int,
+                         chat_template_kwargs: dict | None = None) -> None:
+    """ValueError when a prompt plus max_completion_length does not fit the model's positions.
+
+    Only prompts that could be too long are tokenized: a token covers at least one byte of the rendered text
+    (byte-level BPE, SentencePiece with byte fallback, word-level), so a prompt of fewer bytes than the room, template
+    included, fits. A dataset of ordinary prompts costs a byte count per prompt.
+    """
+    if max_positions is None or not len(prompts):
+        return
+    room = max_positions - max_completion_length
+    kwargs = dict(add_generation_prompt=True, **(chat_template_kwargs or {}))
+    empty = [{"role": "user", "content": ""}]
+    overhead = len(tokenizer.apply_chat_template(empty, tokenize=False, **kwargs).encode()) \
+        if getattr(tokenizer, "chat_template", None) else 0
+    counts = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            if len(prompt.encode()) + 8 > room:
+                counts.append(len(tokenizer(prompt)["input_ids"]))
+        elif sum(len(str(m.get("content", "")).encode()) for m in prompt) + (overhead + 8) * len(prompt) > room:
+            ids = tokenizer.apply_chat_template(prompt, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+            counts.append(len(ids))
+    too_long = [n for n in counts if n > room]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} of {len(prompts)} prompts do not fit the model with max_completion_length="
+            f"{max_completion_length}: the longest is {max(too_long)} tokens, and the model has "
+            f"max_position_embeddings={max_positions} (prompt + completion must fit, so prompts may have {room}). "
+            "Shorten or drop the long prompts, or lower max_completion_length."
+        )

@@ -28,11 +28,12 @@ from __future__ import annotations
 import textwrap
 
 import torch
+from transformers import AutoConfig
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
-from . import checkpoints, metrics, skipping
+from . import checkpoints, metrics, preflight, skipping
 from .config import DiscoConfig
 from .geometry import BatchGeometry, cut_by_questions
 from .losses import completion_labels, disco_loss, discriminative_objective, sequence_scores, token_kl_terms
@@ -98,6 +99,9 @@ class DiscoTrainer(GRPOTrainer):
         args = _disco_config(args, model)
         if rollout_func is None and environment_factory is None:  # those add reward inputs of their own at run time
             check_reward_columns(reward_funcs, train_dataset)
+        preflight.check_dataset_size(train_dataset, args)
+        if peft_config is not None:
+            preflight.check_lora_targets(_model_or_config(model, args), peft_config)
         super().__init__(
             model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, reward_processing_classes=reward_processing_classes,
@@ -105,6 +109,8 @@ class DiscoTrainer(GRPOTrainer):
             peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
         )
         self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
+        if rollout_func is None and environment_factory is None and not self._is_vlm:
+            self._check_prompt_lengths(train_dataset)
         # (all processes' completions, reward functions) of the batch being scored: _calculate_rewards -> next method
         self._rewards_per_func_being_scored: torch.Tensor | None = None
         self._no_signal_watch = NoSignalWatch(args.reward_threshold)
@@ -114,6 +120,15 @@ class DiscoTrainer(GRPOTrainer):
         if args.skip_uninformative_questions:
             self._skipped_updates = skipping.NoUpdateWithoutSignal(is_deepspeed=self.is_deepspeed_enabled)
             self.add_callback(self._skipped_updates)
+
+    def _check_prompt_lengths(self, dataset) -> None:
+        """Every prompt, as TRL renders it, leaves room for max_completion_length tokens in the model's positions."""
+        if dataset is None or not hasattr(dataset, "column_names") or "prompt" not in dataset.column_names:
+            return
+        config = self.accelerator.unwrap_model(self.model).config
+        preflight.check_prompt_lengths(dataset["prompt"], self.processing_class,
+                                       getattr(config, "max_position_embeddings", None),
+                                       self.args.max_completion_length, self.chat_template_kwargs)
 
     @property
     def geometry(self) -> BatchGeometry:
@@ -246,10 +261,12 @@ class DiscoTrainer(GRPOTrainer):
     # ------------------------------------------------------------------ checkpoints
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """`Trainer.train`, with `resume_from_checkpoint=True` (or "last") meaning the newest *complete* checkpoint,
-        and a new run refused in an output_dir that holds an earlier run's checkpoints (see disco_trl.checkpoints)."""
-        checkpoint = checkpoints.resolve_resume_for_trainer(self, resume_from_checkpoint)
-        self._checkpoint_state.resume_from = checkpoint
-        return super().train(checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        a new run refused in an output_dir that holds an earlier run's checkpoints (see disco_trl.checkpoints), and
+        the output_dir held for the run: a second run into it is refused while this one lives."""
+        with preflight.hold_folder(self.accelerator, self.args.output_dir, "a training run (DiscoTrainer.train)"):
+            checkpoint = checkpoints.resolve_resume_for_trainer(self, resume_from_checkpoint)
+            self._checkpoint_state.resume_from = checkpoint
+            return super().train(checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     # ------------------------------------------------------------------ the objective
     def _global_sum(self, values: torch.Tensor) -> torch.Tensor:
@@ -327,6 +344,15 @@ class DiscoTrainer(GRPOTrainer):
                                  scores, inputs["disco_labels"], mask, entropies,
                                  kl_delta=self.args.kl_delta, kl_beta=self.args.kl_beta)
         return loss
+
+
+def _model_or_config(model, args):
+    """The model, or for a model id / path its config (LoRA targets are checked on it before any weights load)."""
+    if not isinstance(model, str):
+        return model
+    init = args.model_init_kwargs or {}
+    return AutoConfig.from_pretrained(model, revision=init.get("revision"),
+                                      trust_remote_code=init.get("trust_remote_code", False))
 
 
 def _disco_config(args, model) -> DiscoConfig:

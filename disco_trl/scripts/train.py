@@ -25,25 +25,27 @@ exists, and that the dataset has the columns the rewards need. docs/training.md 
 
 from __future__ import annotations
 
-import importlib
-import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
-import torch
 import transformers
+import yaml
 from packaging.version import Version
-from transformers import AutoConfig
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
-from trl.import_utils import is_vllm_available
 
 from disco_trl import DiscoConfig, DiscoTrainer
-from disco_trl.checkpoints import CheckpointError, resolve_resume
-from disco_trl.data import load_math_dataset
-from disco_trl.geometry import BatchGeometry, check_expected_questions
-from disco_trl.rewards import boxed_math_reward
-from disco_trl.rewards.checks import check_reward_columns
+from disco_trl.preflight import FolderInUse, FolderLock
+from disco_trl.scripts.checks import (
+    ScriptError,
+    check_batch_geometry,
+    check_inputs_against_model,
+    check_model,
+    check_script_arguments,
+    check_vllm,
+    load_reward_funcs,
+    load_train_dataset,
+    resolve_resume_setting,
+)
 
 
 @dataclass
@@ -109,157 +111,11 @@ class DiscoScriptArguments:
         },
     )
 
-
-class ScriptError(Exception):
-    """A problem with the inputs of a run, found before any compute is spent. The message says what to change."""
-
-
-# ----------------------------------------------------------------------------------------------------- batch geometry
-def check_batch_geometry(
-    script_args: DiscoScriptArguments, args: DiscoConfig, num_processes: int | None = None
-) -> BatchGeometry:
-    """The launch's geometry, checked against the recipe's expected questions per generation and per update.
-
-    (Whole groups per process are checked by `DiscoConfig` itself, when the arguments are parsed.)
-    """
-    geometry = BatchGeometry.from_args(args, num_processes)
-    try:
-        check_expected_questions(geometry, script_args.expected_questions_per_generation,
-                                 script_args.expected_questions_per_update)
-    except ValueError as err:
-        raise ScriptError(str(err)) from None
-    return geometry
-
-
-# ------------------------------------------------------------------------------------------------------------ checks
-def check_vllm(args: DiscoConfig) -> None:
-    """`use_vllm` needs vLLM (in the range TRL supports) and a CUDA device; vLLM generation needs gathered weights."""
-    if not args.use_vllm:
-        return
-    if not is_vllm_available():
-        raise ScriptError(
-            "use_vllm=True, but vLLM is not installed in this environment. Install the versions the pinned TRL "
-            "supports with `pip install 'disco-trl[vllm]'` (vllm>=0.22.0,<=0.31.0), or drop use_vllm to generate "
-            "with transformers (much slower for long completions)."
-        )
-    if not torch.cuda.is_available():
-        raise ScriptError("use_vllm=True, but no CUDA device is visible: vLLM generation needs an NVIDIA GPU.")
-    if args.vllm_mode not in ("colocate", "server"):
-        raise ScriptError(f"vllm_mode={args.vllm_mode!r} is unknown; use 'colocate' or 'server'.")
-    if not args.ds3_gather_for_generation:
-        raise ScriptError(
-            "ds3_gather_for_generation=False cannot be used with vLLM (TRL syncs full weights into vLLM); set it to "
-            "True, or drop use_vllm."
-        )
-
-
-_LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
-
-
-def check_model(model_args: ModelConfig, args: DiscoConfig) -> None:
-    """The model must be a local directory saved with `save_pretrained`, or a model id the Hub can resolve."""
-    name = model_args.model_name_or_path
-    if not name:
-        raise ScriptError(
-            "model_name_or_path is not set: pass a Hub id (e.g. deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B) or a local "
-            "directory saved with save_pretrained (in the recipe or as --model_name_or_path)."
-        )
-    path = os.path.expanduser(name)
-    if os.path.isdir(path):
-        if not any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
-            raise ScriptError(
-                f"model_name_or_path={name!r} is a directory without config.json: point it at a directory written by "
-                "model.save_pretrained(...) (with its tokenizer), or at a Hub id."
-            )
-        return
-    if os.path.exists(path):
-        raise ScriptError(
-            f"model_name_or_path={name!r} is a file; it must be a model directory (save_pretrained) or a Hub id."
-        )
-    if name.startswith(_LOCAL_PREFIXES) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
-        raise ScriptError(
-            f"model_name_or_path={name!r} does not exist: no such directory (and it is not a Hub id of the form "
-            "'organisation/model'). Check the path, or save the model there first with save_pretrained."
-        )
-    # A Hub id: resolve its config now (a few kB) rather than failing after the dataset is prepared.
-    try:
-        AutoConfig.from_pretrained(name, revision=model_args.model_revision, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ScriptError(
-            f"model_name_or_path={name!r} is not a local directory and could not be resolved on the Hugging Face Hub "
-            f"(revision {model_args.model_revision!r}): {err}"
-        ) from err
-
-
-def resolve_resume_setting(args: DiscoConfig) -> None:
-    """`resume_from_checkpoint`: a checkpoint directory, or `last` (also `true`) for the newest complete one in
-    output_dir. Without it, an output_dir holding an earlier run's checkpoints is refused unless overwrite_output_dir
-    (the rules: disco_trl.checkpoints)."""
-    value = args.resume_from_checkpoint
-    if value is None or value is False or str(value).lower() in ("", "false", "none"):
-        value = None
-    elif str(value).lower() in ("last", "true"):
-        value = True
-    try:
-        args.resume_from_checkpoint = resolve_resume(args, value, args.world_size, args.process_index)
-    except CheckpointError as err:
-        raise ScriptError(str(err)) from err
-
-
-def load_reward_funcs(names: list[str]) -> list[Any]:
-    """Resolve reward names: `boxed_math_reward`, or dotted import paths to functions with TRL's reward signature."""
-    if not names:
-        raise ScriptError("reward_funcs is empty: DisCO needs a reward to split completions into positives and "
-                          "negatives (use boxed_math_reward for math).")
-    registry = {"boxed_math_reward": boxed_math_reward}
-    funcs = []
-    for name in names:
-        if name in registry:
-            funcs.append(registry[name])
-            continue
-        if "." not in name:
-            raise ScriptError(
-                f"reward function {name!r} is unknown: use one of {sorted(registry)} or a dotted import path "
-                "such as my_package.rewards.my_reward."
-            )
-        module_name, func_name = name.rsplit(".", 1)
-        sys.path.insert(0, os.getcwd())  # as TRL's scripts do: rewards defined next to the recipe
-        try:
-            funcs.append(getattr(importlib.import_module(module_name), func_name))
-        except (ImportError, AttributeError) as err:
-            raise ScriptError(f"could not import reward function {name!r}: {err}") from err
-    return funcs
-
-
-def load_train_dataset(script_args: DiscoScriptArguments, reward_funcs: list[Any]):
-    """Load the training set with `disco_trl.data.load_math_dataset`; check it has what the rewards read."""
-    source = script_args.dataset_name
-    try:
-        dataset = load_math_dataset(
-            source,
-            script_args.dataset_train_split,
-            conversational=script_args.conversational,
-            limit=script_args.dataset_limit,
-            question_field=script_args.question_field,
-            answer_field=script_args.answer_field,
-            solution_field=script_args.solution_field,
-            system_prompt=script_args.system_prompt,
-            keep_columns=script_args.keep_columns,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        raise ScriptError(
-            f"could not load the training set dataset_name={source!r}: {err} (script options: --question_field, "
-            "--answer_field, --solution_field, --keep_columns)"
-        ) from err
-    # load_math_dataset always makes `prompt` and `solution` (what boxed_math_reward reads); custom rewards may read
-    # other columns, which must be carried over from the source.
-    try:
-        check_reward_columns(reward_funcs, dataset)
-    except ValueError as err:
-        raise ScriptError(
-            f"{err} With this script, carry a field of dataset_name={source!r} over with --keep_columns NAME."
-        ) from err
-    return dataset
+    def __post_init__(self):
+        # a YAML recipe may give one name as a string ("reward_funcs: boxed_math_reward"): a list of one
+        for name in ("reward_funcs", "keep_columns"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [getattr(self, name)])
 
 
 # -------------------------------------------------------------------------------------------------------------- main
@@ -269,12 +125,15 @@ def make_parser(prog: str | None = "disco-trl train") -> TrlParser:
 
 def prepare(script_args: DiscoScriptArguments, training_args: DiscoConfig, model_args: ModelConfig):
     """Every check that can fail on the inputs, cheapest first, before any weights are loaded."""
+    check_script_arguments(script_args)
     geometry = check_batch_geometry(script_args, training_args)
+    FolderLock(training_args.output_dir, "a training run").check_free()  # DiscoTrainer.train takes it
     resolve_resume_setting(training_args)
     check_vllm(training_args)
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
-    check_model(model_args, training_args)
+    model_config = check_model(model_args, training_args)
     dataset = load_train_dataset(script_args, reward_funcs)
+    check_inputs_against_model(model_config, dataset, model_args, training_args)
     return geometry, reward_funcs, dataset
 
 
@@ -318,15 +177,21 @@ def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") ->
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:  # DiscoConfig/GRPOConfig/TrainingArguments validation, unknown options
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        return _error(parser, err)
+    except (OSError, yaml.YAMLError) as err:  # --config: a missing or unreadable file, broken YAML
+        return _error(parser, f"could not read the --config file: {err}")
     try:
         geometry, reward_funcs, dataset = prepare(script_args, training_args, model_args)
-    except ScriptError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+    except (ScriptError, FolderInUse) as err:
+        return _error(parser, err)
     train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
     return 0
+
+
+def _error(parser, err) -> int:
+    """One line on stderr, exit status 2 (argparse's for bad usage)."""
+    print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,28 +1,5 @@
-"""DisCO's checkpoints: what DisCO adds to Trainer's, what makes one complete, and which one a run resumes from.
-
-TRL keeps the generation batch in memory and restarts its micro-step counter at 0 on resume, so a run resumed in the
-middle of a generation batch would sample new completions. `DiscoTrainer` therefore saves, with each checkpoint, one
-file per process, `disco_state_rank{r}.pt`: the buffered generation batch, the micro-step counter and the batch
-geometry they were cut with. With the RNG state that Trainer already restores, a resumed run continues exactly where
-it stopped.
-
-**Complete checkpoint.** A `checkpoint-N` folder is complete when it has
-
-1. `trainer_state.json`, readable JSON (Trainer writes it last; DisCO writes its own files before Trainer's);
-2. the model weights: one of transformers' weights files (`model.safetensors`, `pytorch_model.bin`, their sharded
-   `.index.json` with every shard, or a PEFT `adapter_model.*`), a DeepSpeed `global_step*` folder or an FSDP state,
-   none of them truncated (safetensors headers and zip archives are checked, not their contents);
-3. `disco_state_rank{r}.pt` for every process r of this run (each written atomically: present means whole).
-
-**Which checkpoint.** `resume_from_checkpoint=True` (Python) or `last` (script, also Python) resumes from the newest
-complete checkpoint, warning about every newer one it skips and why. An explicit path must satisfy 1 and 2, and hold
-DisCO's state for all of this run's processes or for none: without any (a checkpoint of another trainer, or one
-interrupted before DisCO saved), the run resumes with a warning that it regenerates the current generation batch and so
-is not bit-exact with an uninterrupted run. The batch geometry must be the one the checkpoint was saved with.
-
-**Lost work.** A run without `resume_from_checkpoint` in an `output_dir` that already holds `checkpoint-N` folders is
-refused, unless `overwrite_output_dir=True`, which deletes them when training starts.
-"""
+"""Which checkpoints are complete, which one a run resumes from, and when a new run is refused
+(see `disco_trl.checkpoints`)."""
 
 from __future__ import annotations
 
@@ -34,84 +11,32 @@ import struct
 import warnings
 import zipfile
 
-import torch
-from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .geometry import BatchGeometry
+from ..geometry import BatchGeometry
+from .state import (
+    STATE_FILE,
+    TRAINER_STATE_FILE,
+    CheckpointError,
+    ResumeWarning,
+    changed_settings,
+    check_geometry,
+    load_rank_state,
+    state_path,
+)
 
 
 logger = logging.get_logger(__name__)
 
-STATE_FILE = "disco_state_rank{}.pt"
-TRAINER_STATE_FILE = "trainer_state.json"
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
 _STATE_NAME = re.compile(r"^disco_state_rank(\d+)\.pt$")
+
+
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint problem found before training starts. The message (one line) says what to do."""
-
-
-class ResumeWarning(UserWarning):
-    """A resumed run that will not continue exactly where the interrupted one stopped, or a skipped checkpoint."""
-
-
-# ------------------------------------------------------------------------------------------------- DisCO's state
-def state_path(folder: str, rank: int) -> str:
-    return os.path.join(folder, STATE_FILE.format(rank))
-
-
-def save_rank_state(folder: str, rank: int, step: int, buffered_inputs, geometry: BatchGeometry) -> None:
-    """Write this process's state atomically (a temporary file renamed), so that a present file is a whole one."""
-    os.makedirs(folder, exist_ok=True)
-    path = state_path(folder, rank)
-    state = {"step": step, "buffered_inputs": buffered_inputs, "geometry": geometry.checkpoint_fields()}
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def load_rank_state(folder: str, rank: int, device=None, mmap: bool = False) -> dict | None:
-    path = state_path(folder, rank)
-    if not os.path.exists(path):
-        return None
-    # DeepSpeed's CPU accelerator says cpu:0, which torch.load cannot map to
-    device = "cpu" if device is None or torch.device(device).type == "cpu" else device
-    return torch.load(path, map_location=device, weights_only=False, mmap=mmap)
-
-
-def check_geometry(checkpoint: str, state: dict, geometry: BatchGeometry) -> None:
-    """Refuse a saved buffer cut with other batch settings than this run's (an IndexError would follow, or worse)."""
-    current = geometry.checkpoint_fields()
-    saved = state.get("geometry")
-    if saved is None:  # saved before DisCO recorded the geometry: compare what the buffer itself shows
-        buffer = state.get("buffered_inputs") or []
-        saved = {"steps_per_generation": len(buffer)} if buffer else {}
-        if buffer:
-            saved["per_device_train_batch_size"] = len(buffer[0]["completion_ids"])
-    differences = [name for name in current if name in saved and saved[name] != current[name]]
-    if differences:
-        was = ", ".join(f"{name}={saved[name]}" for name in differences)
-        now = ", ".join(f"{name}={current[name]}" for name in differences)
-        processes = " (world_size counts processes)" if "world_size" in differences else ""
-        raise CheckpointError(
-            f"{checkpoint} was saved with {was}, but this run has {now}{processes}: its buffered generation batch "
-            "does "
-            "not fit this run's batches. Resume with the checkpoint's settings, or start a new "
-            f"run from its weights (model_name_or_path={checkpoint}) in another output_dir."
-        )
-
-
-def missing_state_warning(checkpoint: str, rank: int) -> str:
-    return (
-        f"Resuming from {checkpoint}, which has no DisCO state for this process ({STATE_FILE.format(rank)}): it was "
-        "written by another trainer, or its save was interrupted. The run regenerates the current generation batch "
-        "instead of continuing the buffered one, so it will NOT be bit-exact with an uninterrupted run: its "
-        "completions, and hence its parameters, differ from this step on."
-    )
 
 
 # ---------------------------------------------------------------------------------------------------- completeness
@@ -234,6 +159,7 @@ def last_complete_checkpoint(output_dir: str, world_size: int) -> str:
 
 def check_explicit_checkpoint(folder: str, world_size: int) -> None:
     """An explicit checkpoint must be whole; it may lack DisCO's state entirely (then the run warns), not in part."""
+    _refuse_a_run_folder(folder)
     named_checkpoint = _CHECKPOINT_NAME.match(os.path.basename(os.path.normpath(folder)))
     if not os.path.isdir(folder) or not (os.path.isfile(os.path.join(folder, TRAINER_STATE_FILE)) or named_checkpoint):
         raise CheckpointError(
@@ -254,6 +180,26 @@ def check_explicit_checkpoint(folder: str, world_size: int) -> None:
         raise CheckpointError(
             f"resume_from_checkpoint={folder!r} is incomplete ({'; '.join(problems)}): probably interrupted while "
             "being written. Resume from an earlier checkpoint-N, or with `last` (the newest complete one)."
+        )
+
+
+def _refuse_a_run_folder(folder: str) -> None:
+    """A run's output folder (it holds checkpoint-N folders) or a saved model (no optimizer state) is no checkpoint:
+    resuming from it would restart the optimizer and scheduler from scratch."""
+    inner = [os.path.basename(f) for f in checkpoint_folders(folder)]
+    if inner:
+        raise CheckpointError(
+            f"resume_from_checkpoint={folder!r} is a run's output folder, not a checkpoint: pass one of its "
+            f"checkpoint folders ({', '.join(inner[:3])}), or `last` with output_dir={folder!r} for its newest "
+            "complete one."
+        )
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    has_optimizer = any(n.startswith(("optimizer", "global_step")) or "optim" in n for n in names)
+    if os.path.isfile(os.path.join(folder, TRAINER_STATE_FILE)) and not has_optimizer:
+        raise CheckpointError(
+            f"resume_from_checkpoint={folder!r} holds a saved model but no optimizer state: it is a finished run's "
+            "output, not a checkpoint. Start a new run from its weights (model_name_or_path=...) in another "
+            "output_dir, or resume from one of the run's checkpoint-N folders."
         )
 
 
@@ -288,6 +234,7 @@ def resolve_resume(args, value, world_size: int, rank: int) -> str | None:
     state = load_rank_state(folder, rank, mmap=True)
     if state is not None:
         check_geometry(folder, state, BatchGeometry.from_args(args, world_size))
+        changed_settings(folder, state.get("settings"), args)
     return folder
 
 
@@ -311,55 +258,3 @@ def resolve_resume_for_trainer(trainer, value) -> str | None:
                 logger.warning(f"overwrite_output_dir=True: deleted the earlier run's {', '.join(removed)}.")
         accelerator.wait_for_everyone()
     return checkpoint
-
-
-# ------------------------------------------------------------------------------------------- the trainer's callback
-class DiscoStateCallback(TrainerCallback):
-    """Writes DisCO's state into every checkpoint and restores it when a run resumes (`DiscoTrainer` adds it).
-
-    Saving happens at the end of the step whose checkpoint Trainer is about to write (`control.should_save`), so
-    DisCO's file is in the folder before Trainer's files and `trainer_state.json`, which Trainer writes last: a save
-    cut short lacks `trainer_state.json` and is skipped by `last`. `resume_from` is the checkpoint that
-    `DiscoTrainer.train` resolved; its state is loaded when training begins, after Trainer has restored the rest.
-    """
-
-    def __init__(self, trainer):
-        self.trainer = trainer
-        self.resume_from: str | None = None
-
-    def _folder(self, args, state) -> str:
-        return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-
-    def _save(self, args, state) -> None:
-        trainer = self.trainer
-        geometry = BatchGeometry.from_args(args, trainer.accelerator.num_processes)
-        save_rank_state(self._folder(args, state), trainer.accelerator.process_index, trainer._step,
-                        trainer._buffered_inputs, geometry)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save:
-            self._save(args, state)
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if control.should_save:
-            self._save(args, state)
-
-    def on_save(self, args, state, control, **kwargs):
-        # a callback that runs after this one may have asked for the save: write the state now if it is missing
-        if not os.path.isfile(state_path(self._folder(args, state), self.trainer.accelerator.process_index)):
-            self._save(args, state)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if self.resume_from is not None:
-            self._restore(self.resume_from)
-
-    def _restore(self, checkpoint: str) -> None:
-        trainer = self.trainer
-        rank = trainer.accelerator.process_index
-        saved = load_rank_state(checkpoint, rank, trainer.accelerator.device)
-        if saved is None:  # a checkpoint of another trainer: TRL's behaviour (regenerate) applies
-            warnings.warn(missing_state_warning(checkpoint, rank), ResumeWarning, stacklevel=2)
-            return
-        check_geometry(checkpoint, saved, BatchGeometry.from_args(trainer.args, trainer.accelerator.num_processes))
-        trainer._step = saved["step"]
-        trainer._buffered_inputs = saved["buffered_inputs"]

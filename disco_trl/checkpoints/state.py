@@ -1,0 +1,229 @@
+"""DisCO's state in a checkpoint: what `DiscoTrainer` saves with each one (one file per process), how it is
+restored, and what a resumed run does with settings changed since (see `disco_trl.checkpoints`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from ..geometry import BatchGeometry
+
+
+logger = logging.get_logger(__name__)
+
+
+STATE_FILE = "disco_state_rank{}.pt"
+
+
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint problem found before training starts. The message (one line) says what to do."""
+
+
+class ResumeWarning(UserWarning):
+    """A resumed run that will not continue exactly where the interrupted one stopped, or a skipped checkpoint."""
+
+
+# ------------------------------------------------------------------------------------------------- DisCO's state
+def state_path(folder: str, rank: int) -> str:
+    return os.path.join(folder, STATE_FILE.format(rank))
+
+
+def save_rank_state(folder: str, rank: int, step: int, buffered_inputs, geometry: BatchGeometry,
+                    settings: dict | None = None) -> None:
+    """Write this process's state atomically (a temporary file renamed), so that a present file is a whole one."""
+    os.makedirs(folder, exist_ok=True)
+    path = state_path(folder, rank)
+    state = {"step": step, "buffered_inputs": buffered_inputs, "geometry": geometry.checkpoint_fields(),
+             "settings": settings}
+    try:
+        torch.save(state, path + ".tmp")
+    except (OSError, RuntimeError) as err:  # torch's writer says "basic_ios::clear: iostream error" on a full disk
+        raise OSError(f"could not write {path}: {err}{_free_space_note(folder)}") from err
+    os.replace(path + ".tmp", path)
+
+
+def check_free_space(folder: str, trainer) -> None:
+    """OSError before a checkpoint is written when the disk cannot hold even its model weights and optimizer state
+    (the least Trainer writes), so that a full disk is named as such and the previous checkpoint stays the last."""
+    params = list(trainer.model.parameters())
+    def nbytes(p):
+        return getattr(p, "ds_numel", p.numel()) * p.element_size()
+    trainable = sum(nbytes(p) for p in params if p.requires_grad)
+    weights = trainable if getattr(trainer.model, "peft_config", None) else sum(nbytes(p) for p in params)
+    optimizer = 0 if trainer.args.save_only_model else 2 * trainable * ("adam" in str(trainer.args.optim))
+    parent = next(p for p in (folder, *Path(folder).parents) if os.path.isdir(p))
+    free = shutil.disk_usage(parent).free
+    if free < weights + optimizer:
+        raise OSError(
+            f"The checkpoint {folder} needs at least {(weights + optimizer) / 2**20:.1f} MiB (model weights and "
+            f"optimizer state), but only {free / 2**20:.1f} MiB are free on the disk of {parent}: the disk is full. "
+            "Free space, keep fewer checkpoints (save_total_limit) or save to a larger disk; the previous checkpoint "
+            "is intact."
+        )
+
+
+def _free_space_note(folder: str) -> str:
+    free = shutil.disk_usage(folder).free
+    return f" ({free / 2**20:.0f} MiB free on the disk of {folder}: the disk is full)" if free < 64 * 2**20 else ""
+
+
+# ------------------------------------------------------------------------------------- settings changed on resume
+# What a resumed run does with a setting changed since the checkpoint. Refused: the method, or how the buffered
+# generation batch was cut, would change mid-run. Honoured (and reported once): the optimizer's hyperparameters
+# (written into the restored optimizer, whose saved state would otherwise keep the old values), DisCO's objective
+# weights and the sampling settings (read from the arguments at every step / generation).
+REFUSED_ON_RESUME = ("score_type", "disco_variant", "reward_threshold", "skip_uninformative_questions",
+                     "lr_scheduler_type", "optim")
+
+
+OPTIMIZER_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_epsilon": "eps"}
+
+
+HONOURED_ON_RESUME = (*OPTIMIZER_SETTINGS, "adam_beta1", "adam_beta2", "tau", "kl_delta", "kl_beta", "temperature",
+                      "top_p", "top_k", "max_completion_length")
+
+
+def run_settings(args) -> dict:
+    """The settings a checkpoint records, to compare with a run that resumes from it."""
+    return {name: getattr(args, name, None) for name in REFUSED_ON_RESUME + HONOURED_ON_RESUME}
+
+
+def changed_settings(checkpoint: str, saved: dict | None, args) -> dict[str, tuple]:
+    """{name: (saved, now)} of the honoured settings that changed; CheckpointError for a refused one."""
+    if not saved:
+        return {}  # a checkpoint of an older disco-trl, which did not record them
+    now = run_settings(args)
+    changed = {k: (saved[k], now[k]) for k in now if k in saved and saved[k] != now[k]}
+    refused = {k: v for k, v in changed.items() if k in REFUSED_ON_RESUME}
+    if refused:
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise CheckpointError(
+            f"{checkpoint} was trained with other settings that a resumed run cannot change ({listed}): they decide "
+            "the method or how the buffered generation batch was cut. Resume with the checkpoint's values, or start a "
+            f"new run from its weights (model_name_or_path={checkpoint}) in another output_dir."
+        )
+    return changed
+
+
+def apply_changed_settings(trainer, changed: dict[str, tuple]) -> None:
+    """Write the changed optimizer hyperparameters into the restored optimizer and scheduler, and say what changed."""
+    scale = changed["learning_rate"][1] / changed["learning_rate"][0] if "learning_rate" in changed and \
+        changed["learning_rate"][0] else None
+    for group in getattr(trainer.optimizer, "param_groups", []):
+        for name, key in OPTIMIZER_SETTINGS.items():
+            if name in changed and key in group:
+                group[key] = group[key] * scale if name == "learning_rate" and scale is not None else changed[name][1]
+        if "initial_lr" in group and scale is not None:
+            group["initial_lr"] *= scale
+        if "betas" in group and {"adam_beta1", "adam_beta2"} & set(changed):
+            group["betas"] = (trainer.args.adam_beta1, trainer.args.adam_beta2)
+    if scale is not None and hasattr(trainer.lr_scheduler, "base_lrs"):
+        trainer.lr_scheduler.base_lrs = [lr * scale for lr in trainer.lr_scheduler.base_lrs]
+    listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+    logger.warning(f"Resumed with changed settings, applied from this step on: {listed}.")
+
+
+def load_rank_state(folder: str, rank: int, device=None, mmap: bool = False) -> dict | None:
+    path = state_path(folder, rank)
+    if not os.path.exists(path):
+        return None
+    # DeepSpeed's CPU accelerator says cpu:0, which torch.load cannot map to
+    device = "cpu" if device is None or torch.device(device).type == "cpu" else device
+    return torch.load(path, map_location=device, weights_only=False, mmap=mmap)
+
+
+def check_geometry(checkpoint: str, state: dict, geometry: BatchGeometry) -> None:
+    """Refuse a saved buffer cut with other batch settings than this run's (an IndexError would follow, or worse)."""
+    current = geometry.checkpoint_fields()
+    saved = state.get("geometry")
+    if saved is None:  # saved before DisCO recorded the geometry: compare what the buffer itself shows
+        buffer = state.get("buffered_inputs") or []
+        saved = {"steps_per_generation": len(buffer)} if buffer else {}
+        if buffer:
+            saved["per_device_train_batch_size"] = len(buffer[0]["completion_ids"])
+    differences = [name for name in current if name in saved and saved[name] != current[name]]
+    if differences:
+        was = ", ".join(f"{name}={saved[name]}" for name in differences)
+        now = ", ".join(f"{name}={current[name]}" for name in differences)
+        processes = " (world_size counts processes)" if "world_size" in differences else ""
+        raise CheckpointError(
+            f"{checkpoint} was saved with {was}, but this run has {now}{processes}: its buffered generation batch "
+            "does "
+            "not fit this run's batches. Resume with the checkpoint's settings, or start a new "
+            f"run from its weights (model_name_or_path={checkpoint}) in another output_dir."
+        )
+
+
+def missing_state_warning(checkpoint: str, rank: int) -> str:
+    return (
+        f"Resuming from {checkpoint}, which has no DisCO state for this process ({STATE_FILE.format(rank)}): it was "
+        "written by another trainer, or its save was interrupted. The run regenerates the current generation batch "
+        "instead of continuing the buffered one, so it will NOT be bit-exact with an uninterrupted run: its "
+        "completions, and hence its parameters, differ from this step on."
+    )
+
+
+# ------------------------------------------------------------------------------------------- the trainer's callback
+class DiscoStateCallback(TrainerCallback):
+    """Writes DisCO's state into every checkpoint and restores it when a run resumes (`DiscoTrainer` adds it).
+
+    Saving happens at the end of the step whose checkpoint Trainer is about to write (`control.should_save`), so
+    DisCO's file is in the folder before Trainer's files and `trainer_state.json`, which Trainer writes last: a save
+    cut short lacks `trainer_state.json` and is skipped by `last`. `resume_from` is the checkpoint that
+    `DiscoTrainer.train` resolved; its state is loaded when training begins, after Trainer has restored the rest.
+    """
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.resume_from: str | None = None
+
+    def _folder(self, args, state) -> str:
+        return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+    def _save(self, args, state) -> None:
+        trainer = self.trainer
+        check_free_space(self._folder(args, state), trainer)
+        geometry = BatchGeometry.from_args(args, trainer.accelerator.num_processes)
+        save_rank_state(self._folder(args, state), trainer.accelerator.process_index, trainer._step,
+                        trainer._buffered_inputs, geometry, run_settings(args))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._save(args, state)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._save(args, state)
+
+    def on_save(self, args, state, control, **kwargs):
+        # a callback that runs after this one may have asked for the save: write the state now if it is missing
+        if not os.path.isfile(state_path(self._folder(args, state), self.trainer.accelerator.process_index)):
+            self._save(args, state)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+
+    def _restore(self, checkpoint: str) -> None:
+        trainer = self.trainer
+        rank = trainer.accelerator.process_index
+        saved = load_rank_state(checkpoint, rank, trainer.accelerator.device)
+        if saved is None:  # a checkpoint of another trainer: TRL's behaviour (regenerate) applies
+            warnings.warn(missing_state_warning(checkpoint, rank), ResumeWarning, stacklevel=2)
+            return
+        check_geometry(checkpoint, saved, BatchGeometry.from_args(trainer.args, trainer.accelerator.num_processes))
+        changed = changed_settings(checkpoint, saved.get("settings"), trainer.args)
+        if changed:
+            apply_changed_settings(trainer, changed)
+        trainer._step = saved["step"]
+        trainer._buffered_inputs = saved["buffered_inputs"]
