@@ -266,7 +266,13 @@ class DiscoTrainer(GRPOTrainer):
         with preflight.hold_folder(self.accelerator, self.args.output_dir, "a training run (DiscoTrainer.train)"):
             checkpoint = checkpoints.resolve_resume_for_trainer(self, resume_from_checkpoint)
             self._checkpoint_state.resume_from = checkpoint
-            return super().train(checkpoint, trial, ignore_keys_for_eval, **kwargs)
+            try:
+                return super().train(checkpoint, trial, ignore_keys_for_eval, **kwargs)
+            except (OSError, RuntimeError) as err:  # a failed save on a full disk, told as what it is
+                full = checkpoints.full_disk_error(self.args.output_dir, self)
+                if full is None:
+                    raise
+                raise full from err
 
     # ------------------------------------------------------------------ the objective
     def _global_sum(self, values: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import warnings
 
 import pytest
@@ -17,7 +18,13 @@ from test_resume import make_trainer
 from test_scripts import parse, run_main, tiny_run_args
 from transformers.trainer_callback import TrainerState
 
-from disco_trl.checkpoints import CheckpointError, ResumeWarning, last_complete_checkpoint, state_path
+from disco_trl.checkpoints import (
+    CheckpointError,
+    ResumeWarning,
+    incomplete_reasons,
+    last_complete_checkpoint,
+    state_path,
+)
 from disco_trl.scripts import train as train_script
 
 
@@ -195,3 +202,30 @@ def test_script_refuses_a_new_run_or_other_batches_over_earlier_checkpoints_befo
         "steps_per_generation=2, but this run has per_device_train_batch_size=4, gradient_accumulation_steps=2, " \
         "steps_per_generation=4" in err
     assert err.count("\n") == 1
+
+
+@pytest.fixture(params=["256k", "1m"])
+def small_disk(request, tmp_path):
+    """A small file system (tmpfs). 256 KiB: not even the tiny model's weights fit (refused before writing);
+    1 MiB: the weights fit, AdamW's state does not (Trainer's save fails half-way)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={request.param}", "tmpfs", str(mount)],
+                            capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.decode().strip()}")
+    try:
+        yield mount, request.param
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_named_as_such(small_disk):
+    mount, size = small_disk
+    trainer = make_trainer(mount / "run", save_steps=1, max_steps=2)
+    with pytest.raises(OSError, match=r"needs at least [\d.]+ MiB .* only [\d.]+ MiB are free .*: the disk is full"):
+        trainer.train()
+    if size == "256k":  # refused before anything was written
+        assert not list((mount / "run").glob("checkpoint-*/model.safetensors"))
+    # what was written is no complete checkpoint: `last` would skip it
+    assert all(incomplete_reasons(str(f), 1) for f in (mount / "run").glob("checkpoint-*"))

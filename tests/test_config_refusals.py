@@ -1,14 +1,24 @@
-"""Values that TRL or transformers accept but that fail (or silently do something else) after the model has loaded:
-`DiscoConfig` refuses them, with one line naming the field and its fix, both from Python and from the script."""
+"""Values and inputs that TRL or transformers accept but that fail, train nothing or silently do something else
+after the model has loaded: refused with one line naming the setting and its fix, from Python (`DiscoConfig`,
+`DiscoTrainer`) and from the script (before any model loads)."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
-from test_scripts import run_main, tiny_run_args
+import torch
+from disco_testing import parity_reward, prompt_dataset, short_run_config, tiny_model_and_tokenizer
+from peft import LoraConfig
+from test_scripts import parse, run_main, tiny_run_args
 
-from disco_trl import DiscoConfig
+from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl.scripts import train as train_script
 
 
 INF, NAN = math.inf, math.nan
@@ -98,3 +108,116 @@ def test_script_reports_discos_whole_groups_message_without_generation_batch_siz
     code, _, err = run_main(args, capsys)
     assert code == 2
     assert "cannot hold whole groups of num_generations=4" in err and "generation_batch_size" not in err
+
+
+# --------------------------------------------------------------- the script: one line, exit 2, the model never loads
+@pytest.fixture(scope="module")
+def unloadable_model_dir(tiny_model_dir, tmp_path_factory):
+    """tiny_model_dir with its weights replaced by garbage: config and tokenizer read fine, loading the weights fails
+    with a traceback. A refusal that comes out as one line therefore came before the model loaded."""
+    path = tmp_path_factory.mktemp("unloadable") / "model"
+    shutil.copytree(tiny_model_dir, path)
+    (path / "model.safetensors").write_bytes(b"\x00garbage, not safetensors" * 8)
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_prompt_jsonl(tmp_path_factory):
+    path = tmp_path_factory.mktemp("long") / "long.jsonl"
+    rows = [{"problem": f"Compute {a} + 1.", "answer": str(a + 1)} for a in range(8)]
+    rows[3]["problem"] = "Compute " + " + ".join(["1"] * 1500) + "."  # ~3000 tokens; the model has 512 positions
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _holding(folder):
+    """A live process (not this one) holding `folder` as a run does."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from disco_trl.preflight import FolderLock; "
+        f"FolderLock({str(folder)!r}, 'a training run (test holder)').acquire(); print('held', flush=True); "
+        "time.sleep(120)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+BAD_SCRIPT_SETTINGS = [
+    # (extra arguments, words the one line must contain)
+    (["--num_iterations", "0"], "DiscoConfig.num_iterations=0 must be a whole number >= 1"),
+    (["--num_train_epochs", "0", "--max_steps", "-1"], "DiscoConfig.num_train_epochs=0.0 with max_steps=-1 trains"),
+    (["--top_p", "1.5"], "DiscoConfig.top_p=1.5 must be in (0, 1]"),
+    (["--top_p", "0"], "DiscoConfig.top_p=0.0 must be in (0, 1]"),
+    (["--per_device_train_batch_size", "0"], "DiscoConfig.per_device_train_batch_size=0 must be a whole number >= 1"),
+    (["--gradient_accumulation_steps", "0"], "DiscoConfig.gradient_accumulation_steps=0 must be a whole number >= 1"),
+    (["--steps_per_generation", "0"], "DiscoConfig.steps_per_generation=0 must be a whole number >= 1"),
+    (["--dataset_limit", "0"], "dataset_limit=0 keeps no question"),
+    (["--dataset_limit", "3"], "train_dataset has 3 questions, fewer than one generation batch of 4"),
+    (["--use_peft", "--lora_target_modules", "q_proj", "qq_proj"], "LoRA target module(s) ['qq_proj'] ("),
+    (["--use_peft", "--lora_target_modules", "attention"], "LoRA target module(s) ['attention'] ("),
+    (["--use_peft", "--lora_r", "0"], "LoRA rank r=0 (lora_r)"),
+    (["LONG_PROMPTS"], "1 of 8 prompts do not fit the model with max_completion_length=8"),
+    (["--config", "MISSING"], "could not read the --config file"),
+    (["--config", "BROKEN"], "could not read the --config file"),
+    (["--resume_from_checkpoint", "RUN_FOLDER"], "is a run's output folder, not a checkpoint"),
+    (["FOLDER_IN_USE"], "is in use by a training run (test holder)"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_SCRIPT_SETTINGS,
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_each_bad_setting_is_one_line_and_exit_2_before_the_model_loads(
+        unloadable_model_dir, math_jsonl, long_prompt_jsonl, tmp_path, capsys, extra, message):
+    out, data, holder = tmp_path / "out", math_jsonl, None
+    if extra == ["LONG_PROMPTS"]:
+        extra, data = [], long_prompt_jsonl
+    if extra == ["FOLDER_IN_USE"]:
+        extra, holder = [], _holding(out)
+    (tmp_path / "broken.yaml").write_text("learning_rate: [1e-6\n")
+    (tmp_path / "earlier" / "checkpoint-1").mkdir(parents=True)
+    names = {"MISSING": str(tmp_path / "missing.yaml"), "BROKEN": str(tmp_path / "broken.yaml"),
+             "RUN_FOLDER": str(tmp_path / "earlier")}
+    try:
+        code, _, err = run_main(tiny_run_args(unloadable_model_dir, data, out, *[names.get(a, a) for a in extra]),
+                                capsys)
+    finally:
+        if holder is not None:
+            holder.kill()
+    assert code == 2, err
+    assert err.startswith("disco-trl train: error: ") and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert holder is not None or not out.exists()
+
+
+def test_a_yaml_string_reward_is_one_reward_function(tmp_path, math_jsonl, tiny_model_dir):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("reward_funcs: boxed_math_reward\nkeep_columns: difficulty\n")
+    script_args, training_args, model_args = parse([*tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "o"),
+                                                    "--config", str(recipe)])
+    assert script_args.reward_funcs == ["boxed_math_reward"] and script_args.keep_columns == ["difficulty"]
+    _, rewards, dataset = train_script.prepare(script_args, training_args, model_args)
+    assert [r.__name__ for r in rewards] == ["boxed_math_reward"] and "difficulty" in dataset.column_names
+
+
+# ---------------------------------------------------------------------- the same inputs refused by DiscoTrainer
+def _trainer(tmp_path, dataset=None, **kwargs):
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    return DiscoTrainer(model, parity_reward, short_run_config(tmp_path), dataset or prompt_dataset(),
+                        processing_class=tokenizer, **kwargs)
+
+
+def test_trainer_refuses_a_training_set_smaller_than_a_generation_batch(tmp_path):
+    with pytest.raises(ValueError, match="train_dataset has 1 questions, fewer than one generation batch of 4"):
+        _trainer(tmp_path, prompt_dataset(1))
+
+
+@pytest.mark.parametrize("targets, unmatched",
+                         [(["q_proj", "qq_proj"], "['qq_proj']"), (["attention"], "['attention']")])
+def test_trainer_refuses_lora_targets_the_model_lacks(tmp_path, targets, unmatched):
+    with pytest.raises(ValueError, match=re.escape(f"LoRA target module(s) {unmatched} (lora_target_modules)")):
+        _trainer(tmp_path, peft_config=LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"))
+
+
+def test_trainer_refuses_a_prompt_longer_than_the_model_takes(tmp_path):
+    dataset = prompt_dataset(8).map(lambda row, i: {"prompt": row["prompt"] + " 1" * 600 if i == 5 else row["prompt"]},
+                                    with_indices=True)
+    with pytest.raises(ValueError, match="1 of 8 prompts do not fit the model with max_completion_length=8"):
+        _trainer(tmp_path, dataset)

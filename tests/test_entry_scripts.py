@@ -26,7 +26,7 @@ def _scratch_repo(tmp_path: Path, script: str, venv: str) -> Path:
     (repo / "scripts" / "setup_env.sh").write_text("#!/usr/bin/env bash\nexit 0\n")
     bin_dir = (repo / venv if not os.path.isabs(venv) else Path(venv)) / "bin"
     bin_dir.mkdir(parents=True)
-    for name in ("python", "disco-trl"):
+    for name in ("python", "disco-trl", "ruff"):
         (bin_dir / name).write_text(ECHO)
         (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
     return repo
@@ -48,10 +48,13 @@ def test_entry_scripts_use_the_venv_from_disco_venv(tmp_path, script, program, e
     repo = _scratch_repo(tmp_path, script, venv or ".venv")
     result = _run(repo, script, venv, "--quick")
     assert result.returncode == 0, result.stderr
-    ran = Path(result.stdout.split()[0])
+    lines = result.stdout.strip().splitlines()
     expected = Path(venv) if venv and os.path.isabs(venv) else repo / (venv or ".venv")
-    assert ran == expected / "bin" / program, result.stdout
-    assert result.stdout.strip().endswith(expected_args)
+    assert Path(lines[-1].split()[0]) == expected / "bin" / program, result.stdout
+    assert lines[-1].endswith(expected_args)
+    if script == "test.sh":  # the lint runs first, from the same environment (run from the repository's root)
+        ruff, command = lines[0].split()[:2]
+        assert (repo / ruff).resolve() == (expected / "bin" / "ruff").resolve() and command == "check", result.stdout
 
 
 @pytest.mark.parametrize("script", ["run.sh", "test.sh"])

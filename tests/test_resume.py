@@ -4,12 +4,17 @@ The checkpoint falls in the middle of a generation batch (2 updates per generati
 buffered completions, the micro-step counter and the RNG state must all survive it.
 """
 
+import logging
+import shutil
+
 import pytest
 import torch
 from disco_testing import parity_reward, prompt_dataset, short_run_config, tiny_model_and_tokenizer
+from test_scripts import run_main, tiny_run_args
 from transformers import TrainerCallback
 
 from disco_trl import DiscoTrainer
+from disco_trl.checkpoints import CheckpointError
 
 
 class StopAt(TrainerCallback):
@@ -57,3 +62,50 @@ def test_resume_mid_generation_batch_matches_uninterrupted_run(tmp_path, spg, ac
         torch.testing.assert_close(b, a, rtol=0, atol=0, msg=name)
     # and the run really moved: the resumed parameters are not those of the checkpoint
     assert any(not torch.equal(p, q) for p, q in zip(interrupted.model.parameters(), resumed.model.parameters()))
+
+
+# --------------------------------------------------------------------------- settings changed between the runs
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """Three of six steps, a checkpoint at step 3 (short_run_config's run: constant learning rate 5e-3)."""
+    out = tmp_path_factory.mktemp("interrupted")
+    make_trainer(out, callbacks=[StopAt(3)]).train()
+    return out
+
+
+def _resumed_copy(interrupted_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(interrupted_run, copy)
+    return copy
+
+
+def test_a_new_learning_rate_on_resume_is_applied_and_reported(interrupted_run, tmp_path, caplog):
+    run = _resumed_copy(interrupted_run, tmp_path)
+    resumed = make_trainer(run, learning_rate=0.5, tau=3.0)
+    with caplog.at_level(logging.WARNING):
+        resumed.train(resume_from_checkpoint=True)
+    assert "Resumed with changed settings" in caplog.text and "learning_rate 0.005 -> 0.5" in caplog.text
+    assert "tau 10.0 -> 3.0" in caplog.text
+    logged = [e["learning_rate"] for e in resumed.state.log_history if "learning_rate" in e]
+    assert logged[-3:] == [0.5, 0.5, 0.5]  # steps 4-6 (TRL's constant schedule)
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [0.5] * len(resumed.optimizer.param_groups)
+    assert resumed.lr_scheduler.base_lrs == [0.5] * len(resumed.lr_scheduler.base_lrs)
+
+
+def test_a_resume_that_would_change_the_method_is_refused(interrupted_run, tmp_path):
+    run = _resumed_copy(interrupted_run, tmp_path)
+    resumed = make_trainer(run, score_type="l_ratio")
+    with pytest.raises(CheckpointError, match=r"cannot change \(score_type: 'log_l' -> 'l_ratio'\)"):
+        resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 0
+
+
+def test_the_script_refuses_a_method_change_on_resume_in_one_line(interrupted_run, tmp_path, capsys, tiny_model_dir,
+                                                                  math_jsonl):
+    run = _resumed_copy(interrupted_run, tmp_path)
+    args = tiny_run_args(tiny_model_dir, math_jsonl, run, "--per_device_train_batch_size", "8",
+                         "--gradient_accumulation_steps", "1", "--resume_from_checkpoint", "last",
+                         "--disco_variant", "basic")
+    code, _, err = run_main(args, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot change (disco_variant: 'dro' -> 'basic')" in err

@@ -50,6 +50,7 @@ from .state import (
     CheckpointError,
     DiscoStateCallback,
     ResumeWarning,
+    full_disk_error,
     load_rank_state,
     save_rank_state,
     state_path,

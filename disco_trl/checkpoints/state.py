@@ -52,24 +52,40 @@ def save_rank_state(folder: str, rank: int, step: int, buffered_inputs, geometry
     os.replace(path + ".tmp", path)
 
 
-def check_free_space(folder: str, trainer) -> None:
-    """OSError before a checkpoint is written when the disk cannot hold even its model weights and optimizer state
-    (the least Trainer writes), so that a full disk is named as such and the previous checkpoint stays the last."""
+def checkpoint_size_lower_bound(trainer) -> int:
+    """Bytes a checkpoint holds at the least: the model's weights (the adapter's, with PEFT) and AdamW's two moments
+    of every trained parameter (unless save_only_model)."""
     params = list(trainer.model.parameters())
+
     def nbytes(p):
         return getattr(p, "ds_numel", p.numel()) * p.element_size()
+
     trainable = sum(nbytes(p) for p in params if p.requires_grad)
     weights = trainable if getattr(trainer.model, "peft_config", None) else sum(nbytes(p) for p in params)
-    optimizer = 0 if trainer.args.save_only_model else 2 * trainable * ("adam" in str(trainer.args.optim))
-    parent = next(p for p in (folder, *Path(folder).parents) if os.path.isdir(p))
-    free = shutil.disk_usage(parent).free
-    if free < weights + optimizer:
-        raise OSError(
-            f"The checkpoint {folder} needs at least {(weights + optimizer) / 2**20:.1f} MiB (model weights and "
-            f"optimizer state), but only {free / 2**20:.1f} MiB are free on the disk of {parent}: the disk is full. "
-            "Free space, keep fewer checkpoints (save_total_limit) or save to a larger disk; the previous checkpoint "
-            "is intact."
-        )
+    return weights + (0 if trainer.args.save_only_model else 2 * trainable * ("adam" in str(trainer.args.optim)))
+
+
+def _existing(folder: str) -> str:
+    return next(str(p) for p in (Path(folder), *Path(folder).parents) if p.is_dir())
+
+
+def full_disk_error(folder: str, trainer) -> OSError | None:
+    """An OSError that names a full disk, when the disk of `folder` cannot hold a checkpoint (else None)."""
+    needed, free = checkpoint_size_lower_bound(trainer), shutil.disk_usage(_existing(folder)).free
+    if free >= needed:
+        return None
+    return OSError(
+        f"A checkpoint in {folder} needs at least {needed / 2**20:.1f} MiB (model weights and optimizer state), but "
+        f"only {free / 2**20:.1f} MiB are free on the disk of {_existing(folder)}: the disk is full. Free space, keep "
+        "fewer checkpoints (save_total_limit) or save to a larger disk; the previous checkpoint is intact."
+    )
+
+
+def check_free_space(folder: str, trainer) -> None:
+    """Raise before a checkpoint is written when its disk cannot hold even the least a checkpoint takes."""
+    error = full_disk_error(folder, trainer)
+    if error is not None:
+        raise error
 
 
 def _free_space_note(folder: str) -> str:
@@ -127,8 +143,11 @@ def apply_changed_settings(trainer, changed: dict[str, tuple]) -> None:
             group["initial_lr"] *= scale
         if "betas" in group and {"adam_beta1", "adam_beta2"} & set(changed):
             group["betas"] = (trainer.args.adam_beta1, trainer.args.adam_beta2)
-    if scale is not None and hasattr(trainer.lr_scheduler, "base_lrs"):
-        trainer.lr_scheduler.base_lrs = [lr * scale for lr in trainer.lr_scheduler.base_lrs]
+    scheduler = trainer.lr_scheduler
+    if scale is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * scale for lr in scheduler.base_lrs]
+        # what get_last_lr() reports (and Trainer logs) until the scheduler's next step
+        scheduler._last_lr = [group["lr"] for group in trainer.optimizer.param_groups]
     listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
     logger.warning(f"Resumed with changed settings, applied from this step on: {listed}.")
 
