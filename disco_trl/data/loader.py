@@ -112,11 +112,9 @@ def load_math_dataset(
     Args:
         source: a known name (``"deepscaler"``, ``"dapo-math-17k"``, ``"math"``, ``"aime24"``, ``"aime25"``,
             ``"math500"``, ``"amc23"``, ``"minerva"``, ``"olympiadbench"``), a Hub dataset id, a local
-            ``.json``/``.jsonl``/``.parquet``/``.csv`` file, or a local folder: one written by ``save_to_disk``
-            (a Dataset or a DatasetDict) or one of such data files (see `disco_trl.data.files`).
-        split: the Hub split (defaults: ``train`` for training sets, each benchmark's own split, else ``train``);
-            for a folder, the DatasetDict's split or the data files named after it (default ``train``, or the only
-            one).
+            ``.json``/``.jsonl``/``.parquet``/``.csv`` file or a local folder (see `disco_trl.data.files`).
+        split: the Hub split (defaults: ``train`` for training sets, each benchmark's own split, else ``train``),
+            or a folder's (default ``train``, or its only split).
         conversational: chat messages (default) or plain-text prompts.
         limit: keep the first `limit` problems (after de-duplication).
         question_field / answer_field: field names for sources this module does not know (dotted paths such as
@@ -124,20 +122,17 @@ def load_math_dataset(
         solution_field: a field with a worked solution whose last ``\boxed{}`` is the answer (when there is no
             answer field).
         prompt_template: replaces `PROMPT_TEMPLATE`; ``{problem}`` marks where the problem goes.
-        system_prompt: an optional system message (or a first paragraph, for plain text). A chat question keeps
-            the turns before its last user message (its system message...), and the template is applied to that
-            last message; a `system_prompt` that differs from the dataset's own system message is refused
-            (`ValueError`): pass None to keep the dataset's.
+        system_prompt: an optional system message (or a first paragraph, for plain text); refused when it differs
+            from a chat dataset's own (a chat question keeps its turns before the last user message).
         config: the Hub configuration name, if the dataset has several.
         local: for the benchmarks, True requires the local file, False forces the Hub; default: local when present.
         deduplicate: drop repeated problems (default on for DAPO-Math-17k, off otherwise).
         keep_columns: other source fields to carry over unchanged.
 
-    Rows without a usable answer are dropped with a warning; a missing field raises `ValueError` before anything
-    else is done, and so does a `limit` below 1.
+    Rows without a usable answer are dropped with a warning; a missing field, or a `limit` below 1, raises
+    `ValueError` before anything else is done.
     """
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ValueError(f"load_math_dataset: limit must be >= 1 rows (or None for all), got {limit!r}.")
+    _check_limit(limit)
     spec = SOURCES.get(canonical_source(source) or "")
     rows, origin = read_source(source, spec, split=split, config=config, local=local)
     fields = _choose_fields(
@@ -145,21 +140,20 @@ def load_math_dataset(
         solution_field=solution_field, keep_columns=keep_columns,
     )
     dedupe = spec.deduplicate if (deduplicate is None and spec is not None) else bool(deduplicate)
-    records, dropped = _build_records(
-        rows, fields, spec, deduplicate=dedupe, limit=limit,
-        prompt=dict(conversational=conversational, template=prompt_template, system_prompt=system_prompt,
-                    source=source),
-    )
+    prompt = dict(conversational=conversational, template=prompt_template, system_prompt=system_prompt, source=source)
+    records, dropped = _build_records(rows, fields, spec, deduplicate=dedupe, limit=limit, prompt=prompt)
     if dropped:
-        warnings.warn(
-            f"load_math_dataset({source!r}): dropped {dropped} rows without a problem or an answer "
-            f"(question field {fields.question!r}, answer from {fields.answer or fields.boxed_solution!r}).",
-            stacklevel=2,
-        )
+        warnings.warn(f"load_math_dataset({source!r}): dropped {dropped} rows without a problem or an answer "
+                      f"(question field {fields.question!r}, answer from {fields.answer or fields.boxed_solution!r}).",
+                      stacklevel=2)
     if not records["problem"]:
         raise ValueError(f"load_math_dataset({source!r}): no usable rows in {origin}.")
     return datasets.Dataset.from_dict(records)
 
+
+def _check_limit(limit: Any) -> None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"load_math_dataset: limit must be >= 1 rows (or None for all), got {limit!r}.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
