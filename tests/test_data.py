@@ -340,3 +340,145 @@ def test_the_six_benchmarks_load_byte_identically(name, conversational):
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
     assert digest == LOADED_BENCHMARKS[(name, conversational)]
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Local folders: save_to_disk datasets and folders of data files
+# ---------------------------------------------------------------------------------------------------------------------
+
+TRAIN_ROWS = [{"problem": "Train 1+1?", "answer": "2"}, {"problem": "Train 2+2?", "answer": "4"}]
+TEST_ROWS = [{"problem": "Test 3+3?", "answer": "6"}]
+
+
+def test_a_folder_saved_with_save_to_disk(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_list(TRAIN_ROWS).save_to_disk(str(tmp_path / "single"))
+    ds = load_math_dataset(str(tmp_path / "single"))
+    assert ds["problem"] == ["Train 1+1?", "Train 2+2?"] and ds["solution"] == ["2", "4"]
+    assert ds[0]["prompt"] == [{"role": "user", "content": "Train 1+1?" + SUFFIX}]
+
+    both = datasets.DatasetDict({"train": datasets.Dataset.from_list(TRAIN_ROWS),
+                                 "test": datasets.Dataset.from_list(TEST_ROWS)})
+    both.save_to_disk(str(tmp_path / "dict"))
+    assert load_math_dataset(str(tmp_path / "dict"))["problem"] == ["Train 1+1?", "Train 2+2?"]  # train by default
+    assert load_math_dataset(str(tmp_path / "dict"), split="test")["solution"] == ["6"]
+    with pytest.raises(ValueError, match=r"DatasetDict with the splits \['train', 'test'\]; pass split="):
+        load_math_dataset(str(tmp_path / "dict"), split="validation")
+    datasets.DatasetDict({"a": datasets.Dataset.from_list(TRAIN_ROWS), "b": datasets.Dataset.from_list(TEST_ROWS)}
+                         ).save_to_disk(str(tmp_path / "no-train"))
+    with pytest.raises(ValueError, match=r"splits \['a', 'b'\]; pass split="):
+        load_math_dataset(str(tmp_path / "no-train"))
+    assert load_math_dataset(str(tmp_path / "no-train"), split="b")["solution"] == ["6"]
+
+
+def test_a_folder_of_data_files_by_split(tmp_path):
+    folder = tmp_path / "splits"
+    folder.mkdir()
+    _write(folder / "train.jsonl", TRAIN_ROWS, "jsonl")
+    _write(folder / "test.jsonl", TEST_ROWS, "jsonl")
+    (folder / "README.md").write_text("# my set\n")
+    assert load_math_dataset(str(folder))["solution"] == ["2", "4"]  # never train and test read as one
+    assert load_math_dataset(str(folder), split="test")["problem"] == ["Test 3+3?"]
+    with pytest.raises(ValueError, match=r"splits \['test', 'train'\], not of split 'dev'"):
+        load_math_dataset(str(folder), split="dev")
+
+    hub_layout = tmp_path / "snapshot"  # the Hub's layout: data/<split>-00000-of-00001.parquet, metadata beside
+    (hub_layout / "data").mkdir(parents=True)
+    (hub_layout / ".cache").mkdir()
+    _write(hub_layout / "data" / "train-00000-of-00002.parquet", TRAIN_ROWS[:1], "parquet")
+    _write(hub_layout / "data" / "train-00001-of-00002.parquet", TRAIN_ROWS[1:], "parquet")
+    _write(hub_layout / "data" / "test-00000-of-00001.parquet", TEST_ROWS, "parquet")
+    _write(hub_layout / ".cache" / "train.jsonl", TEST_ROWS, "jsonl")  # hidden: not data
+    (hub_layout / "dataset_infos.json").write_text("{}")
+    assert load_math_dataset(str(hub_layout))["problem"] == ["Train 1+1?", "Train 2+2?"]
+    assert load_math_dataset(str(hub_layout), split="test")["solution"] == ["6"]
+
+
+def test_a_folder_of_unsplit_files_and_mixed_folders(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    _write(folder / "part-a.jsonl", TRAIN_ROWS, "jsonl")
+    _write(folder / "part-b.csv", TEST_ROWS, "csv")
+    ds = load_math_dataset(str(folder))
+    assert ds["problem"] == ["Train 1+1?", "Train 2+2?", "Test 3+3?"] and ds["solution"] == ["2", "4", "6"]
+    _write(folder / "test.jsonl", TEST_ROWS, "jsonl")
+    with pytest.raises(ValueError, match=r"mixes data files named after a split \(\['test'\]\) with others"):
+        load_math_dataset(str(folder))
+
+
+def test_a_folder_without_a_dataset_says_what_it_holds(tmp_path):
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "README.md").write_text("hello")
+    (folder / "model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError) as info:
+        load_math_dataset(str(folder))
+    message = str(info.value)
+    assert "\n" not in message and str(folder) in message and "Hub" not in message
+    assert "save_to_disk" in message and ".jsonl" in message and "README.md, model.safetensors, sub/" in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no dataset.*nothing in it"):
+        load_math_dataset(str(tmp_path / "empty"))
+
+
+def test_a_relative_folder_name_is_a_folder(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    _write(tmp_path / "mine" / "rows.jsonl", TRAIN_ROWS, "jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert load_math_dataset("mine")["solution"] == ["2", "4"]  # no "/": not taken for a Hub id or a known name
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5])
+def test_limit_below_one_is_refused(tmp_path, limit):
+    path = tmp_path / "p.jsonl"
+    _write(path, TRAIN_ROWS, "jsonl")
+    with pytest.raises(ValueError, match=r"limit must be >= 1"):
+        load_math_dataset(str(path), limit=limit)
+    assert len(load_math_dataset(str(path), limit=1)) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chat datasets: the conversation before the problem is kept
+# ---------------------------------------------------------------------------------------------------------------------
+
+SYSTEM = "You are a careful competition mathematician."
+
+
+def _chat_file(tmp_path, turns_before=(), after=()):
+    path = tmp_path / "chat.jsonl"
+    rows = [{"prompt": [*turns_before, {"role": "user", "content": q}, *after], "answer": a}
+            for q, a in (("What is 6*7?", "42"), ("What is 2^5?", "32"))]
+    _write(path, rows, "jsonl")
+    return path
+
+
+def test_a_chat_datasets_system_message_is_kept(tmp_path):
+    path = _chat_file(tmp_path, turns_before=[{"role": "system", "content": SYSTEM}],
+                      after=[{"role": "assistant", "content": "The answer is \\boxed{42}."}])
+    ds = load_math_dataset(str(path))
+    assert ds["problem"] == ["What is 6*7?", "What is 2^5?"]
+    assert ds[0]["prompt"] == [{"role": "system", "content": SYSTEM},
+                               {"role": "user", "content": "What is 6*7?" + SUFFIX}]  # the answer turn is not kept
+    plain = load_math_dataset(str(path), conversational=False)
+    assert plain[1]["prompt"] == f"{SYSTEM}\n\nWhat is 2^5?" + SUFFIX
+    # the same system message given again: one system message, not two
+    assert load_math_dataset(str(path), system_prompt=SYSTEM)["prompt"] == ds["prompt"]
+
+
+def test_a_system_prompt_that_conflicts_with_the_datasets_is_refused(tmp_path):
+    path = _chat_file(tmp_path, turns_before=[{"role": "system", "content": SYSTEM}])
+    with pytest.raises(ValueError, match=r"record 0: the conversation has its own system message.*system_prompt=None")\
+            as info:
+        load_math_dataset(str(path), system_prompt="Be brief.")
+    assert "\n" not in str(info.value)
+
+
+def test_earlier_turns_are_kept_and_a_plain_chat_gets_the_system_prompt(tmp_path):
+    shot = [{"role": "user", "content": "What is 1+1?"}, {"role": "assistant", "content": "\\boxed{2}"}]
+    ds = load_math_dataset(str(_chat_file(tmp_path, turns_before=shot)))
+    assert ds[0]["prompt"] == [*shot, {"role": "user", "content": "What is 6*7?" + SUFFIX}]
+    assert ds["problem"] == ["What is 6*7?", "What is 2^5?"]
+    plain_chat = load_math_dataset(str(_chat_file(tmp_path)), system_prompt="Be brief.")
+    assert plain_chat[0]["prompt"] == [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": "What is 6*7?" + SUFFIX}]

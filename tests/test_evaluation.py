@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import warnings
 from math import comb
+from pathlib import Path
 
 import datasets
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from disco_trl.eval import cli as eval_cli
-from disco_trl.eval import evaluate, format_markdown, generation, pass_at_k, summarize
+from disco_trl.eval import evaluate, format_markdown, generation, identity, pass_at_k, summarize
 from disco_trl.eval import run as eval_run
 from disco_trl.eval.generation import TransformersGenerator
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer
@@ -193,8 +203,6 @@ def test_sampling_ignores_top_k_from_the_models_generation_config(tiny):
 
 
 def test_per_sample_sampler_draws_from_the_temperature_top_p_distribution():
-    import torch
-
     from disco_trl.eval.generation import PerSampleSampler
 
     logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, -3.0])
@@ -388,3 +396,202 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     bad.write_text("")
     line = _one_line_error(capsys, ["--model", str(tmp_path), "--benchmarks", str(bad), *out])
     assert str(bad) in line and "is empty" in line
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reliability: the model is compared by what it is, options refused, one run per folder, damaged records repaired
+# ---------------------------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train_into(model_dir):
+    """A real retraining into the same folder: three SGD steps on a language-model loss, then save_pretrained."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(["Compute 12 + 7 * 3 - 5. 7 * 3 = 21. The answer is \\boxed{28}."], return_tensors="pt")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    for _ in range(3):
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(model_dir)
+
+
+def _results(folder):
+    return json.loads((folder / "results.json").read_text())
+
+
+def test_replaced_weights_are_not_taken_for_the_old_ones(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """eval, retrain into the same folder, eval again: the old samples are not reported as the new model's."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    rows = [{"problem": f"Compute {a} + 3.", "answer": str(a + 3)} for a in range(3)]
+    datasets.Dataset.from_list(rows).save_to_disk("toybench")  # a save_to_disk folder as a benchmark
+    command = ["--benchmarks", "toybench", "--num-samples", "2", "--max-new-tokens", "8", "--output-dir", "ev",
+               "--no-progress"]
+    assert eval_cli.main(["--model", "./m", *command]) == 0
+    assert _results(tmp_path / "ev")["timing"]["samples_generated"] == 6
+    old = _completions(tmp_path / "ev")
+    for same in ("m", str(tmp_path / "m"), "./m/"):  # one folder, however it is named
+        assert eval_cli.main(["--model", same, *command]) == 0
+        timing = _results(tmp_path / "ev")["timing"]
+        assert timing["samples_generated"] == 0 and timing["samples_reused"] == 6
+    _train_into(tmp_path / "m")
+    capsys.readouterr()
+    before = (tmp_path / "ev" / "samples.jsonl").read_bytes()
+    line = _one_line_error(capsys, ["--model", "./m", *command])
+    assert "cannot be reused" in line and "model.safetensors" in line and "--overwrite" in line, line
+    assert (tmp_path / "ev" / "samples.jsonl").read_bytes() == before
+
+    assert eval_cli.main(["--model", "./m", *command, "--overwrite"]) == 0
+    assert _results(tmp_path / "ev")["timing"]["samples_generated"] == 6
+    new = _completions(tmp_path / "ev")
+    assert new.keys() == old.keys() and new != old
+    assert eval_cli.main(["--model", "./m", *command[:-3], "--output-dir", "fresh", "--no-progress"]) == 0
+    assert _completions(tmp_path / "fresh") == new  # what is reported is the retrained model's
+
+
+def test_in_memory_weights_are_compared_byte_for_byte(tmp_path):
+    tokenizer = build_tokenizer()
+    model = build_tiny_qwen2(tokenizer, hidden_size=32, num_hidden_layers=1, intermediate_size=64)
+    bench = {"toy": _toy_benchmark()}
+    run = dict(tokenizer=tokenizer, num_samples=2, max_new_tokens=6, output_dir=tmp_path, progress=False)
+    assert evaluate(model, bench, **run)["timing"]["samples_generated"] == 4
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.model.norm.weight[0] += 1e-3  # one number of one tensor
+    with pytest.raises(ValueError, match=r"another model.*in-memory object with weights"):
+        evaluate(model, bench, **run)
+    model.load_state_dict(saved)
+    again = evaluate(model, bench, **run)  # the same bytes again: the same model
+    assert again["timing"]["samples_generated"] == 0 and again["timing"]["samples_reused"] == 4
+
+    config_path = tmp_path / "config.json"  # a folder written when only the model's name was recorded
+    config_path.write_text(json.dumps({k: v for k, v in json.loads(config_path.read_text()).items()
+                                       if k != "model_identity"}))
+    with pytest.raises(ValueError, match="recorded the model by its name only"):
+        evaluate(model, bench, **run)
+
+
+def test_identity_of_hub_ids_folders_and_tokenizers(tiny_model_dir, tmp_path):
+    assert identity.model_identity("Qwen/Qwen2.5-Math-1.5B") == {"model": {"hub": "Qwen/Qwen2.5-Math-1.5B"}}
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    (tmp_path / "m" / "README.md").write_text("notes")  # not part of the model
+    (tmp_path / "m" / "sub").mkdir()
+    first = identity.model_identity(tmp_path / "m", tokenizer=str(tiny_model_dir))
+    assert "README.md" not in first["model"]["local"] and "model.safetensors" in first["model"]["local"]
+    assert first["tokenizer"] == {"local": identity.file_fingerprints(tiny_model_dir)}
+    (tmp_path / "m" / "README.md").write_text("other notes")
+    assert identity.model_identity(tmp_path / "m", tokenizer=str(tiny_model_dir)) == first
+    config = tmp_path / "m" / "config.json"
+    config.write_text(config.read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05'))
+    changed = identity.model_identity(tmp_path / "m", tokenizer=str(tiny_model_dir))
+    assert changed != first
+    assert identity.describe_change(first, changed).startswith("the model's files changed since (config.json:")
+
+
+def _tiny_benchmark_file(tmp_path, n=2):
+    path = tmp_path / "bench.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"Compute {a} + 1.", "answer": str(a + 1)}) + "\n"
+                            for a in range(n)))
+    return path
+
+
+@pytest.mark.parametrize("option, expected", [
+    (["--dtype", "float99"], r"dtype \(--dtype\) must be one of auto, bfloat16, float16, float32; got 'float99'"),
+    (["--device", "gpu"], r"device \(--device\) 'gpu' is not a device name"),
+    (["--device", "cuda:63"], r"device \(--device\) 'cuda:63': (no cuda device is available|only \d+ cuda)"),
+    (["--limit", "0"], r"limit \(--limit\) must be >= 1"),
+    (["--limit", "-1"], r"limit \(--limit\) must be >= 1"),
+    (["--k", "0"], r"k_values \(--k\) must be integers from 1 to num_samples=2"),
+    (["--k", "-1"], r"k_values \(--k\) must be integers from 1 to num_samples=2"),
+    (["--k", "1", "3"], r"k_values \(--k\) must be integers from 1 to num_samples=2 .*got \[1, 3\]"),
+    (["--batch-size", "0"], r"batch_size \(--batch-size\) must be >= 1"),
+])
+def test_bad_options_are_one_line_before_any_model_loads(tmp_path, capsys, option, expected):
+    not_a_model = tmp_path / "empty-folder"  # loading it would fail with another message: the check comes first
+    not_a_model.mkdir()
+    argv = ["--model", str(not_a_model), "--benchmarks", str(_tiny_benchmark_file(tmp_path)), "--num-samples", "2",
+            "--output-dir", str(tmp_path / "o"), *option]
+    code = eval_cli.main(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert re.search(expected, lines[0]) and lines[0].startswith("disco-trl eval: error: "), lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a build or machine without CUDA")
+def test_device_cuda_without_cuda_names_the_way_out(tmp_path, capsys):
+    line = _one_line_error(capsys, ["--model", str(tmp_path), "--device", "cuda", "--output-dir", str(tmp_path / "o")])
+    assert "no cuda device is available" in line and "--device cpu" in line
+
+
+def test_the_output_folder_is_not_the_model_folder(tiny_model_dir, tmp_path, capsys):
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    line = _one_line_error(capsys, ["--model", str(tmp_path / "m"), "--output-dir", str(tmp_path / "m" / ".")])
+    assert "is the model's own folder" in line
+
+
+def _eval_process(model_dir, bench, out, *extra, **popen):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    argv = [sys.executable, "-m", "disco_trl.cli", "eval", "--model", str(model_dir), "--benchmarks", str(bench),
+            "--max-new-tokens", "16", "--batch-size", "4", "--output-dir", str(out), "--no-progress", *extra]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.slow
+def test_a_second_eval_into_a_held_folder_is_refused(tiny_model_dir, tmp_path):
+    bench, out = _tiny_benchmark_file(tmp_path, n=1), tmp_path / "ev"
+    first = _eval_process(tiny_model_dir, bench, out, "--num-samples", "100000")  # runs until killed
+    try:
+        deadline = time.monotonic() + 240
+        while not ((out / "samples.jsonl").is_file() and (out / "samples.jsonl").stat().st_size):
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first evaluation did not start generating"
+            time.sleep(0.5)
+        second = _eval_process(tiny_model_dir, bench, out, "--num-samples", "2")
+        _, err = second.communicate(timeout=240)
+        assert first.poll() is None  # the first still held the folder when the second was refused
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert second.returncode == 1 and len(lines) == 1, err
+        assert "is in use by an evaluation (disco-trl eval)" in lines[0] and f"pid {first.pid}" in lines[0]
+    finally:
+        first.kill()
+        first.communicate()
+    # a lock left by a killed evaluation does not block: the next one takes it over and resumes
+    third = _eval_process(tiny_model_dir, bench, out, "--num-samples", "2")
+    _, err = third.communicate(timeout=240)
+    assert third.returncode == 0 and "taking over the lock" in err, err
+    keys = [(r["benchmark"], r["problem_id"], r["sample"]) for r in _lines(out / "samples.jsonl")]
+    assert len(keys) == len(set(keys)) and {k[2] for k in keys} >= {0, 1}
+    assert not (out / ".disco-lock").exists()
+
+
+def test_damaged_lines_are_dropped_once_and_generated_again(tiny, tmp_path):
+    model, tokenizer = tiny
+    bench = {"toy": _toy_benchmark()}
+    run = dict(tokenizer=tokenizer, num_samples=3, max_new_tokens=6, output_dir=tmp_path, progress=False)
+    evaluate(model, bench, **run)
+    samples = tmp_path / "samples.jsonl"
+    lines = samples.read_text().splitlines()
+    complete = _completions(tmp_path)
+    lines[1] = lines[1][:25] + "#garbage"  # damaged in the middle of the file
+    lines[3] = json.dumps({"benchmark": "toy", "problem_id": 1})  # JSON, but not a whole record
+    lines.append(lines[4])  # the same record twice (two runs that wrote one folder)
+    samples.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        healed = evaluate(model, bench, **run)
+    ours = [str(w.message) for w in caught if "samples.jsonl" in str(w.message)]
+    assert len(ours) == 1, ours
+    assert "dropped 3 damaged or repeated line(s): line 2 (not JSON), line 4 (not a record" in ours[0]
+    assert "line 5 (repeated by line 7)" in ours[0] and "generated again" in ours[0]
+    assert healed["timing"]["samples_generated"] == 2 and healed["timing"]["samples_reused"] == 4
+    assert _completions(tmp_path) == complete and len(_lines(samples)) == 6  # rewritten: one line per sample
+    assert not list(tmp_path.glob("*.tmp"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert evaluate(model, bench, **run)["timing"]["samples_generated"] == 0
+    assert not [w for w in caught if "samples.jsonl" in str(w.message)]  # repaired once: the next run is silent

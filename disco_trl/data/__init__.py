@@ -9,7 +9,8 @@ r"""Math datasets in the shape DisCO / GRPO trainers expect: a `prompt` column a
 Every source is turned into
 
 * `prompt`: the paper's prompt, ``"{problem} Let's think step by step and output the final answer within \boxed{}."``,
-  as a one-message chat (``[{"role": "user", "content": ...}]``, optionally after a system message) or, with
+  as a one-message chat (``[{"role": "user", "content": ...}]``, optionally after a system message: the
+  `system_prompt` argument, or the turns a chat dataset has before its last user message) or, with
   ``conversational=False``, as a plain string;
 * `solution`: the reference final answer as a string (what `disco_trl.rewards.boxed_math_reward` compares against);
 * `problem`: the problem text alone (kept for evaluation records).
@@ -19,7 +20,8 @@ AMC 2023 stores the answer as a float, Minerva has no answer field (the answer i
 solution, as in MATH), OlympiadBench uses question/final_answer (a list), and DAPO-Math-17k stores a chat prompt
 wrapped in its own instructions with the answer under ``reward_model.ground_truth``. Unknown hub datasets and local
 files are read by looking for the usual field names; when none is found the error names the missing field, the
-columns that exist, and the argument that fixes it (`question_field=` / `answer_field=`).
+columns that exist, and the argument that fixes it (`question_field=` / `answer_field=`). A local folder is read
+too: one saved with ``save_to_disk``, or a folder of data files (`files`).
 """
 
 from .answers import normalize_answer

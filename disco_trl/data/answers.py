@@ -10,7 +10,7 @@ from typing import Any
 from ..rewards import extract_boxed_answer
 
 
-__all__ = ["normalize_answer"]
+__all__ = ["conversation_context", "normalize_answer"]
 
 # DAPO-Math-17k wraps each problem in its own instructions; we strip them to apply the paper's prompt instead.
 _DAPO_PREFIX = re.compile(r"^\s*Solve the following math problem step by step\..*?to the problem\.\s*", re.S)
@@ -49,15 +49,33 @@ def normalize_answer(value: Any) -> str | None:
     return text or None
 
 
+def _last_user_turn(messages: list) -> int | None:
+    users = [i for i, m in enumerate(messages) if isinstance(m, Mapping) and m.get("role", "user") == "user"]
+    return users[-1] if users else None
+
+
+def conversation_context(value: Any) -> list[dict[str, str]]:
+    """The turns of a chat prompt before its last user message (system messages, earlier turns), as role/content
+    pairs; nothing for a plain-text prompt. What follows the last user message (an assistant's answer) is not kept:
+    it would hand the model the solution."""
+    if not isinstance(value, list):
+        return []
+    last = _last_user_turn(value)
+    if last is None:
+        return []
+    return [{"role": str(m.get("role", "user")), "content": str(m.get("content", ""))}
+            for m in value[:last] if isinstance(m, Mapping)]
+
+
 def problem_text(value: Any) -> str | None:
     """A problem from a string or from a chat prompt (the last user message), without DAPO's wrapper text."""
     if value is None:
         return None
     if isinstance(value, list):
-        users = [m for m in value if isinstance(m, Mapping) and m.get("role", "user") == "user"]
-        if not users:
+        last = _last_user_turn(value)
+        if last is None:
             return None
-        value = users[-1].get("content", "")
+        value = value[last].get("content", "")
     text = str(value)
     stripped = _DAPO_SUFFIX.sub("", _DAPO_PREFIX.sub("", text))
     return stripped.strip() or None

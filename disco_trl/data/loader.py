@@ -4,13 +4,13 @@ fields hold the problem and the answer, and one record per usable row."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
 
-from .answers import last_boxed, normalize_answer, problem_text
+from .answers import conversation_context, last_boxed, normalize_answer, problem_text
 from .sources import SOURCES, SourceSpec, canonical_source, read_source
 
 
@@ -29,13 +29,26 @@ def format_prompt(
     conversational: bool = True,
     template: str = PROMPT_TEMPLATE,
     system_prompt: str | None = None,
+    context: Sequence[Mapping[str, str]] = (),
 ) -> list[dict[str, str]] | str:
-    """The paper's prompt for one problem, as chat messages or plain text."""
+    """The paper's prompt for one problem, as chat messages or plain text (the messages' contents, one paragraph
+    each). `context`: the turns that come before the problem (a chat dataset's system message...). A `system_prompt`
+    goes first; ValueError when `context` has a system message of its own that differs from it."""
     text = template.replace("{problem}", problem.strip())
+    turns = [{"role": m["role"], "content": m["content"]} for m in context]
+    systems = [t["content"] for t in turns if t["role"] == "system"]
+    if system_prompt is not None and any(s != system_prompt for s in systems):
+        raise ValueError(
+            f"the conversation has its own system message ({systems[0][:60]!r}) and system_prompt="
+            f"{system_prompt[:60]!r} was given too: two system messages would conflict. Pass system_prompt=None "
+            "(--system-prompt left out) to keep the dataset's, or remove the system turns from the dataset to use "
+            "yours."
+        )
+    if system_prompt is not None and not systems:
+        turns.insert(0, {"role": "system", "content": system_prompt})
     if not conversational:
-        return text if system_prompt is None else f"{system_prompt}\n\n{text}"
-    messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
-    return messages + [{"role": "user", "content": text}]
+        return "\n\n".join([t["content"] for t in turns] + [text])
+    return turns + [{"role": "user", "content": text}]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -98,9 +111,10 @@ def load_math_dataset(
 
     Args:
         source: a known name (``"deepscaler"``, ``"dapo-math-17k"``, ``"math"``, ``"aime24"``, ``"aime25"``,
-            ``"math500"``, ``"amc23"``, ``"minerva"``, ``"olympiadbench"``), a Hub dataset id, or a local
-            ``.json``/``.jsonl``/``.parquet``/``.csv`` file.
-        split: the Hub split (defaults: ``train`` for training sets, each benchmark's own split, else ``train``).
+            ``"math500"``, ``"amc23"``, ``"minerva"``, ``"olympiadbench"``), a Hub dataset id, a local
+            ``.json``/``.jsonl``/``.parquet``/``.csv`` file or a local folder (see `disco_trl.data.files`).
+        split: the Hub split (defaults: ``train`` for training sets, each benchmark's own split, else ``train``),
+            or a folder's (default ``train``, or its only split).
         conversational: chat messages (default) or plain-text prompts.
         limit: keep the first `limit` problems (after de-duplication).
         question_field / answer_field: field names for sources this module does not know (dotted paths such as
@@ -108,15 +122,17 @@ def load_math_dataset(
         solution_field: a field with a worked solution whose last ``\boxed{}`` is the answer (when there is no
             answer field).
         prompt_template: replaces `PROMPT_TEMPLATE`; ``{problem}`` marks where the problem goes.
-        system_prompt: an optional system message (or a first paragraph, for plain text).
+        system_prompt: an optional system message (or a first paragraph, for plain text); refused when it differs
+            from a chat dataset's own (a chat question keeps its turns before the last user message).
         config: the Hub configuration name, if the dataset has several.
         local: for the benchmarks, True requires the local file, False forces the Hub; default: local when present.
         deduplicate: drop repeated problems (default on for DAPO-Math-17k, off otherwise).
         keep_columns: other source fields to carry over unchanged.
 
-    Rows without a usable answer are dropped with a warning; a missing field raises `ValueError` before anything
-    else is done.
+    Rows without a usable answer are dropped with a warning; a missing field, or a `limit` below 1, raises
+    `ValueError` before anything else is done.
     """
+    _check_limit(limit)
     spec = SOURCES.get(canonical_source(source) or "")
     rows, origin = read_source(source, spec, split=split, config=config, local=local)
     fields = _choose_fields(
@@ -124,20 +140,20 @@ def load_math_dataset(
         solution_field=solution_field, keep_columns=keep_columns,
     )
     dedupe = spec.deduplicate if (deduplicate is None and spec is not None) else bool(deduplicate)
-    records, dropped = _build_records(
-        rows, fields, spec, deduplicate=dedupe, limit=limit,
-        prompt=dict(conversational=conversational, template=prompt_template, system_prompt=system_prompt),
-    )
+    prompt = dict(conversational=conversational, template=prompt_template, system_prompt=system_prompt, source=source)
+    records, dropped = _build_records(rows, fields, spec, deduplicate=dedupe, limit=limit, prompt=prompt)
     if dropped:
-        warnings.warn(
-            f"load_math_dataset({source!r}): dropped {dropped} rows without a problem or an answer "
-            f"(question field {fields.question!r}, answer from {fields.answer or fields.boxed_solution!r}).",
-            stacklevel=2,
-        )
+        warnings.warn(f"load_math_dataset({source!r}): dropped {dropped} rows without a problem or an answer "
+                      f"(question field {fields.question!r}, answer from {fields.answer or fields.boxed_solution!r}).",
+                      stacklevel=2)
     if not records["problem"]:
         raise ValueError(f"load_math_dataset({source!r}): no usable rows in {origin}.")
     return datasets.Dataset.from_dict(records)
 
+
+def _check_limit(limit: Any) -> None:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"load_math_dataset: limit must be >= 1 rows (or None for all), got {limit!r}.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -231,6 +247,15 @@ def _row_problem(row: Mapping[str, Any], fields: _Fields) -> str | None:
     return problem
 
 
+def _row_prompt(problem: str, question: Any, prompt: Mapping[str, Any], number: int) -> list[dict[str, str]] | str:
+    """The prompt of one record: the paper's template on the problem, after a chat question's earlier turns."""
+    settings = {k: v for k, v in prompt.items() if k != "source"}
+    try:
+        return format_prompt(problem, context=conversation_context(question), **settings)
+    except ValueError as exc:
+        raise ValueError(f"load_math_dataset({prompt['source']!r}), record {number}: {exc}") from None
+
+
 def _build_records(rows: Any, fields: _Fields, spec: SourceSpec | None, *, deduplicate: bool, limit: int | None,
                    prompt: Mapping[str, Any]) -> tuple[dict[str, list], int]:
     """The `prompt`/`solution`/`problem` (+ kept) columns, and how many rows had no problem or no answer."""
@@ -248,7 +273,7 @@ def _build_records(rows: Any, fields: _Fields, spec: SourceSpec | None, *, dedup
             seen.add(problem)
         records["problem"].append(problem)
         records["solution"].append(answer)
-        records["prompt"].append(format_prompt(problem, **prompt))
+        records["prompt"].append(_row_prompt(problem, _get(row, fields.question), prompt, len(records["prompt"])))
         for column in fields.keep:
             records[column].append(row.get(column))
         if limit is not None and len(records["problem"]) >= limit:

@@ -1,5 +1,5 @@
 """Where a math dataset's rows come from: the known sources (training sets and the paper's six benchmarks), the
-local benchmark folder, local files and the Hugging Face Hub."""
+local benchmark folder, local files and folders, and the Hugging Face Hub."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import datasets
 
-from .files import LOCAL_SUFFIXES, read_local_rows
+from .files import LOCAL_SUFFIXES, read_local_folder, read_local_rows
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ def read_hub(hub_id: str, split: str, config: str | None) -> Any:
     except Exception as exc:  # noqa: BLE001 - re-raised with the way out
         raise RuntimeError(
             f"Could not load {hub_id!r} (split {split!r}) from the Hugging Face Hub: {exc}\n"
-            "Offline? Pass a local JSON/JSONL/Parquet file instead (load_math_dataset('path/to/file.jsonl')), or for "
+            "Offline? Pass a local JSON/JSONL/Parquet file or a dataset folder instead (load_math_dataset("
+            "'path/to/file.jsonl')), or for "
             "the benchmarks point DISCO_BENCHMARK_DIR at a folder with the benchmark files."
         ) from exc
 
@@ -112,6 +113,8 @@ def read_source(source: str, spec: SourceSpec | None, *, split: str | None, conf
                  local: bool | None) -> tuple[Any, str]:
     """The rows (a list of dicts or a `datasets.Dataset`) and where they came from (a path or a Hub id)."""
     path = Path(source).expanduser()
+    if spec is None and path.is_dir():
+        return read_local_folder(path, split), str(path)
     if spec is None and (path.is_file() or path.suffix.lower() in LOCAL_SUFFIXES):
         if not path.is_file():
             raise FileNotFoundError(f"load_math_dataset: no such file {str(path)!r}.")
@@ -131,7 +134,7 @@ def read_source(source: str, spec: SourceSpec | None, *, split: str | None, conf
         known = ", ".join(sorted(SOURCES))
         raise ValueError(
             f"load_math_dataset: {source!r} is neither a known source ({known}), a Hub id (owner/name) nor an "
-            "existing local file."
+            "existing local file or folder."
         )
     return read_hub(source, split or "train", config), source
 

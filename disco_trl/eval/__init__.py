@@ -16,7 +16,8 @@ existing folder) gives the samples a fresh run would. Each completion is graded 
 benchmark: Pass@1 averaged over the samples (the paper's metric: the mean over problems of c/n, c correct out of n
 samples) and pass@k from the unbiased estimator of Chen et al. (2021), ``1 - C(n-c, k) / C(n, k)``; then their
 average over benchmarks (the paper's "Avg."). Metrics: `metrics`; generation: `generation`;
-the output folder and resuming: `records`; the problems: `benchmarks`; the command line: `cli`.
+the output folder and resuming: `records` (and `identity`, what the model is); the problems: `benchmarks`; the
+command line: `cli`.
 
 Output folder (when `output_dir` is given; the CLI defaults to ``eval_results/<model name>``):
 
@@ -26,7 +27,12 @@ Output folder (when `output_dir` is given; the CLI defaults to ``eval_results/<m
   and a finished one can be inspected or re-graded;
 * ``problems.jsonl``: one record per problem (benchmark, problem_id, problem, solution, prompt);
 * ``results.json`` and ``results.md``: the metrics (JSON, and a Markdown table);
-* ``config.json``: the generation settings; resuming with different settings is refused (use a new folder).
+* ``config.json``: the generation settings and what the model is (`identity`: a folder's files, a Hub id, an
+  in-memory model's weights); resuming with different settings, or into samples of another model (a folder
+  retrained in place), is refused (use a new folder, or ``--overwrite``).
+
+A run holds its output folder (`disco_trl.preflight.FolderLock`): a second evaluation into it is refused while it
+runs. Damaged lines of ``samples.jsonl`` are dropped once, with one warning, and generated again.
 """
 
 from .benchmarks import DEFAULT_BENCHMARKS

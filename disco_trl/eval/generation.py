@@ -19,7 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
-__all__ = ["PerSampleSampler", "check_model_source", "make_generator", "sample_seed"]
+__all__ = ["DTYPES", "PerSampleSampler", "check_device", "check_dtype", "check_model_source", "make_generator",
+           "sample_seed"]
 
 _PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
 
@@ -39,6 +40,38 @@ def check_model_source(source: str | os.PathLike, role: str = "model") -> None:
             f"evaluate: {role} path {text!r} does not exist ({path.absolute()}); pass an existing folder or a Hub id "
             "(org/name)."
         )
+
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def check_dtype(dtype: Any) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"evaluate: dtype (--dtype) must be one of {', '.join(DTYPES)}; got {dtype!r}.")
+
+
+def check_device(device: Any) -> None:
+    """ValueError unless `device` (None: the default) names a device this torch build has and can see."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"evaluate: device (--device) {device!r} is not a device name ({exc}); use cpu, cuda, "
+                         "cuda:1, ...") from None
+    if parsed.type == "cpu":
+        return
+    backend = torch.backends.mps if parsed.type == "mps" else getattr(torch, parsed.type, None)
+    if not getattr(backend, "is_available", lambda: False)():
+        build = ""
+        if parsed.type == "cuda" and not torch.version.cuda:
+            build = f" (torch {torch.__version__} is a build without CUDA)"
+        raise ValueError(f"evaluate: device (--device) {device!r}: no {parsed.type} device is available here{build}; "
+                         "use --device cpu, or leave it out (the default is cuda when a GPU is visible, else cpu).")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if parsed.index is not None and parsed.index >= count:
+        raise ValueError(f"evaluate: device (--device) {device!r}: only {count} {parsed.type} device(s) are visible "
+                         f"(indices 0..{count - 1}).")
 
 
 def sample_seed(seed: int, problem_key: str, sample: int) -> int:
@@ -102,7 +135,9 @@ class TransformersGenerator:
     def __init__(self, model, tokenizer, *, batch_size: int):
         self.model = model
         self.tokenizer = tokenizer
-        self.batch_size = max(1, int(batch_size))
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"TransformersGenerator: batch_size must be >= 1, got {batch_size!r}.")
+        self.batch_size = batch_size
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.was_training = bool(getattr(model, "training", False))

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..preflight import FolderLock
 from ..rewards import boxed_math_reward, extract_boxed_answer
 from .benchmarks import DEFAULT_BENCHMARKS, plan_problems, problem_rows, render_prompts, resolve_benchmarks
-from .generation import check_model_source, make_generator, sample_seed
+from .generation import check_device, check_dtype, check_model_source, make_generator, sample_seed
+from .identity import model_identity
 from .metrics import format_markdown, summarize
 from .records import SAMPLE_SEEDS, RunRecords
+
+
+EVAL_LOCK_HOLDER = "an evaluation (disco-trl eval)"  # how a second run into the folder names the one holding it
 
 
 def evaluate(
@@ -33,53 +40,77 @@ def evaluate(
             (a Dataset needs `prompt` and `solution` columns, as `disco_trl.data.load_math_dataset` makes).
         num_samples, temperature, top_p, max_new_tokens: the sampling protocol (the paper: 16, 0.6, 0.95, 8k).
         output_dir: where records and results go (see `disco_trl.eval`); None keeps everything in memory.
-        limit: the first `limit` problems of each benchmark. batch_size: sequences per `generate` (transformers).
+            The folder is held for the run (`disco_trl.preflight.FolderLock`): a second evaluation into it is
+            refused while this one runs.
+        limit: the first `limit` (>= 1) problems of each benchmark. batch_size: sequences per `generate`
+            (transformers, >= 1).
         backend: ``"auto"`` (vLLM when installed, a GPU is present and `model` is a path), ``"vllm"``,
-        ``"transformers"``.
-        k_values: which pass@k to report (default: 1, 2, 4, ... up to num_samples).
+        ``"transformers"``. dtype: ``"auto"``, ``"bfloat16"``, ``"float16"`` or ``"float32"``. device: the
+            transformers backend's device (``"cpu"``, ``"cuda"``, ``"cuda:1"``...): it must exist here.
+        k_values: which pass@k to report, each in 1..num_samples (default: 1, 2, 4, ... up to num_samples).
         seed: sample j of a problem is drawn with `sample_seed(seed, problem, j)` whatever the batching.
-        resume: reuse the records already in `output_dir` (same settings required); False starts over.
+        resume: reuse the records already in `output_dir` (same settings and the same model, by what it is: see
+            `disco_trl.eval.identity`); False starts over.
 
     Returns ``{"benchmarks": {name: {"pass@1", "pass@k"..., "num_problems", ...}}, "average": {...},
     "config": {...}, "timing": {...}}``.
     """
-    model_is_path = _check_arguments(model, tokenizer, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                                     top_p=top_p, temperature=temperature, backend=backend)
+    k_values = None if k_values is None else list(k_values)
+    _check_arguments(
+        model, tokenizer, output_dir, num_samples=num_samples, max_new_tokens=max_new_tokens, top_p=top_p,
+        temperature=temperature, backend=backend, limit=limit, batch_size=batch_size, k_values=k_values, dtype=dtype,
+        device=device,
+    )
     datasets_by_name = resolve_benchmarks(benchmarks, conversational=conversational, system_prompt=system_prompt,
                                           prompt_template=prompt_template, limit=limit)
     config = _run_config(
-        model, model_is_path, datasets_by_name, num_samples=num_samples, temperature=temperature, top_p=top_p,
-        max_new_tokens=max_new_tokens, conversational=conversational, system_prompt=system_prompt,
+        model, tokenizer, datasets_by_name, output_dir, num_samples=num_samples, temperature=temperature,
+        top_p=top_p, max_new_tokens=max_new_tokens, conversational=conversational, system_prompt=system_prompt,
         prompt_template=prompt_template, limit=limit, seed=seed,
     )
-    records = RunRecords.open(output_dir, config, resume=resume)
-    problems = plan_problems(datasets_by_name, records, num_samples)
+    run = dict(backend=backend, batch_size=batch_size, seed=seed, dtype=dtype, device=device,
+               vllm_kwargs=dict(vllm_kwargs or {}))
+    sampling = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    with FolderLock(output_dir, EVAL_LOCK_HOLDER) if output_dir is not None else contextlib.nullcontext():
+        records = RunRecords.open(output_dir, config, resume=resume)
+        problems = plan_problems(datasets_by_name, records, num_samples)
+        summary, timing, backend_name = _sample_and_summarize(
+            model, tokenizer, problems, records, run=run, sampling=sampling, progress=progress,
+            summary=dict(datasets_by_name=datasets_by_name, num_samples=num_samples, k_values=k_values),
+        )
+        summary = dict(summary, config=dict(config, backend=backend_name), timing=timing)
+        records.write_results(summary, format_markdown(summary, title=f"{config['model']}"))
+    return summary
+
+
+def _sample_and_summarize(model: Any, tokenizer: Any, problems: list[dict], records: RunRecords, *,
+                          run: dict[str, Any], sampling: dict[str, Any], progress: bool,
+                          summary: dict[str, Any]) -> tuple[dict, dict, str]:
+    """Load the backend, generate what is missing; the metrics, the timing and the backend's name."""
     started = time.perf_counter()
-    generator = make_generator(model, tokenizer, backend=backend, batch_size=batch_size, seed=seed, dtype=dtype,
-                               device=device, vllm_kwargs=dict(vllm_kwargs or {}))
+    generator = make_generator(model, tokenizer, **run)
     load_seconds = round(time.perf_counter() - started, 3)
     try:
-        render_prompts(problems, generator.tokenizer if model_is_path else tokenizer)
+        render_prompts(problems, generator.tokenizer if isinstance(model, str | os.PathLike) else tokenizer)
         records.add_problems(problem_rows(problems))
-        sampling = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
-        timing = _generate_missing(generator, problems, records, sampling=sampling, seed=seed, progress=progress)
+        timing = _generate_missing(generator, problems, records, sampling=sampling, seed=run["seed"],
+                                   progress=progress)
     finally:
         if hasattr(generator, "close"):
             generator.close()
         records.close()
     timing = dict(load_seconds=load_seconds, **timing, samples_reused=records.count() - timing["samples_generated"])
-    summary = dict(_summarize_run(problems, records, datasets_by_name, num_samples, k_values),
-                   config=dict(config, backend=generator.name), timing=timing)
-    records.write_results(summary, format_markdown(summary, title=f"{config['model']}"))
-    return summary
+    metrics = _summarize_run(problems, records, summary["datasets_by_name"], summary["num_samples"],
+                             summary["k_values"])
+    return metrics, timing, generator.name
 
 
-def _check_arguments(model: Any, tokenizer: Any, *, num_samples: int, max_new_tokens: int, top_p: float,
-                     temperature: float, backend: str) -> bool:
-    """ValueError / FileNotFoundError for bad settings, before anything loads; whether `model` is a path or id."""
-    if num_samples < 1:
+def _check_arguments(model: Any, tokenizer: Any, output_dir: Any, *, num_samples: int, max_new_tokens: int,
+                     top_p: float, temperature: float, backend: str, **settings: Any) -> None:
+    """ValueError / FileNotFoundError for bad settings, before anything loads (or any folder is made)."""
+    if not _is_int(num_samples) or num_samples < 1:
         raise ValueError(f"evaluate: num_samples must be >= 1, got {num_samples}.")
-    if max_new_tokens < 1:
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"evaluate: max_new_tokens must be >= 1, got {max_new_tokens}.")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"evaluate: top_p must be in (0, 1], got {top_p}.")
@@ -87,32 +118,64 @@ def _check_arguments(model: Any, tokenizer: Any, *, num_samples: int, max_new_to
         raise ValueError(f"evaluate: temperature must be >= 0, got {temperature}.")
     if backend not in ("auto", "vllm", "transformers"):
         raise ValueError(f"evaluate: backend must be 'auto', 'vllm' or 'transformers', got {backend!r}.")
+    _check_counts(num_samples, **settings)
     model_is_path = isinstance(model, str | os.PathLike)
     if not model_is_path and tokenizer is None:
         raise ValueError("evaluate: an in-memory model needs its tokenizer: evaluate(model, ..., tokenizer=...).")
     if model_is_path:
         check_model_source(model, role="model")
+        _check_output_dir(model, output_dir)
     if isinstance(tokenizer, str | os.PathLike):
         check_model_source(tokenizer, role="tokenizer")
-    return model_is_path
 
 
-def _run_config(model: Any, model_is_path: bool, datasets_by_name: Mapping[str, Any], **settings: Any) -> dict:
-    """What config.json records (and what a resumed run must match, see `eval_records.RESUME_KEYS`)."""
-    if model_is_path:
-        name = str(model)
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_counts(num_samples: int, *, limit: Any, batch_size: Any, k_values: list | None, dtype: Any,
+                  device: Any) -> None:
+    """The options that used to be corrected or dropped without a word: refused, each naming its flag."""
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise ValueError(f"evaluate: limit (--limit) must be >= 1 problems per benchmark (or None for all), got "
+                         f"{limit!r}.")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"evaluate: batch_size (--batch-size) must be >= 1 sequences, got {batch_size!r}.")
+    if k_values is not None:
+        bad = [k for k in k_values if not _is_int(k) or not 1 <= k <= num_samples]
+        if bad or not k_values:
+            raise ValueError(
+                f"evaluate: k_values (--k) must be integers from 1 to num_samples={num_samples} (pass@k needs k of "
+                f"the samples per problem), got {k_values}; raise --num-samples or pick k in 1..{num_samples}."
+            )
+    check_dtype(dtype)
+    check_device(device)
+
+
+def _check_output_dir(model: Any, output_dir: Any) -> None:
+    model_path = Path(model).expanduser()
+    if output_dir is None or not model_path.is_dir():
+        return
+    if Path(output_dir).expanduser().resolve() == model_path.resolve():
+        raise ValueError(
+            f"evaluate: output_dir (--output-dir) {os.fspath(output_dir)!r} is the model's own folder: the "
+            "evaluation's config.json would overwrite the model's. Use another folder."
+        )
+
+
+def _run_config(model: Any, tokenizer: Any, datasets_by_name: Mapping[str, Any], output_dir: Any,
+                **settings: Any) -> dict:
+    """What config.json records (and what a resumed run must match: `records.RESUME_KEYS` and the model identity)."""
+    if isinstance(model, str | os.PathLike):
+        name = os.fspath(model)
     else:
         name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
         name = f"<in-memory {name}>"
-    return {"model": name, "benchmarks": list(datasets_by_name), **settings, "sample_seeds": SAMPLE_SEEDS}
-
-
-
-
-
-
-
-
+    # only an output folder is resumed, so only then is the identity computed (for an in-memory model: one pass over
+    # its weights)
+    identity = model_identity(model, tokenizer) if output_dir is not None else None
+    return {"model": name, "model_identity": identity, "benchmarks": list(datasets_by_name), **settings,
+            "sample_seeds": SAMPLE_SEEDS}
 
 
 def _generate_missing(generator: Any, problems: list[dict], records: RunRecords, *, sampling: Mapping[str, Any],
