@@ -9,7 +9,7 @@ import torch
 from trl import GRPOConfig
 
 from .geometry import check_deepspeed_geometry, check_whole_groups
-from .losses import SCORE_TYPES, VARIANTS, check_tau
+from .losses import KL_ESTIMATORS, SCORE_TYPES, VARIANTS, check_tau
 
 
 def _has_bf16_accelerator() -> bool:
@@ -107,6 +107,10 @@ class DiscoConfig(GRPOConfig):
             Trust-region radius delta of the constraint KL(pi_old || pi_theta) <= delta.
         kl_beta (`float`, defaults to `1e3`):
             Weight beta of the squared-hinge penalty beta * max(KL - delta, 0)^2.
+        kl_estimator (`str`, defaults to `"log_ratio"`):
+            The per-token estimate of KL(pi_old || pi_theta) the hinge sees: `"log_ratio"`, the paper's
+            log pi_old - log pi_theta (unbiased, but often negative on a small batch), or `"k3"`,
+            r - 1 - log r with r = pi_theta / pi_old (unbiased and never negative: less noisy near delta).
         reward_threshold (`str` or `float`, defaults to `"group_mean"`):
             Which completions are positives. `"group_mean"`: those whose reward is above their question's mean
             reward (TRL's advantage > 0, after its `multi_objective_aggregation`); a number: those whose (weighted)
@@ -150,6 +154,12 @@ class DiscoConfig(GRPOConfig):
     )
     kl_beta: float = field(
         default=1e3, metadata={"help": "Squared-hinge penalty weight beta: beta * max(KL - delta, 0)^2."}
+    )
+    kl_estimator: str = field(
+        default="log_ratio",
+        metadata={"help": "Token estimate of KL(pi_old || pi_theta) for the trust region: 'log_ratio' (the paper's, "
+                  "log pi_old - log pi_theta) or 'k3' (r - 1 - log r, r = pi_theta/pi_old: also unbiased, never "
+                  "negative, far less noisy near delta).", "choices": list(KL_ESTIMATORS)},
     )
     reward_threshold: str = field(
         default="group_mean",
@@ -204,6 +214,10 @@ class DiscoConfig(GRPOConfig):
     def _check_disco_fields(self) -> None:
         if self.score_type not in SCORE_TYPES:
             raise ValueError(f"DiscoConfig.score_type={self.score_type!r} is unknown; use one of {SCORE_TYPES}.")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(
+                f"DiscoConfig.kl_estimator={self.kl_estimator!r} is unknown; use 'log_ratio' (the paper's) or 'k3'."
+            )
         if self.disco_variant not in VARIANTS:
             raise ValueError(
                 f"DiscoConfig.disco_variant={self.disco_variant!r} is unknown; use 'dro' (DisCO) or 'basic' (DisCO-b)."

@@ -13,7 +13,8 @@ per-completion tensors are (B,). *Labels* are the paper's binary reward, decided
 * :func:`sequence_scores` -- the scoring function s_theta(o, q) (log-L, Eq. 5; L-ratio, Eq. 6).
 * :func:`discriminative_objective` -- J_1 (DisCO-b, Eq. 7) or J_2 (DisCO, the DRO objective, Eq. 10), averaged over
   the questions of a mini-batch exactly as G_1 in Algorithm 1 (no per-question weight: no difficulty bias).
-* :func:`token_mean_kl` -- the token estimate of KL(pi_old || pi_theta) of Algorithm 1, step d.i.
+* :func:`token_mean_kl` -- the token estimate of KL(pi_old || pi_theta) of Algorithm 1, step d.i (or the
+  non-negative k3 estimate, `kl_estimator="k3"`).
 * :func:`kl_hinge_penalty` -- the squared hinge beta * [KL - delta]_+^2 enforcing the trust region (Eq. 8/11, G_2).
 * :func:`disco_loss` -- what an optimizer step minimises: -J plus the penalty, with the scaling that makes the parts
   of a step (micro-steps, processes) add up to the paper's mini-batch objective.
@@ -193,25 +194,41 @@ def _log_mean_exp_of_negatives(z: torch.Tensor, negative: torch.Tensor, counts: 
     return shift + torch.log(sum_exp.clamp(min=tiny)) - torch.log(counts.negatives.clamp(min=1.0))
 
 
+KL_ESTIMATORS = ("log_ratio", "k3")
+
+
 def token_kl_terms(
-    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor
+    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor, *,
+    estimator: str = "log_ratio",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum over the masked tokens of log pi_old - log pi_theta, number of masked tokens): the two parts of the token
-    KL estimate, for estimates that span several processes (sum each part over them, then divide)."""
+    r"""(sum over the masked tokens of the per-token KL estimate, number of masked tokens): the two parts of the token
+    KL estimate, for estimates that span several processes (sum each part over them, then divide).
+
+    The tokens were sampled from pi_old, so with r = pi_theta / pi_old at each token:
+
+    * ``estimator="log_ratio"`` (the paper's, Algorithm 1 d.i): log pi_old - log pi_theta = -log r. Unbiased, but a
+      sample of it is negative whenever pi_theta gives the token more probability than pi_old did, so a small
+      batch's mean scatters around the true KL, below zero about as often as above it near the trust region.
+    * ``estimator="k3"``: r - 1 - log r (J. Schulman's k3). Also unbiased (E_old[r] = 1), and >= 0 for every token,
+      so its mean never falls below zero and scatters far less for a small KL (its terms are O((log r)^2)).
+    """
     _check_same_shape("per_token_logps", per_token_logps, "old_per_token_logps", old_per_token_logps)
     _check_same_shape("per_token_logps", per_token_logps, "mask", mask)
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"Unknown KL `estimator`={estimator!r}; expected one of {KL_ESTIMATORS}.")
     mask = mask.to(per_token_logps.dtype)
-    return ((old_per_token_logps - per_token_logps) * mask).sum(), mask.sum()
+    log_ratio = (per_token_logps - old_per_token_logps) * mask  # zero on padding, where exp() must not overflow
+    per_token = -log_ratio if estimator == "log_ratio" else torch.expm1(log_ratio) - log_ratio
+    return (per_token * mask).sum(), mask.sum()
 
 
 def token_mean_kl(
-    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor
+    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor, *,
+    estimator: str = "log_ratio",
 ) -> torch.Tensor:
-    r"""The token estimate of KL(pi_old || pi_theta) of Algorithm 1, step d.i, over the tokens given:
-
-        kl = sum(mask * (log pi_old - log pi_theta)) / sum(mask)
-    """
-    kl_sum, num_tokens = token_kl_terms(per_token_logps, old_per_token_logps, mask)
+    r"""The token estimate of KL(pi_old || pi_theta) over the tokens given (Algorithm 1, step d.i, for the paper's
+    `estimator="log_ratio"`): sum(mask * estimate) / sum(mask). See `token_kl_terms` for the estimators."""
+    kl_sum, num_tokens = token_kl_terms(per_token_logps, old_per_token_logps, mask, estimator=estimator)
     return kl_sum / num_tokens.clamp(min=1.0)
 
 

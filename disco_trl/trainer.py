@@ -316,7 +316,8 @@ class DiscoTrainer(GRPOTrainer):
     def _global_kl(self, per_token_logps, old_per_token_logps, mask):
         """The micro-step's token-mean KL(pi_old || pi_theta) over its tokens on all processes. The value is global;
         the gradient flows through this process's tokens, and the processes' parts add up (see disco_loss)."""
-        local_sum, local_tokens = token_kl_terms(per_token_logps, old_per_token_logps, mask)
+        local_sum, local_tokens = token_kl_terms(per_token_logps, old_per_token_logps, mask,
+                                                 estimator=self.args.kl_estimator)
         totals = self._global_sum(torch.stack([local_sum.detach(), local_tokens]))
         kl = (local_sum + (totals[0] - local_sum).detach()) / totals[1].clamp(min=1.0)
         return kl, totals[1] > 0

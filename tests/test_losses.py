@@ -6,7 +6,14 @@ import pytest
 import torch
 from reference import ref_kl_hinge, ref_objective, ref_scores
 
-from disco_trl.losses import discriminative_objective, kl_hinge_penalty, sequence_scores, token_mean_kl
+from disco_trl.losses import (
+    KL_ESTIMATORS,
+    disco_loss,
+    discriminative_objective,
+    kl_hinge_penalty,
+    sequence_scores,
+    token_mean_kl,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -194,3 +201,65 @@ def test_kl_hinge_inactive_inside_trust_region():
 def test_bad_arguments_are_named(call, field):
     with pytest.raises(ValueError, match=field):
         call()
+
+
+# ------------------------------------------------------------------------------------------------ KL estimators
+def _categorical_pair(seed: int, vocab: int = 12, shift: float = 0.05):
+    gen = torch.Generator().manual_seed(seed)
+    old = torch.randn(vocab, generator=gen, dtype=torch.float64).log_softmax(0)
+    new = (old + shift * torch.randn(vocab, generator=gen, dtype=torch.float64)).log_softmax(0)
+    return old, new
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_both_kl_estimators_are_unbiased_and_k3_is_never_negative_and_less_noisy(seed):
+    """Tokens sampled from pi_old: each estimator's mean tends to the exact KL(pi_old || pi_theta); k3's terms are
+    all >= 0 and scatter less than the log ratio's when the two policies are close (the trust region's regime)."""
+    old, new = _categorical_pair(seed)
+    exact = float((old.exp() * (old - new)).sum())
+    tokens = torch.multinomial(old.exp(), 200_000, replacement=True, generator=torch.Generator().manual_seed(seed))
+    logps, old_logps, mask = new[tokens][None, :], old[tokens][None, :], torch.ones(1, tokens.numel())
+    log_ratio = new[tokens] - old[tokens]
+    per_token = {"log_ratio": -log_ratio, "k3": log_ratio.exp() - 1 - log_ratio}
+    for estimator in KL_ESTIMATORS:
+        kl = float(token_mean_kl(logps, old_logps, mask, estimator=estimator))
+        assert kl == pytest.approx(float(per_token[estimator].mean()), rel=1e-9)  # the estimator is this mean
+        standard_error = float(per_token[estimator].std()) / tokens.numel() ** 0.5
+        assert abs(kl - exact) < 4 * standard_error, estimator  # unbiased: within 4 standard errors
+    assert bool((per_token["k3"] >= 0).all())
+    assert float(per_token["k3"].std()) < 0.2 * float(per_token["log_ratio"].std())
+
+
+def test_k3_ignores_padding_and_refuses_unknown_estimators():
+    logps = torch.tensor([[-1.0, -2.0, 50.0]])  # the padded position holds nonsense that exp() would overflow on
+    old = torch.tensor([[-1.5, -1.0, -50.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    r = torch.tensor([0.5, -1.0])
+    assert float(token_mean_kl(logps, old, mask, estimator="k3")) == pytest.approx(float((r.exp() - 1 - r).mean()))
+    with pytest.raises(ValueError, match="estimator"):
+        token_mean_kl(logps, old, mask, estimator="k2")
+
+
+def test_disco_loss_parts_add_up_to_the_steps_objective_and_mean_penalty():
+    """Two micro-steps on each of two processes. The objective's parts: the gradients of the four disco_loss terms,
+    summed over micro-steps and averaged over processes (what DDP does), are the gradient of -J for the whole step.
+    The penalty: on one process, the micro-steps' terms add up to the mean of their penalties."""
+    scores = torch.randn(16, dtype=torch.float64, requires_grad=True)
+    labels = (torch.arange(16) % 3 == 0).double()
+    groups = torch.arange(16) // 4
+    full = discriminative_objective(scores, labels, groups, variant="dro", tau=2.0)
+    below = torch.tensor(5e-5, dtype=torch.float64)  # KL under delta: no penalty, only the objective acts
+    per_process = []
+    for process in range(2):
+        loss = 0.0
+        for micro in range(2):
+            rows = slice(8 * process + 4 * micro, 8 * process + 4 * micro + 4)
+            part = discriminative_objective(scores[rows], labels[rows], groups[rows], variant="dro", tau=2.0,
+                                            num_questions=4)
+            loss = loss + disco_loss(part, below, kl_delta=1e-4, kl_beta=1e3, num_processes=2, kl_micro_steps=2)
+        per_process.append(torch.autograd.grad(loss, scores)[0])
+    torch.testing.assert_close((per_process[0] + per_process[1]) / 2, torch.autograd.grad(-full, scores)[0])
+    kls = [torch.tensor(3e-4, dtype=torch.float64), below]
+    zero = torch.zeros((), dtype=torch.float64)
+    total = sum(disco_loss(zero, kl, kl_delta=1e-4, kl_beta=1e3, kl_micro_steps=2) for kl in kls)
+    assert float(total) == pytest.approx(1e3 * (3e-4 - 1e-4) ** 2 / 2, rel=1e-12)

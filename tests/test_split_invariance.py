@@ -31,12 +31,14 @@ def completion_logps(model, rec):
 
 
 def reference_gradient(records, step, *, accumulation, score_type="log_l", variant="dro", tau=None, delta=1e-4,
-                       beta=1e3, old_params=None, num_questions=None, reward=parity_reward, parts=("j", "kl")):
+                       beta=1e3, old_params=None, num_questions=None, reward=parity_reward, parts=("j", "kl"),
+                       kl_estimator="log_ratio"):
     """Gradient of  -(1/Q) sum_q J_q + (1/M) sum_m beta [KL_m - delta]_+^2  for optimizer step `step` (0-based).
 
     Q: the step's questions (`num_questions` when given: the full count, when the records hold only kept questions);
     M: the micro-steps whose KL has tokens (all `accumulation` of them without skipping). Rows without completion
-    tokens (skipping's placeholders) are no completion at all. `parts` selects the terms (objective "j", KL "kl")."""
+    tokens (skipping's placeholders) are no completion at all. `parts` selects the terms (objective "j", KL "kl").
+    KL_m is the token mean of log pi_old - log pi_theta, or with `kl_estimator="k3"` of r - 1 - log r."""
     tau = tau if tau is not None else {"log_l": 10.0, "l_ratio": 1.0}[score_type]
     model, tokenizer = tiny_model_and_tokenizer()
     old_model, _ = tiny_model_and_tokenizer()
@@ -69,7 +71,9 @@ def reference_gradient(records, step, *, accumulation, score_type="log_l", varia
                        for ids, msk in zip(rec["prompt_ids"], rec["prompt_mask"])]
             all_rewards += reward(texts, prompts=prompts)
             all_prompts += [tuple(ids[msk.bool()].tolist()) for ids, msk in zip(rec["prompt_ids"], rec["prompt_mask"])]
-            kl_num = kl_num + ((old - logps) * mask).sum()
+            log_ratio = logps - old
+            per_token = -log_ratio if kl_estimator == "log_ratio" else log_ratio.exp() - 1 - log_ratio
+            kl_num = kl_num + (per_token * mask).sum()
             kl_den += float(mask.sum())
         if kl_den == 0:
             continue
@@ -204,3 +208,16 @@ def test_split_groups_on_two_processes(tmp_path):
     dist = _torchrun(tmp_path, 2, 4, 4, 1, score_type="log_l", disco_variant="dro")
     for rank in (0, 1):
         assert_grads_close(dist[rank]["grads"][0], single["grads"][0])
+
+
+def test_the_k3_kl_estimator_gives_the_reference_gradient_with_a_live_hinge(tmp_path):
+    """kl_estimator="k3": the same exact step gradient, with r - 1 - log r in the hinge; never negative, so the hinge
+    is live on the off-policy step whatever the sampled tokens."""
+    result = run_layout(tmp_path, 4, 2, 4, max_steps=2, score_type="log_l", kl_delta=0.0, learning_rate=3e-2,
+                        kl_estimator="k3")
+    for step in range(2):
+        expected, _ = reference_gradient([result], step, accumulation=2, delta=0.0, kl_estimator="k3")
+        assert_grads_close(result["grads"][step], expected)
+    logs = [h for h in result["log_history"] if "disco/kl" in h]
+    assert logs[0]["disco/kl"] == 0.0 and logs[1]["disco/kl"] > 0.0 and logs[1]["disco/hinge_active"] == 1.0
+

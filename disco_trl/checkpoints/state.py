@@ -105,8 +105,8 @@ REFUSED_ON_RESUME = ("score_type", "disco_variant", "reward_threshold", "skip_un
 OPTIMIZER_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_epsilon": "eps"}
 
 
-HONOURED_ON_RESUME = (*OPTIMIZER_SETTINGS, "adam_beta1", "adam_beta2", "tau", "kl_delta", "kl_beta", "temperature",
-                      "top_p", "top_k", "max_completion_length")
+HONOURED_ON_RESUME = (*OPTIMIZER_SETTINGS, "adam_beta1", "adam_beta2", "tau", "kl_delta", "kl_beta", "kl_estimator",
+                      "temperature", "top_p", "top_k", "max_completion_length")
 
 
 def run_settings(args) -> dict:
