@@ -56,7 +56,7 @@ METHODS: dict[str, Method] = {
                    {"loss_type": "dapo", "beta": 0.0, "scale_rewards": "group", "epsilon": 0.2, "epsilon_high": 0.28},
                    "GRPOTrainer, loss_type='dapo' with clip-higher (epsilon_high=0.28), beta=0"),
     "trl-default": Method("TRL default", "grpo", {},
-                          "GRPOTrainer, TRL's default loss (loss_type='dapo' in TRL 1.16, no clip-higher), beta=0"),
+                          "GRPOTrainer, TRL's default loss at beta=0 (TRL 1.16: loss_type='dapo', no clip-higher)"),
     "trl-default-ref-kl": Method("TRL default + ref. KL", "grpo", {"beta": 0.04},
                                  "GRPOTrainer, TRL's default loss + reference-model KL (beta>0)"),
     "grpo-beta0": Method("GRPO, beta 0", "grpo", {"loss_type": "grpo", "beta": 0.0},
