@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from disco_trl.demo import task
 from disco_trl.demo import warmstart as ws
 from disco_trl.demo.experiment import recording_reward
 from disco_trl.demo.study.report import entropy_flag, paired
@@ -23,7 +24,8 @@ def test_hard_pool_is_its_own_mix_and_disjoint_from_training_and_the_default_poo
     assert {p.num_ops for p in train} == {3, 4}
     assert not {p.expression for p in train} & (hard | default)
     # The default mix keeps its original pool, so earlier comparisons are unchanged.
-    assert [p.expression for p in ws.eval_problems(5)] == [p.expression for p in ws._eval_pool()[:5]]
+    original = task.make_problems(ws.NUM_EVAL_PROBLEMS_RESERVED, 12345)  # the pool before other mixes existed
+    assert [p.expression for p in ws.eval_problems(5)] == [p.expression for p in original[:5]]
 
 
 def test_recording_reward_counts_positives_per_group():
