@@ -3,14 +3,16 @@
 
 What it measures (see benchmarks/README.md and docs/performance.md):
 
-* Trainer runs. For each method (TRL's GRPOTrainer with its default loss, with ``loss_type="grpo"``, with a
-  reference-model KL ``beta>0``; DiscoTrainer with log-L and L-ratio scores, DRO objective) it builds a fresh trainer on
-  the same locally saved model, data, batch geometry, completion length and seed, trains a few steps and records
+* Trainer runs. For each method, a name of the registry `disco_trl.demo.methods` (by default TRL's GRPOTrainer with
+  its default loss, ``trl-default``; with ``loss_type="grpo"``, ``grpo-beta0``; with a reference-model KL ``beta>0``,
+  ``trl-default-ref-kl``; DiscoTrainer with the log-L and L-ratio scores, DRO objective, ``disco`` and
+  ``disco-lratio``) it builds a fresh trainer on the same locally saved model, data, batch geometry, completion
+  length and seed, trains a few steps and records
   - the median wall time of an optimizer step (``on_step_begin`` -> ``on_step_end``: preparing the batch, i.e. fixed
     "generation", rewards, reference-model forward where there is one, then forward+backward of every micro-batch,
     gradient clipping and the optimizer step), after warm-up steps;
   - the loss-only time: ``trainer.compute_loss(model, inputs)`` + ``backward()`` on one fixed micro-batch prepared by
-    the trainer's own ``_prepare_inputs`` (so DisCO gets its ``disco_rewards``/``disco_group_ids``, GRPO its
+    the trainer's own ``_prepare_inputs`` (so DisCO gets its ``disco_labels``/``disco_group_ids``, GRPO its
     advantages and, with beta>0, the reference log-probs);
   - peak memory, in tensor bytes, measured in one extra untimed step and one extra untimed loss call: on CUDA
     ``torch.cuda.max_memory_allocated``; on CPU the allocator events of ``torch.profiler`` (``profile_memory=True``),
@@ -20,15 +22,15 @@ What it measures (see benchmarks/README.md and docs/performance.md):
   Methods alternate at the finest grain the Trainer allows: in each repetition every method's trainer runs its own
   ``train()`` in a thread, and a baton lets one run at a time, handing over after every optimizer step (the order
   rotates between repetitions); the loss-only calls alternate the same way. A slow phase of a shared machine therefore
-  hits every method alike. Every number is reported as a ratio to the GRPO baseline of the same repetition, with min
-  and max across repetitions.
+  hits every method alike. Every number is reported as a ratio to the baseline (``trl-default``) of the same
+  repetition, with min and max across repetitions.
 
 * Scaling sweep. How the cost of the loss grows with completions per question, completion length and questions per
   micro-batch: the pure loss functions alone (``disco_trl.losses`` vs TRL's clipped token loss, on (B, T) log-prob
   tensors, forward+backward) and, optionally, ``compute_loss`` + backward through a small model, from which the DisCO
   overhead's share of the loss step is derived.
 
-The code: the timing protocol is in ``benchlib/timing.py``, the methods compared (trainers, fixed completions,
+The code: the timing protocol is in ``benchlib/timing.py``, how the compared trainers are built (fixed completions,
 model presets) in ``benchlib/methods.py``, the sweep in ``benchlib/sweep.py``, the report (ratios, Markdown) in
 ``benchlib/report.py``; this file holds the command line and the main run.
 
@@ -49,16 +51,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-# Make `disco_trl` and `benchlib` importable when the script is run from a checkout without `pip install -e .`.
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (_REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import torch
+from benchlib.methods import BASELINE, MODEL_PRESETS, REF_KL_METHOD, Geometry, build_prompts, make_model_dir
+from benchlib.report import machine_info, markdown, summarise
+from benchlib.sweep import run_sweep, sweep_verdict
+from benchlib.timing import MemoryMeter, run_repetition
+from datasets import Dataset
+from transformers.utils import logging as hf_logging
 
-from benchlib.methods import BASELINE, METHODS, MODEL_PRESETS, Geometry, build_prompts, make_model_dir  # noqa: E402
-from benchlib.report import machine_info, markdown, summarise  # noqa: E402
-from benchlib.sweep import run_sweep, sweep_verdict  # noqa: E402
-from benchlib.timing import MemoryMeter, run_repetition  # noqa: E402
+from disco_trl.demo.methods import BENCHMARK_METHODS, METHODS
 
 
 # ---------------------------------------------------------------------------------------------------------- options
@@ -66,7 +67,8 @@ def _int_list(text: str, name: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"error: {name} must be a comma-separated list of integers, e.g. '4,8,16'; got {text!r}.")
+        raise SystemExit(f"error: {name} must be a comma-separated list of integers, e.g. '4,8,16'; got {text!r}.") \
+            from None
     if not values or any(v <= 0 for v in values):
         raise SystemExit(f"error: {name} must list positive integers; got {text!r}.")
     return values
@@ -87,8 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=None, help="Untimed steps before (default 1).")
     p.add_argument("--loss-reps", type=int, default=None,
                    help="Timed compute_loss+backward calls per run (default 3; --quick: 2), after one warm-up call.")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"Comma-separated subset of {list(METHODS)}; must include the baseline '{BASELINE}'.")
+    p.add_argument("--methods", default=",".join(BENCHMARK_METHODS),
+                   help=f"Comma-separated names of disco_trl.demo.methods (default {','.join(BENCHMARK_METHODS)}; "
+                   f"any of {list(METHODS)}); must include the baseline '{BASELINE}'.")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="'auto': CUDA when available, else CPU.")
     p.add_argument("--threads", type=int, default=None,
@@ -99,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "tokenizer is loaded from the same place.")
     p.add_argument("--model-preset", choices=list(MODEL_PRESETS), default=None,
                    help="Locally built random-weight model (default: cpu-small; --quick: tiny).")
-    p.add_argument("--num-generations", type=int, default=None, help="Completions per question G (default 8; quick 4).")
+    p.add_argument("--num-generations", type=int, default=None,
+                   help="Completions per question G (default 8; quick 4).")
     p.add_argument("--questions-per-microbatch", type=int, default=2,
                    help="Questions per micro-batch Q (per_device_train_batch_size = Q * G).")
     p.add_argument("--grad-accum", type=int, default=None,
@@ -107,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--completion-length", type=int, default=None,
                    help="Tokens in every completion (default 128; --quick: 32).")
     p.add_argument("--prompt-tokens", type=int, default=64, help="Approximate prompt length in tokens.")
-    p.add_argument("--ref-beta", type=float, default=0.04, help="beta of the 'grpo_ref_kl' method (> 0).")
+    p.add_argument("--ref-beta", type=float, default=0.04, help=f"beta of the '{REF_KL_METHOD}' method (> 0).")
     p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="dtype the weights are loaded in (model_init_kwargs), the same for every method.")
     p.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
@@ -167,7 +171,8 @@ def _validate(args: argparse.Namespace) -> None:
     if args.threads is not None and args.threads < 1:
         fail(f"--threads must be >= 1; got {args.threads}.")
     if not args.ref_beta > 0:
-        fail(f"--ref-beta must be > 0 (it is the reference-model KL weight of 'grpo_ref_kl'); got {args.ref_beta}.")
+        fail(f"--ref-beta must be > 0 (it is the reference-model KL weight of '{REF_KL_METHOD}'); got "
+             f"{args.ref_beta}.")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -181,8 +186,6 @@ def _validate(args: argparse.Namespace) -> None:
     if min(args.sweep_generations) < 2:
         fail("--sweep-generations values must be >= 2.")
     if args.device == "cuda":
-        import torch
-
         if not torch.cuda.is_available():
             fail("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu or auto.")
 
@@ -192,9 +195,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     t_start = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]
-
-    import torch
-
     if args.device == "auto":
         args.device_resolved = "cuda" if torch.cuda.is_available() else "cpu"
     else:
@@ -205,10 +205,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.bf16_enabled = args.bf16 == "on" or (args.bf16 == "auto" and on_cuda)
     if args.sweep_max_tokens is None:
         args.sweep_max_tokens = 65536 if on_cuda else 16384
-
-    from datasets import Dataset
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -229,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         workdir = Path(tmp)
         model_path, tokenizer, model_desc = make_model_dir(
             args, args.model_preset, args.completion_length + 4 * args.prompt_tokens + 64, workdir)
-        questions_needed = (args.warmup_steps + args.steps + 2) * geometry.questions_per_microbatch * geometry.grad_accum
+        per_step = geometry.questions_per_microbatch * geometry.grad_accum
+        questions_needed = (args.warmup_steps + args.steps + 2) * per_step
         dataset = dataset_for(tokenizer, questions_needed)
         main_prompt_mean = statistics.mean(prompt_lengths)
 

@@ -2,11 +2,13 @@
 """What `skip_uninformative_questions` saves: step time and loss-only time against GRPOTrainer, as ratios, at several
 fractions of informative questions, in one run.
 
-Methods, all on the same locally built model, batch geometry, fixed completions (benchlib.methods) and seed:
+Methods, all on the same locally built model, batch geometry, fixed completions (benchlib.methods) and seed, named as
+in the registry `disco_trl.demo.methods`:
 
-* `grpo`: TRL's GRPOTrainer, default loss, beta=0 (the baseline of every ratio);
+* `trl-default`: TRL's GRPOTrainer, default loss, beta=0 (the baseline of every ratio);
 * `disco`: DiscoTrainer, log-L, DRO, the option off (the paper's objective: every question is trained on);
-* `disco_skip_25`, `disco_skip_50`, `disco_skip_75`: the option on, with 25%, 50%, 75% of the questions informative.
+* `disco-skip-25`, `disco-skip-50`, `disco-skip-75`: `disco` with the option on, with 25%, 50%, 75% of the
+  questions informative.
 
 The reward decides which questions are informative: question i (its prompt starts "Question i:") is informative when
 i % 20 < 20 * fraction; the completions of an informative question are positive for the first 2 of every 8 (so it has
@@ -18,7 +20,7 @@ Protocol (benchlib.timing): in each repetition every method has its own trainer,
 at a time (the baton), order rotated between repetitions; per trainer `--warmup-steps` untimed steps, then `--steps`
 timed ones. Loss-only: `compute_loss` + backward over **all the micro-batches of one optimizer step** as the trainer
 prepares them (with the option on: the packed kept questions and the placeholders), interleaved across methods. Every
-ratio is to `grpo` in the same repetition; median [min, max] over repetitions.
+ratio is to `trl-default` in the same repetition; median [min, max] over repetitions.
 
     flock /tmp/disco-cpu.lock python benchmarks/bench_skipping.py --output-dir docs/skipping
 """
@@ -34,28 +36,24 @@ import tempfile
 import time
 from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (_REPO_ROOT, Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from benchlib.methods import Geometry, build_prompts, build_trainer, make_model_dir  # noqa: E402
-from benchlib.report import machine_info  # noqa: E402
-from benchlib.timing import Baton, MemoryMeter, _loss_and_backward, make_step_timer, run_in_threads  # noqa: E402
-
-BASELINE = "grpo"
-DISCO = {"score_type": "log_l", "disco_variant": "dro"}
+import torch
+from benchlib.methods import BASELINE, Geometry, build_prompts, build_trainer, make_model_dir
+from benchlib.report import machine_info
+from benchlib.timing import Baton, MemoryMeter, loss_and_backward, make_step_timer, run_in_threads
+from datasets import Dataset
+from transformers import TrainerCallback
+from transformers.utils import logging as hf_logging
 
 
 def methods_for(fractions: list[float]) -> dict[str, tuple[str, dict, str, float]]:
-    """name -> (trainer kind, config overrides, label, informative fraction of its reward)."""
+    """name -> (registry method, config overrides, label, informative fraction of its reward)."""
     methods = {
-        "grpo": ("grpo", {}, "GRPOTrainer, TRL default loss, beta=0", 0.5),
-        "disco": ("disco", dict(DISCO), "DiscoTrainer, log-L, DRO, skipping off", 0.5),
+        BASELINE: (BASELINE, {}, "GRPOTrainer, TRL default loss, beta=0", 0.5),
+        "disco": ("disco", {}, "DiscoTrainer, log-L, DRO, skipping off", 0.5),
     }
     for f in fractions:
-        methods[f"disco_skip_{round(100 * f)}"] = (
-            "disco", dict(DISCO, skip_uninformative_questions=True),
+        methods[f"disco-skip-{round(100 * f)}"] = (
+            "disco", {"skip_uninformative_questions": True},
             f"DiscoTrainer, skip_uninformative_questions=True, {round(100 * f)}% informative", f)
     return methods
 
@@ -95,8 +93,6 @@ class MixedFractionProbe:
     """Keeps the trainer's `disco/frac_mixed_questions` values (TRL clears its metrics when it logs at the end)."""
 
     def __init__(self):
-        from transformers import TrainerCallback
-
         probe = self
 
         class Callback(TrainerCallback):
@@ -110,13 +106,13 @@ def run_repetition(order, methods, geometry, model_path, tokenizer, dataset, arg
     baton = Baton(list(range(len(order))))
     timers, trainers, probes = [], [], []
     for slot, name in enumerate(order):
-        kind, overrides, label, fraction = methods[name]
+        method, overrides, _, fraction = methods[name]
         timer = make_step_timer(meter, args.warmup_steps, args.steps, baton, slot)
         probe = MixedFractionProbe()
-        trainer = build_trainer(name, geometry, model_path, tokenizer, dataset, args,
+        trainer = build_trainer(method, geometry, model_path, tokenizer, dataset, args,
                                 args.warmup_steps + args.steps + 1, workdir, [probe.callback, timer],
                                 reward_funcs=informative_reward(fraction, geometry.num_generations),
-                                methods={n: m[:3] for n, m in methods.items()})
+                                overrides=overrides, run_name=name)
         timer.trainer = probe.trainer = trainer
         probes.append(probe)
         timers.append(timer)
@@ -142,7 +138,7 @@ def run_repetition(order, methods, geometry, model_path, tokenizer, dataset, arg
             trainer.model.zero_grad(set_to_none=True)
             t0 = time.perf_counter()
             for inputs in steps[slot]:
-                _loss_and_backward(trainer, inputs)
+                loss_and_backward(trainer, inputs)
             if call >= 1:
                 loss_times[slot].append(time.perf_counter() - t0)
             trainer.model.zero_grad(set_to_none=True)
@@ -157,7 +153,8 @@ def run_repetition(order, methods, geometry, model_path, tokenizer, dataset, arg
             "frac_mixed_seen": statistics.mean(seen[slot]) if seen[slot] else None,
             "loss_step_rows": [int((b["completion_mask"].sum(dim=1) > 0).sum()) for b in steps[slot]],
         })
-    del trainers, steps
+    trainers.clear()  # free the trainers before the next repetition builds its own
+    steps.clear()
     meter.settle()
     return results
 
@@ -187,8 +184,8 @@ def markdown(result) -> str:
         return f"{s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
 
     lines = [f"Command: `{result['command']}`", "",
-             "| method | informative questions (seen) | step ms | step ratio to GRPO | loss-only ms (one step) | "
-             "loss-only ratio to GRPO | rows trained in the loss-only step |",
+             f"| method | informative questions (seen) | step ms | step ratio to {BASELINE} | "
+             f"loss-only ms (one step) | loss-only ratio to {BASELINE} | rows trained in the loss-only step |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, e in result["summary"].items():
         seen = "n/a" if e["frac_mixed_seen"] is None else f"{e['frac_mixed_seen']:.2f}"
@@ -232,10 +229,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import torch
-    from datasets import Dataset
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     meter = MemoryMeter("cpu")

@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 from disco_trl import DiscoConfig, DiscoTrainer
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer
 
+
 GROUP = 8
 LAYOUTS = {"whole groups (8 per micro-batch)": (8, 2), "split groups (4 per micro-batch)": (4, 4),
            "split groups (2 per micro-batch)": (2, 8)}
@@ -90,7 +91,8 @@ def run(per_device, accumulation, steps, completion_length, hidden):
         trainer.train()
     # drop generation steps (every 4th) so the timing is the update itself
     update_steps = [t for i, t in enumerate(timer.times) if i % 4 != 0]
-    return {"step_seconds": statistics.median(update_steps), "lookahead_share": trainer.lookahead_seconds / sum(timer.times)}
+    return {"step_seconds": statistics.median(update_steps),
+            "lookahead_share": trainer.lookahead_seconds / sum(timer.times)}
 
 
 def main(argv=None):
@@ -124,7 +126,8 @@ def main(argv=None):
     meta = {"argv": sys.argv, "torch_threads": args.threads, "completion_length": args.completion_length,
             "hidden": args.hidden, "reps": args.reps}
     (out / "split_groups.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = ["| layout | median s/step | min | max | x whole | look-ahead share of time |", "|---|---|---|---|---|---|"]
+    lines = ["| layout | median s/step | min | max | x whole | look-ahead share of time |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['layout']} | {r['median_step_s']:.3f} | {r['min_step_s']:.3f} | {r['max_step_s']:.3f} | "
               f"{r['ratio_to_whole']:.2f} | {100 * r['lookahead_share']:.1f}% |" for r in rows]
     (out / "split_groups.md").write_text("\n".join(lines) + "\n")

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """The GPU check: four measurements on one GPU, offline, in a few minutes (run it through scripts/gpu_check.sh).
 
-1. ``interleaved``: step time and peak memory of DisCO (log-L, L-ratio) against TRL's GRPOTrainer (default loss,
-   beta 0) and GRPO with beta 0.04, in one run, methods interleaved one optimizer step at a time, as ratios to GRPO
-   (the protocol of benchmarks/bench_disco.py, `benchlib.timing`), on a random model of Qwen2.5-1.5B's shape, bf16,
-   gradient checkpointing, 8 completions x 4 questions per optimizer step (1 question per micro-batch x 4
+1. ``interleaved``: step time and peak memory of DisCO (``disco``, ``disco-lratio``) against TRL's GRPOTrainer
+   (``trl-default``: its default loss, beta 0) and the same with beta 0.04 (``trl-default-ref-kl``), in one run,
+   methods interleaved one optimizer step at a time, as ratios to ``trl-default`` (the protocol of
+   benchmarks/bench_disco.py, `benchlib.timing`), on a random model of Qwen2.5-1.5B's shape, bf16, gradient
+   checkpointing, 8 completions x 4 questions per optimizer step (1 question per micro-batch x 4
    accumulation steps), fixed completions of 1024 tokens.
 2. ``split_groups``: the same with 4 sequences per micro-batch and groups of 8 (DisCO's score look-ahead).
 3. ``loss_only_large``: the pure loss functions (DisCO's and TRL's clipped token loss, forward+backward) at 64
@@ -30,17 +31,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-_REPO = _HERE.parent
-for _path in (_REPO, _HERE):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import torch
+from benchlib.gpu_report import markdown
+from benchlib.methods import BASELINE, Geometry, build_prompts
+from benchlib.random_model import SHAPES, expected_parameter_count, save_random_model
+from benchlib.report import machine_info, summarise
+from benchlib.sweep import disco_loss, grpo_token_loss, pure_loss_inputs, time_pure_losses
+from benchlib.timing import MemoryMeter, run_repetition
+from datasets import Dataset
+from transformers import AutoTokenizer
+from transformers.utils import logging as hf_logging
 
-from benchlib.methods import Geometry, build_prompts  # noqa: E402
-from benchlib.random_model import SHAPES, expected_parameter_count, save_random_model  # noqa: E402
-from benchlib.report import machine_info, summarise  # noqa: E402
 
-METHODS = ["grpo", "grpo_ref_kl", "disco_log_l", "disco_l_ratio"]  # names of benchlib.methods.METHODS
+_REPO = Path(__file__).resolve().parents[1]  # examples/ and recipes/ of this checkout (the ZeRO-3 run)
+METHODS = [BASELINE, "trl-default-ref-kl", "disco", "disco-lratio"]  # names of disco_trl.demo.methods
 
 # What each measurement runs, on a GPU and in --cpu-smoke.
 PLANS: dict[str, dict[str, Any]] = {
@@ -103,11 +107,8 @@ def bench_namespace(plan: dict[str, Any], device: str) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------------- 1 and 2: trainers
 def interleaved(spec: dict[str, Any], plan, model_path: str, tokenizer, workdir: Path, meter) -> dict[str, Any]:
-    """Every method's trainer on the same fixed completions, steps interleaved (benchlib.timing), ratios to GRPO."""
-    from datasets import Dataset
-
-    from benchlib.timing import run_repetition
-
+    """Every method's trainer on the same fixed completions, steps interleaved (benchlib.timing), ratios to the
+    baseline."""
     geometry = Geometry(spec["num_generations"], spec.get("questions_per_microbatch", 0), spec["completion_length"],
                         spec["grad_accum"], spec.get("micro_batch"))
     per_step = geometry.batch_size * geometry.grad_accum // geometry.num_generations
@@ -134,8 +135,6 @@ def interleaved(spec: dict[str, Any], plan, model_path: str, tokenizer, workdir:
 # ---------------------------------------------------------------------------------------------- 3: the loss alone
 def count_syncs(fn) -> int | None:
     """How many operations of `fn()` synchronize the host with the GPU (torch.cuda sync debug mode); None on CPU."""
-    import torch
-
     if not torch.cuda.is_available():
         return None
     torch.cuda.synchronize()
@@ -150,20 +149,18 @@ def count_syncs(fn) -> int | None:
 
 
 def loss_only_large(spec: dict[str, Any], device: str, meter) -> dict[str, Any]:
-    from benchlib.sweep import disco_loss, grpo_token_loss, pure_loss_inputs, time_pure_losses
-
     g, q, t = spec["num_generations"], spec["questions"], spec["completion_length"]
     times = time_pure_losses(g, q, t, spec["reps"], meter, device, seed=0)
     logps, old, mask, rewards, group_ids, adv = pure_loss_inputs(g, q, t, device, seed=0)
     x = logps.clone().requires_grad_(True)
     syncs = {
-        "grpo": count_syncs(lambda: grpo_token_loss(x, old, adv, mask).backward()),
-        "disco_log_l": count_syncs(lambda: disco_loss(x, old, rewards, group_ids, mask, score_type="log_l", tau=10.0,
-                                                      num_questions=q).backward()),
+        BASELINE: count_syncs(lambda: grpo_token_loss(x, old, adv, mask).backward()),
+        "disco": count_syncs(lambda: disco_loss(x, old, rewards, group_ids, mask, score_type="log_l", tau=10.0,
+                                                num_questions=q).backward()),
     }
-    ratios = {m: times[m] / times["grpo"] for m in ("disco_log_l", "disco_l_ratio")}
-    return {"completions": g * q, "questions": q, "completion_length": t, "time_s": times, "ratio_to_grpo": ratios,
-            "host_syncs": syncs}
+    ratios = {m: times[m] / times[BASELINE] for m in ("disco", "disco-lratio")}
+    return {"completions": g * q, "questions": q, "completion_length": t, "time_s": times,
+            "ratio_to_baseline": ratios, "host_syncs": syncs}
 
 
 # ---------------------------------------------------------------------------------------------- 4: ZeRO-3 run
@@ -212,11 +209,6 @@ def zero3_run(spec: dict[str, Any], model_path: str, workdir: Path, cpu_smoke: b
 
 # ---------------------------------------------------------------------------------------------- main
 def run_all(args: argparse.Namespace, plan: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from benchlib.timing import MemoryMeter
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -231,8 +223,6 @@ def run_all(args: argparse.Namespace, plan: dict[str, Any], workdir: Path) -> di
     model = save_random_model(plan["shape"], workdir / "model", device=device, dtype=plan["dtype"])
     phases["build_model_s"] = time.perf_counter() - t0
     print(f"[gpu_check] {model['description']} in {phases['build_model_s']:.0f} s", flush=True)
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(model["path"])
     result: dict[str, Any] = {"model": model, "memory_method": meter.method}
     for name in args.only:
@@ -251,8 +241,6 @@ def run_all(args: argparse.Namespace, plan: dict[str, Any], workdir: Path) -> di
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from benchlib.gpu_report import markdown
-
     args = parse_args(argv)
     plan = plan_for(args)
     if args.dry_run:

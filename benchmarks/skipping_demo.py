@@ -22,13 +22,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(_REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(_REPO_ROOT))
-
-from disco_trl.demo.experiment import RunSettings, run_method  # noqa: E402
-from disco_trl.demo.run import DEMO_EVAL_EVERY, DEMO_STEPS  # noqa: E402
-from disco_trl.demo.warmstart import WarmStartConfig, load_or_build  # noqa: E402
+from disco_trl.demo.experiment import RunSettings, run_method
+from disco_trl.demo.options import DEMO_EVAL_EVERY, DEMO_STEPS
+from disco_trl.demo.warmstart import WarmStartConfig, load_or_build
 
 
 def parse_args(argv=None):
@@ -73,7 +69,8 @@ def summarise_run(result: dict, skip: bool, seed: int) -> dict:
 
 def markdown(runs: list[dict], config: dict) -> str:
     lines = [f"Command: `{config['command']}`", "",
-             "| seed | option | Pass@1 trajectory (steps " + ", ".join(str(h["step"]) for h in runs[0]["pass@1_history"])
+             "| seed | option | Pass@1 trajectory (steps "
+             + ", ".join(str(h["step"]) for h in runs[0]["pass@1_history"])
              + ") | mixed questions | skipped updates | sum step_time s | train wall s |",
              "|---|---|---|---:|---:|---:|---:|"]
     for r in runs:
@@ -93,7 +90,8 @@ def markdown(runs: list[dict], config: dict) -> str:
     for seed in sorted({r["seed"] for r in runs}):
         on = next(r for r in runs if r["seed"] == seed and r["skip_uninformative_questions"])
         off = next(r for r in runs if r["seed"] == seed and not r["skip_uninformative_questions"])
-        ratios.append((seed, on["step_time_sum_s"] / off["step_time_sum_s"], on["train_seconds"] / off["train_seconds"]))
+        ratios.append((seed, on["step_time_sum_s"] / off["step_time_sum_s"],
+                       on["train_seconds"] / off["train_seconds"]))
     lines.append("- on/off per seed (sum step_time, train wall): " + ", ".join(
         f"seed {s}: {a:.3f}, {b:.3f}" for s, a, b in ratios))
     return "\n".join(lines) + "\n"

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import subprocess
 import sys
 import time
 
+from disco_trl import rewards
+from disco_trl.data import load_math_dataset
+from disco_trl.rewards import grading
+
 
 def build_batch(kind: str, size: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    from disco_trl.data import load_math_dataset
-
     names = ["math500", "minerva", "olympiadbench"] if kind == "mixed" else ["aime24", "aime25", "amc23"]
     pool = [s for name in names for s in load_math_dataset(name, conversational=False)["solution"]]
     rng = random.Random(seed)
@@ -29,7 +32,8 @@ def build_batch(kind: str, size: int, seed: int = 0) -> tuple[list[str], list[st
     for k in range(size):
         i = rng.randrange(len(pool))
         j = i if k % 4 == 0 else rng.randrange(len(pool))
-        completions.append(f"<think>Some reasoning about the problem.</think> The final answer is $\\boxed{{{pool[j]}}}$.")
+        completions.append(f"<think>Some reasoning about the problem.</think> The final answer is "
+                           f"$\\boxed{{{pool[j]}}}$.")
         solutions.append(pool[i])
     return completions, solutions
 
@@ -48,11 +52,7 @@ def run_one(mode: str, kind: str, size: int) -> dict:
 
 
 def child(kind: str, size: int) -> None:
-    import logging
-
     logging.disable(logging.WARNING)
-    from disco_trl.rewards import grading
-
     completions, solutions = build_batch(kind, size)
     answers = [rewards.extract_boxed_answer(c) for c in completions]
     slow = sum(grading.quick_grade(s, a) is None for s, a in zip(solutions, answers) if a)
@@ -90,8 +90,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     # fast path: 32 short completions with small integer answers, graded serially in the calling process
-    from disco_trl.rewards import boxed_math_reward
-
+    boxed_math_reward = rewards.boxed_math_reward
     golds = [str(n) for n in range(32)]
     completions = [f"<think>{n} - 1 + 1</think> \\boxed{{{n if n % 2 else n + 1}}}" for n in range(32)]
     boxed_math_reward(completions, golds)

@@ -16,14 +16,15 @@ import json
 import logging
 import time
 
+from math_verify import parse, verify
+
+from disco_trl import rewards
+from disco_trl.data import BENCHMARKS, load_math_dataset
+from disco_trl.rewards import grading
+
 
 def main() -> None:
     logging.disable(logging.WARNING)
-    from math_verify import parse, verify
-
-    from disco_trl.rewards import grading
-    from disco_trl.data import BENCHMARKS, load_math_dataset
-
     total_start = time.perf_counter()
     for name in BENCHMARKS:
         gold = load_math_dataset(name, conversational=False)["solution"]

@@ -1,37 +1,32 @@
-"""benchmarks/bench_disco.py (and its parts in benchmarks/benchlib/): the quick mode runs end to end and writes its table and JSON; its arithmetic is right.
+"""benchmarks/bench_disco.py (and its parts in benchmarks/benchlib/): the quick mode runs end to end and writes its
+table and JSON; its arithmetic is right.
 
 The benchmark's numbers themselves are not checked here (they are machine-dependent and belong in
-docs/performance.md); only that the run is complete, consistent and well-formed.
+docs/performance.md); only that the run is complete, consistent and well-formed. `benchmarks/` is on the test path
+(pyproject.toml's `pythonpath`), as it is on a script's when it runs as `python benchmarks/bench_disco.py`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import bench_disco as bench
 import pytest
 import torch
+from benchlib import report, sweep, timing
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_disco.py"
-ALL_METHODS = ["grpo", "grpo_loss_grpo", "grpo_ref_kl", "disco_log_l", "disco_l_ratio"]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_disco", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_disco"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # also puts benchmarks/ on sys.path, for `benchlib`
-    return module
-
-
-bench = load_bench()
-from benchlib import report, sweep, timing  # noqa: E402
+ALL_METHODS = ["trl-default", "grpo-beta0", "trl-default-ref-kl", "disco", "disco-lratio"]
+BASELINE = "trl-default"
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--output-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=ENV,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
@@ -85,7 +80,7 @@ def test_quick_run_writes_complete_json(quick_run):
             assert 0 < s[key]["min"] <= s[key]["median"] <= s[key]["max"], (method, key)
     for key in ("step_ratio", "loss_ratio", "step_cpu_ratio", "loss_cpu_ratio", "step_peak_ratio",
                 "loss_peak_ratio"):
-        assert result["summary"]["grpo"][key] == {"median": 1.0, "min": 1.0, "max": 1.0}
+        assert result["summary"][BASELINE][key] == {"median": 1.0, "min": 1.0, "max": 1.0}
 
 
 @pytest.mark.slow
@@ -102,8 +97,10 @@ def test_quick_run_sweep_covers_the_three_axes(quick_run):
         assert all(r["fn_s"][m] > 0 for m in sweep.SWEEP_METHODS)
         if r["completion_tokens"] <= result["config"]["sweep_max_tokens"]:
             assert all(r["compute_loss_s"][m] > 0 for m in sweep.SWEEP_METHODS)
-            share = (r["fn_s"]["disco_log_l"] - r["fn_s"]["grpo"]) / r["compute_loss_s"]["grpo"]
-            assert r["disco_log_l_fn_overhead_share"] == pytest.approx(share)
+            share = (r["fn_s"]["disco"] - r["fn_s"][BASELINE]) / r["compute_loss_s"][BASELINE]
+            assert r["fn_overhead_share"]["disco"] == pytest.approx(share)
+            ratio = r["compute_loss_s"]["disco-lratio"] / r["compute_loss_s"][BASELINE]
+            assert r["compute_loss_ratio"]["disco-lratio"] == pytest.approx(ratio)
     assert result["sweep_verdict"]
 
 
@@ -124,7 +121,8 @@ def test_quick_run_markdown_table_matches_json(quick_run):
             assert 0 < lo <= median <= hi
         assert all(float(cells[i]) > 0 for i in (3, 5, 7))
     assert "## Scaling sweep" in md
-    sweep_lines = [line for line in md.splitlines() if re.match(r"\| (generations|completion_length|questions|all_max) \|", line)]
+    axis_row = re.compile(r"\| (generations|completion_length|questions|all_max) \|")
+    sweep_lines = [line for line in md.splitlines() if axis_row.match(line)]
     assert len(sweep_lines) == len(result["sweep"])
 
 
@@ -133,10 +131,10 @@ def test_summary_ratios_are_per_repetition():
         return {"rep": rep, "method": method, "step_median_s": step, "loss_median_s": loss,
                 "step_peak_bytes": mem, "loss_peak_bytes": mem / 2}
 
-    runs = [run(0, "grpo", 1.0, 0.5, 2**20), run(0, "disco_log_l", 1.2, 0.5, 2**21),
-            run(1, "grpo", 2.0, 1.0, 2**20), run(1, "disco_log_l", 1.8, 1.5, 2**20),
-            run(2, "grpo", 1.0, 1.0, 2**20), run(2, "disco_log_l", 1.0, 1.0, 2**20)]
-    s = report.summarise(runs, ["grpo", "disco_log_l"])["disco_log_l"]
+    runs = [run(0, BASELINE, 1.0, 0.5, 2**20), run(0, "disco", 1.2, 0.5, 2**21),
+            run(1, BASELINE, 2.0, 1.0, 2**20), run(1, "disco", 1.8, 1.5, 2**20),
+            run(2, BASELINE, 1.0, 1.0, 2**20), run(2, "disco", 1.0, 1.0, 2**20)]
+    s = report.summarise(runs, [BASELINE, "disco"])["disco"]
     # Ratios are taken inside each repetition (1.2, 0.9, 1.0), not between medians (1.2 / 1.0).
     assert s["step_ratio"] == {"median": pytest.approx(1.0), "min": pytest.approx(0.9), "max": pytest.approx(1.2)}
     assert s["loss_ratio"] == {"median": pytest.approx(1.0), "min": pytest.approx(1.0), "max": pytest.approx(1.5)}
@@ -147,15 +145,15 @@ def test_summary_ratios_are_per_repetition():
 
 def test_sweep_verdict_flags_a_growing_share():
     rows = [
-        {"axis": "completion_length", "compute_loss_s": {"grpo": 1.0},
-         "disco_log_l_fn_overhead_share": 0.05, "disco_l_ratio_fn_overhead_share": 0.05},
-        {"axis": "completion_length", "compute_loss_s": {"grpo": 1.0},
-         "disco_log_l_fn_overhead_share": 0.01, "disco_l_ratio_fn_overhead_share": 0.10},
+        {"axis": "completion_length", "compute_loss_s": {BASELINE: 1.0},
+         "fn_overhead_share": {"disco": 0.05, "disco-lratio": 0.05}},
+        {"axis": "completion_length", "compute_loss_s": {BASELINE: 1.0},
+         "fn_overhead_share": {"disco": 0.01, "disco-lratio": 0.10}},
         {"axis": "questions", "compute_loss_s": None},
     ]
     verdict = sweep.sweep_verdict(rows)
-    assert verdict["completion_length/disco_log_l"]["flat_or_shrinks"] is True
-    assert verdict["completion_length/disco_l_ratio"]["flat_or_shrinks"] is False
+    assert verdict["completion_length/disco"]["flat_or_shrinks"] is True
+    assert verdict["completion_length/disco-lratio"]["flat_or_shrinks"] is False
     assert not any(k.startswith("questions/") for k in verdict)  # no model timings: no verdict
 
 
@@ -189,8 +187,9 @@ def test_pure_losses_match_their_definitions():
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--methods", "disco_log_l"], "must include the baseline 'grpo'"),
-        (["--methods", "grpo,dapo"], "unknown name(s) ['dapo']"),
+        (["--methods", "disco"], "must include the baseline 'trl-default'"),
+        (["--methods", "trl-default,ppo"], "unknown name(s) ['ppo']"),
+        (["--methods", "grpo,disco"], "must include the baseline 'trl-default'"),  # the demo's grpo is another method
         (["--reps", "0"], "--reps must be >= 1"),
         (["--num-generations", "1"], "--num-generations must be >= 2"),
         (["--sweep-lengths", "128,8k"], "--sweep-lengths must be a comma-separated list of integers"),
@@ -203,7 +202,7 @@ def test_bad_options_fail_before_any_compute(argv, message):
     assert message in str(err.value)
 
 
-def test_quick_defaults_are_small_and_full_defaults_follow_the_issue():
+def test_quick_defaults_are_small_and_full_defaults_are_the_documented_ones():
     quick = bench.parse_args(["--quick"])
     assert quick.model_preset == "tiny" and quick.reps == 2 and quick.completion_length == 32
     full = bench.parse_args([])
@@ -215,11 +214,10 @@ def test_quick_defaults_are_small_and_full_defaults_follow_the_issue():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_quick_run_on_cuda_uses_cuda_memory_stats(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--device", "cuda", "--output-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "results.json").read_text())

@@ -13,6 +13,7 @@ from disco_trl.demo import task
 from disco_trl.demo import warmstart as ws
 from disco_trl.rewards import boxed_math_reward
 
+
 TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                           intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2)
 
@@ -257,3 +258,38 @@ def test_compare_quick_writes_table_json_plot_and_resumes(tmp_path, capsys):
     assert capsys.readouterr().out.count("reusing the finished run") == 6
     assert "| DisCO (log-L) |" in (tmp_path / "cmp2" / "results.md").read_text()
     assert not (tmp_path / "cmp2" / "runs").exists()
+
+
+# --------------------------------------------------------------------------------------------------- the methods
+def test_one_registry_each_name_one_method(tmp_path):
+    """The demo, compare, study and the benchmarks build their trainers from disco_trl.demo.methods: a name means
+    the same config everywhere (and the benchmarks' baseline is not the demo's GRPO)."""
+    from trl import GRPOConfig
+
+    from disco_trl import DiscoConfig, DiscoTrainer
+    from disco_trl.demo.experiment import RunSettings, build_args
+    from disco_trl.demo.methods import BENCHMARK_METHODS, DEMO_METHODS, METHODS, build_config, trainer_class
+
+    expected = {
+        "disco": (DiscoConfig, {"score_type": "log_l", "disco_variant": "dro"}),
+        "disco-lratio": (DiscoConfig, {"score_type": "l_ratio", "disco_variant": "dro"}),
+        "disco-b": (DiscoConfig, {"score_type": "log_l", "disco_variant": "basic"}),
+        "grpo": (GRPOConfig, {"loss_type": "grpo", "beta": 0.001}),
+        "dr_grpo": (GRPOConfig, {"loss_type": "dr_grpo", "beta": 0.0, "scale_rewards": "none"}),
+        "dapo": (GRPOConfig, {"loss_type": "dapo", "beta": 0.0, "epsilon_high": 0.28}),
+        "trl-default": (GRPOConfig, {"loss_type": "dapo", "beta": 0.0, "epsilon_high": None}),  # no clip-higher
+        "trl-default-ref-kl": (GRPOConfig, {"loss_type": "dapo", "beta": 0.04}),
+        "grpo-beta0": (GRPOConfig, {"loss_type": "grpo", "beta": 0.0}),
+    }
+    assert set(METHODS) == set(expected) and set(DEMO_METHODS) | set(BENCHMARK_METHODS) == set(METHODS)
+    common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    for name, (config_class, fields) in expected.items():
+        config = build_config(name, common)
+        assert type(config) is config_class, name
+        assert {k: getattr(config, k) for k in fields} == fields, name
+        assert (trainer_class(name) is DiscoTrainer) == (config_class is DiscoConfig)
+    assert build_config("trl-default-ref-kl", common, beta=0.1).beta == 0.1  # the benchmarks' --ref-beta
+    # The demo's run settings reach the config on top of the method's fields.
+    args = build_args(RunSettings(method="disco-lratio", kl_delta=0.5, learning_rate=3e-5), str(tmp_path))
+    assert (args.score_type, args.kl_delta, args.learning_rate) == ("l_ratio", 0.5, 3e-5)
+    assert build_args(RunSettings(method="grpo"), str(tmp_path)).beta == 0.001

@@ -13,14 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from benchlib.random_model import (  # noqa: E402
-    QWEN25_1_5B, TINY, build_random_model, expected_parameter_count, word_level_tokenizer,
+from benchlib.random_model import (
+    QWEN25_1_5B,
+    TINY,
+    build_random_model,
+    expected_parameter_count,
+    word_level_tokenizer,
 )
 
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["trl-default", "trl-default-ref-kl", "disco", "disco-lratio"]  # names of disco_trl.demo.methods
 BUNDLE = ROOT / "scripts" / "offline_bundle.sh"
 CHECK = ROOT / "scripts" / "gpu_check.sh"
 ENV = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
@@ -54,7 +57,7 @@ def test_bundle_needs_a_directory():
 
 
 # ------------------------------------------------------------------------------------------------ the check's plan
-def test_gpu_check_dry_run_prints_the_offline_install_and_the_issue_geometry(tmp_path):
+def test_gpu_check_dry_run_prints_the_offline_install_and_the_planned_geometry(tmp_path):
     out = tmp_path / "out"
     proc = run(CHECK, "--dry-run", "--bundle", tmp_path / "wheels", "--out", out)
     assert proc.returncode == 0, proc.stderr
@@ -64,7 +67,7 @@ def test_gpu_check_dry_run_prints_the_offline_install_and_the_issue_geometry(tmp
     model = plan["model"]
     assert (model["hidden_size"], model["num_hidden_layers"], model["vocab_size"]) == (1536, 28, 151936)
     assert model["dtype"] == "bfloat16" and model["gradient_checkpointing"] and plan["device"] == "cuda"
-    assert plan["methods"] == ["grpo", "grpo_ref_kl", "disco_log_l", "disco_l_ratio"]
+    assert plan["methods"] == METHODS
     one, two = plan["interleaved"], plan["split_groups"]
     assert one["num_generations"] == 8 and one["completion_length"] == 1024
     assert one["questions_per_microbatch"] * one["grad_accum"] == 4  # 8 completions x 4 questions per step
@@ -112,29 +115,30 @@ def test_cpu_smoke_runs_all_four_measurements(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     md = (tmp_path / "gpu_check.md").read_text()
-    methods = ["grpo", "grpo_ref_kl", "disco_log_l", "disco_l_ratio"]
+    methods = METHODS
     for name in ("interleaved", "split_groups"):
         section = result[name]
         assert section["identical_completions_across_methods"] is True
         assert list(section["summary"]) == methods
-        assert section["summary"]["grpo"]["step_ratio"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+        assert section["summary"]["trl-default"]["step_ratio"] == {"median": 1.0, "min": 1.0, "max": 1.0}
         for m in methods:
             assert section["summary"][m]["step_s"]["median"] > 0 and section["summary"][m]["step_peak_ratio"]
         rows = {r["microbatch"]["rows"] for r in section["runs"]}
         assert rows == {section["geometry"]["sequences_per_microbatch"]}
     assert result["split_groups"]["geometry"]["sequences_per_microbatch"] == 4  # groups of 8 span micro-batches
     large = result["loss_only_large"]
-    assert all(large["time_s"][m] > 0 for m in ("grpo", "disco_log_l", "disco_l_ratio"))
+    assert all(large["time_s"][m] > 0 for m in ("trl-default", "disco", "disco-lratio"))
+    ratio = large["time_s"]["disco"] / large["time_s"]["trl-default"]
+    assert large["ratio_to_baseline"]["disco"] == pytest.approx(ratio)
     z = result["zero3"]
     assert z["ok"] and z["returncode"] == 0 and z["steps_logged"] == 3 and z["losses_finite"]
     assert "disco/kl" in z["disco_metrics"] and len(z["step_time_s"]) == 3
     for title in ("## 1. Interleaved", "## 2. Groups larger", "## 3. Loss alone", "## 4. ZeRO-3"):
         assert title in md
-    assert "| `disco_log_l` |" in md and result["model"]["parameters"] == expected_parameter_count(TINY)
+    assert "| `disco` |" in md and result["model"]["parameters"] == expected_parameter_count(TINY)
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_check_on_cuda(tmp_path):
     proc = run(CHECK, "--out", tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

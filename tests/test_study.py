@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from disco_trl.demo import task
 from disco_trl.demo import warmstart as ws
 from disco_trl.demo.experiment import recording_reward
 from disco_trl.demo.study.report import entropy_flag, paired
@@ -16,14 +17,15 @@ from disco_trl.demo.study.report import entropy_flag, paired
 def test_hard_pool_is_its_own_mix_and_disjoint_from_training_and_the_default_pool():
     hard_test, hard_val = ws.eval_problems(100, "test", (3, 4)), ws.eval_problems(100, "val", (3, 4))
     assert sorted(p.num_ops for p in hard_test) == sorted([3, 4] * 50)
-    default = {p.expression for p in ws.eval_problems(100, "test")} | {p.expression for p in ws.eval_problems(100, "val")}
+    default = {p.expression for split in ("test", "val") for p in ws.eval_problems(100, split)}
     hard = {p.expression for p in hard_test} | {p.expression for p in hard_val}
     assert len(hard) == 200 and not hard & default
     train = ws.train_problems(4000, seed=3, difficulties=(3, 4), held_out_difficulties=(3, 4))
     assert {p.num_ops for p in train} == {3, 4}
     assert not {p.expression for p in train} & (hard | default)
     # The default mix keeps its original pool, so earlier comparisons are unchanged.
-    assert [p.expression for p in ws.eval_problems(5)] == [p.expression for p in ws._eval_pool()[:5]]
+    original = task.make_problems(ws.NUM_EVAL_PROBLEMS_RESERVED, 12345)  # the pool before other mixes existed
+    assert [p.expression for p in ws.eval_problems(5)] == [p.expression for p in original[:5]]
 
 
 def test_recording_reward_counts_positives_per_group():
@@ -133,14 +135,14 @@ def test_run_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path):
     import subprocess
     import sys
 
-    from disco_trl.demo.compare import _claim
+    from disco_trl.demo.runs import claim
 
     lock = str(tmp_path / "run.json.lock")
-    assert _claim(lock) and not _claim(lock)  # held (by this live process)
+    assert claim(lock) and not claim(lock)  # held (by this live process)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     with open(lock, "w") as f:
         f.write(str(dead.pid))  # a process that has exited: a stale lock
-    assert _claim(lock)
+    assert claim(lock)
     with open(lock) as f:
         assert f.read() == str(__import__("os").getpid())

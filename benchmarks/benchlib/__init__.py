@@ -1,7 +1,8 @@
 """The parts of benchmarks/bench_disco.py, one concern per module (the scripts in benchmarks/ import them):
 
-* `methods`: what is compared -- the methods (GRPOTrainer and DiscoTrainer settings), model presets, the batch
-  geometry, fixed completions, the reward, prompts, the locally built model, and building a trainer.
+* `methods`: what is compared -- the baseline and the sweep's methods (names of the project's method registry,
+  `disco_trl.demo.methods`), model presets, the batch geometry, fixed completions, the reward, prompts, the locally
+  built model, and building a trainer.
 * `timing`: the timing protocol -- peak-memory meter, the baton that interleaves trainers one optimizer step at a
   time, the step timer, loss-only timing, one repetition of every method.
 * `sweep`: the scaling sweep of the loss cost (pure loss functions and compute_loss through a model).

@@ -1,10 +1,12 @@
-"""The GPU check's Markdown report (benchmarks/gpu_check.py): one table per measurement, ratios to GRPO."""
+"""The GPU check's Markdown report (benchmarks/gpu_check.py): one table per measurement, ratios to the baseline
+(`trl-default`: GRPOTrainer with TRL's default loss, beta 0)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .report import _fmt, _fmt_ratio
+from .methods import BASELINE
+from .report import fmt, fmt_ratio
 
 
 def _trainer_table(section: dict[str, Any]) -> list[str]:
@@ -19,23 +21,23 @@ def _trainer_table(section: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m, s in section["summary"].items():
-        lines.append(f"| `{m}` | {_fmt(s['step_s'], 1e3)} | {_fmt_ratio(s['step_ratio'])} | {_fmt(s['loss_s'], 1e3)} "
-                     f"| {_fmt_ratio(s['loss_ratio'])} | {_fmt(s['step_peak_mib'], 1 / 1024, 2)} | "
-                     f"{_fmt_ratio(s['step_peak_ratio'])} |")
+        lines.append(f"| `{m}` | {fmt(s['step_s'], 1e3)} | {fmt_ratio(s['step_ratio'])} | {fmt(s['loss_s'], 1e3)} "
+                     f"| {fmt_ratio(s['loss_ratio'])} | {fmt(s['step_peak_mib'], 1 / 1024, 2)} | "
+                     f"{fmt_ratio(s['step_peak_ratio'])} |")
     return lines + [""]
 
 
 def _loss_table(section: dict[str, Any]) -> list[str]:
-    t, r, syncs = section["time_s"], section["ratio_to_grpo"], section["host_syncs"]
+    t, r, syncs = section["time_s"], section["ratio_to_baseline"], section["host_syncs"]
     return [
         f"Pure loss functions, forward+backward, {section['completions']} completions ({section['questions']} "
         f"questions) x {section['completion_length']} tokens.",
         "",
-        "| loss | ms | ratio to GRPO | host syncs |",
+        f"| loss | ms | ratio to `{BASELINE}` | host syncs |",
         "|---|---:|---:|---:|",
-        f"| GRPO (TRL clipped token loss) | {1e3 * t['grpo']:.3f} | 1.000 | {syncs['grpo']} |",
-        f"| DisCO log-L | {1e3 * t['disco_log_l']:.3f} | {r['disco_log_l']:.3f} | {syncs['disco_log_l']} |",
-        f"| DisCO L-ratio | {1e3 * t['disco_l_ratio']:.3f} | {r['disco_l_ratio']:.3f} | - |",
+        f"| `{BASELINE}` (TRL clipped token loss) | {1e3 * t[BASELINE]:.3f} | 1.000 | {syncs[BASELINE]} |",
+        f"| `disco` (log-L) | {1e3 * t['disco']:.3f} | {r['disco']:.3f} | {syncs['disco']} |",
+        f"| `disco-lratio` (L-ratio) | {1e3 * t['disco-lratio']:.3f} | {r['disco-lratio']:.3f} | - |",
         "",
     ]
 
@@ -66,7 +68,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Model: {model['description']}; gradient checkpointing on",
         f"- Peak memory: {result['memory_method']}",
         "",
-        "Ratios are to `grpo` (TRL's default loss, beta 0) in the same repetition: median [min, max].",
+        f"Ratios are to `{BASELINE}` (TRL's default loss, beta 0) in the same repetition: median [min, max].",
         "",
     ]
     titles = {"interleaved": "## 1. Interleaved step time and memory", "split_groups":

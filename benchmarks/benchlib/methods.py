@@ -1,28 +1,31 @@
 """What the benchmark compares: the methods, the model presets, the batch geometry, and how a trainer is built.
 
-Generation is replaced by fixed completions (a deterministic function of the prompt and of the sample index), so all
-trainers see identical tokens and no sampling noise; the reward is a fixed function of the completion tokens.
+The methods are names of the project's one registry, `disco_trl.demo.methods` (the demo, `compare` and `study` use
+it too). Generation is replaced by fixed completions (a deterministic function of the prompt and of the sample
+index), so all trainers see identical tokens and no sampling noise; the reward is a fixed function of the completion
+tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-BASELINE = "grpo"
+import torch
+from transformers import AutoTokenizer, PrinterCallback, Qwen2Config, Qwen2ForCausalLM
+from trl import GRPOTrainer
 
-# name -> (trainer kind, config overrides, label)
-METHODS: dict[str, tuple[str, dict[str, Any], str]] = {
-    "grpo": ("grpo", {}, "GRPOTrainer, TRL default loss (loss_type='dapo'), beta=0"),
-    "grpo_loss_grpo": ("grpo", {"loss_type": "grpo"}, "GRPOTrainer, loss_type='grpo', beta=0"),
-    "grpo_ref_kl": ("grpo", {"beta": None}, "GRPOTrainer, TRL default loss + reference-model KL (beta>0)"),
-    "disco_log_l": ("disco", {"score_type": "log_l", "disco_variant": "dro"}, "DiscoTrainer, log-L score, DRO"),
-    "disco_l_ratio": ("disco", {"score_type": "l_ratio", "disco_variant": "dro"}, "DiscoTrainer, L-ratio score, DRO"),
-}
-SWEEP_METHODS = ("grpo", "disco_log_l", "disco_l_ratio")
+from disco_trl import DiscoTrainer
+from disco_trl.demo.methods import METHODS, build_config
+from disco_trl.toy import build_tokenizer
+
+
+BASELINE = "trl-default"  # every ratio is to this method: GRPOTrainer as it comes (TRL's default loss, beta 0)
+REF_KL_METHOD = "trl-default-ref-kl"  # its beta is the command line's --ref-beta
+SWEEP_METHODS = ("trl-default", "disco", "disco-lratio")
 
 # Model shapes built locally with random weights (Qwen2 architecture). "qwen2.5-0.5b-shape" has the dimensions of
 # Qwen2.5-0.5B (including its 151,936-row vocabulary, which dominates the LM-head cost) and is meant for a GPU.
@@ -61,8 +64,6 @@ def fixed_completion(prompt_ids: tuple[int, ...], index: int, length: int, vocab
     key = (prompt_ids, index, length, vocab, seed)
     cached = _COMPLETION_CACHE.get(key)
     if cached is None:
-        import torch
-
         state = zlib.crc32(repr(key).encode())
         generator = torch.Generator().manual_seed(state)
         ids = torch.randint(0, vocab, (length,), generator=generator).tolist()
@@ -78,8 +79,6 @@ def bench_reward(completion_ids, **kwargs) -> list[float]:
 
 
 def build_prompts(tokenizer, n: int, prompt_tokens: int, seed: int) -> list[str]:
-    import random
-
     rng = random.Random(seed)
     prompts = []
     for i in range(n):
@@ -94,11 +93,6 @@ def build_prompts(tokenizer, n: int, prompt_tokens: int, seed: int) -> list[str]
 
 def make_model_dir(args: argparse.Namespace, preset: str, max_positions: int, workdir: Path):
     """Save a locally built random-weight model and its tokenizer; return (path, tokenizer, description)."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    from disco_trl.toy import build_tokenizer
-
     if args.model is not None:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         if tokenizer.pad_token is None:
@@ -128,9 +122,6 @@ def make_model_dir(args: argparse.Namespace, preset: str, max_positions: int, wo
 # ---------------------------------------------------------------------------------------------------------- trainers
 def trainer_classes():
     """GRPOTrainer and DiscoTrainer whose generation returns fixed completions (identical tokens for all)."""
-    from trl import GRPOTrainer
-
-    from disco_trl import DiscoTrainer
 
     class FixedCompletions:
         bench_completion_length: int = 0
@@ -164,20 +155,14 @@ def trainer_classes():
 
 
 def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, dataset, args, max_steps: int,
-                  workdir: Path, callbacks=(), reward_funcs=bench_reward, methods=None):
-    """A trainer for `method` (a key of `methods`, default METHODS) with fixed completions."""
-    import torch
-    from transformers import PrinterCallback
-    from trl import GRPOConfig
-
-    from disco_trl import DiscoConfig
-
-    kind, overrides, _ = (methods or METHODS)[method]
-    overrides = dict(overrides)
-    if "beta" in overrides:
-        overrides["beta"] = args.ref_beta
+                  workdir: Path, callbacks=(), reward_funcs=bench_reward, overrides=None, run_name: str | None = None):
+    """A trainer for `method` (a name of the registry) with fixed completions; `overrides` are more config fields
+    (a variant of the method), `run_name` names its output folder (default: the method)."""
+    overrides = dict(overrides or {})
+    if method == REF_KL_METHOD:
+        overrides.setdefault("beta", args.ref_beta)
     common = dict(
-        output_dir=str(workdir / f"out-{method}"),
+        output_dir=str(workdir / f"out-{run_name or method}"),
         per_device_train_batch_size=geometry.batch_size,
         gradient_accumulation_steps=geometry.grad_accum,
         num_generations=geometry.num_generations,
@@ -202,10 +187,9 @@ def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, d
         dataloader_num_workers=0,
         model_init_kwargs={"dtype": args.model_dtype} if args.model_dtype else None,
     )
-    config_cls = DiscoConfig if kind == "disco" else GRPOConfig
-    config = config_cls(**common, **overrides)
+    config = build_config(method, common, **overrides)
     grpo_cls, disco_cls = trainer_classes()
-    trainer_cls = disco_cls if kind == "disco" else grpo_cls
+    trainer_cls = disco_cls if METHODS[method].trainer == "disco" else grpo_cls
     torch.manual_seed(args.seed)
     trainer = trainer_cls(model=model_path, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
                           processing_class=tokenizer, callbacks=list(callbacks))
@@ -213,5 +197,3 @@ def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, d
     trainer.bench_completion_length = geometry.completion_length
     trainer.bench_seed = args.seed
     return trainer
-
-

@@ -15,6 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+
 QWEN25_1_5B: dict[str, Any] = dict(
     hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2, intermediate_size=8960,
     vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
@@ -47,9 +52,6 @@ def expected_parameter_count(shape: dict[str, Any]) -> int:
 
 def word_level_tokenizer(vocab_size: int):
     """A fast tokenizer of exactly `vocab_size` tokens, built in memory (no training corpus, no download)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     words = list(dict.fromkeys(SPECIALS + _WORDS))
     if vocab_size < len(words) + 1:
         raise ValueError(f"vocab_size must be > {len(words)}; got {vocab_size}.")
@@ -68,8 +70,6 @@ def word_level_tokenizer(vocab_size: int):
 
 
 def qwen2_config(shape: dict[str, Any], tokenizer):
-    from transformers import Qwen2Config
-
     return Qwen2Config(**shape, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, use_cache=True)
 
@@ -77,9 +77,6 @@ def qwen2_config(shape: dict[str, Any], tokenizer):
 def build_random_model(shape: dict[str, Any], tokenizer, *, device: str = "cpu", dtype: str = "bfloat16",
                        seed: int = 0):
     """A Qwen2ForCausalLM of `shape` with random weights, created directly on `device` ('meta': no memory)."""
-    import torch
-    from transformers import Qwen2ForCausalLM
-
     config = qwen2_config(shape, tokenizer)
     torch_dtype = getattr(torch, dtype)
     previous = torch.get_default_dtype()

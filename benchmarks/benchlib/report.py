@@ -10,7 +10,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers
+import trl
+
 from .methods import BASELINE, METHODS
+
 
 # ---------------------------------------------------------------------------------------------------------- summary
 def _stats(values: list[float]) -> dict[str, float]:
@@ -22,7 +27,7 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
     by = {(r["rep"], r["method"]): r for r in runs}
     summary = {}
     for m in methods:
-        entry: dict[str, Any] = {"label": METHODS[m][2]}
+        entry: dict[str, Any] = {"label": METHODS[m].description}
         for key, field in (("step_s", "step_median_s"), ("loss_s", "loss_median_s"),
                            ("step_cpu_s", "step_cpu_median_s"), ("loss_cpu_s", "loss_cpu_median_s"),
                            ("step_peak_mib", "step_peak_bytes"), ("loss_peak_mib", "loss_peak_bytes")):
@@ -40,13 +45,13 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
     return summary
 
 
-def _fmt_ratio(stats: dict[str, float] | None) -> str:
+def fmt_ratio(stats: dict[str, float] | None) -> str:
     if not stats:
         return "n/a"
     return f"{stats['median']:.3f} [{stats['min']:.3f}, {stats['max']:.3f}]"
 
 
-def _fmt(stats: dict[str, float] | None, scale: float = 1.0, digits: int = 1) -> str:
+def fmt(stats: dict[str, float] | None, scale: float = 1.0, digits: int = 1) -> str:
     return "n/a" if not stats else f"{stats['median'] * scale:.{digits}f}"
 
 
@@ -70,8 +75,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Peak memory: {result['memory_method']}",
         f"- Load average (1/5/15 min) before {result['load_avg_before']}, after {result['load_avg_after']}; "
         f"wall time {result['wall_s']:.0f} s",
+        *([f"- Names: {result['renamed']['note']}: "
+           + ", ".join(f"`{old}` -> `{new}`" for old, new in result["renamed"]["names"].items())]
+          if result.get("renamed") else []),
         "",
-        "Ratios are to `grpo` (TRL's default loss) in the same repetition: median [min, max] over repetitions. "
+        f"Ratios are to the baseline `{BASELINE}` (TRL's default loss, beta 0) in the same repetition: median "
+        "[min, max] over repetitions. "
         "Times are wall-clock medians (the JSON also has the CPU time of the running thread: `step_cpu_s`, "
         "`loss_cpu_s`).",
         "",
@@ -81,9 +90,9 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for m, s in result["summary"].items():
         lines.append(
-            f"| `{m}` | {_fmt(s['step_s'], 1e3)} | {_fmt_ratio(s['step_ratio'])} | {_fmt(s['loss_s'], 1e3)} | "
-            f"{_fmt_ratio(s['loss_ratio'])} | {_fmt(s['step_peak_mib'])} | {_fmt_ratio(s['step_peak_ratio'])} | "
-            f"{_fmt(s['loss_peak_mib'])} | {_fmt_ratio(s['loss_peak_ratio'])} |"
+            f"| `{m}` | {fmt(s['step_s'], 1e3)} | {fmt_ratio(s['step_ratio'])} | {fmt(s['loss_s'], 1e3)} | "
+            f"{fmt_ratio(s['loss_ratio'])} | {fmt(s['step_peak_mib'])} | {fmt_ratio(s['step_peak_ratio'])} | "
+            f"{fmt(s['loss_peak_mib'])} | {fmt_ratio(s['loss_peak_ratio'])} |"
         )
     lines += ["", "Methods: " + "; ".join(f"`{m}` = {s['label']}" for m, s in result["summary"].items()) + "."]
     if result.get("sweep"):
@@ -94,24 +103,25 @@ def markdown(result: dict[str, Any]) -> str:
             f"Pure loss functions, forward+backward on (B, T) log-prob tensors (B = G x Q, random lengths in "
             f"[T/4, T]); `compute_loss` = `trainer.compute_loss` + backward through "
             f"{cfg.get('sweep_model_description') or 'no model (skipped)'}. "
-            "Overhead share = (DisCO function time - GRPO function time) / GRPO compute_loss time. Times in ms.",
+            f"Overhead share = (DisCO function time - {BASELINE} function time) / {BASELINE} compute_loss time. "
+            "Times in ms.",
             "",
-            "| axis | G | Q | T | fn GRPO | fn DisCO log-L | fn DisCO L-ratio | compute_loss GRPO | "
-            "log-L ratio | L-ratio ratio | log-L overhead share | L-ratio overhead share |",
+            f"| axis | G | Q | T | fn {BASELINE} | fn disco | fn disco-lratio | compute_loss {BASELINE} | "
+            "disco ratio | disco-lratio ratio | disco overhead share | disco-lratio overhead share |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in result["sweep"]:
             fn = r["fn_s"]
             cl = r.get("compute_loss_s")
             model_cols = (
-                f"{cl['grpo'] * 1e3:.1f} | {r['disco_log_l_compute_loss_ratio']:.3f} | "
-                f"{r['disco_l_ratio_compute_loss_ratio']:.3f} | {100 * r['disco_log_l_fn_overhead_share']:+.2f}% | "
-                f"{100 * r['disco_l_ratio_fn_overhead_share']:+.2f}%"
+                f"{cl[BASELINE] * 1e3:.1f} | {r['compute_loss_ratio']['disco']:.3f} | "
+                f"{r['compute_loss_ratio']['disco-lratio']:.3f} | {100 * r['fn_overhead_share']['disco']:+.2f}% | "
+                f"{100 * r['fn_overhead_share']['disco-lratio']:+.2f}%"
                 if cl else "n/a | n/a | n/a | n/a | n/a"
             )
             lines.append(
                 f"| {r['axis']} | {r['num_generations']} | {r['questions_per_microbatch']} | {r['completion_length']} "
-                f"| {fn['grpo'] * 1e3:.3f} | {fn['disco_log_l'] * 1e3:.3f} | {fn['disco_l_ratio'] * 1e3:.3f} | "
+                f"| {fn[BASELINE] * 1e3:.3f} | {fn['disco'] * 1e3:.3f} | {fn['disco-lratio'] * 1e3:.3f} | "
                 f"{model_cols} |"
             )
         if result.get("sweep_verdict"):
@@ -123,10 +133,6 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    import torch
-    import transformers
-    import trl
-
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():

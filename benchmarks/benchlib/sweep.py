@@ -1,5 +1,8 @@
 """The scaling sweep: how the loss cost grows with completions per question, completion length and questions per
-micro-batch -- the pure loss functions alone and, optionally, compute_loss + backward through a small model."""
+micro-batch -- the pure loss functions alone and, optionally, compute_loss + backward through a small model.
+
+The methods are `SWEEP_METHODS`: the baseline (`trl-default`, TRL's clipped token loss with its default reduction)
+and DisCO with both scores (`disco`, `disco-lratio`); every timing is keyed by those names."""
 
 from __future__ import annotations
 
@@ -9,14 +12,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .methods import SWEEP_METHODS, Geometry, build_trainer, make_model_dir
-from .timing import MemoryMeter, _loss_and_backward, prepared_microbatch, time_loss_only
+import torch
 
-# ---------------------------------------------------------------------------------------------------------- pure losses
+from disco_trl.losses import disco_loss as disco_step_loss
+from disco_trl.losses import discriminative_objective, sequence_scores, token_mean_kl
+
+from .methods import BASELINE, SWEEP_METHODS, Geometry, build_trainer, make_model_dir
+from .timing import MemoryMeter, loss_and_backward, prepared_microbatch, time_loss_only
+
+
+DISCO_SWEEP = tuple(m for m in SWEEP_METHODS if m != BASELINE)  # the DisCO scores, compared with the baseline
+
+# --------------------------------------------------------------------------------------------------------- pure losses
 def grpo_token_loss(logps, old_logps, advantages, mask, *, loss_type: str = "dapo", epsilon: float = 0.2):
-    """TRL's clipped token surrogate (as in GRPOTrainer._compute_loss, beta=0) with its 'dapo' or 'grpo' reduction."""
-    import torch
-
+    """TRL's clipped token surrogate (as in GRPOTrainer._compute_loss, beta=0) with its 'dapo' (TRL's default) or
+    'grpo' reduction."""
     coef_1 = torch.exp(logps - old_logps)
     coef_2 = torch.clamp(coef_1, 1 - epsilon, 1 + epsilon)
     adv = advantages.unsqueeze(1)
@@ -28,17 +38,14 @@ def grpo_token_loss(logps, old_logps, advantages, mask, *, loss_type: str = "dap
 
 def disco_loss(logps, old_logps, labels, group_ids, mask, *, score_type: str, tau: float, num_questions: int):
     """What DiscoTrainer._compute_loss computes after the log-probs (one process, no accumulation)."""
-    from disco_trl.losses import disco_loss as disco_step_loss
-    from disco_trl.losses import discriminative_objective, sequence_scores, token_mean_kl
-
     scores = sequence_scores(logps, old_logps, mask, score_type=score_type)
-    objective = discriminative_objective(scores, labels, group_ids, variant="dro", tau=tau, num_questions=num_questions)
+    objective = discriminative_objective(scores, labels, group_ids, variant="dro", tau=tau,
+                                         num_questions=num_questions)
     return disco_step_loss(objective, token_mean_kl(logps, old_logps, mask), kl_delta=1e-4, kl_beta=1e3)
 
 
 def pure_loss_inputs(g: int, q: int, t: int, device: str, seed: int):
-    import torch
-
+    """Random (B, T) log-probs, old log-probs, a mask with random lengths, labels, group ids and GRPO's advantages."""
     gen = torch.Generator().manual_seed(seed)
     b = g * q
     logps = (-3.0 * torch.rand(b, t, generator=gen)).to(device)
@@ -55,11 +62,10 @@ def pure_loss_inputs(g: int, q: int, t: int, device: str, seed: int):
 def time_pure_losses(g: int, q: int, t: int, reps: int, meter: MemoryMeter, device: str, seed: int) -> dict:
     logps0, old, mask, rewards, group_ids, advantages = pure_loss_inputs(g, q, t, device, seed)
     fns = {
-        "grpo": lambda x: grpo_token_loss(x, old, advantages, mask, loss_type="dapo"),
-        "disco_log_l": lambda x: disco_loss(x, old, rewards, group_ids, mask, score_type="log_l", tau=10.0,
-                                            num_questions=q),
-        "disco_l_ratio": lambda x: disco_loss(x, old, rewards, group_ids, mask, score_type="l_ratio", tau=1.0,
-                                              num_questions=q),
+        "trl-default": lambda x: grpo_token_loss(x, old, advantages, mask, loss_type="dapo"),
+        "disco": lambda x: disco_loss(x, old, rewards, group_ids, mask, score_type="log_l", tau=10.0, num_questions=q),
+        "disco-lratio": lambda x: disco_loss(x, old, rewards, group_ids, mask, score_type="l_ratio", tau=1.0,
+                                             num_questions=q),
     }
 
     def once(fn):
@@ -73,7 +79,7 @@ def time_pure_losses(g: int, q: int, t: int, reps: int, meter: MemoryMeter, devi
     # Calibrate how many calls make one sample (>= ~5 ms) so that small sizes are above timer noise.
     for fn in fns.values():
         once(fn)
-    single = max(statistics.median([once(fns["grpo"]) for _ in range(3)]), 1e-6)
+    single = max(statistics.median([once(fns[BASELINE]) for _ in range(3)]), 1e-6)
     inner = max(1, min(200, int(0.005 / single)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(reps):
@@ -133,14 +139,13 @@ def run_sweep(args, meter: MemoryMeter, workdir: Path, dataset_for) -> list[dict
                     trainer.model.zero_grad(set_to_none=True)
                     meter.sync()
                     t_start = time.perf_counter()
-                    _loss_and_backward(trainer, inputs[method])
+                    loss_and_backward(trainer, inputs[method])
                     meter.sync()
                     samples[method].append(time.perf_counter() - t_start)
             row["compute_loss_s"] = {m: statistics.median(v) for m, v in samples.items()}
-            grpo_step = row["compute_loss_s"]["grpo"]
-            for m in ("disco_log_l", "disco_l_ratio"):
-                row[f"{m}_fn_overhead_share"] = (row["fn_s"][m] - row["fn_s"]["grpo"]) / grpo_step
-                row[f"{m}_compute_loss_ratio"] = row["compute_loss_s"][m] / grpo_step
+            base_step = row["compute_loss_s"][BASELINE]
+            row["fn_overhead_share"] = {m: (row["fn_s"][m] - row["fn_s"][BASELINE]) / base_step for m in DISCO_SWEEP}
+            row["compute_loss_ratio"] = {m: row["compute_loss_s"][m] / base_step for m in DISCO_SWEEP}
             del trainers, inputs
             meter.settle()
         else:
@@ -160,8 +165,8 @@ def sweep_verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         pts = [r for r in rows if r["axis"] == axis and r.get("compute_loss_s")]
         if len(pts) < 2:
             continue
-        for m in ("disco_log_l", "disco_l_ratio"):
-            first, last = pts[0][f"{m}_fn_overhead_share"], pts[-1][f"{m}_fn_overhead_share"]
+        for m in DISCO_SWEEP:
+            first, last = pts[0]["fn_overhead_share"][m], pts[-1]["fn_overhead_share"][m]
             verdict[f"{axis}/{m}"] = {"share_first": first, "share_last": last,
                                       "flat_or_shrinks": last <= max(first, 0.0) + 0.02}
     return verdict

@@ -15,7 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch.profiler import ProfilerActivity, profile
+from transformers import TrainerCallback
+
 from .methods import Geometry, build_trainer
+
 
 # ---------------------------------------------------------------------------------------------------------- memory
 class MemoryMeter:
@@ -30,9 +35,6 @@ class MemoryMeter:
     """
 
     def __init__(self, device: str):
-        import torch
-
-        self.torch = torch
         self.device = device
         state = ("; the step adds the bytes of the training state alive at its start (policy and reference-model "
                  "parameters and buffers, optimizer state)")
@@ -44,13 +46,13 @@ class MemoryMeter:
 
     def sync(self) -> None:
         if self.device == "cuda":
-            self.torch.cuda.synchronize()
+            torch.cuda.synchronize()
 
     def settle(self) -> None:
         gc.collect()
         if self.device == "cuda":
-            self.torch.cuda.synchronize()
-            self.torch.cuda.empty_cache()
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
 
     @contextlib.contextmanager
     def measuring(self):
@@ -58,17 +60,15 @@ class MemoryMeter:
         out: dict[str, int] = {}
         self.settle()
         if self.device == "cuda":
-            out["start_bytes"] = self.torch.cuda.memory_allocated()
-            self.torch.cuda.reset_peak_memory_stats()
+            out["start_bytes"] = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
             try:
                 yield out
             finally:
-                self.torch.cuda.synchronize()
-                out["peak_bytes"] = self.torch.cuda.max_memory_allocated()
+                torch.cuda.synchronize()
+                out["peak_bytes"] = torch.cuda.max_memory_allocated()
                 out["extra_bytes"] = out["peak_bytes"] - out["start_bytes"]
             return
-        from torch.profiler import ProfilerActivity, profile
-
         prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         prof.start()
         try:
@@ -91,8 +91,6 @@ class MemoryMeter:
 def training_state_bytes(trainer) -> int:
     """Bytes of the tensors a trainer keeps between steps: parameters and buffers (policy, reference model) and
     optimizer state, each storage counted once."""
-    import torch
-
     seen: dict[int, int] = {}
 
     def add(t):
@@ -146,7 +144,6 @@ def make_step_timer(meter: MemoryMeter, warmup: int, timed: int, baton: Baton | 
 
     Set `.trainer` before training: the memory step records the trainer's persistent state at its start. With a
     baton, the callback hands over to the next trainer after each step and waits for its next turn."""
-    from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -193,7 +190,8 @@ def prepared_microbatch(trainer):
     return trainer._prepare_inputs(generation_batch)
 
 
-def _loss_and_backward(trainer, inputs) -> None:
+def loss_and_backward(trainer, inputs) -> None:
+    """One `compute_loss` and its backward, as the trainer's training step does them."""
     with trainer.compute_loss_context_manager():
         loss = trainer.compute_loss(trainer.model, inputs)
     trainer.accelerator.backward(loss)
@@ -209,14 +207,14 @@ def time_loss_only(trainer, inputs, reps: int, meter: MemoryMeter) -> tuple[list
         model.zero_grad(set_to_none=True)
         meter.sync()
         t0, c0 = time.perf_counter(), time.process_time()
-        _loss_and_backward(trainer, inputs)
+        loss_and_backward(trainer, inputs)
         meter.sync()
         if i >= 1:
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
     model.zero_grad(set_to_none=True)
     with meter.measuring() as mem:
-        _loss_and_backward(trainer, inputs)
+        loss_and_backward(trainer, inputs)
     model.zero_grad(set_to_none=True)
     return times, cpu_times, mem["extra_bytes"]
 
@@ -273,7 +271,7 @@ def run_repetition(order: list[str], geometry: Geometry, model_path: str, tokeni
             trainer.model.zero_grad(set_to_none=True)
             meter.sync()
             t0, c0 = time.perf_counter(), time.thread_time()
-            _loss_and_backward(trainer, inputs[slot])
+            loss_and_backward(trainer, inputs[slot])
             meter.sync()
             if call >= 1:
                 loss_times[slot].append(time.perf_counter() - t0)
@@ -282,7 +280,7 @@ def run_repetition(order: list[str], geometry: Geometry, model_path: str, tokeni
     results = []
     for slot, (method, trainer, timer) in enumerate(zip(order, trainers, timers)):
         with meter.measuring() as mem:
-            _loss_and_backward(trainer, inputs[slot])
+            loss_and_backward(trainer, inputs[slot])
         trainer.model.zero_grad(set_to_none=True)
         results.append({
             "method": method,
@@ -304,7 +302,8 @@ def run_repetition(order: list[str], geometry: Geometry, model_path: str, tokeni
             "completion_checksum": trainer.bench_checksum_in_training,
             "microbatch": microbatch_digest(inputs[slot]),
         })
-    del trainers, inputs, timers
+    for held in (trainers, inputs, timers):  # free the trainers before the next repetition builds its own
+        held.clear()
     meter.settle()
     return results
 

@@ -1,7 +1,7 @@
 """`disco-trl compare`: the paper's comparison in miniature, on the demo task.
 
 Same task, warm-started model, seeds, geometry, sampling and step budget for every method: DisCO (log-L and
-L-ratio), DisCO-b, and TRL's own GRPO, Dr. GRPO and DAPO losses (see `disco_trl.demo.experiment`). Writes, in
+L-ratio), DisCO-b, and TRL's own GRPO, Dr. GRPO and DAPO losses (see `disco_trl.demo.methods`). Writes, in
 `--output-dir`:
 
 * `results.md` and `results.json`: held-out Pass@1 (mean, std, min-max over seeds) per method, per difficulty,
@@ -21,59 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
-import tempfile
 import time
-from dataclasses import asdict
 
-from .experiment import METHODS, RunSettings
-from .run import QUICK, add_common_arguments, settings_from_args, warmstart_config
-
-KEEP_KEYS = ("step", "reward", "reward_std", "entropy", "disco/kl", "kl", "disco/hinge_active", "disco/objective",
-             "disco/frac_mixed_questions", "disco/neg_per_pos_mixed", "disco/frac_more_neg_than_pos",
-             "frac_reward_zero_std", "completions/mean_length", "clip_ratio/region_mean", "clip_ratio/high_mean",
-             "clip_ratio/low_mean", "loss", "grad_norm")
-
-
-def _list(parse, name):
-    def parse_list(text):
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"{name} needs at least one value")
-        values = []
-        for item in items:
-            try:
-                values.append(parse(item))
-            except (ValueError, argparse.ArgumentTypeError) as err:
-                raise argparse.ArgumentTypeError(f"{name}: {err}") from None
-        if len(set(values)) != len(values):
-            raise argparse.ArgumentTypeError(f"{name} lists a value twice: {text!r}")
-        return values
-
-    return parse_list
-
-
-def _method(text):
-    if text not in METHODS:
-        raise ValueError(f"unknown method {text!r}; choose from {', '.join(METHODS)}")
-    return text
-
-
-def _seed(text):
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"seeds must be >= 0, got {value}")
-    return value
-
-
-def _lr(text):
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"learning rates must be finite numbers > 0, got {text}")
-    return value
+from . import options
+from .experiment import RunSettings, quiet_libraries
+from .methods import DEMO_METHODS, METHODS
+from .plots import plot_comparison, start_end
+from .runs import run_cached
+from .warmstart import load_or_build
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,136 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="DisCO, DisCO-b and TRL's GRPO, Dr. GRPO and DAPO on the demo task: same model, seeds and "
                     "budget; writes results.md, results.json and dynamics.png.",
     )
-    parser.add_argument("--methods", type=_list(_method, "--methods"), default=list(METHODS),
-                        help=f"comma-separated methods (default: all of {','.join(METHODS)})")
-    parser.add_argument("--seeds", type=_list(_seed, "--seeds"), default=[0, 1, 2],
+    parser.add_argument("--methods", type=options.comma_list(options.method, "--methods"), default=list(DEMO_METHODS),
+                        help=f"comma-separated names of disco_trl.demo.methods (default: {','.join(DEMO_METHODS)}; "
+                             f"also: {','.join(m for m in METHODS if m not in DEMO_METHODS)})")
+    parser.add_argument("--seeds", type=options.comma_list(options.seed, "--seeds"), default=[0, 1, 2],
                         help="comma-separated seeds for the reported runs (default 0,1,2)")
     lr = parser.add_mutually_exclusive_group()
-    lr.add_argument("--learning-rate", type=_lr, default=None,
+    lr.add_argument("--learning-rate", type=options.learning_rate, default=None,
                     help=f"one constant learning rate for every method (default {defaults.learning_rate:g})")
-    lr.add_argument("--lr-sweep", type=_list(_lr, "--lr-sweep"), default=None,
+    lr.add_argument("--lr-sweep", type=options.comma_list(options.learning_rate, "--lr-sweep"), default=None,
                     help="learning rates to try for every method (on --sweep-seed, scored on validation questions); "
                          "each method's best is used for the reported runs")
-    parser.add_argument("--sweep-seed", type=_seed, default=100, help="seed of the sweep runs (default 100)")
+    parser.add_argument("--sweep-seed", type=options.seed, default=100, help="seed of the sweep runs (default 100)")
     parser.add_argument("--output-dir", default="disco-compare-output",
                         help="where results.md, results.json, dynamics.png and runs/ go")
     parser.add_argument("--runs-dir", default=None,
                         help="where the per-run files are kept and reused (default: OUTPUT_DIR/runs); point several "
                              "comparisons at one folder to share the runs they have in common")
-    add_common_arguments(parser, defaults)
+    options.add_common_arguments(parser, defaults)
     return parser
 
 
-def _slim(result: dict) -> dict:
-    """What a run file keeps: the summary and the per-step metrics used by the table and the plot."""
-    return {
-        "method": result["method"],
-        "settings": result["settings"],
-        "pass@1_before": result["pass@1_before"],
-        "pass@1_after": result["pass@1_after"],
-        "pass@1_by_ops_before": {str(k): v for k, v in result["before"]["pass@1_by_ops"].items()},
-        "pass@1_by_ops_after": {str(k): v for k, v in result["after"]["pass@1_by_ops"].items()},
-        "eval_history": result["eval_history"],
-        "group_history": result.get("group_history", []),
-        "also_eval": None if not result.get("also_eval") else {
-            "split": result["also_eval"]["split"],
-            "pass@1_before": result["also_eval"]["before"]["pass@1"],
-            "pass@1_after": result["also_eval"]["after"]["pass@1"],
-        },
-        "log_history": [{k: e[k] for k in KEEP_KEYS if k in e} for e in result["log_history"]
-                        if "train_runtime" not in e],
-        "train_seconds": result["train_seconds"],
-        "total_seconds": result["total_seconds"],
-        "cpu_seconds": result.get("cpu_seconds"),
-    }
-
-
-def same_settings(cached: dict | None, wanted: dict) -> bool:
-    """Whether a run file's settings are `wanted`. A field added to RunSettings after the file was written counts
-    as equal when `wanted` has its default (so older runs stay reusable)."""
-    if not isinstance(cached, dict):
-        return False
-    defaults = json.loads(json.dumps(asdict(RunSettings())))
-    return all(cached.get(k, defaults[k]) == v for k, v in wanted.items()) and set(cached) <= set(wanted)
-
-
-def _load_finished(path: str, wanted: dict, model_path: str) -> dict | None:
-    if os.path.isfile(path):
-        with open(path) as f:
-            cached = json.load(f)
-        if same_settings(cached.get("settings"), wanted) and cached.get("model_path_key") == os.path.basename(model_path):
-            return cached
-    return None
-
-
-def _claim(lock: str) -> bool:
-    """Take the run's lock file (another process running the same command does the run otherwise). A lock whose
-    process is gone is stale and taken over."""
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(lock) as f:
-                    os.kill(int(f.read().strip() or 0), 0)
-                return False  # alive: someone else is on it
-            except (ProcessLookupError, ValueError, FileNotFoundError):
-                try:
-                    os.remove(lock)  # stale
-                except FileNotFoundError:
-                    pass
-                continue
-            except PermissionError:
-                return False
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
-
-
-def run_cached(settings: RunSettings, model_path: str, runs_dir: str, tag: str, log=print,
-               wait: bool = True) -> dict | None:
-    """Run one (method, lr, seed), or load it from `runs_dir` when a run with identical settings is there.
-
-    Several processes may run the same command on one `runs_dir` to share the work: a run another live process has
-    claimed (its `.lock` file) is waited for, or, with `wait=False`, skipped (returns None) to be collected later."""
-    from .experiment import run_method
-
-    name = f"{tag}-{settings.method}-lr{settings.learning_rate:g}-seed{settings.seed}.json"
-    path = os.path.join(runs_dir, name)
-    wanted = json.loads(json.dumps(asdict(settings)))
-    while True:
-        cached = _load_finished(path, wanted, model_path)
-        if cached is not None:
-            log(f"[compare] {name}: reusing the finished run")
-            return cached
-        if _claim(path + ".lock"):
-            break
-        if not wait:
-            return None
-        time.sleep(5)
-    try:
-        cached = _load_finished(path, wanted, model_path)  # finished between the check and the claim
-        if cached is not None:
-            return cached
-        t0 = time.time()
-        with tempfile.TemporaryDirectory(prefix="disco-compare-") as trainer_dir:  # the trainer's output_dir (unused)
-            result = _slim(run_method(settings, model_path, trainer_dir, log=lambda *a: None, save_model=False))
-        result["settings"] = wanted
-        result["model_path_key"] = os.path.basename(model_path)
-        with open(path + f".tmp{os.getpid()}", "w") as f:
-            json.dump(result, f)
-        os.replace(path + f".tmp{os.getpid()}", path)
-    finally:
-        os.remove(path + ".lock")
-    log(f"[compare] {tag} {settings.method:<13} lr {settings.learning_rate:<8g} seed {settings.seed}: Pass@1 "
-        f"{result['pass@1_before']:.3f} -> {result['pass@1_after']:.3f}  ({time.time() - t0:.0f}s)")
-    return result
-
-
 def _final(log_history: list[dict], key: str, fraction: float = 0.1) -> float | None:
-    from .run import start_end
-
     return start_end(log_history, key, fraction)[1]
 
 
@@ -237,7 +87,7 @@ def summarize(runs_by_method: dict[str, list[dict]], lr_by_method: dict[str, flo
         entropy = [v for v in (_final(r["log_history"], "entropy") for r in runs) if v is not None]
         reward = [v for v in (_final(r["log_history"], "reward") for r in runs) if v is not None]
         summary[method] = {
-            "label": METHODS[method],
+            "label": METHODS[method].label,
             "learning_rate": lr_by_method[method],
             "seeds": [r["settings"]["seed"] for r in runs],
             "pass@1_before": statistics.fmean(r["pass@1_before"] for r in runs),
@@ -266,7 +116,7 @@ def markdown(summary: dict, sweep: dict | None, meta: dict) -> str:
         "final entropy | final train reward |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for method, s in summary.items():
+    for s in summary.values():
         a, b = s["pass@1_after"], s["pass@1_best_during_training"]
         ops = s["pass@1_by_ops_after"]
         ops_cells = " | ".join(f"{ops[k]:.3f}" if k in ops else "" for k in ("1", "2", "3", "4"))
@@ -286,64 +136,34 @@ def markdown(summary: dict, sweep: dict | None, meta: dict) -> str:
                   "| method | " + " | ".join(f"{lr:g}" for lr in lrs) + " |",
                   "|---|" + "---|" * len(lrs)]
         for method, per in sweep.items():
-            best = max(per, key=lambda lr: (per[lr], -lr))
+            best = best_rate(per)
             cells = [("**%.3f**" if lr == best else "%.3f") % per[lr] if lr in per else "" for lr in lrs]
-            lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {METHODS[method].label} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    base_lr = args.learning_rate if args.learning_rate is not None else RunSettings().learning_rate
-    try:
-        probe = settings_from_args(args, args.methods[0], args.seeds[0], base_lr)
-    except ValueError as err:
-        parser.error(str(err))
-    runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-        os.makedirs(runs_dir, exist_ok=True)
-    except OSError as err:
-        parser.error(f"--output-dir {args.output_dir!r} cannot be created: {err}")
+def best_rate(per_lr: dict[float, float]) -> float:
+    """The rate with the best validation Pass@1 (ties: the smaller rate)."""
+    return max(per_lr, key=lambda lr: (per_lr[lr], -lr))
 
-    from .experiment import quiet_libraries
-    from .plots import plot_comparison
-    from .warmstart import load_or_build
 
-    quiet_libraries()
-    t0 = time.time()
-    _, _, info = load_or_build(warmstart_config(args.quick), cache_dir=args.cache_dir)
-    model_path = info["path"]
-    n_sweep = len(args.methods) * len(args.lr_sweep or [])
-    print(f"[compare] {len(args.methods)} methods x {len(args.seeds)} seeds, {probe.max_steps} steps each"
-          + (f", after a sweep of {n_sweep} runs" if n_sweep else ""), flush=True)
+def sweep_learning_rates(args, model_path: str, runs_dir: str) -> dict[str, dict[float, float]]:
+    """Every method at every rate of `--lr-sweep`, on `--sweep-seed`, scored on the validation questions."""
+    sweep: dict[str, dict[float, float]] = {m: {} for m in args.methods}
+    for method in args.methods:
+        for lr in args.lr_sweep:
+            settings = options.settings_from_args(args, method, args.sweep_seed, lr)
+            settings.eval_split = "val"
+            settings.eval_every = 0
+            sweep[method][lr] = run_cached(settings, model_path, runs_dir, "sweep")["pass@1_after"]
+        print(f"[compare] {METHODS[method].label}: best learning rate {best_rate(sweep[method]):g}", flush=True)
+    return sweep
 
-    sweep: dict[str, dict[float, float]] | None = None
-    lr_by_method = {m: base_lr for m in args.methods}
-    if args.lr_sweep:
-        sweep = {m: {} for m in args.methods}
-        for method in args.methods:
-            for lr in args.lr_sweep:
-                settings = settings_from_args(args, method, args.sweep_seed, lr)
-                settings.eval_split = "val"
-                settings.eval_every = 0
-                result = run_cached(settings, model_path, runs_dir, "sweep")
-                sweep[method][lr] = result["pass@1_after"]
-            per = sweep[method]
-            lr_by_method[method] = max(per, key=lambda lr: (per[lr], -lr))  # ties: the smaller rate
-            print(f"[compare] {METHODS[method]}: best learning rate {lr_by_method[method]:g}", flush=True)
 
-    runs_by_method: dict[str, list[dict]] = {}
-    for seed in args.seeds:  # seed-major: a partial comparison still covers every method
-        for method in args.methods:
-            settings = settings_from_args(args, method, seed, lr_by_method[method])
-            runs_by_method.setdefault(method, []).append(run_cached(settings, model_path, runs_dir, "final"))
-
-    summary = summarize(runs_by_method, lr_by_method)
+def comparison_meta(args, argv, probe: RunSettings, summary: dict, info: dict, t0: float) -> dict:
     command = "disco-trl compare " + " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {
+    return {
         "command": command.strip(),
         "steps": probe.max_steps,
         "seeds": args.seeds,
@@ -360,13 +180,43 @@ def main(argv: list[str] | None = None) -> int:
         "warmstart": {k: info[k] for k in ("config", "num_parameters", "vocab_size", "sft_final_loss")},
         "wall_seconds": round(time.time() - t0, 1),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    base_lr = args.learning_rate if args.learning_rate is not None else RunSettings().learning_rate
+    try:
+        probe = options.settings_from_args(args, args.methods[0], args.seeds[0], base_lr)
+    except ValueError as err:
+        parser.error(str(err))
+    runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
+    options.make_output_dir(parser, args.output_dir)
+    options.make_output_dir(parser, runs_dir, "--runs-dir")
+
+    quiet_libraries()
+    t0 = time.time()
+    _, _, info = load_or_build(options.warmstart_config(args.quick), cache_dir=args.cache_dir)
+    n_sweep = len(args.methods) * len(args.lr_sweep or [])
+    print(f"[compare] {len(args.methods)} methods x {len(args.seeds)} seeds, {probe.max_steps} steps each"
+          + (f", after a sweep of {n_sweep} runs" if n_sweep else ""), flush=True)
+    sweep = sweep_learning_rates(args, info["path"], runs_dir) if args.lr_sweep else None
+    lr_by_method = {m: best_rate(sweep[m]) if sweep else base_lr for m in args.methods}
+    runs_by_method: dict[str, list[dict]] = {m: [] for m in args.methods}
+    for seed in args.seeds:  # seed-major: a partial comparison still covers every method
+        for method in args.methods:
+            settings = options.settings_from_args(args, method, seed, lr_by_method[method])
+            runs_by_method[method].append(run_cached(settings, info["path"], runs_dir, "final"))
+
+    summary = summarize(runs_by_method, lr_by_method)
+    meta = comparison_meta(args, argv, probe, summary, info, t0)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"meta": meta, "summary": summary,
                    "sweep": {m: {f"{lr:g}": v for lr, v in per.items()} for m, per in (sweep or {}).items()}},
                   f, indent=1)
     with open(os.path.join(args.output_dir, "results.md"), "w") as f:
         f.write(markdown(summary, sweep, meta))
-    plot_comparison(runs_by_method, {m: f"{METHODS[m]} (lr {lr_by_method[m]:g})" for m in args.methods},
+    plot_comparison(runs_by_method, {m: f"{METHODS[m].label} (lr {lr_by_method[m]:g})" for m in args.methods},
                     os.path.join(args.output_dir, "dynamics.png"),
                     f"Demo task, {probe.max_steps} steps, mean over seeds {args.seeds} (band: min-max)")
     print()

@@ -1,39 +1,32 @@
-"""One RL run on the demo task, shared by `disco-trl demo` (run.py) and `disco-trl compare` (compare.py).
+"""One RL run on the demo task, shared by `disco-trl demo` (run.py), `compare`, `study` and the benchmarks.
 
 `run_method(...)` loads the warm-started model from its cache path (the same `from_pretrained` path a real run
-uses), evaluates held-out Pass@1, trains with DisCO or one of TRL's GRPO-family losses under the same geometry, and
-evaluates again. Methods:
-
-=============  =====================================================================================
-disco          DisCO, log-L score, DRO objective (tau 10): `DiscoConfig(score_type="log_l")`
-disco-lratio   DisCO, L-ratio score, DRO objective (tau 1): `DiscoConfig(score_type="l_ratio")`
-disco-b        DisCO-b, log-L score, basic objective: `DiscoConfig(disco_variant="basic")`
-grpo           TRL `GRPOConfig(loss_type="grpo", beta=0.001)`: group-std advantages, KL to the reference model
-dr_grpo        TRL `GRPOConfig(loss_type="dr_grpo", scale_rewards="none")`
-dapo           TRL `GRPOConfig(loss_type="dapo", epsilon_high=0.28)` (clip-higher; no dynamic sampling)
-=============  =====================================================================================
+uses), evaluates held-out Pass@1, trains with one method of the registry (`disco_trl.demo.methods`: DisCO or one of
+TRL's GRPO-family losses) under the same geometry, and evaluates again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
-METHODS = {
-    "disco": "DisCO (log-L)",
-    "disco-lratio": "DisCO (L-ratio)",
-    "disco-b": "DisCO-b (log-L)",
-    "grpo": "GRPO",
-    "dr_grpo": "Dr. GRPO",
-    "dapo": "DAPO",
-}
-DISCO_METHODS = ("disco", "disco-lratio", "disco-b")
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import logging as hf_logging
+
+from ..rewards import boxed_math_reward
+from . import task
+from .evaluate import evaluate_pass_at_1
+from .methods import DISCO_METHODS, METHODS, build_config, trainer_class
+from .warmstart import eval_problems, train_problems
 
 
 @dataclass
@@ -106,17 +99,11 @@ class RunSettings:
 
 def reward_function():
     """The demo's reward: the project's boxed-answer math reward (the same code path as real math training)."""
-    from ..rewards import boxed_math_reward
-
     return boxed_math_reward
 
 
 def build_args(settings: RunSettings, output_dir: str):
     """The trainer config for `settings.method`: same geometry, sampling and learning rate for every method."""
-    from trl import GRPOConfig
-
-    from ..config import DiscoConfig
-
     micro_batch = settings.num_generations * settings.questions_per_generation // settings.updates_per_generation
     common = dict(
         output_dir=output_dir,
@@ -146,31 +133,14 @@ def build_args(settings: RunSettings, output_dir: str):
         log_completions=False,
         shuffle_dataset=True,
     )
-    method = settings.method
-    if method in DISCO_METHODS:
-        disco = dict(kl_delta=settings.kl_delta, kl_beta=settings.kl_beta, tau=settings.tau,
-                     skip_uninformative_questions=settings.skip_uninformative_questions)
-        if method == "disco":
-            disco.update(score_type="log_l", disco_variant="dro")
-        elif method == "disco-lratio":
-            disco.update(score_type="l_ratio", disco_variant="dro")
-        else:
-            disco.update(score_type="log_l", disco_variant="basic")
-        return DiscoConfig(**common, **disco)
-    if method == "grpo":
-        return GRPOConfig(**common, loss_type="grpo", beta=0.001, scale_rewards="group", epsilon=0.2)
-    if method == "dr_grpo":
-        return GRPOConfig(**common, loss_type="dr_grpo", beta=0.0, scale_rewards="none", epsilon=0.2)
-    if method == "dapo":
-        return GRPOConfig(**common, loss_type="dapo", beta=0.0, scale_rewards="group", epsilon=0.2,
-                          epsilon_high=0.28)
-    raise ValueError(f"method={method!r} is unknown; choose one of {', '.join(METHODS)}.")
+    if settings.method in DISCO_METHODS:
+        common.update(kl_delta=settings.kl_delta, kl_beta=settings.kl_beta, tau=settings.tau,
+                      skip_uninformative_questions=settings.skip_uninformative_questions)
+    return build_config(settings.method, common)
 
 
 def quiet_libraries() -> None:
     """Keep the console readable: the progress bar and our own lines, not per-step dicts and library chatter."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # weight loading/saving bars (the trainer's own progress bar stays)
     for name in ("trl", "accelerate", "datasets", "math_verify", "latex2sympy2_extended"):
@@ -180,26 +150,22 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _progress_callback_class():
+class LiveMetricsProgress(ProgressCallback):
     """TRL's (transformers') progress bar, showing the latest reward / entropy / KL instead of printing a dict per
     step."""
-    from transformers.trainer_callback import ProgressCallback
 
-    class LiveMetricsProgress(ProgressCallback):
-        def __init__(self):
-            super().__init__()
-            self._shown: dict[str, str] = {}
+    def __init__(self):
+        super().__init__()
+        self._shown: dict[str, str] = {}
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or self.training_bar is None or not logs:
-                return
-            for key, short in (("reward", "reward"), ("entropy", "entropy"), ("disco/kl", "kl_old"), ("kl", "kl_ref")):
-                if logs.get(key) is not None:
-                    self._shown[short] = f"{float(logs[key]):.3g}"
-            if self._shown:
-                self.training_bar.set_postfix(self._shown, refresh=False)
-
-    return LiveMetricsProgress
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        for key, short in (("reward", "reward"), ("entropy", "entropy"), ("disco/kl", "kl_old"), ("kl", "kl_ref")):
+            if logs.get(key) is not None:
+                self._shown[short] = f"{float(logs[key]):.3g}"
+        if self._shown:
+            self.training_bar.set_postfix(self._shown, refresh=False)
 
 
 def recording_reward(reward_fn, num_generations: int, updates_per_generation: int, history: list):
@@ -208,7 +174,6 @@ def recording_reward(reward_fn, num_generations: int, updates_per_generation: in
     mixed / all wrong / all right, the mean number of negatives per positive over mixed groups, and how many groups
     have k = 0..G positives. The trainers score a generation batch in one call, the G completions of a prompt
     consecutive."""
-    import functools
 
     @functools.wraps(reward_fn)
     def record(*args, completions, **kwargs):
@@ -231,41 +196,68 @@ def recording_reward(reward_fn, num_generations: int, updates_per_generation: in
     return record
 
 
-def _make_eval_callback(trainer_holder, tokenizer, problems, reward_fn, settings, history, log):
-    from transformers import TrainerCallback
+def eval_kwargs(settings: RunSettings) -> dict:
+    """How every held-out evaluation of a run samples (the same before, during and after training)."""
+    return dict(num_samples=settings.eval_samples, temperature=settings.temperature,
+                max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
 
-    from .evaluate import evaluate_pass_at_1
 
-    class HeldOutEval(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if settings.eval_every and state.global_step % settings.eval_every == 0 \
-                    and state.global_step < settings.max_steps:
-                model = trainer_holder[0].model
-                result = evaluate_pass_at_1(model, tokenizer, problems, reward_fn, num_samples=settings.eval_samples,
-                                            temperature=settings.temperature,
-                                            max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
-                history.append({"step": state.global_step, "pass@1": result["pass@1"],
-                                "pass@1_by_ops": {str(k): v for k, v in result["pass@1_by_ops"].items()}})
-                model.train()
+def eval_point(step: int, evaluation: dict) -> dict:
+    """One point of a run's `eval_history`."""
+    return {"step": step, "pass@1": evaluation["pass@1"],
+            "pass@1_by_ops": {str(k): v for k, v in evaluation["pass@1_by_ops"].items()}}
 
-    return HeldOutEval()
+
+class HeldOutEval(TrainerCallback):
+    """Held-out Pass@1 every `settings.eval_every` optimizer steps during training, appended to `history`."""
+
+    def __init__(self, tokenizer, problems, reward_fn, settings: RunSettings, history: list):
+        self.tokenizer, self.problems, self.reward_fn = tokenizer, problems, reward_fn
+        self.settings, self.history = settings, history
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        every = self.settings.eval_every
+        if every and state.global_step % every == 0 and state.global_step < self.settings.max_steps:
+            result = evaluate_pass_at_1(model, self.tokenizer, self.problems, self.reward_fn,
+                                        **eval_kwargs(self.settings))
+            self.history.append(eval_point(state.global_step, result))
+            model.train()
 
 
 _START_EVALS: dict[tuple, dict] = {}  # the starting model's evaluations, shared by the runs of one process
 
 
-def _starting_pass_at_1(model, tokenizer, problems, reward_fn, model_path, settings, split) -> dict:
+def starting_pass_at_1(model_path: str, tokenizer, problems, reward_fn, settings: RunSettings, split: str) -> dict:
     """The warm start's held-out Pass@1 (the same for every method and rate: same model, questions and sampling
     seed), computed once per process."""
-    from .evaluate import evaluate_pass_at_1
-
     key = (os.path.abspath(model_path), split, tuple(settings.eval_difficulties), settings.eval_questions,
            settings.eval_samples, settings.temperature, settings.max_completion_length, settings.seed)
     if key not in _START_EVALS:
-        _START_EVALS[key] = evaluate_pass_at_1(model, tokenizer, problems, reward_fn, num_samples=settings.eval_samples,
-                                               temperature=settings.temperature,
-                                               max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
+        model = AutoModelForCausalLM.from_pretrained(model_path)
+        _START_EVALS[key] = evaluate_pass_at_1(model, tokenizer, problems, reward_fn, **eval_kwargs(settings))
     return _START_EVALS[key]
+
+
+def build_trainer(settings: RunSettings, model_path: str, output_dir: str, tokenizer, reward_fn, held_out,
+                  history: list, group_history: list):
+    """The method's trainer on fresh training questions, recording group statistics and held-out evaluations."""
+    n_train = settings.max_steps // settings.updates_per_generation * settings.questions_per_generation + \
+        settings.questions_per_generation
+    train_set = train_problems(n_train, seed=1000 + settings.seed, difficulties=tuple(settings.train_difficulties),
+                               held_out_difficulties=tuple(settings.eval_difficulties))
+    train_reward = recording_reward(reward_fn, settings.num_generations, settings.updates_per_generation,
+                                    group_history)
+    torch.manual_seed(settings.seed)
+    trainer = trainer_class(settings.method)(
+        model=model_path, reward_funcs=train_reward, args=build_args(settings, output_dir),
+        train_dataset=Dataset.from_list(task.to_rl_rows(train_set)), processing_class=tokenizer,
+        callbacks=[HeldOutEval(tokenizer, held_out, reward_fn, settings, history)])
+    if settings.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)  # no per-step dicts on the console (the metrics are in the result)
+    else:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LiveMetricsProgress())
+    return trainer
 
 
 def run_method(settings: RunSettings, model_path: str, output_dir: str, log=print, save_model: bool = True) -> dict:
@@ -274,91 +266,53 @@ def run_method(settings: RunSettings, model_path: str, output_dir: str, log=prin
     model and tokenizer go to `output_dir/final_model` and the result to `output_dir/result.json`."""
     settings.validate()
     quiet_libraries()
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..trainer import DiscoTrainer
-    from . import task
-    from .evaluate import evaluate_pass_at_1
-    from .warmstart import eval_problems, train_problems
-
-    from trl import GRPOTrainer
-
     os.makedirs(output_dir, exist_ok=True)
-    reward_fn = reward_function()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    held_out = eval_problems(settings.eval_questions, settings.eval_split, tuple(settings.eval_difficulties))
-    also = eval_problems(settings.eval_questions, settings.also_eval_split, tuple(settings.eval_difficulties)) \
-        if settings.also_eval_split else None
-    eval_kwargs = dict(num_samples=settings.eval_samples, temperature=settings.temperature,
-                       max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
-
+    reward_fn, tokenizer = reward_function(), AutoTokenizer.from_pretrained(model_path)
+    splits = [settings.eval_split] + ([settings.also_eval_split] if settings.also_eval_split else [])
+    problems = {s: eval_problems(settings.eval_questions, s, tuple(settings.eval_difficulties)) for s in splits}
     start, cpu_start = time.time(), time.process_time()
-    model = AutoModelForCausalLM.from_pretrained(model_path)
-    before = _starting_pass_at_1(model, tokenizer, held_out, reward_fn, model_path, settings, settings.eval_split)
-    also_before = _starting_pass_at_1(model, tokenizer, also, reward_fn, model_path, settings,
-                                      settings.also_eval_split) if also else None
-    del model
-    log(f"[{settings.method}] held-out Pass@1 before training: {before['pass@1']:.3f} "
+
+    before = {s: starting_pass_at_1(model_path, tokenizer, problems[s], reward_fn, settings, s) for s in splits}
+    log(f"[{settings.method}] held-out Pass@1 before training: {before[splits[0]]['pass@1']:.3f} "
         f"({settings.eval_questions} questions x {settings.eval_samples} samples, T={settings.temperature})")
 
-    n_train = settings.max_steps // settings.updates_per_generation * settings.questions_per_generation + \
-        settings.questions_per_generation
-    train_set = train_problems(n_train, seed=1000 + settings.seed, difficulties=tuple(settings.train_difficulties),
-                               held_out_difficulties=tuple(settings.eval_difficulties))
-    dataset = Dataset.from_list(task.to_rl_rows(train_set))
-
-    args = build_args(settings, output_dir)
-    trainer_cls = DiscoTrainer if settings.method in DISCO_METHODS else GRPOTrainer
-    history: list[dict] = [{"step": 0, "pass@1": before["pass@1"],
-                            "pass@1_by_ops": {str(k): v for k, v in before["pass@1_by_ops"].items()}}]
-    group_history: list[dict] = []
-    train_reward = recording_reward(reward_fn, settings.num_generations, settings.updates_per_generation,
-                                    group_history)
-    holder: list = []
-    callbacks = [_make_eval_callback(holder, tokenizer, held_out, reward_fn, settings, history, log)]
-    torch.manual_seed(settings.seed)
-    trainer = trainer_cls(model=model_path, reward_funcs=train_reward, args=args, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=callbacks)
-    holder.append(trainer)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    if settings.disable_tqdm:
-        trainer.remove_callback(PrinterCallback)  # no per-step dicts on the console (the metrics are in the result)
-    else:
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(_progress_callback_class()())
+    history, group_history = [eval_point(0, before[splits[0]])], []
+    trainer = build_trainer(settings, model_path, output_dir, tokenizer, reward_fn, problems[splits[0]], history,
+                            group_history)
     train_start = time.time()
     trainer.train()
     train_seconds = time.time() - train_start
 
-    after = evaluate_pass_at_1(trainer.model, tokenizer, held_out, reward_fn, **eval_kwargs)
-    history.append({"step": settings.max_steps, "pass@1": after["pass@1"],
-                    "pass@1_by_ops": {str(k): v for k, v in after["pass@1_by_ops"].items()}})
-    also_after = evaluate_pass_at_1(trainer.model, tokenizer, also, reward_fn, **eval_kwargs) if also else None
-    log(f"[{settings.method}] held-out Pass@1 after {settings.max_steps} steps: {after['pass@1']:.3f}")
+    after = {s: evaluate_pass_at_1(trainer.model, tokenizer, problems[s], reward_fn, **eval_kwargs(settings))
+             for s in splits}
+    history.append(eval_point(settings.max_steps, after[splits[0]]))
+    log(f"[{settings.method}] held-out Pass@1 after {settings.max_steps} steps: {after[splits[0]]['pass@1']:.3f}")
+    also = splits[1] if len(splits) > 1 else None
     result = {
         "method": settings.method,
-        "label": METHODS[settings.method],
+        "label": METHODS[settings.method].label,
         "settings": asdict(settings),
         "model_path": model_path,
-        "pass@1_before": before["pass@1"],
-        "pass@1_after": after["pass@1"],
-        "before": before,
-        "after": after,
+        "pass@1_before": before[splits[0]]["pass@1"],
+        "pass@1_after": after[splits[0]]["pass@1"],
+        "before": before[splits[0]],
+        "after": after[splits[0]],
         "eval_history": history,
         "group_history": group_history,
-        "also_eval": None if also is None else {"split": settings.also_eval_split, "before": also_before,
-                                                 "after": also_after},
+        "also_eval": None if also is None else {"split": also, "before": before[also], "after": after[also]},
         "log_history": trainer.state.log_history,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - start, 1),
         "cpu_seconds": round(time.process_time() - cpu_start, 1),  # this process, all threads
     }
     if save_model:
-        trainer.model.save_pretrained(os.path.join(output_dir, "final_model"))
-        tokenizer.save_pretrained(os.path.join(output_dir, "final_model"))
-        with open(os.path.join(output_dir, "result.json"), "w") as f:
-            json.dump(result, f, indent=1, default=str)
+        save_run(trainer, tokenizer, result, output_dir)
     return result
+
+
+def save_run(trainer, tokenizer, result: dict, output_dir: str) -> None:
+    """The trained model and tokenizer in `output_dir/final_model`, the result in `output_dir/result.json`."""
+    trainer.model.save_pretrained(os.path.join(output_dir, "final_model"))
+    tokenizer.save_pretrained(os.path.join(output_dir, "final_model"))
+    with open(os.path.join(output_dir, "result.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)

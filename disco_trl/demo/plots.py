@@ -1,8 +1,11 @@
-"""Plots of training dynamics (like the paper's Figure 2): training reward, generation entropy, KL against step."""
+"""Plots of training dynamics (like the paper's Figure 2): training reward, generation entropy, KL against step; and
+the per-metric series and start/end means that the tables read from a trainer's log history."""
 
 from __future__ import annotations
 
 import math
+
+import matplotlib
 
 
 def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -17,6 +20,19 @@ def series(log_history: list[dict], key: str) -> tuple[list[int], list[float]]:
             steps.append(int(entry["step"]))
             values.append(value)
     return steps, values
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def start_end(log_history: list[dict], key: str, fraction: float = 0.1) -> tuple[float | None, float | None]:
+    """Mean of a metric over the first and the last `fraction` of its logged points (at least one each)."""
+    _, values = series(log_history, key)
+    if not values:
+        return None, None
+    n = max(1, int(len(values) * fraction))
+    return _mean(values[:n]), _mean(values[-n:])
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -38,11 +54,10 @@ def kl_key(log_history: list[dict]) -> str | None:
     return None
 
 
-def _use_agg():
-    import matplotlib
-
+def use_agg():
+    """matplotlib's pyplot on the Agg backend (files only: the commands run headless)."""
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (pyplot only after the backend is chosen)
 
     return plt
 
@@ -51,7 +66,7 @@ def plot_run(log_history: list[dict], path: str, title: str, eval_history: list[
              kl_delta: float | None = None) -> str:
     """One run: reward, entropy, KL (and held-out Pass@1 when `eval_history` has points) against optimizer step.
     `kl_delta` draws DisCO's trust-region radius on the KL panel."""
-    plt = _use_agg()
+    plt = use_agg()
     panels = [("reward", "training reward"), ("entropy", "generation entropy (nats/token)")]
     key = kl_key(log_history)
     if key is not None:
@@ -93,7 +108,7 @@ def plot_run(log_history: list[dict], path: str, title: str, eval_history: list[
 
 def plot_comparison(runs_by_method: dict[str, list[dict]], labels: dict[str, str], path: str, title: str) -> str:
     """All methods: training reward, entropy, and held-out Pass@1 against step, mean over seeds (band: min-max)."""
-    plt = _use_agg()
+    plt = use_agg()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (method, runs) in enumerate(runs_by_method.items()):

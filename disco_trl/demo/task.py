@@ -28,6 +28,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+
 OPS = ("+", "-", "*")
 MIN_OPS, MAX_OPS = 1, 4
 PROMPT_TEMPLATE = "Compute {expression}. Put the final answer in \\boxed{{}}."
@@ -98,7 +99,8 @@ def solve(numbers: list[int], ops: list[str], slip=None) -> tuple[int, tuple[str
 
 
 def make_problem(rng: random.Random, num_ops: int, *, max_operand: int = 9, max_abs: int = 99) -> Problem:
-    """One problem with exactly `num_ops` operations, drawn with `rng` (rejection-sampled to keep |values| <= max_abs)."""
+    """One problem with exactly `num_ops` operations, drawn with `rng` (rejection-sampled to keep |values| <=
+    max_abs)."""
     if not MIN_OPS <= num_ops <= MAX_OPS:
         raise ValueError(f"num_ops must be between {MIN_OPS} and {MAX_OPS}, got {num_ops}.")
     for _ in range(10_000):

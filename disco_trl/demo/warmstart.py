@@ -32,6 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from .. import toy
 from . import task
 
+
 CACHE_FORMAT_VERSION = 2
 NUM_EVAL_PROBLEMS_RESERVED = 200  # expressions kept out of every training set (the held-out pool, see eval_problems)
 
@@ -86,7 +87,8 @@ EVAL_SPLITS = ("test", "val")
 DEFAULT_DIFFICULTIES = (1, 2, 3, 4)
 
 
-def eval_problems(n: int, split: str = "test", difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES) -> list[task.Problem]:
+def eval_problems(n: int, split: str = "test",
+                  difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES) -> list[task.Problem]:
     """Held-out questions, balanced over `difficulties` (numbers of operations; default 1-4). The reserved pool of
     that mix is cut in two halves: "test" (the reported Pass@1) and "val" (for choosing hyperparameters, e.g. the
     comparison's learning-rate sweep). Training sets exclude the whole pool (`train_problems`)."""
@@ -174,7 +176,8 @@ def demonstrations(problems: list[task.Problem], cfg: WarmStartConfig) -> list[s
     return [task.slipped_solution(p, rng, cfg.slip_rate) for p in problems]
 
 
-def supervised_warm_start(model, tokenizer, problems: list[task.Problem], cfg: WarmStartConfig, log=print) -> list[float]:
+def supervised_warm_start(model, tokenizer, problems: list[task.Problem], cfg: WarmStartConfig,
+                          log=print) -> list[float]:
     """Next-token cross-entropy on the (slipping teacher's) worked solutions only (prompt tokens masked), AdamW,
     linear warm-up then cosine decay to 10%. Returns the loss of every step."""
     data = [_encode_sft(tokenizer, p, s) for p, s in zip(problems, demonstrations(problems, cfg))]
@@ -217,7 +220,8 @@ def supervised_warm_start(model, tokenizer, problems: list[task.Problem], cfg: W
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if log and (step + 1) % max(1, cfg.sft_steps // 6) == 0:
-            log(f"[warm-start] SFT step {step + 1}/{cfg.sft_steps}  loss {loss.item():.3f}  ({time.time() - start:.0f}s)")
+            log(f"[warm-start] SFT step {step + 1}/{cfg.sft_steps}  loss {loss.item():.3f}  "
+                f"({time.time() - start:.0f}s)")
     model.eval()
     return losses
 
@@ -244,7 +248,8 @@ def build_warm_started(cfg: WarmStartConfig, log=print):
     )
     n_params = sum(p.numel() for p in model.parameters())
     if log:
-        log(f"[warm-start] built a Qwen2-style model with {n_params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}; "
+        log(f"[warm-start] built a Qwen2-style model with {n_params / 1e6:.2f}M parameters, vocabulary "
+            f"{len(tokenizer)}; "
             f"supervised warm start: {cfg.sft_steps} steps x {cfg.sft_batch_size} worked solutions")
     losses = supervised_warm_start(model, tokenizer, sft_set, cfg, log=log)
     info = {

@@ -27,23 +27,29 @@ when the command is run again with the same settings, so an interrupted study re
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
 import sys
 import time
 
-from dataclasses import asdict
+from .. import options
+from ..experiment import RunSettings, quiet_libraries
+from ..methods import DEMO_METHODS, METHODS
+from ..options import settings_from_args, warmstart_config
+from ..runs import load_finished, run_cached, run_file, settings_dict
+from ..warmstart import load_or_build
+from .markdown import render as markdown
+from .plots import plot_imbalance, plot_long_runs, plot_step_size
+from .report import summarize
 
-from ..compare import _list, _load_finished, _lr, _method, _seed, run_cached
-from ..experiment import METHODS, RunSettings
-from ..run import _positive_int, add_common_arguments, make_output_dir, settings_from_args, warmstart_config
 
 DEFAULT_LR_GRID = [1e-5, 3e-5, 1e-4, 3e-4]
 DEFAULT_DIFFICULTIES = [2, 3, 4]
 
 
-def _difficulty(text):
+def difficulty(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 4:
         raise ValueError(f"difficulties are numbers of operations between 1 and 4, got {value}")
@@ -58,22 +64,25 @@ def build_parser() -> argparse.ArgumentParser:
                     "positives), a learning-rate grid (step size), long runs, and enough seeds for statistics. "
                     "Writes results.md, results.json, stepsize.png, long_runs.png, imbalance.png and runs/.",
     )
-    parser.add_argument("--methods", type=_list(_method, "--methods"), default=list(METHODS),
-                        help=f"comma-separated methods (default: all of {','.join(METHODS)})")
-    parser.add_argument("--lr-grid", type=_list(_lr, "--lr-grid"), default=DEFAULT_LR_GRID,
+    seeds = functools.partial(options.comma_list, options.seed)
+    parser.add_argument("--methods", type=options.comma_list(options.method, "--methods"), default=list(DEMO_METHODS),
+                        help=f"comma-separated names of disco_trl.demo.methods (default: {','.join(DEMO_METHODS)})")
+    parser.add_argument("--lr-grid", type=options.comma_list(options.learning_rate, "--lr-grid"),
+                        default=DEFAULT_LR_GRID,
                         help="learning rates every method is trained at (default 1e-5,3e-5,1e-4,3e-4)")
-    parser.add_argument("--grid-seeds", type=_list(_seed, "--grid-seeds"), default=[0, 1],
+    parser.add_argument("--grid-seeds", type=seeds("--grid-seeds"), default=[0, 1],
                         help="seeds of the grid (every method x rate; default 0,1)")
-    parser.add_argument("--long-seeds", type=_list(_seed, "--long-seeds"), default=[2],
+    parser.add_argument("--long-seeds", type=seeds("--long-seeds"), default=[2],
                         help="seeds of the long runs at each method's best rate (default 2)")
-    parser.add_argument("--extra-seeds", type=_list(_seed, "--extra-seeds"), default=[3, 4],
+    parser.add_argument("--extra-seeds", type=seeds("--extra-seeds"), default=[3, 4],
                         help="more --steps runs at each method's best rate, for the statistics (default 3,4)")
-    parser.add_argument("--long-steps", type=_positive_int("--long-steps"), default=None,
+    parser.add_argument("--long-steps", type=options.positive_int("--long-steps"), default=None,
                         help="optimizer steps of the long runs (default 4x --steps)")
-    parser.add_argument("--long-eval-every", type=_positive_int("--long-eval-every"), default=None,
+    parser.add_argument("--long-eval-every", type=options.positive_int("--long-eval-every"), default=None,
                         help="held-out evaluations of the long runs every N steps (default --steps / 2); must "
                              "divide --steps, so that the long runs have a --steps point")
-    parser.add_argument("--difficulties", type=_list(_difficulty, "--difficulties"), default=DEFAULT_DIFFICULTIES,
+    parser.add_argument("--difficulties", type=options.comma_list(difficulty, "--difficulties"),
+                        default=DEFAULT_DIFFICULTIES,
                         help="numbers of operations of the training and held-out questions (default 2,3,4)")
     parser.add_argument("--output-dir", default="disco-study-output",
                         help="where results.md, results.json, the plots and runs/ go")
@@ -81,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--partial", action="store_true",
                         help="run nothing: report the finished runs only (a study still running, or interrupted); "
                              "the best rates then come from the grid runs finished so far")
-    add_common_arguments(parser, defaults)
+    options.add_common_arguments(parser, defaults)
     return parser
 
 
@@ -141,8 +150,7 @@ def run_all(jobs: list[tuple[RunSettings, str]], model_path: str, runs_dir: str,
     the end (so two processes on one runs folder split the work). With `partial`, nothing is run: the finished runs
     are loaded and the others are None."""
     if partial:
-        return [_load_finished(os.path.join(runs_dir, f"{tag}-{s.method}-lr{s.learning_rate:g}-seed{s.seed}.json"),
-                               json.loads(json.dumps(asdict(s))), model_path) for s, tag in jobs]
+        return [load_finished(run_file(runs_dir, tag, s), settings_dict(s), model_path) for s, tag in jobs]
     results = [run_cached(s, model_path, runs_dir, tag, wait=False) for s, tag in jobs]
     return [r if r is not None else run_cached(s, model_path, runs_dir, tag) for r, (s, tag) in zip(results, jobs)]
 
@@ -154,18 +162,15 @@ def run_study(args, parser) -> dict:
     long_steps, long_every = check_plan(args, base.max_steps)
     runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
     os.makedirs(runs_dir, exist_ok=True)
-
-    from ..experiment import quiet_libraries
-    from ..warmstart import load_or_build
-
     quiet_libraries()
     _, _, info = load_or_build(warmstart_config(args.quick), cache_dir=args.cache_dir)
     model_path = info["path"]
     n = len(args.methods)
+    n_short = n * (len(args.lr_grid) * len(args.grid_seeds) + len(args.extra_seeds))
     print(f"[study] {n} methods: grid {len(args.lr_grid)} rates x {len(args.grid_seeds)} seeds x {base.max_steps} "
           f"steps, then {len(args.long_seeds)} long run(s) of {long_steps} steps and {len(args.extra_seeds)} extra "
-          f"seed(s) at each method's best rate: {n * (len(args.lr_grid) * len(args.grid_seeds) + len(args.extra_seeds))}"
-          f" runs of {base.max_steps} steps and {n * len(args.long_seeds)} of {long_steps}", flush=True)
+          f"seed(s) at each method's best rate: {n_short} runs of {base.max_steps} steps and "
+          f"{n * len(args.long_seeds)} of {long_steps}", flush=True)
 
     grid: dict[str, dict[float, list[dict]]] = {m: {lr: [] for lr in args.lr_grid} for m in args.methods}
     keys = [(m, lr, seed) for seed in args.grid_seeds for m in args.methods for lr in args.lr_grid]
@@ -177,7 +182,7 @@ def run_study(args, parser) -> dict:
     grid = {m: {lr: runs for lr, runs in per.items() if runs} for m, per in grid.items()}
     grid = {m: per for m, per in grid.items() if per}
     best = best_rates(grid)
-    print("[study] best rates (validation): " + ", ".join(f"{METHODS[m]} {lr:g}" for m, lr in best.items()),
+    print("[study] best rates (validation): " + ", ".join(f"{METHODS[m].label} {lr:g}" for m, lr in best.items()),
           flush=True)
     long_keys = [(m, seed) for seed in args.long_seeds for m in args.methods]
     extra_keys = [(m, seed) for seed in args.extra_seeds for m in args.methods]
@@ -208,13 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         base.validate()
     except ValueError as err:
         parser.error(str(err))
-    make_output_dir(parser, args.output_dir)
+    options.make_output_dir(parser, args.output_dir)
     t0, cpu0 = time.time(), _cpu_seconds_so_far()
     parts = run_study(args, parser)
-
-    from .plots import plot_imbalance, plot_long_runs, plot_step_size
-    from .markdown import render as markdown
-    from .report import summarize
 
     command = "disco-trl study " + " ".join(argv if argv is not None else sys.argv[1:])
     timing = {"this_invocation_wall_seconds": round(time.time() - t0, 1),

@@ -1,10 +1,10 @@
-"""`results.md` of `disco-trl study`, rendered from its `results.json` (see study_report.py for the numbers)."""
+"""`results.md` of `disco-trl study`, rendered from its `results.json` (see report.py for the numbers)."""
 
 from __future__ import annotations
 
 import math
 
-from ..experiment import METHODS
+from ..methods import METHODS
 
 
 def _f(value, fmt="{:.3f}"):
@@ -28,8 +28,9 @@ def _header(meta: dict) -> list[str]:
         f"{meta['questions_per_generation']} questions x {meta['num_generations']} completions per generation batch, "
         f"{meta['updates_per_generation']} updates per batch, T={meta['temperature']}. Held-out Pass@1: "
         f"{meta['eval_questions']} questions x {meta['eval_samples']} samples; the rate is chosen on the validation "
-        f"questions, every number below is on the test questions. Grid: rates {', '.join(f'{x:g}' for x in meta['lr_grid'])}"
-        f" x seeds {meta['grid_seeds']}, {meta['steps']} steps; long runs: seeds {meta['long_seeds']}, "
+        f"questions, every number below is on the test questions. Grid: rates "
+        f"{', '.join(f'{x:g}' for x in meta['lr_grid'])} x seeds {meta['grid_seeds']}, {meta['steps']} steps; "
+        f"long runs: seeds {meta['long_seeds']}, "
         f"{meta['long_steps']} steps; extra seeds {meta['extra_seeds']} at {meta['steps']} steps.",
         "",
         *([f"**Partial report** (`--partial`): {t['runs']} of the {meta['planned_runs']} planned runs have "
@@ -62,14 +63,15 @@ def _grid(results: dict) -> list[str]:
             text = _pm(g["test"]) + (f" {marks}" if marks else "")
             cells.append(f"**{text}**" if float(lr) == results["best_learning_rate"][method] else text)
         start = next(iter(per.values()))["start_test"]
-        lines.append(f"| {METHODS[method]} | {start:.3f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {METHODS[method].label} | {start:.3f} | " + " | ".join(cells) + " |")
     lines += ["", "Entropy at the end of training (start about "
               f"{_f(next(iter(next(iter(grid.values())).values()))['entropy_start'])} nats/token), validation Pass@1 "
               "and the mean KL(pi_old || pi_theta) (DisCO) or clipped-token fraction (GRPO family):", "",
-              "| method | lr | final entropy | val Pass@1 | KL(pi_old, pi) | clip fraction |", "|---|---|---|---|---|---|"]
+              "| method | lr | final entropy | val Pass@1 | KL(pi_old, pi) | clip fraction |",
+              "|---|---|---|---|---|---|"]
     for method, per in grid.items():
         for lr, g in per.items():
-            lines.append(f"| {METHODS[method]} | {lr} | {_f(g['entropy_end'])} | {_pm(g['val'])} | "
+            lines.append(f"| {METHODS[method].label} | {lr} | {_f(g['entropy_end'])} | {_pm(g['val'])} | "
                          f"{_f(g['kl_old_mean'], '{:.2e}')} | {_f(g['clip_ratio_mean'], '{:.4f}')} |")
     return lines + [""]
 
@@ -82,8 +84,9 @@ def _statistics(results: dict) -> list[str]:
              "extra seeds). Paired: method minus DisCO (log-L) over shared seeds, 95% CI, and the smallest "
              "difference this design detects (80% power, 5% level).", "",
              "| method | lr | n | start | Pass@1 | [min, max] | " + " | ".join(f"gain {k} ops" for k in ops) +
-             " | vs DisCO (log-L) | 95% CI | detectable |", "|---|---|---|---|---|---|" + "---|" * len(ops) + "---|---|---|"]
-    for method, s in stats.items():
+             " | vs DisCO (log-L) | 95% CI | detectable |",
+             "|---|---|---|---|---|---|" + "---|" * len(ops) + "---|---|---|"]
+    for s in stats.values():
         p = s["pass@1"]
         vs = s.get("vs_disco")
         vs_cells = " | | " if vs is None else \
@@ -95,7 +98,7 @@ def _statistics(results: dict) -> list[str]:
     seeds = sorted({int(k) for s in stats.values() for k in s["by_seed"]})
     lines += ["", "Per seed:", "", "| method | " + " | ".join(f"seed {k}" for k in seeds) + " |",
               "|---|" + "---|" * len(seeds)]
-    for method, s in stats.items():
+    for s in stats.values():
         lines.append(f"| {s['label']} | " + " | ".join(_f(s["by_seed"].get(str(k))) for k in seeds) + " |")
     lines += ["", "How the positives fall in the training groups (the same reward-side record for every method; "
               "first -> last 10% of the generation batches):", "",
@@ -105,8 +108,9 @@ def _statistics(results: dict) -> list[str]:
         if not g:
             continue
         lines.append(
-            f"| {METHODS[method]} | {_f(g['frac_mixed']['start'], '{:.2f}')} -> {_f(g['frac_mixed']['end'], '{:.2f}')}"
-            f" | {_f(g['frac_all_wrong']['start'], '{:.2f}')} -> {_f(g['frac_all_wrong']['end'], '{:.2f}')} | "
+            f"| {METHODS[method].label} | "
+            f"{_f(g['frac_mixed']['start'], '{:.2f}')} -> {_f(g['frac_mixed']['end'], '{:.2f}')} | "
+            f"{_f(g['frac_all_wrong']['start'], '{:.2f}')} -> {_f(g['frac_all_wrong']['end'], '{:.2f}')} | "
             f"{_f(g['neg_per_pos_mixed']['start'], '{:.2f}')} -> {_f(g['neg_per_pos_mixed']['end'], '{:.2f}')} | "
             f"{_f(g['frac_mixed_with_1_or_2_positives'], '{:.2f}')} |")
     return lines + [""]
@@ -122,7 +126,7 @@ def _long(results: dict) -> list[str]:
              "|---|" + "---|" * (len(steps) + 2)]
     for method, s in long.items():
         flag = f" ({s['entropy']})" if s["entropy"] else ""
-        lines.append(f"| {METHODS[method]} | " + " | ".join(f"{v:.3f}" for v in s["pass@1"]) +
+        lines.append(f"| {METHODS[method].label} | " + " | ".join(f"{v:.3f}" for v in s["pass@1"]) +
                      f" | {s['peak']:.3f} ({s['peak_step']}) | {_f(s['entropy_start'])} -> "
                      f"{_f(s['entropy_end'])}{flag} |")
     return lines + [""]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from ..experiment import METHODS
-from ..plots import _use_agg, moving_average, series
+from ..methods import METHODS
+from ..plots import moving_average, series, use_agg
 
 
 def _colors(plt, methods):
@@ -16,7 +16,7 @@ def _colors(plt, methods):
 def plot_step_size(results: dict, path: str) -> str:
     """Test Pass@1 after training against the learning rate (log axis), mean ± std over the grid seeds, with the
     starting model's line; hollow markers: below the start; a red ring: entropy collapses, a red cross: it explodes."""
-    plt = _use_agg()
+    plt = use_agg()
     grid = results["grid"]
     colors = _colors(plt, grid)
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -28,7 +28,7 @@ def plot_step_size(results: dict, path: str) -> str:
         means = [g["test"]["mean"] for g in per.values()]
         errs = [g["test"]["std"] or 0.0 for g in per.values()]
         ax.errorbar(xs, means, yerr=errs, color=colors[method], marker="o", capsize=3, linewidth=1.5,
-                    label=f"{METHODS[method]} (best {results['best_learning_rate'][method]:g})", markersize=6)
+                    label=f"{METHODS[method].label} (best {results['best_learning_rate'][method]:g})", markersize=6)
         for x, m, g in zip(xs, means, per.values()):
             if g["below_start"]:
                 ax.plot([x], [m], "o", color="white", markeredgecolor=colors[method], markersize=6, zorder=3)
@@ -60,13 +60,13 @@ def _mean_curve(curves: list[tuple[list[int], list[float]]]):
 
 def plot_long_runs(parts: dict, results: dict, path: str) -> str:
     """The long runs (the paper's Figure-style curves): held-out Pass@1 and generation entropy against step."""
-    plt = _use_agg()
+    plt = use_agg()
     colors = _colors(plt, parts["long"])
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for method, runs in parts["long"].items():
         if not runs:
             continue
-        label = f"{METHODS[method]} (lr {parts['best'][method]:g})"
+        label = f"{METHODS[method].label} (lr {parts['best'][method]:g})"
         summary = results["long"][method]
         axes[0].plot(summary["steps"], summary["pass@1"], "o-", color=colors[method], label=label, linewidth=2)
         steps, values = _mean_curve([series(r["log_history"], "entropy") for r in runs])
@@ -89,14 +89,14 @@ def plot_long_runs(parts: dict, results: dict, path: str) -> str:
 def plot_imbalance(parts: dict, results: dict, path: str) -> str:
     """The training groups over the step-`steps` runs at the best rate (mean over seeds): negatives per positive in
     mixed groups, fraction of mixed groups, fraction of all-wrong groups."""
-    plt = _use_agg()
+    plt = use_agg()
     best, steps = parts["best"], parts["steps"]
     colors = _colors(plt, best)
     keys = [("neg_per_pos_mixed", "negatives per positive (mixed groups)"), ("frac_mixed", "fraction of mixed groups"),
             ("frac_all_wrong", "fraction of all-wrong groups")]
     fig, axes = plt.subplots(1, len(keys), figsize=(15, 4))
     for method in best:
-        runs = [r for r in parts["grid"][method][best[method]] + parts["extra"][method] + parts["long"][method]]
+        runs = parts["grid"][method][best[method]] + parts["extra"][method] + parts["long"][method]
         for ax, (key, _) in zip(axes, keys):
             curves = []
             for r in runs:
@@ -106,7 +106,7 @@ def plot_imbalance(parts: dict, results: dict, path: str) -> str:
             xs, ys = _mean_curve(curves)
             if xs:
                 ax.plot(xs, moving_average(ys, 5), color=colors[method], linewidth=1.8,
-                        label=f"{METHODS[method]} (lr {best[method]:g})")
+                        label=f"{METHODS[method].label} (lr {best[method]:g})")
     for ax, (_, title) in zip(axes, keys):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")

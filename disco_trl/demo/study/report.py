@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import statistics
 
-from ..experiment import METHODS
+from ..methods import METHODS
+from ..plots import start_end
+
 
 # Student t quantiles by degrees of freedom (two-sided 5% level; one-sided 20%, for 80% power).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -55,8 +57,6 @@ def eval_at(run: dict, step: int) -> dict | None:
 
 
 def entropy_start_end(run: dict) -> tuple[float | None, float | None]:
-    from ..run import start_end
-
     return start_end(run["log_history"], "entropy")
 
 
@@ -146,7 +146,7 @@ def statistics_summary(points: dict[str, list[dict]], best: dict[str, float]) ->
         by_seed = {p["seed"]: p["pass@1"] for p in pts}
         ops = sorted({k for p in pts for k in (p["by_ops"] or {})})
         out[method] = {
-            "label": METHODS[method],
+            "label": METHODS[method].label,
             "learning_rate": best[method],
             "pass@1": describe(list(by_seed.values())),
             "start": statistics.fmean(p["start"] for p in pts),
@@ -209,7 +209,7 @@ def summarize(parts: dict, args, command: str, timing: dict) -> dict:
                  "warmstart": {k: parts["warmstart"][k] for k in ("config", "num_parameters")},
                  "timing": timing_summary(parts, timing)},
         "grid": grid_summary(parts["grid"], parts["steps"]),
-        "best_learning_rate": {m: lr for m, lr in best.items()},
+        "best_learning_rate": dict(best),
         "statistics": statistics_summary(stat_points(parts), best),
         "imbalance": {m: group_summary(runs, parts["steps"]) for m, runs in stat_runs.items()},
         "long": long_summary(parts["long"], parts["long_steps"]),

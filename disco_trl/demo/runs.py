@@ -1,0 +1,143 @@
+"""Run files: one JSON file per finished run, reused when a command asks for a run with the same settings.
+
+`compare` and `study` keep their runs in a folder (`--runs-dir`); a run is found again by its file name (tag, method,
+learning rate, seed) and its settings, so an interrupted command resumes where it stopped, and several processes
+running the same command on one folder split the work: a run's `.lock` file says which process is on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict
+
+from .experiment import RunSettings, run_method
+
+
+# The per-step metrics a run file keeps (what the tables and plots read).
+KEEP_KEYS = ("step", "reward", "reward_std", "entropy", "disco/kl", "kl", "disco/hinge_active", "disco/objective",
+             "disco/frac_mixed_questions", "disco/neg_per_pos_mixed", "disco/frac_more_neg_than_pos",
+             "frac_reward_zero_std", "completions/mean_length", "clip_ratio/region_mean", "clip_ratio/high_mean",
+             "clip_ratio/low_mean", "loss", "grad_norm")
+
+
+def run_file(runs_dir: str, tag: str, settings: RunSettings) -> str:
+    return os.path.join(runs_dir, f"{tag}-{settings.method}-lr{settings.learning_rate:g}-seed{settings.seed}.json")
+
+
+def settings_dict(settings: RunSettings) -> dict:
+    """The settings as a run file stores them (JSON types: tuples become lists)."""
+    return json.loads(json.dumps(asdict(settings)))
+
+
+def slim(result: dict) -> dict:
+    """What a run file keeps: the summary and the per-step metrics used by the table and the plot."""
+    return {
+        "method": result["method"],
+        "settings": result["settings"],
+        "pass@1_before": result["pass@1_before"],
+        "pass@1_after": result["pass@1_after"],
+        "pass@1_by_ops_before": {str(k): v for k, v in result["before"]["pass@1_by_ops"].items()},
+        "pass@1_by_ops_after": {str(k): v for k, v in result["after"]["pass@1_by_ops"].items()},
+        "eval_history": result["eval_history"],
+        "group_history": result.get("group_history", []),
+        "also_eval": None if not result.get("also_eval") else {
+            "split": result["also_eval"]["split"],
+            "pass@1_before": result["also_eval"]["before"]["pass@1"],
+            "pass@1_after": result["also_eval"]["after"]["pass@1"],
+        },
+        "log_history": [{k: e[k] for k in KEEP_KEYS if k in e} for e in result["log_history"]
+                        if "train_runtime" not in e],
+        "train_seconds": result["train_seconds"],
+        "total_seconds": result["total_seconds"],
+        "cpu_seconds": result.get("cpu_seconds"),
+    }
+
+
+def same_settings(cached: dict | None, wanted: dict) -> bool:
+    """Whether a run file's settings are `wanted`. A field added to RunSettings after the file was written counts
+    as equal when `wanted` has its default (so older runs stay reusable)."""
+    if not isinstance(cached, dict):
+        return False
+    defaults = settings_dict(RunSettings())
+    return all(cached.get(k, defaults[k]) == v for k, v in wanted.items()) and set(cached) <= set(wanted)
+
+
+def load_finished(path: str, wanted: dict, model_path: str) -> dict | None:
+    """The run file at `path` when it holds a run of these settings from this warm start, else None."""
+    if os.path.isfile(path):
+        with open(path) as f:
+            cached = json.load(f)
+        same_model = cached.get("model_path_key") == os.path.basename(model_path)
+        if same_model and same_settings(cached.get("settings"), wanted):
+            return cached
+    return None
+
+
+def claim(lock: str) -> bool:
+    """Take the run's lock file (another process running the same command does the run otherwise). A lock whose
+    process is gone is stale and taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    os.kill(int(f.read().strip() or 0), 0)
+                return False  # alive: someone else is on it
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                try:
+                    os.remove(lock)  # stale
+                except FileNotFoundError:
+                    pass
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _train_and_save(settings: RunSettings, model_path: str, path: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="disco-compare-") as trainer_dir:  # the trainer's output_dir (unused)
+        result = slim(run_method(settings, model_path, trainer_dir, log=lambda *a: None, save_model=False))
+    result["settings"] = settings_dict(settings)
+    result["model_path_key"] = os.path.basename(model_path)
+    with open(path + f".tmp{os.getpid()}", "w") as f:
+        json.dump(result, f)
+    os.replace(path + f".tmp{os.getpid()}", path)
+    return result
+
+
+def run_cached(settings: RunSettings, model_path: str, runs_dir: str, tag: str, log=print,
+               wait: bool = True) -> dict | None:
+    """Run one (method, lr, seed), or load it from `runs_dir` when a run with identical settings is there.
+
+    A run another live process has claimed (its `.lock` file) is waited for, or, with `wait=False`, skipped (returns
+    None) to be collected later."""
+    path = run_file(runs_dir, tag, settings)
+    name, wanted = os.path.basename(path), settings_dict(settings)
+    while True:
+        cached = load_finished(path, wanted, model_path)
+        if cached is not None:
+            log(f"[compare] {name}: reusing the finished run")
+            return cached
+        if claim(path + ".lock"):
+            break
+        if not wait:
+            return None
+        time.sleep(5)
+    try:
+        cached = load_finished(path, wanted, model_path)  # finished between the check and the claim
+        if cached is not None:
+            return cached
+        t0 = time.time()
+        result = _train_and_save(settings, model_path, path)
+    finally:
+        os.remove(path + ".lock")
+    log(f"[compare] {tag} {settings.method:<13} lr {settings.learning_rate:<8g} seed {settings.seed}: Pass@1 "
+        f"{result['pass@1_before']:.3f} -> {result['pass@1_after']:.3f}  ({time.time() - t0:.0f}s)")
+    return result
