@@ -9,7 +9,7 @@ import torch
 from trl import GRPOConfig
 
 from .geometry import check_deepspeed_geometry, check_whole_groups
-from .losses import KL_ESTIMATORS, SCORE_TYPES, VARIANTS, check_tau
+from .losses import KL_ESTIMATORS, KL_PENALTIES, SCORE_TYPES, VARIANTS, check_tau
 
 
 def _has_bf16_accelerator() -> bool:
@@ -107,6 +107,9 @@ class DiscoConfig(GRPOConfig):
             Trust-region radius delta of the constraint KL(pi_old || pi_theta) <= delta.
         kl_beta (`float`, defaults to `1e3`):
             Weight beta of the squared-hinge penalty beta * max(KL - delta, 0)^2.
+        kl_penalty (`str`, defaults to `"squared_hinge"`):
+            The paper's squared hinge, or `"linear"`: kl_beta * KL at every step whatever kl_delta (a fixed KL
+            penalty, the classic KL-regularised objective; an ablation, docs/study.md).
         kl_estimator (`str`, defaults to `"log_ratio"`):
             The per-token estimate of KL(pi_old || pi_theta) the hinge sees: `"log_ratio"`, the paper's
             log pi_old - log pi_theta (unbiased, but often negative on a small batch), or `"k3"`,
@@ -161,6 +164,12 @@ class DiscoConfig(GRPOConfig):
                   "log pi_old - log pi_theta) or 'k3' (r - 1 - log r, r = pi_theta/pi_old: also unbiased, never "
                   "negative, far less noisy near delta).", "choices": list(KL_ESTIMATORS)},
     )
+    kl_penalty: str = field(
+        default="squared_hinge",
+        metadata={"help": "Trust-region penalty: 'squared_hinge' (the paper's, kl_beta * max(KL - kl_delta, 0)^2) or "
+                  "'linear' (kl_beta * KL at every step, a fixed KL penalty: an ablation).",
+                  "choices": list(KL_PENALTIES)},
+    )
     reward_threshold: str = field(
         default="group_mean",
         metadata={"help": "Positives: 'group_mean' (reward above the question's mean reward; the paper's sets for 0/1 "
@@ -214,6 +223,11 @@ class DiscoConfig(GRPOConfig):
     def _check_disco_fields(self) -> None:
         if self.score_type not in SCORE_TYPES:
             raise ValueError(f"DiscoConfig.score_type={self.score_type!r} is unknown; use one of {SCORE_TYPES}.")
+        if self.kl_penalty not in KL_PENALTIES:
+            raise ValueError(
+                f"DiscoConfig.kl_penalty={self.kl_penalty!r} is unknown; use 'squared_hinge' (the paper's) or "
+                "'linear'."
+            )
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(
                 f"DiscoConfig.kl_estimator={self.kl_estimator!r} is unknown; use 'log_ratio' (the paper's) or 'k3'."

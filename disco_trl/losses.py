@@ -16,6 +16,7 @@ per-completion tensors are (B,). *Labels* are the paper's binary reward, decided
 * :func:`token_mean_kl` -- the token estimate of KL(pi_old || pi_theta) of Algorithm 1, step d.i (or the
   non-negative k3 estimate, `kl_estimator="k3"`).
 * :func:`kl_hinge_penalty` -- the squared hinge beta * [KL - delta]_+^2 enforcing the trust region (Eq. 8/11, G_2).
+* :func:`negative_weights` -- how the DRO term spreads each question's push-down over its negatives (a diagnostic).
 * :func:`disco_loss` -- what an optimizer step minimises: -J plus the penalty, with the scaling that makes the parts
   of a step (micro-steps, processes) add up to the paper's mini-batch objective.
 """
@@ -184,6 +185,26 @@ def discriminative_objective(
     return torch.where(counts.mixed, pos_mean - neg_term, zero).sum() / num_questions
 
 
+def negative_weights(
+    scores: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tensor, *, tau: float
+) -> torch.Tensor:
+    r"""How DisCO's DRO term (Eq. 10) spreads a question's push-down over its negatives, shape (B,).
+
+    The gradient of tau * log mean_{o-} exp(s(o-)/tau) with respect to s(o') is w(o') = softmax(s/tau) over the
+    question's negatives: 0 on positives and unlabelled rows. DisCO-b gives each negative 1/|S_q^-|. A small tau puts
+    nearly all the weight on the highest-scoring negatives; a large one spreads it evenly (the basic form).
+    """
+    check_tau(tau, "`tau`")
+    counts = question_counts(labels, group_ids, dtype=scores.dtype)
+    negative = labels.to(scores.device) == 0
+    z = torch.where(negative, scores.detach() / tau, torch.full_like(scores, -math.inf))
+    question_max = torch.full_like(counts.negatives, -math.inf).scatter_reduce(0, counts.index, z, reduce="amax")
+    shift = torch.where(torch.isfinite(question_max), question_max, torch.zeros_like(question_max))
+    exp = torch.exp(z - shift[counts.index])
+    totals = torch.zeros_like(counts.negatives).index_add(0, counts.index, exp)
+    return exp / totals[counts.index].clamp(min=torch.finfo(scores.dtype).tiny)
+
+
 def _log_mean_exp_of_negatives(z: torch.Tensor, negative: torch.Tensor, counts: QuestionCounts, question_sum):
     """Per question, log mean_{negatives} exp(z), shifted by the question's max for stability."""
     z = torch.where(negative, z, torch.full_like(z, -math.inf))
@@ -250,9 +271,22 @@ def kl_hinge_penalty(kl: torch.Tensor, *, delta: float = 1e-4, beta: float = 1e3
     return beta * torch.clamp(kl - delta, min=0.0) ** 2
 
 
+KL_PENALTIES = ("squared_hinge", "linear")
+
+
+def kl_penalty(
+    kl: torch.Tensor, *, kind: str = "squared_hinge", delta: float = 1e-4, beta: float = 1e3
+) -> torch.Tensor:
+    """The trust region's penalty: the paper's squared hinge (`kl_hinge_penalty`), or `"linear"`, beta * KL, a fixed KL
+    penalty that acts at every step whatever delta (an ablation: the classic KL-regularised objective)."""
+    if kind not in KL_PENALTIES:
+        raise ValueError(f"Unknown KL penalty kind={kind!r}; expected one of {KL_PENALTIES}.")
+    return kl_hinge_penalty(kl, delta=delta, beta=beta) if kind == "squared_hinge" else beta * kl
+
+
 def disco_loss(
     objective: torch.Tensor, kl: torch.Tensor, *, kl_delta: float, kl_beta: float, num_processes: int = 1,
-    kl_micro_steps: int = 1,
+    kl_micro_steps: int = 1, penalty: str = "squared_hinge",
 ) -> torch.Tensor:
     r"""What one micro-step on one process minimises: -J plus the trust-region penalty, scaled so that the gradients
     of an optimizer step's parts add up to the paper's (G_1 + G_2 of Algorithm 1).
@@ -262,7 +296,8 @@ def disco_loss(
     `objective` is this micro-step's share of the step's J (`discriminative_objective` with the step's full question
     count), `kl` the micro-step's KL estimate (over its tokens on every process). DDP and DeepSpeed average gradients
     over processes, hence the factor `num_processes` (the processes' parts are summed); the penalty is averaged over
-    the `kl_micro_steps` micro-steps of the optimizer step that hold tokens.
+    the `kl_micro_steps` micro-steps of the optimizer step that hold tokens. `penalty` is the paper's
+    `"squared_hinge"` or the `"linear"` ablation (see `kl_penalty`).
     """
-    penalty = kl_hinge_penalty(kl, delta=kl_delta, beta=kl_beta)
-    return num_processes * (-objective + penalty / max(int(kl_micro_steps), 1))
+    value = kl_penalty(kl, kind=penalty, delta=kl_delta, beta=kl_beta)
+    return num_processes * (-objective + value / max(int(kl_micro_steps), 1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .losses import kl_hinge_penalty, question_counts
+from .losses import kl_penalty, negative_weights, question_counts
 
 
 def log_group_statistics(metrics, labels: torch.Tensor, group_size: int, *, numeric_threshold: bool) -> bool:
@@ -25,23 +25,43 @@ def log_group_statistics(metrics, labels: torch.Tensor, group_size: int, *, nume
     return bool(mixed.any())
 
 
+def negative_weight_stats(scores, labels, group_ids, tau: float) -> torch.Tensor:
+    """[sum over mixed questions of the DRO weights' effective sample size over the negatives as a fraction of them
+    (1: all negatives weigh alike, as in DisCO-b; 1/n: one takes all), the same sum of the largest weight, the number
+    of mixed questions]: summed over processes, then divided, these say how DRO differs from the basic form."""
+    counts = question_counts(labels, group_ids, dtype=scores.dtype)
+    weights = negative_weights(scores.detach(), labels, group_ids, tau=tau)
+    squares = torch.zeros_like(counts.negatives).index_add(0, counts.index, weights**2)
+    largest = torch.zeros_like(counts.negatives).scatter_reduce(0, counts.index, weights, reduce="amax")
+    mixed = counts.mixed
+    ess_fraction = 1.0 / squares.clamp(min=torch.finfo(scores.dtype).tiny) / counts.negatives.clamp(min=1.0)
+    return torch.stack([(ess_fraction * mixed).sum(), (largest * mixed).sum(), mixed.sum().to(scores.dtype)]).float()
+
+
+def log_negative_weights(metrics, totals: torch.Tensor) -> None:
+    """`negative_weight_stats` summed over processes: the mean over mixed questions of ESS fraction and max weight."""
+    if totals[2] > 0:
+        metrics["disco/neg_weight_ess"].append((totals[0] / totals[2]).item())
+        metrics["disco/neg_weight_max"].append((totals[1] / totals[2]).item())
+
+
 def log_loss_metrics(metrics, global_sum, logged_objective, kl, scores, labels, mask, entropies, *, kl_delta: float,
-                     kl_beta: float) -> None:
-    """One micro-step's objective, entropy, scores of positives and negatives, and KL (summed over processes by
-    `global_sum`, one collective)."""
+                     kl_beta: float, kl_penalty_kind: str = "squared_hinge", weight_stats=None) -> None:
+    """One micro-step's objective, entropy, scores of positives and negatives, KL and (when the micro-batch holds
+    whole questions: `weight_stats`) the DRO weights of its negatives, summed over processes by `global_sum` (one
+    collective)."""
     pos, neg = labels == 1, labels == 0
-    stats = torch.stack(
-        [
-            scores.new_zeros(()) if logged_objective is None else logged_objective.float(),
-            torch.tensor(float(logged_objective is not None), device=scores.device),
-            (entropies.detach().float() * mask).sum(),
-            mask.sum(),
-            (scores.detach() * pos).sum(),
-            pos.sum().float(),
-            (scores.detach() * neg).sum(),
-            neg.sum().float(),
-        ]
-    )
+    weight_stats = torch.zeros(3, device=scores.device) if weight_stats is None else weight_stats.to(scores.device)
+    stats = torch.cat([torch.stack([
+        scores.new_zeros(()) if logged_objective is None else logged_objective.float(),
+        torch.tensor(float(logged_objective is not None), device=scores.device),
+        (entropies.detach().float() * mask).sum(),
+        mask.sum(),
+        (scores.detach() * pos).sum(),
+        pos.sum().float(),
+        (scores.detach() * neg).sum(),
+        neg.sum().float(),
+    ]), weight_stats])
     totals = global_sum(stats)
     if totals[1] > 0:
         metrics["disco/objective"].append(totals[0].item())
@@ -50,7 +70,9 @@ def log_loss_metrics(metrics, global_sum, logged_objective, kl, scores, labels, 
         metrics["disco/score_pos"].append((totals[4] / totals[5]).item())
     if totals[7] > 0:
         metrics["disco/score_neg"].append((totals[6] / totals[7]).item())
+    log_negative_weights(metrics, totals[8:11])
     if kl is not None:
         metrics["disco/kl"].append(kl.item())
-        metrics["disco/kl_penalty"].append(kl_hinge_penalty(kl.detach(), delta=kl_delta, beta=kl_beta).item())
+        penalty = kl_penalty(kl.detach(), kind=kl_penalty_kind, delta=kl_delta, beta=kl_beta)
+        metrics["disco/kl_penalty"].append(penalty.item())
         metrics["disco/hinge_active"].append(float(kl.item() > kl_delta))

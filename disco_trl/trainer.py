@@ -253,6 +253,8 @@ class DiscoTrainer(GRPOTrainer):
             (weights,) = torch.autograd.grad(objective, scores)
         for batch, w in zip(step_batches, weights.split([len(b["disco_labels"]) for b in step_batches])):
             batch["disco_score_weights"] = w
+        stats = metrics.negative_weight_stats(scores, labels, group_ids, self.args.tau)
+        metrics.log_negative_weights(self._metrics["train"], self._global_sum(stats))
         # the step's objective (this process's share), logged once, on the step's first micro-batch
         step_batches[0]["disco_step_objective"] = objective.detach()
         for batch in step_batches[1:]:
@@ -342,14 +344,18 @@ class DiscoTrainer(GRPOTrainer):
         kl, has_tokens = self._global_kl(per_token_logps, old_per_token_logps, mask)
         loss = disco_loss(objective, kl, kl_delta=self.args.kl_delta, kl_beta=self.args.kl_beta,
                           num_processes=self.accelerator.num_processes,
-                          kl_micro_steps=skipping.kl_micro_steps(inputs, accumulation))
+                          kl_micro_steps=skipping.kl_micro_steps(inputs, accumulation), penalty=self.args.kl_penalty)
         if self.aux_loss_enabled:
             # As in GRPOTrainer: the router's load-balancing loss, averaged over micro-steps and (by DDP) processes.
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
+        whole = "disco_score_weights" not in inputs  # the micro-batch holds whole questions
+        weight_stats = metrics.negative_weight_stats(scores, inputs["disco_labels"], inputs["disco_group_ids"],
+                                                     self.args.tau) if whole else None
         metrics.log_loss_metrics(self._metrics[mode], self._global_sum, logged_objective, kl if has_tokens else None,
-                                 scores, inputs["disco_labels"], mask, entropies,
-                                 kl_delta=self.args.kl_delta, kl_beta=self.args.kl_beta)
+                                 scores, inputs["disco_labels"], mask, entropies, kl_delta=self.args.kl_delta,
+                                 kl_beta=self.args.kl_beta, kl_penalty_kind=self.args.kl_penalty,
+                                 weight_stats=weight_stats)
         return loss
 
 

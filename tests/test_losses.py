@@ -11,6 +11,7 @@ from disco_trl.losses import (
     disco_loss,
     discriminative_objective,
     kl_hinge_penalty,
+    negative_weights,
     sequence_scores,
     token_mean_kl,
 )
@@ -263,3 +264,20 @@ def test_disco_loss_parts_add_up_to_the_steps_objective_and_mean_penalty():
     zero = torch.zeros((), dtype=torch.float64)
     total = sum(disco_loss(zero, kl, kl_delta=1e-4, kl_beta=1e3, kl_micro_steps=2) for kl in kls)
     assert float(total) == pytest.approx(1e3 * (3e-4 - 1e-4) ** 2 / 2, rel=1e-12)
+
+
+def test_negative_weights_are_the_softmax_over_each_questions_negatives():
+    scores = torch.tensor([-1.0, -2.0, -3.0, -4.0, -1.5, -0.5, -2.5, -3.5], dtype=torch.float64)
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.nan, 0.0], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    for tau in (0.1, 1.0, 1e6):
+        w = negative_weights(scores, labels, groups, tau=tau)
+        for question in (0, 1):
+            rows = (groups == question) & (labels == 0)
+            expected = torch.softmax(scores[rows] / tau, dim=0)
+            torch.testing.assert_close(w[rows], expected)
+            assert float(w[rows].sum()) == pytest.approx(1.0)
+        assert float(w[(labels != 0)].abs().sum()) == 0.0  # positives and unlabelled rows carry no weight
+    uniform = negative_weights(scores, labels, groups, tau=1e6)[labels == 0]
+    torch.testing.assert_close(uniform, torch.tensor([1 / 3] * 3 + [0.5] * 2, dtype=torch.float64), rtol=1e-5,
+                               atol=1e-6)  # tau -> infinity: DisCO-b's equal weights

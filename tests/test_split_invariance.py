@@ -32,13 +32,14 @@ def completion_logps(model, rec):
 
 def reference_gradient(records, step, *, accumulation, score_type="log_l", variant="dro", tau=None, delta=1e-4,
                        beta=1e3, old_params=None, num_questions=None, reward=parity_reward, parts=("j", "kl"),
-                       kl_estimator="log_ratio"):
+                       kl_estimator="log_ratio", kl_penalty="squared_hinge"):
     """Gradient of  -(1/Q) sum_q J_q + (1/M) sum_m beta [KL_m - delta]_+^2  for optimizer step `step` (0-based).
 
     Q: the step's questions (`num_questions` when given: the full count, when the records hold only kept questions);
     M: the micro-steps whose KL has tokens (all `accumulation` of them without skipping). Rows without completion
     tokens (skipping's placeholders) are no completion at all. `parts` selects the terms (objective "j", KL "kl").
-    KL_m is the token mean of log pi_old - log pi_theta, or with `kl_estimator="k3"` of r - 1 - log r."""
+    KL_m is the token mean of log pi_old - log pi_theta, or with `kl_estimator="k3"` of r - 1 - log r; with
+    `kl_penalty="linear"` the penalty is beta * KL_m (no hinge)."""
     tau = tau if tau is not None else {"log_l": 10.0, "l_ratio": 1.0}[score_type]
     model, tokenizer = tiny_model_and_tokenizer()
     old_model, _ = tiny_model_and_tokenizer()
@@ -79,7 +80,9 @@ def reference_gradient(records, step, *, accumulation, score_type="log_l", varia
             continue
         kl_micro_steps += 1
         kl = kl_num / kl_den
-        if kl.item() > delta:
+        if kl_penalty == "linear":
+            penalty = penalty + beta * kl
+        elif kl.item() > delta:
             penalty = penalty + beta * (kl - delta) ** 2
     # questions are identified by prompt text over the whole optimizer step (a group may span micro-steps/ranks)
     questions = sorted(set(all_prompts))
@@ -220,4 +223,17 @@ def test_the_k3_kl_estimator_gives_the_reference_gradient_with_a_live_hinge(tmp_
         assert_grads_close(result["grads"][step], expected)
     logs = [h for h in result["log_history"] if "disco/kl" in h]
     assert logs[0]["disco/kl"] == 0.0 and logs[1]["disco/kl"] > 0.0 and logs[1]["disco/hinge_active"] == 1.0
+
+
+def test_a_fixed_kl_penalty_gives_the_reference_gradient(tmp_path):
+    """kl_penalty="linear" (the ablation): beta * KL in every micro-step, whatever delta."""
+    result = run_layout(tmp_path, 4, 2, 4, max_steps=2, score_type="l_ratio", kl_delta=1.0, kl_beta=5.0,
+                        learning_rate=3e-2, seed=1, kl_penalty="linear")
+    for step in range(2):
+        expected, _ = reference_gradient([result], step, accumulation=2, score_type="l_ratio", delta=1.0, beta=5.0,
+                                         kl_penalty="linear")
+        assert_grads_close(result["grads"][step], expected)
+    logs = [h for h in result["log_history"] if "disco/kl" in h]
+    assert logs[1]["disco/kl_penalty"] == pytest.approx(5.0 * logs[1]["disco/kl"], rel=1e-5)
+    assert logs[1]["disco/kl"] != 0.0 and logs[1]["disco/hinge_active"] == 0.0  # KL far below delta=1: no hinge
 

@@ -99,7 +99,7 @@ def _free_space_note(folder: str) -> str:
 # (written into the restored optimizer, whose saved state would otherwise keep the old values), DisCO's objective
 # weights and the sampling settings (read from the arguments at every step / generation).
 REFUSED_ON_RESUME = ("score_type", "disco_variant", "reward_threshold", "skip_uninformative_questions",
-                     "lr_scheduler_type", "optim")
+                     "lr_scheduler_type", "optim", "kl_penalty")
 
 
 OPTIMIZER_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_epsilon": "eps"}
