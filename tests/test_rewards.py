@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from disco_trl.rewards import grading, pool
-from disco_trl.data import BENCHMARKS, benchmark_dir, load_math_dataset
+from disco_trl.data import BENCHMARKS, load_math_dataset
 from disco_trl.rewards import (
     BoxedMathReward,
     MathGraderPool,
@@ -20,12 +19,15 @@ from disco_trl.rewards import (
     completion_text,
     extract_boxed_answer,
     grade_answers,
+    grading,
+    pool,
     shutdown_grader_pool,
 )
 
-# ----------------------------------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Extraction
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -73,13 +75,14 @@ def test_completion_text_forms():
     assert completion_text("abc") == "abc"
     assert completion_text([{"role": "assistant", "content": "abc"}]) == "abc"
     assert completion_text([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) == "a"
-    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]) == "ab"
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    assert completion_text([{"role": "assistant", "content": parts}]) == "ab"
     assert completion_text(None) == ""
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Grading
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 EQUIVALENT = [
     ("28", r"28"),
@@ -191,9 +194,9 @@ def test_configured_reward_object_is_picklable():
     assert reward([r"<think>\boxed{0.5}</think>", r"\boxed{2}"], [r"\frac12", "3"]) == [1.0, 0.0]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Robustness: bounded time, threads, processes
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 PATHOLOGICAL = [
     r"\boxed{10^{10^{10}}}",  # math-verify's own (signal) timeout ends these in the worker
@@ -290,9 +293,9 @@ def test_a_dead_worker_is_replaced():
         pool.shutdown()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Speed: the common case never starts a process
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def test_small_integer_batches_are_fast_and_start_no_process():
@@ -321,9 +324,9 @@ def test_large_batches_use_several_workers():
     assert shared.num_workers == min(shared.max_workers, 64 // pool.ANSWERS_PER_WORKER)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Real benchmark answers
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 # Gold answers that math-verify alone accepts (gold parsed as $gold$, answer as \boxed{gold}), as measured
 # when the fast path was written.
@@ -367,7 +370,7 @@ def _shifted_false_accepts(solutions: list[str], shift: int = 1) -> tuple[int, i
 def test_other_problems_answers_are_rejected_subset(benchmark_solutions):
     """Fast representative subset: AIME, AMC, and the first 60 problems of MATH-500, Minerva and OlympiadBench."""
     total_pairs = total_false = 0
-    for name, solutions in benchmark_solutions.items():
+    for solutions in benchmark_solutions.values():
         subset = solutions if len(solutions) <= 40 else solutions[:60]
         _, false, examples = _shifted_false_accepts(subset)
         total_pairs += len(subset)
@@ -381,7 +384,7 @@ def test_other_problems_answers_are_rejected_full(benchmark_solutions):
     """All 1,547 problems, each graded against the next problem's reference (about 25 s on 2 cores)."""
     total_pairs = total_false = 0
     found = []
-    for name, solutions in benchmark_solutions.items():
+    for solutions in benchmark_solutions.values():
         _, false, examples = _shifted_false_accepts(solutions)
         total_pairs += len(solutions)
         total_false += false
