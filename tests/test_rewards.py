@@ -3,6 +3,7 @@ real benchmark answers (gold answers accepted, other problems' answers rejected)
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
 import signal
@@ -10,6 +11,7 @@ import threading
 import time
 
 import pytest
+import torch.utils.data
 
 from disco_trl.data import BENCHMARKS, load_math_dataset
 from disco_trl.rewards import (
@@ -291,6 +293,48 @@ def test_a_dead_worker_is_replaced():
         assert pool.grade([("0.5", r"\frac{2}{4}"), ("3", "4")]) == [True, False]
     finally:
         pool.shutdown()
+
+
+class _GradedInTheWorker(torch.utils.data.Dataset):
+    """A dataset graded inside a DataLoader worker: a forked, *daemonic* process (daemons may not start
+    multiprocessing children, so a multiprocessing-based pool cannot start its workers there)."""
+
+    items = [(r"\boxed{\frac{2}{4}}", "0.5"), (r"\boxed{10^{10^{10}}}", "5"), (r"\boxed{\sqrt{8}}", r"2\sqrt{2}")]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k):
+        text, gold = self.items[k]
+        return (multiprocessing.current_process().daemon, boxed_math_reward([text], [gold])[0])
+
+
+def test_works_in_a_torch_dataloader_worker():
+    assert grade_answers([r"\frac{2}{4}"], ["0.5"], fast_path=False) == [1.0]  # the parent's pool is up
+    start = time.perf_counter()
+    got = list(torch.utils.data.DataLoader(_GradedInTheWorker(), num_workers=1, batch_size=None))
+    assert [daemon for daemon, _ in got] == [True] * 3, "the items were not graded in a daemonic worker"
+    assert [score for _, score in got] == [1.0, 0.0, 1.0]
+    assert time.perf_counter() - start < _bound(1)
+
+
+def test_the_worker_memory_cap_does_not_depend_on_the_callers_size():
+    """A trainer's address space is large (a model's weights, CUDA's reservations): the graders' 3 GiB cap
+    must leave them room, so they are fresh interpreters rather than copies of the caller."""
+    try:  # 4 GiB of address space reserved and never touched (PROT_NONE), as CUDA reserves it: no memory used
+        reserved = mmap.mmap(-1, 4 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=0)
+    except OSError as exc:  # pragma: no cover - an address-space limit on the test process itself
+        pytest.skip(f"cannot reserve 4 GiB of address space here: {exc}")
+    grader = MathGraderPool(max_workers=1, timeout=5)
+    try:
+        assert grader.grade([("0.5", r"\frac{2}{4}"), (r"2\sqrt{2}", r"\sqrt{8}"), ("x^2+1", "1+x^2")]) == [True] * 3
+        (worker,) = grader._workers
+        with open(f"/proc/{worker.proc.pid}/limits") as limits:
+            cap = next(int(line.split()[3]) for line in limits if line.startswith("Max address space"))
+        assert cap <= 3 * 1024**3
+    finally:
+        grader.shutdown()
+        reserved.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
