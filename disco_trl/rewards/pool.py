@@ -5,6 +5,10 @@ math-verify's own signal timeouts cannot reach) is killed and replaced, and that
 lazily (about half a second, once per process) and stays up; it is sized to the work (one worker per
 `ANSWERS_PER_WORKER` answers to grade, at most `max_workers`). Environment knobs: ``DISCO_REWARD_WORKERS`` (maximum
 worker processes; ``0`` grades in-process) and ``DISCO_REWARD_TIMEOUT`` (seconds per answer, default 5).
+
+Workers are ``python grader_worker.py`` subprocesses, not multiprocessing (or pebble) children: those cannot be
+started from a daemonic process (a torch DataLoader worker); forked they are copies of the trainer, whose address
+space leaves nothing under the workers' memory cap; spawned they import torch and TRL and the user's ``__main__``.
 """
 
 from __future__ import annotations
