@@ -3,6 +3,7 @@ real benchmark answers (gold answers accepted, other problems' answers rejected)
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
 import signal
@@ -10,9 +11,9 @@ import threading
 import time
 
 import pytest
+import torch.utils.data
 
-from disco_trl.rewards import grading, pool
-from disco_trl.data import BENCHMARKS, benchmark_dir, load_math_dataset
+from disco_trl.data import BENCHMARKS, load_math_dataset
 from disco_trl.rewards import (
     BoxedMathReward,
     MathGraderPool,
@@ -20,12 +21,15 @@ from disco_trl.rewards import (
     completion_text,
     extract_boxed_answer,
     grade_answers,
+    grading,
+    pool,
     shutdown_grader_pool,
 )
 
-# ----------------------------------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Extraction
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -73,13 +77,14 @@ def test_completion_text_forms():
     assert completion_text("abc") == "abc"
     assert completion_text([{"role": "assistant", "content": "abc"}]) == "abc"
     assert completion_text([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) == "a"
-    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]) == "ab"
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    assert completion_text([{"role": "assistant", "content": parts}]) == "ab"
     assert completion_text(None) == ""
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Grading
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 EQUIVALENT = [
     ("28", r"28"),
@@ -191,9 +196,9 @@ def test_configured_reward_object_is_picklable():
     assert reward([r"<think>\boxed{0.5}</think>", r"\boxed{2}"], [r"\frac12", "3"]) == [1.0, 0.0]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Robustness: bounded time, threads, processes
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 PATHOLOGICAL = [
     r"\boxed{10^{10^{10}}}",  # math-verify's own (signal) timeout ends these in the worker
@@ -290,9 +295,51 @@ def test_a_dead_worker_is_replaced():
         pool.shutdown()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+class _GradedInTheWorker(torch.utils.data.Dataset):
+    """A dataset graded inside a DataLoader worker: a forked, *daemonic* process (daemons may not start
+    multiprocessing children, so a multiprocessing-based pool cannot start its workers there)."""
+
+    items = [(r"\boxed{\frac{2}{4}}", "0.5"), (r"\boxed{10^{10^{10}}}", "5"), (r"\boxed{\sqrt{8}}", r"2\sqrt{2}")]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, k):
+        text, gold = self.items[k]
+        return (multiprocessing.current_process().daemon, boxed_math_reward([text], [gold])[0])
+
+
+def test_works_in_a_torch_dataloader_worker():
+    assert grade_answers([r"\frac{2}{4}"], ["0.5"], fast_path=False) == [1.0]  # the parent's pool is up
+    start = time.perf_counter()
+    got = list(torch.utils.data.DataLoader(_GradedInTheWorker(), num_workers=1, batch_size=None))
+    assert [daemon for daemon, _ in got] == [True] * 3, "the items were not graded in a daemonic worker"
+    assert [score for _, score in got] == [1.0, 0.0, 1.0]
+    assert time.perf_counter() - start < _bound(1)
+
+
+def test_the_worker_memory_cap_does_not_depend_on_the_callers_size():
+    """A trainer's address space is large (a model's weights, CUDA's reservations): the graders' 3 GiB cap
+    must leave them room, so they are fresh interpreters rather than copies of the caller."""
+    try:  # 4 GiB of address space reserved and never touched (PROT_NONE), as CUDA reserves it: no memory used
+        reserved = mmap.mmap(-1, 4 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=0)
+    except OSError as exc:  # pragma: no cover - an address-space limit on the test process itself
+        pytest.skip(f"cannot reserve 4 GiB of address space here: {exc}")
+    grader = MathGraderPool(max_workers=1, timeout=5)
+    try:
+        assert grader.grade([("0.5", r"\frac{2}{4}"), (r"2\sqrt{2}", r"\sqrt{8}"), ("x^2+1", "1+x^2")]) == [True] * 3
+        (worker,) = grader._workers
+        with open(f"/proc/{worker.proc.pid}/limits") as limits:
+            cap = next(int(line.split()[3]) for line in limits if line.startswith("Max address space"))
+        assert cap <= 3 * 1024**3
+    finally:
+        grader.shutdown()
+        reserved.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Speed: the common case never starts a process
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def test_small_integer_batches_are_fast_and_start_no_process():
@@ -321,9 +368,9 @@ def test_large_batches_use_several_workers():
     assert shared.num_workers == min(shared.max_workers, 64 // pool.ANSWERS_PER_WORKER)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Real benchmark answers
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 # Gold answers that math-verify alone accepts (gold parsed as $gold$, answer as \boxed{gold}), as measured
 # when the fast path was written.
@@ -367,7 +414,7 @@ def _shifted_false_accepts(solutions: list[str], shift: int = 1) -> tuple[int, i
 def test_other_problems_answers_are_rejected_subset(benchmark_solutions):
     """Fast representative subset: AIME, AMC, and the first 60 problems of MATH-500, Minerva and OlympiadBench."""
     total_pairs = total_false = 0
-    for name, solutions in benchmark_solutions.items():
+    for solutions in benchmark_solutions.values():
         subset = solutions if len(solutions) <= 40 else solutions[:60]
         _, false, examples = _shifted_false_accepts(subset)
         total_pairs += len(subset)
@@ -381,7 +428,7 @@ def test_other_problems_answers_are_rejected_full(benchmark_solutions):
     """All 1,547 problems, each graded against the next problem's reference (about 25 s on 2 cores)."""
     total_pairs = total_false = 0
     found = []
-    for name, solutions in benchmark_solutions.items():
+    for solutions in benchmark_solutions.values():
         _, false, examples = _shifted_false_accepts(solutions)
         total_pairs += len(solutions)
         total_false += false

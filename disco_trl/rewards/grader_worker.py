@@ -19,6 +19,7 @@ import sys
 import threading
 from functools import lru_cache
 
+
 # Seconds math-verify may spend on one parse / one comparison (signal-based, effective in a main thread only).
 PARSE_TIMEOUT = 2
 VERIFY_TIMEOUT = 2
@@ -49,7 +50,7 @@ def _parse_gold(gold: str) -> tuple:
     (TRL's `accuracy_reward` parses the solution this way); every parsed candidate is kept, so a reference that
     only one of the two readings understands still grades.
     """
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse  # noqa: PLC0415 - see grade
 
     parse_timeout, _ = _timeouts()
     candidates: list = []
@@ -60,15 +61,17 @@ def _parse_gold(gold: str) -> tuple:
     )
     candidates.extend(boxed)
     if not boxed or all(isinstance(c, str) for c in boxed):
-        plain = parse(gold, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=parse_timeout)
+        plain = parse(
+            gold, extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=parse_timeout
+        )
         candidates.extend(c for c in plain if c not in candidates)
     return tuple(candidates)
 
 
 def _parse_answer(answer: str) -> list:
     """Parse a model's boxed answer the way TRL's `accuracy_reward` parses completions (boxed first, units on)."""
-    from latex2sympy2_extended import NormalizationConfig
-    from math_verify import LatexExtractionConfig, parse
+    from latex2sympy2_extended import NormalizationConfig  # noqa: PLC0415 - see grade
+    from math_verify import LatexExtractionConfig, parse  # noqa: PLC0415 - see grade
 
     parse_timeout, _ = _timeouts()
     return parse(
@@ -96,7 +99,9 @@ def grade(gold: str, answer: str) -> bool:
     Time is bounded by math-verify's signal timeouts only in a main thread: call it through the worker pool in
     `disco_trl.rewards` for a hard bound everywhere.
     """
-    from math_verify import verify
+    # math-verify (sympy: a quarter of a second) is imported on the first answer that needs it, not when
+    # disco_trl.rewards (which imports this module for the in-process mode) is imported
+    from math_verify import verify  # noqa: PLC0415
 
     try:
         gold_parsed = _parse_gold(gold)
@@ -107,7 +112,7 @@ def grade(gold: str, answer: str) -> bool:
             return False
         _, verify_timeout = _timeouts()
         return bool(verify(list(gold_parsed), answer_parsed, timeout_seconds=verify_timeout))
-    except BaseException as exc:  # noqa: BLE001 - a grader must not take training down (MemoryError, RecursionError...)
+    except BaseException as exc:  # a grader must not take training down (MemoryError, RecursionError...)
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         return False
@@ -115,7 +120,7 @@ def grade(gold: str, answer: str) -> bool:
 
 def _limit_memory() -> None:
     try:
-        import resource
+        import resource  # noqa: PLC0415 - POSIX only: elsewhere the worker runs without the cap
 
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = WORKER_MEMORY_LIMIT_BYTES if hard == resource.RLIM_INFINITY else min(hard, WORKER_MEMORY_LIMIT_BYTES)
@@ -132,7 +137,7 @@ def worker_main() -> int:
     quiet_math_verify_logs()
     _limit_memory()
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
-    import math_verify  # noqa: F401 - import before announcing readiness
+    import math_verify  # noqa: F401, PLC0415 - imported here, before the worker announces it is ready
 
     protocol_out.write('{"ready": 1}\n')
     for line in sys.stdin:

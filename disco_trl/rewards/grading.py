@@ -14,6 +14,7 @@ from . import grader_worker
 from .extraction import MAX_ANSWER_CHARS
 from .pool import default_max_workers, shared_pool
 
+
 _SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|\s+")
 # Whitespace between two digits is significant (`2 3` is not `23`): kept as one space, so such an answer only
 # matches the same digits spaced the same way here and anything else goes to math-verify. LaTeX spacing commands

@@ -5,6 +5,10 @@ math-verify's own signal timeouts cannot reach) is killed and replaced, and that
 lazily (about half a second, once per process) and stays up; it is sized to the work (one worker per
 `ANSWERS_PER_WORKER` answers to grade, at most `max_workers`). Environment knobs: ``DISCO_REWARD_WORKERS`` (maximum
 worker processes; ``0`` grades in-process) and ``DISCO_REWARD_TIMEOUT`` (seconds per answer, default 5).
+
+Workers are ``python grader_worker.py`` subprocesses, not multiprocessing (or pebble) children: those cannot be
+started from a daemonic process (a torch DataLoader worker); forked they are copies of the trainer, whose address
+space leaves nothing under the workers' memory cap; spawned they import torch and TRL and the user's ``__main__``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
 
 DEFAULT_TIMEOUT_S = float(os.environ.get("DISCO_REWARD_TIMEOUT", "5"))
 ANSWERS_PER_WORKER = 4  # one more worker (up to max_workers) per this many answers that need math-verify
@@ -111,6 +116,18 @@ class _Worker:
         self.kill()
 
 
+class _Call:
+    """One `grade` call's bookkeeping: the answers still to send, idle and busy workers, the verdicts so far."""
+
+    def __init__(self, pairs: list[tuple[str, str]], idle: list[_Worker]) -> None:
+        self.pairs = pairs
+        self.results = [False] * len(pairs)  # an answer that fails or runs out of time keeps its False
+        self.todo = list(range(len(pairs) - 1, -1, -1))  # a stack popped from the end: the first answers go first
+        self.idle = idle
+        self.busy: list[_Worker] = []
+        self.index_of: dict[int, int] = {}  # request id -> position in `pairs`
+
+
 def default_max_workers() -> int:
     env = os.environ.get("DISCO_REWARD_WORKERS")
     if env is not None and env.strip() != "":
@@ -177,73 +194,81 @@ class MathGraderPool:
                 raise
 
     def _grade_locked(self, pairs: list[tuple[str, str]]) -> list[bool]:
-        wanted = min(self.max_workers, max(1, -(-len(pairs) // ANSWERS_PER_WORKER)))
+        call = _Call(pairs, self._ready_workers(len(pairs)))
+        while call.todo or call.busy:
+            self._dispatch(call)
+            if not call.busy:
+                if call.todo:  # no worker could be (re)started: give up on the rest rather than stop training
+                    warnings.warn(
+                        f"disco_trl.rewards: no math-verify grader process could be started; {len(call.todo)} "
+                        "answers score 0.0.",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+                break
+            self._collect_replies(call)
+            now = time.monotonic()
+            for worker in [w for w in call.busy if w.deadline <= now]:
+                self._replace(worker, call)  # past the deadline: the answer keeps its 0.0
+        return call.results
+
+    def _ready_workers(self, n_answers: int) -> list[_Worker]:
+        """Start workers up to the size this call needs (lazily, kept for later calls); those ready to grade."""
+        wanted = min(self.max_workers, max(1, -(-n_answers // ANSWERS_PER_WORKER)))
         self._workers = [w for w in self._workers if w.alive()]
         while len(self._workers) < wanted:
             self._workers.append(self._spawn())
         startup_deadline = time.monotonic() + max(30.0, self.timeout)
-        idle = [w for w in self._workers[:wanted] if w.ready or self._await_ready(w, startup_deadline)]
-        if not idle:
+        ready = [w for w in self._workers[:wanted] if w.ready or self._await_ready(w, startup_deadline)]
+        if not ready:
             raise RuntimeError(
                 f"disco_trl.rewards: the math-verify grader process ({_WORKER_SCRIPT}) did not start. Check that "
                 f"`{sys.executable} {_WORKER_SCRIPT}` runs (is math-verify installed?), or set "
                 "DISCO_REWARD_WORKERS=0 to grade in-process."
             )
+        return ready
 
-        results = [False] * len(pairs)
-        todo = list(range(len(pairs) - 1, -1, -1))  # a stack popped from the end: the first answers go first
-        busy: list[_Worker] = []
-        index_of: dict[int, int] = {}  # request id -> position in `pairs`
+    def _dispatch(self, call: _Call) -> None:
+        """Give each idle worker the next answer waiting."""
+        while call.todo and call.idle:
+            worker = call.idle.pop()
+            index = call.todo.pop()
+            request_id = next(self._request_ids)
+            if worker.send(request_id, *call.pairs[index], timeout=self.timeout):
+                call.index_of[request_id] = index
+                call.busy.append(worker)
+            else:  # broken pipe: the worker died between two answers; this answer goes to a fresh one
+                call.todo.append(index)
+                self._replace(worker, call)
 
-        def replace(worker: _Worker) -> None:
-            if worker in busy:
-                busy.remove(worker)
-            worker.busy_with = None
-            worker.kill()
-            self.restarts += 1
-            fresh = self._spawn()
-            self._workers[self._workers.index(worker)] = fresh
-            if self._await_ready(fresh, time.monotonic() + max(30.0, self.timeout)):
-                idle.append(fresh)
+    def _collect_replies(self, call: _Call) -> None:
+        """Wait until a busy worker replies or the earliest deadline passes; record the verdicts that came."""
+        wait = max(0.0, min(w.deadline for w in call.busy) - time.monotonic())
+        ready_fds, _, _ = select.select([w.fd for w in call.busy], [], [], wait)
+        for worker in [w for w in call.busy if w.fd in ready_fds]:
+            replies = worker.read_lines()
+            if replies is None:  # died while grading (e.g. the OOM killer): that answer keeps its 0.0
+                self._replace(worker, call)
+                continue
+            for reply in replies:
+                if worker.busy_with is not None and reply.get("i") == worker.busy_with:
+                    call.results[call.index_of[worker.busy_with]] = bool(reply.get("r"))
+                    worker.busy_with = None
+            if worker.busy_with is None:
+                call.busy.remove(worker)
+                call.idle.append(worker)
 
-        while todo or busy:
-            while todo and idle:
-                worker = idle.pop()
-                index = todo.pop()
-                request_id = next(self._request_ids)
-                if worker.send(request_id, *pairs[index], timeout=self.timeout):
-                    index_of[request_id] = index
-                    busy.append(worker)
-                else:  # broken pipe: the worker died between two answers; this answer goes to a fresh one
-                    todo.append(index)
-                    replace(worker)
-            if not busy:
-                if todo:  # no worker could be (re)started: give up on the rest rather than stop training
-                    warnings.warn(
-                        f"disco_trl.rewards: no math-verify grader process could be started; {len(todo)} answers "
-                        "score 0.0.",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-                break
-            wait = max(0.0, min(w.deadline for w in busy) - time.monotonic())
-            ready_fds, _, _ = select.select([w.fd for w in busy], [], [], wait)
-            for worker in [w for w in busy if w.fd in ready_fds]:
-                replies = worker.read_lines()
-                if replies is None:  # died while grading (e.g. the OOM killer): that answer keeps its 0.0
-                    replace(worker)
-                    continue
-                for reply in replies:
-                    if worker.busy_with is not None and reply.get("i") == worker.busy_with:
-                        results[index_of[worker.busy_with]] = bool(reply.get("r"))
-                        worker.busy_with = None
-                if worker.busy_with is None:
-                    busy.remove(worker)
-                    idle.append(worker)
-            now = time.monotonic()
-            for worker in [w for w in busy if w.deadline <= now]:
-                replace(worker)  # past the deadline: the answer keeps its 0.0
-        return results
+    def _replace(self, worker: _Worker, call: _Call) -> None:
+        """Kill `worker` (stuck, dead or broken) and put a fresh one in its place, idle once it is ready."""
+        if worker in call.busy:
+            call.busy.remove(worker)
+        worker.busy_with = None
+        worker.kill()
+        self.restarts += 1
+        fresh = self._spawn()
+        self._workers[self._workers.index(worker)] = fresh
+        if self._await_ready(fresh, time.monotonic() + max(30.0, self.timeout)):
+            call.idle.append(fresh)
 
     def shutdown(self) -> None:
         with self._lock:
