@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from . import checkpoints, metrics, skipping
 from .config import DiscoConfig
+from .distributed import CollectiveTimeout
 from .losses import completion_labels, discriminative_objective, hinge_from_kl, sequence_scores
 from .reward_checks import NoSignalWatch, check_reward_columns, with_output_check
 
@@ -126,6 +127,7 @@ class DiscoTrainer(GRPOTrainer):
             callbacks=callbacks, optimizers=optimizers, quantization_config=quantization_config,
             peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
         )
+        self.add_callback(CollectiveTimeout())  # ddp_timeout bounds every wait for another process
         self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
         self._disco_rewards_per_func = None
         self._no_signal_watch = NoSignalWatch(args.reward_threshold)

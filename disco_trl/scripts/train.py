@@ -35,6 +35,7 @@ from typing import Any
 from trl import ModelConfig, TrlParser
 
 from disco_trl import DiscoConfig
+from disco_trl.distributed import lost_peer_message
 
 
 @dataclass
@@ -410,7 +411,14 @@ def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") ->
     except ScriptError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
-    train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
+    try:
+        train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
+    except RuntimeError as err:  # torch.distributed's errors are RuntimeErrors
+        message = lost_peer_message(err, training_args.ddp_timeout)
+        if message is None:
+            raise
+        print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
