@@ -90,18 +90,22 @@ def machine(rank: int, port: int, args: list[str], out: Path, env: dict[str, str
 
 
 @contextlib.contextmanager
-def two_machines(args: list[str], out: Path, **env):
-    """Machines 0 and 1 of one run at a free port; on leaving, every process either started is killed."""
-    port = free_port()
-    machines = [machine(rank, port, args, out, dict(launch_env(), **env)) for rank in (0, 1)]
+def killed_on_exit(launched: list[Launched]):
+    """On leaving (normally or not), every process that any of `launched` started is killed."""
     try:
-        yield machines
+        yield launched
     finally:
-        for m in machines:
+        for m in launched:
             m.signal(signal.SIGKILL)
-        for m in machines:
+        for m in launched:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 m.proc.wait(timeout=30)
+
+
+def two_machines(args: list[str], out: Path):
+    """Machines 0 and 1 of one run at a free port, killed on leaving the `with` block."""
+    port = free_port()
+    return killed_on_exit([machine(rank, port, args, out, launch_env()) for rank in (0, 1)])
 
 
 def logs(launched) -> str:
@@ -234,8 +238,10 @@ def test_ddp_timeout_goes_to_every_process_group(tmp_path):
 # ---------------------------------------------------------------------------------------- the SLURM batch script
 def slurm_env(**extra: str) -> dict[str, str]:
     """The batch script's environment under tests/fake_slurm (srun and scontrol for one host): 2 nodes named
-    127.0.0.1, one process each, the CPU overrides."""
-    path = os.pathsep.join([str(FAKE_SLURM), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    127.0.0.1, one process each, the CPU overrides. The environment's bin/ comes last, for `accelerate` only: the
+    `ninja` there hashes build commands otherwise than the system's, and DeepSpeed's CPU op would be rebuilt (a
+    minute or more) whenever the launches of the suite alternate between the two."""
+    path = os.pathsep.join([str(FAKE_SLURM), os.environ.get("PATH", ""), str(Path(sys.executable).parent)])
     return {**launch_env(), "PATH": path, "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_NODELIST": "127.0.0.1,127.0.0.1",
             "SLURM_JOB_ID": "1", "GPUS_PER_NODE": "1", "LAUNCH_ARGS": "--mixed_precision no", **extra}
 
@@ -261,7 +267,7 @@ def test_under_slurm_two_nodes_train_and_a_dead_node_makes_the_other_exit(tiny_m
     port = free_port()
     job = Launched(["bash", str(SBATCH), *script_flags(tiny_model_dir, math_jsonl, tmp_path)],
                    slurm_env(RECIPE=str(recipe), MAIN_PORT=str(port)), tmp_path, tmp_path / "job.log")
-    try:
+    with killed_on_exit([job]):
         wait_until(lambda: len(node_launches(job)) == 2, 120, "both node tasks start", [job])
         nodes = node_launches(job)
         for rank, p in nodes.items():
@@ -271,8 +277,6 @@ def test_under_slurm_two_nodes_train_and_a_dead_node_makes_the_other_exit(tiny_m
         kill = lambda: job.signal(signal.SIGKILL, root=nodes[1])  # noqa: E731
         elapsed = interrupt_mid_run([job], job, kill, job, bound=60)
         SECONDS["dead node under SLURM: the batch job exits after"] = elapsed
-    finally:
-        job.signal(signal.SIGKILL)
     output = job.output()
     assert job.proc.returncode != 0
     assert f"2 training nodes (127.0.0.1 127.0.0.1) x 1 processes, main 127.0.0.1:{port}" in output
