@@ -128,7 +128,8 @@ def test_smoke_reward_makes_every_group_mixed():
     from benchlib.rewards import one_right_per_group
 
     prompts = ["Compute 1 + 2."] * 4 + [[{"role": "user", "content": "Compute 2 + 4."}]] * 4
-    completions = [f"answer {i}" for i in range(4)] + [[{"role": "assistant", "content": f"say {i}"}] for i in range(4)]
+    chats = [[{"role": "assistant", "content": f"say {i}"}] for i in range(4)]
+    completions = [f"answer {i}" for i in range(4)] + chats
     rewards = one_right_per_group(prompts=prompts, completions=completions)
     assert rewards[:4].count(1.0) == 1 and rewards[4:].count(1.0) == 1 and set(rewards) == {0.0, 1.0}
     assert one_right_per_group(prompts=prompts[:4], completions=["same"] * 4) == [1.0] * 4  # ties all count
