@@ -29,25 +29,28 @@ def process_groups() -> list:
     return [default] + [g for g in c10d._world.pg_map if g is not default]
 
 
-def bound_collective_waits(seconds: float) -> int:
-    """Set a timeout of `seconds` on every process group; returns how many groups were set."""
+def bound_collective_waits(seconds: float) -> tuple[int, list[str]]:
+    """Set a timeout of `seconds` on every process group: how many were set, and why the others were not."""
     from torch.distributed import distributed_c10d as c10d
 
-    groups = process_groups()
-    for group in groups:
-        c10d._set_pg_timeout(timedelta(seconds=seconds), group)
-    return len(groups)
+    done, skipped = 0, []
+    for group in process_groups():
+        try:
+            c10d._set_pg_timeout(timedelta(seconds=seconds), group)
+            done += 1
+        except (AttributeError, TypeError, ValueError, RuntimeError, AssertionError) as err:
+            skipped.append(f"{type(err).__name__}: {err}")  # a torch without this private API, a foreign group
+    return done, skipped
 
 
 class CollectiveTimeout(TrainerCallback):
     """At the start of training (after DeepSpeed has created its groups), apply `args.ddp_timeout` to all of them."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        try:
-            bound_collective_waits(args.ddp_timeout)
-        except (AttributeError, TypeError, ValueError, RuntimeError) as err:  # a torch without this private API
-            warnings.warn(f"could not set ddp_timeout={args.ddp_timeout} s on every process group ({err}); waits for "
-                          "another process are bounded by torch's defaults instead", stacklevel=2)
+        _, skipped = bound_collective_waits(args.ddp_timeout)
+        if skipped:
+            warnings.warn(f"could not set ddp_timeout={args.ddp_timeout} s on {len(skipped)} process group(s) "
+                          f"({skipped[0]}); waits there are bounded by torch's default timeout instead", stacklevel=2)
 
 
 # What torch's communication backends say when another process of the run is gone or does not answer.

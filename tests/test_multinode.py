@@ -216,7 +216,8 @@ def test_ddp_timeout_goes_to_every_process_group(tmp_path):
     from disco_trl.distributed import CollectiveTimeout, bound_collective_waits, lost_peer_message, process_groups
 
     dist = torch.distributed
-    assert bound_collective_waits(5) == 0 and lost_peer_message(RuntimeError("Connection reset by peer"), 5) is None
+    assert bound_collective_waits(5) == (0, [])
+    assert lost_peer_message(RuntimeError("Connection reset by peer"), 5) is None
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         copy = dist.new_group(ranks=[0])
