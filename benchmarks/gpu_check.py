@@ -10,10 +10,13 @@
 2. ``split_groups``: the same with 4 sequences per micro-batch and groups of 8 (DisCO's score look-ahead).
 3. ``loss_only_large``: the pure loss functions (DisCO's and TRL's clipped token loss, forward+backward) at 64
    completions x 8192 tokens, and how many operations synchronize the host with the GPU in each.
-4. ``zero3``: examples/train_disco.py under DeepSpeed ZeRO-3 on one GPU, 3 optimizer steps with transformers
-   generation of short completions on the random model: exit status, finite losses, DisCO metrics, step time.
+4. ``zero3``: examples/train_disco.py under DeepSpeed ZeRO-3 (accelerate launch with recipes/accelerate/zero3.yaml)
+   on one GPU, 3 optimizer steps with transformers generation of short completions on the random model, rewarded by
+   `benchlib.rewards.one_right_per_group` so that every question has right and wrong completions: exit status, losses
+   finite and non-zero, every question mixed, DisCO metrics, step time.
 
-``--cpu-smoke`` runs the same code path at tiny size on CPU (the suite's test); ``--dry-run`` prints the plan.
+``--cpu-smoke`` runs the same code path at tiny size on CPU (the suite's test; the ZeRO-3 run on DeepSpeed's CPU
+accelerator); ``--dry-run`` prints the plan.
 Writes gpu_check.json and gpu_check.md to ``--out``.
 """
 
@@ -44,6 +47,7 @@ from transformers.utils import logging as hf_logging
 
 
 _REPO = Path(__file__).resolve().parents[1]  # examples/ and recipes/ of this checkout (the ZeRO-3 run)
+_HERE = Path(__file__).resolve().parent  # benchmarks/: benchlib for the launched run (its reward)
 METHODS = [BASELINE, "trl-default-ref-kl", "disco", "disco-lratio"]  # names of disco_trl.demo.methods
 
 # What each measurement runs, on a GPU and in --cpu-smoke.
@@ -165,20 +169,33 @@ def loss_only_large(spec: dict[str, Any], device: str, meter) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- 4: ZeRO-3 run
 def zero3_command(spec: dict[str, Any], model_path: str, data: Path, out: Path, cpu_smoke: bool) -> list[str]:
-    if cpu_smoke:  # DeepSpeed needs a GPU: the smoke runs the same script and options without it
-        launch = [sys.executable, str(_REPO / "examples" / "train_disco.py"), "--use_cpu", "true", "--bf16", "false"]
+    """The training script under `accelerate launch` of zero3.yaml, one process; on CPU with DeepSpeed's CPU
+    accelerator (the overrides of tests/test_deepspeed.py: no mixed precision, use_cpu)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(_REPO / "recipes" / "accelerate" / "zero3.yaml"), "--num_processes", "1", "--main_process_port", "0"]
+    if cpu_smoke:
+        launch += ["--mixed_precision", "no", str(_REPO / "examples" / "train_disco.py"), "--use_cpu", "true",
+                   "--bf16", "false"]
     else:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                  str(_REPO / "recipes" / "accelerate" / "zero3.yaml"), "--num_processes", "1",
-                  str(_REPO / "examples" / "train_disco.py"), "--bf16", "true"]
+        launch += [str(_REPO / "examples" / "train_disco.py"), "--bf16", "true"]
     options = {k: v for k, v in spec.items() if k != "timeout_s"}
     return launch + [
         "--model_name_or_path", model_path, "--dataset_name", str(data), "--conversational", "false",
         "--dtype", "bfloat16" if not cpu_smoke else "float32", "--gradient_checkpointing", "true",
         *[w for k, v in options.items() for w in (f"--{k}", str(v))],
+        "--reward_funcs", "boxed_math_reward", "benchlib.rewards.one_right_per_group",
         "--learning_rate", "1e-6", "--temperature", "1.0", "--logging_steps", "1", "--save_strategy", "no",
         "--report_to", "none", "--use_vllm", "false", "--output_dir", str(out),
     ]
+
+
+def zero3_env(cpu_smoke: bool) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(_REPO), str(_HERE), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    if cpu_smoke:  # DeepSpeed's CPU accelerator (gloo), even where a GPU is visible
+        env.update(DS_ACCELERATOR="cpu", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
+    return env
 
 
 def zero3_run(spec: dict[str, Any], model_path: str, workdir: Path, cpu_smoke: bool) -> dict[str, Any]:
@@ -188,10 +205,8 @@ def zero3_run(spec: dict[str, Any], model_path: str, workdir: Path, cpu_smoke: b
             f.write(json.dumps({"problem": f"Compute {i} + {2 * i}.", "answer": str(3 * i)}) + "\n")
     out = workdir / "zero3"
     cmd = zero3_command(spec, model_path, data, out, cpu_smoke)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=spec["timeout_s"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=zero3_env(cpu_smoke), timeout=spec["timeout_s"])
     result: dict[str, Any] = {"command": " ".join(cmd), "returncode": proc.returncode,
                               "wall_s": time.perf_counter() - t0, "log_tail": (proc.stdout + proc.stderr)[-4000:]}
     state = out / "trainer_state.json"
@@ -200,10 +215,14 @@ def zero3_run(spec: dict[str, Any], model_path: str, workdir: Path, cpu_smoke: b
     result["steps_logged"] = len(steps)
     result["losses"] = [h["loss"] for h in steps]
     result["losses_finite"] = bool(steps) and all(math.isfinite(h["loss"]) for h in steps)
+    result["losses_nonzero"] = bool(steps) and all(h["loss"] != 0 for h in steps)
+    result["frac_mixed_questions"] = [h.get("disco/frac_mixed_questions") for h in steps]
     result["disco_metrics"] = sorted({k for h in steps for k in h if k.startswith("disco/")})
     result["step_time_s"] = [h["step_time"] for h in steps if "step_time" in h]
-    result["ok"] = (proc.returncode == 0 and result["losses_finite"] and len(steps) == spec["max_steps"]
-                    and bool(result["disco_metrics"]))
+    # on CPU, DeepSpeed's CPU accelerator loads its communication op when DeepSpeed starts the process group
+    result["deepspeed_cpu_accelerator"] = ("deepspeed_shm_comm_op" in proc.stdout + proc.stderr) if cpu_smoke else None
+    result["ok"] = (proc.returncode == 0 and result["losses_finite"] and result["losses_nonzero"]
+                    and len(steps) == spec["max_steps"] and bool(result["disco_metrics"]))
     return result
 
 

@@ -35,6 +35,7 @@ from trl.trainer.utils import get_config_model_id
 
 from . import checkpoints, metrics, preflight, skipping
 from .config import DiscoConfig
+from .distributed import CollectiveTimeout
 from .geometry import BatchGeometry, cut_by_questions
 from .losses import completion_labels, disco_loss, discriminative_objective, sequence_scores, token_kl_terms
 from .rewards.checks import NoSignalWatch, check_reward_columns, with_output_check
@@ -108,6 +109,7 @@ class DiscoTrainer(GRPOTrainer):
             callbacks=callbacks, optimizers=optimizers, quantization_config=quantization_config,
             peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
         )
+        self.add_callback(CollectiveTimeout())  # ddp_timeout bounds every wait for another process
         self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
         if rollout_func is None and environment_factory is None and not self._is_vlm:
             self._check_prompt_lengths(train_dataset)

@@ -5,7 +5,8 @@
 #   bash scripts/offline_bundle.sh bundle                   # on a machine that reaches PyPI; copy bundle/ to the node
 #   bash scripts/gpu_check.sh --bundle bundle --out outputs/gpu_check   # on the node
 #   bash scripts/gpu_check.sh --dry-run                      # print the plan, touch nothing (no GPU needed)
-#   bash scripts/gpu_check.sh --cpu-smoke --out /tmp/x      # the whole code path at tiny size on CPU (the tests)
+#   bash scripts/gpu_check.sh --cpu-smoke --out /tmp/x      # the whole code path at tiny size on CPU (the tests;
+#                                                            # ZeRO-3 on DeepSpeed's CPU accelerator)
 #
 # Options: --bundle DIR (install DIR/requirements.txt with `pip install --no-index --find-links DIR`; without it the
 # environment must already have disco-trl's dependencies), --out DIR (default outputs/gpu_check), --dry-run,
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --out) [ $# -ge 2 ] || fail "--out needs a directory"; OUT=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --cpu-smoke) SMOKE=1; shift ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) fail "unknown option '$1' (see --help)" ;;
   esac
 done
@@ -61,8 +62,9 @@ missing wheel; rebuild the bundle with scripts/offline_bundle.sh)"
 fi
 "$PY" -c "import trl, datasets, math_verify, transformers, disco_trl" 2>/dev/null || fail "disco-trl's dependencies \
 are not importable with $PY: pass --bundle DIR (made by scripts/offline_bundle.sh) or install them"
+"$PY" -c "import deepspeed" >/dev/null 2>&1 || fail "DeepSpeed is not installed (measurement 4 runs under ZeRO-3, \
+in --cpu-smoke on DeepSpeed's CPU accelerator): pass --bundle DIR, or pip install -e '.[deepspeed]'"
 if [ "$SMOKE" = 0 ]; then
-  "$PY" -c "import deepspeed" >/dev/null 2>&1 || fail "DeepSpeed is not installed (measurement 4): pass --bundle DIR"
   "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" || fail "torch sees no CUDA GPU; \
 on a CPU machine use --cpu-smoke"
 fi

@@ -14,8 +14,10 @@ fi
 # DeepSpeed on CPU (tests/test_deepspeed.py runs ZeRO-2/3 on 2 CPU processes) JIT-compiles its shared-memory
 # communication op with a C++ compiler (torch's cpp_extension: $CXX, else c++) and ninja the first time a process
 # group starts. Check for the compiler with a clear message, and build the op once here so that the tests do not pay for
-# it (~35 s on 2 cores; cached in ${TORCH_EXTENSIONS_DIR:-~/.cache/torch_extensions}). DS_ACCELERATOR=cpu selects
-# DeepSpeed's CPU accelerator (gloo) even on a machine with a GPU; the tests set it themselves.
+# it (~35 s on 2 cores; cached in ${TORCH_EXTENSIONS_DIR:-$VENV/torch_extensions}, one folder per environment, which
+# tests/conftest.py points the tests at: torch's default ~/.cache/torch_extensions is shared by every environment of
+# the machine, and two with different torch builds would rebuild it in turn). DS_ACCELERATOR=cpu selects DeepSpeed's
+# CPU accelerator (gloo) even on a machine with a GPU; the tests set it themselves.
 deepspeed_cpu_prerequisites() {
   local cxx=${CXX:-c++}
   if ! command -v "$cxx" >/dev/null 2>&1; then
@@ -25,7 +27,8 @@ deepspeed_cpu_prerequisites() {
     exit 1
   fi
   echo "[setup] building DeepSpeed's CPU communication op (deepspeed_shm_comm) with $cxx"
-  DS_ACCELERATOR=cpu "$VENV/bin/python" -c "from deepspeed.accelerator import get_accelerator; \
+  TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$(cd "$VENV" && pwd)/torch_extensions} DS_ACCELERATOR=cpu \
+    "$VENV/bin/python" -c "from deepspeed.accelerator import get_accelerator; \
 get_accelerator().create_op_builder('ShareMemCommBuilder').load(verbose=False)" >/dev/null
 }
 stamp="$VENV/.disco-installed"

@@ -7,17 +7,29 @@
 
 Shared fixtures: `tiny_model_dir` (a tiny Qwen2 model and its tokenizer saved with save_pretrained, as users save
 models) and `math_jsonl` (a local JSONL training set shaped like the public math sets).
+
+DeepSpeed's CPU accelerator JIT-compiles its communication op into TORCH_EXTENSIONS_DIR (default
+~/.cache/torch_extensions/py311_cpu/, one folder per Python version and device, not per environment). Two virtual
+environments with different torch installs on one machine then rebuild it in turn, each build recompiling for a
+minute or more inside a test's launch. Each environment gets its own folder instead (scripts/setup_env.sh builds the
+op there once); a TORCH_EXTENSIONS_DIR set by the user wins.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from disco_trl.data import benchmark_dir
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer
+
+
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
 def pytest_collection_modifyitems(config, items):

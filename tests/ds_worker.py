@@ -184,4 +184,6 @@ if __name__ == "__main__":
     for case in cases:
         case_dir = out_dir / case["name"]
         record = RUNNERS[case["kind"]](case_dir, case)
+        # which launch started this process: torchrun's node (machine) rank, local rank and world size
+        record["launch"] = {k: os.environ.get(k) for k in ("GROUP_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
         torch.save(record, out_dir / f"{case['name']}.rank{record['rank']}.pt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 import re
 import subprocess
@@ -44,11 +45,29 @@ def test_bundle_dry_run_lists_what_the_node_lacks_and_fetches_nothing(tmp_path):
         assert flag in out, flag
     # The pins are the versions this suite runs with (what is tested is what is bundled).
     for dist in ("trl", "datasets", "math-verify", "transformers"):
-        assert f"{dist}{'[antlr4_13_2]' if dist == 'math-verify' else ''}=={importlib.metadata.version(dist)}" in out
+        assert f"{dist}{'[antlr4-13-2]' if dist == 'math-verify' else ''}=={importlib.metadata.version(dist)}" in out
     assert f"pip wheel --no-deps --no-build-isolation deepspeed=={importlib.metadata.version('deepspeed')}" in out
     pin = re.search(r"transformers>=([\d.]+)", (ROOT / "setup.cfg").read_text()).group(1)
     assert f"transformers: node 5.17.0, our pin >={pin} -> bundled" in out
     assert "torch==2.11.*" in out and "not bundled: vLLM" in out and "limit: 60 MiB" in out
+
+
+def test_bundle_works_with_the_pip_of_a_fresh_venv(tmp_path):
+    """A fresh venv's pip (23.2.1 for Python 3.11.7) refuses --platform for `pip install` without --target; the bundle
+    resolves with --target, and checks offline first that the pip accepts its options. Without the suite's packages
+    in that Python it falls back to the recorded versions, and says so."""
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    python = venv / "bin" / "python"
+    pip = subprocess.run([str(python), "-m", "pip", "--version"], capture_output=True, text=True, check=True)
+    version = pip.stdout.split()[1]
+    proc = subprocess.run(["bash", str(BUNDLE), str(tmp_path / "bundle"), "--dry-run"], capture_output=True, text=True,
+                          env={**ENV, "PYTHON": str(python)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"pip {version} of {python}: accepts the resolve options (checked offline on a stub wheel)" in proc.stdout
+    assert "--target <tmp>/target" in proc.stdout
+    assert f"(recorded in this script: {python} lacks trl datasets math-verify transformers deepspeed" in proc.stdout
+    assert not (tmp_path / "bundle").exists()
 
 
 def test_bundle_needs_a_directory():
@@ -108,6 +127,17 @@ def test_word_level_tokenizer_covers_the_prompts_and_every_id_decodes():
         word_level_tokenizer(10)
 
 
+def test_smoke_reward_makes_every_group_mixed():
+    from benchlib.rewards import one_right_per_group
+
+    prompts = ["Compute 1 + 2."] * 4 + [[{"role": "user", "content": "Compute 2 + 4."}]] * 4
+    chats = [[{"role": "assistant", "content": f"say {i}"}] for i in range(4)]
+    completions = [f"answer {i}" for i in range(4)] + chats
+    rewards = one_right_per_group(prompts=prompts, completions=completions)
+    assert rewards[:4].count(1.0) == 1 and rewards[4:].count(1.0) == 1 and set(rewards) == {0.0, 1.0}
+    assert one_right_per_group(prompts=prompts[:4], completions=["same"] * 4) == [1.0] * 4  # ties all count
+
+
 # ------------------------------------------------------------------------------------------------ the whole path
 @pytest.mark.slow
 def test_cpu_smoke_runs_all_four_measurements(tmp_path):
@@ -133,6 +163,13 @@ def test_cpu_smoke_runs_all_four_measurements(tmp_path):
     z = result["zero3"]
     assert z["ok"] and z["returncode"] == 0 and z["steps_logged"] == 3 and z["losses_finite"]
     assert "disco/kl" in z["disco_metrics"] and len(z["step_time_s"]) == 3
+    # the GPU run's launch (accelerate, zero3.yaml, one process) on DeepSpeed's CPU accelerator
+    assert " -m accelerate.commands.launch --config_file " in z["command"]
+    assert z["command"].split("--config_file ")[1].startswith(str(ROOT / "recipes" / "accelerate" / "zero3.yaml"))
+    assert z["deepspeed_cpu_accelerator"] is True
+    # every question has right and wrong completions, so a loss of 0 would be a broken loss
+    assert z["frac_mixed_questions"] == [1.0, 1.0, 1.0]
+    assert z["losses_nonzero"] and all(x != 0 and math.isfinite(x) for x in z["losses"]), z["losses"]
     for title in ("## 1. Interleaved", "## 2. Groups larger", "## 3. Loss alone", "## 4. ZeRO-3"):
         assert title in md
     assert "| `disco` |" in md and result["model"]["parameters"] == expected_parameter_count(TINY)

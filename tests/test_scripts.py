@@ -183,11 +183,18 @@ def test_accelerate_config_loads(config):
     from accelerate.commands.config.config_args import ClusterConfig
 
     cluster = ClusterConfig.from_yaml_file(str(config))
-    expected = {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED"}[config.stem]
+    expected = {"single_gpu": "NO", "multi_gpu": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED",
+                "zero3_multinode": "DEEPSPEED"}[config.stem]
     assert str(cluster.distributed_type).split(".")[-1] == expected
-    if config.stem == "zero3":
+    if config.stem.startswith("zero3"):
         ds = cluster.deepspeed_config
         assert ds["zero_stage"] == 3 and ds["zero3_init_flag"] is True and ds["zero3_save_16bit_model"] is True
+    if config.stem == "zero3_multinode":  # the same DeepSpeed settings over 2 machines of 8 processes
+        single = ClusterConfig.from_yaml_file(str(config.with_name("zero3.yaml")))
+        assert cluster.deepspeed_config == single.deepspeed_config
+        assert (cluster.num_machines, cluster.num_processes, cluster.main_process_port) == (2, 16, 29500)
+        assert cluster.rdzv_backend == "static" and cluster.same_network is True
+        assert cluster.deepspeed_config["deepspeed_multinode_launcher"] == "standard"
 
 
 # --------------------------------------------------------------------------------------------------- batch geometry

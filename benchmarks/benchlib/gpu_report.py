@@ -44,10 +44,12 @@ def _loss_table(section: dict[str, Any]) -> list[str]:
 
 def _zero3_lines(z: dict[str, Any]) -> list[str]:
     steps = z["step_time_s"]
+    mixed = [x for x in z.get("frac_mixed_questions") or [] if x is not None]
     return [
         f"- ok: **{z['ok']}** (exit status {z['returncode']}, {z['steps_logged']} optimizer steps logged, losses "
-        f"finite: {z['losses_finite']})",
-        f"- losses: {', '.join(f'{x:.4g}' for x in z['losses'])}",
+        f"finite: {z['losses_finite']}, non-zero: {z.get('losses_nonzero')})",
+        f"- losses: {', '.join(f'{x:.4g}' for x in z['losses'])}; fraction of questions with right and wrong "
+        f"completions: {', '.join(f'{x:g}' for x in mixed) or '-'}",
         f"- step time (s): {', '.join(f'{x:.2f}' for x in steps) or 'not logged'}; whole run {z['wall_s']:.0f} s "
         "(start-up included)",
         f"- DisCO metrics logged: {', '.join(f'`{k}`' for k in z['disco_metrics']) or 'none'}",

@@ -34,6 +34,7 @@ from packaging.version import Version
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl.distributed import lost_peer_message
 from disco_trl.preflight import FolderInUse, FolderLock
 from disco_trl.scripts.checks import (
     ScriptError,
@@ -184,7 +185,14 @@ def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") ->
         geometry, reward_funcs, dataset = prepare(script_args, training_args, model_args)
     except (ScriptError, FolderInUse) as err:
         return _error(parser, err)
-    train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
+    try:
+        train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
+    except RuntimeError as err:  # torch.distributed's errors are RuntimeErrors
+        message = lost_peer_message(err, training_args.ddp_timeout)
+        if message is None:
+            raise
+        print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
