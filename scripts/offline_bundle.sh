@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 MAX_MIB=60
 NODE_TRANSFORMERS=5.17.0
-# The node, as pip requirements (the list; versions where it gives them).
+# The node, as pip requirements (the GPU image described above; versions where it is known).
 NODE_PACKAGES=("torch==2.11.*" "transformers==5.17.*" "accelerate==1.15.*" peft "tokenizers==0.23.*" safetensors
   numpy pandas pyarrow pyyaml requests tqdm)
 # What we bring: the versions installed in $PY, else these.
