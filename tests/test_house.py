@@ -116,3 +116,29 @@ def test_no_issue_numbers_in_code_or_tests():
                         hits.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:80]}")
     assert not hits, "\n".join(hits)
 
+
+
+def test_the_docs_name_files_that_exist():
+    """Paths in backticks (`disco_trl/...`, `tests/...`, ...) and relative links in the Markdown pages resolve."""
+    pages = [*ROOT.glob("*.md"), *ROOT.glob("docs/**/*.md"), *ROOT.glob("benchmarks/*.md")]
+    missing = []
+    for page in pages:
+        text = page.read_text()
+        for path in re.findall(r"`((?:disco_trl|benchmarks|scripts|tests|recipes|examples|docs)/[\w./\-]+)`", text):
+            if not any(c in path for c in "*{") and not (ROOT / path.rstrip(".")).exists():
+                missing.append(f"{page.relative_to(ROOT)}: {path}")
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not target.startswith(("http://", "https://")) and not (page.parent / target).exists():
+                missing.append(f"{page.relative_to(ROOT)}: link {target}")
+    assert not missing, "\n".join(missing)
+
+
+def test_the_trainer_overrides_at_most_5_grpotrainer_methods_and_names_each():
+    from trl import GRPOTrainer
+
+    import disco_trl.trainer as module
+
+    overrides = [name for name, value in vars(module.DiscoTrainer).items()
+                 if callable(value) and name != "__init__" and hasattr(GRPOTrainer, name)]
+    assert len(overrides) <= 5, overrides
+    assert all(f"`{name}`" in module.__doc__ for name in overrides), overrides

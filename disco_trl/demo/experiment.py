@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging as hf_logging
 
+from ..losses import check_tau
 from ..rewards import boxed_math_reward
 from . import task
 from .evaluate import evaluate_pass_at_1
@@ -87,8 +88,8 @@ class RunSettings:
                 raise ValueError(f"{name} must list numbers of operations between 1 and 4, got {value}.")
         if self.eval_questions > 100:
             raise ValueError(f"at most 100 held-out questions are reserved per split; got {self.eval_questions}.")
-        if self.tau is not None and not (self.tau > 0 and math.isfinite(self.tau)):
-            raise ValueError(f"tau must be a finite number > 0, got {self.tau}.")
+        if self.tau is not None:
+            check_tau(self.tau)
         if not (self.kl_delta >= 0 and self.kl_beta >= 0):
             raise ValueError(f"kl_delta and kl_beta must be >= 0, got {self.kl_delta} and {self.kl_beta}.")
         if self.eval_every < 0:
