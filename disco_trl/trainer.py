@@ -27,7 +27,7 @@ from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, uns
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from . import checkpoints, metrics, skipping
+from . import checkpoints, metrics, skipping, vllm_support
 from .config import DiscoConfig
 from .losses import completion_labels, discriminative_objective, hinge_from_kl, sequence_scores
 from .reward_checks import NoSignalWatch, check_reward_columns, with_output_check
@@ -120,12 +120,14 @@ class DiscoTrainer(GRPOTrainer):
             )
         if rollout_func is None and environment_factory is None:  # those add reward inputs of their own at run time
             check_reward_columns(reward_funcs, train_dataset)
+        vllm_support.check_vllm_can_run(args, model)  # vLLM hook: refuse set-ups where vLLM cannot run
         super().__init__(
             model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, reward_processing_classes=reward_processing_classes,
             callbacks=callbacks, optimizers=optimizers, quantization_config=quantization_config,
             peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
         )
+        vllm_support.adapt_to_vllm_platform(self)  # vLLM hook: weight push on vLLM's CPU backend
         self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
         self._disco_rewards_per_func = None
         self._no_signal_watch = NoSignalWatch(args.reward_threshold)
