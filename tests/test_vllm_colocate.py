@@ -24,7 +24,7 @@ require_vllm()
 import test_split_invariance  # noqa: E402
 from test_split_invariance import assert_grads_close, reference_gradient  # noqa: E402
 from vllm_testing import (  # noqa: E402
-    load_model, parity_reward, run_vllm, save_tiny_model, vllm_and_expected,
+    load_model, parity_reward, run_vllm, session_model_dir, vllm_and_expected,
 )
 
 pytestmark = pytest.mark.vllm
@@ -43,7 +43,7 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2-hd32"))
+    return session_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,15 @@ def save_tiny_model(path: Path, seed: int = 0, num_attention_heads: int = 2, num
     return path
 
 
+def session_model_dir(tmp_path_factory) -> Path:
+    """One saved tiny model for the whole test session: vLLM keys its compile cache by the model, so every engine
+    after the first starts in a few seconds."""
+    path = tmp_path_factory.getbasetemp() / "tiny-qwen2-hd32"
+    if not (path / "config.json").exists():
+        save_tiny_model(path)
+    return path
+
+
 def load_model(path: Path, dtype=torch.float64):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
