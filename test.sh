@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
-# Sets up the virtual environment if needed ($DISCO_VENV, default .venv), then runs the whole test suite (CPU only;
-# GPU tests skip themselves).
+# Sets up the virtual environments if needed, then runs the whole test suite (CPU only; GPU tests skip themselves):
+#   1. the main suite in $DISCO_VENV (default .venv, scripts/setup_env.sh), where the vLLM tests skip;
+#   2. the vLLM tests (tests/test_vllm_*.py, marker `vllm`) in $DISCO_VLLM_VENV (default .venv-vllm,
+#      scripts/setup_vllm.sh: vLLM's CPU build), with DISCO_REQUIRE_VLLM=1 so that a missing vLLM fails them.
+# Arguments go to both pytest runs. The exit status is non-zero if either run fails.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_env.sh
+bash scripts/setup_vllm.sh
 VENV=${DISCO_VENV:-.venv}
-exec "$VENV/bin/python" -m pytest tests "$@"
+VLLM_VENV=${DISCO_VLLM_VENV:-.venv-vllm}
+status=0
+"$VENV/bin/python" -m pytest tests "$@" || status=$?
+vllm_status=0
+DISCO_REQUIRE_VLLM=1 "$VLLM_VENV/bin/python" -m pytest tests -m vllm -o "python_files=test_vllm_*.py" "$@" \
+  || vllm_status=$?
+if [ "$vllm_status" -eq 5 ]; then  # no vLLM test among the arguments' selection
+  vllm_status=0
+fi
+if [ "$status" -eq 0 ]; then
+  status=$vllm_status
+fi
+exit "$status"

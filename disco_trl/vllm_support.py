@@ -92,7 +92,10 @@ def head_dim_of(config) -> int | None:
 
 
 def _check_cpu_model(args, model) -> None:
-    config = _model_config(model, getattr(args, "trust_remote_code", False))
+    try:
+        config = _model_config(model, getattr(args, "trust_remote_code", False))
+    except (OSError, ValueError):  # not a model folder (e.g. an adapter): TRL reports what it cannot load
+        return
     supported = cpu_attention_head_sizes()
     head_dim = head_dim_of(config) if config is not None else None
     if head_dim is None or supported is None or head_dim in supported:

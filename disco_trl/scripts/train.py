@@ -197,24 +197,25 @@ def check_batch_geometry(
 
 
 # ------------------------------------------------------------------------------------------------------------ checks
-def check_vllm(args: DiscoConfig) -> None:
-    """`use_vllm` needs vLLM (in the range TRL supports) and a CUDA device; vLLM generation needs gathered weights."""
+def check_vllm(args: DiscoConfig, model: str | None = None) -> None:
+    """`use_vllm` needs a vLLM that can run here (disco_trl.vllm_support: installed, a device it runs on, a model it
+    serves), gathered weights, and for server mode a CUDA device (TRL pushes weights to the server over NCCL)."""
     if not args.use_vllm:
         return
-    from trl.import_utils import is_vllm_available
+    from disco_trl.vllm_support import VLLMUnavailable, check_vllm_can_run
 
-    if not is_vllm_available():
-        raise ScriptError(
-            "use_vllm=True, but vLLM is not installed in this environment. Install the versions the pinned TRL "
-            "supports with `pip install 'disco-trl[vllm]'` (vllm>=0.22.0,<=0.31.0), or drop use_vllm to generate "
-            "with transformers (much slower for long completions)."
-        )
+    try:
+        check_vllm_can_run(args, model)
+    except VLLMUnavailable as err:
+        raise ScriptError(str(err)) from err
     import torch
 
-    if not torch.cuda.is_available():
-        raise ScriptError("use_vllm=True, but no CUDA device is visible: vLLM generation needs an NVIDIA GPU.")
-    if args.vllm_mode not in ("colocate", "server"):
-        raise ScriptError(f"vllm_mode={args.vllm_mode!r} is unknown; use 'colocate' or 'server'.")
+    if args.vllm_mode == "server" and (args.use_cpu or not torch.cuda.is_available()):
+        raise ScriptError(
+            "vllm_mode='server' needs a CUDA device in the training process: TRL pushes the weights to the server "
+            "over NCCL (VLLMClient.init_communicator). On a machine without a GPU use vllm_mode='colocate' (vLLM's "
+            "CPU build, docs/training.md)."
+        )
     if not args.ds3_gather_for_generation:
         raise ScriptError(
             "ds3_gather_for_generation=False cannot be used with vLLM (TRL syncs full weights into vLLM); set it to "
@@ -350,9 +351,9 @@ def prepare(script_args: DiscoScriptArguments, training_args: DiscoConfig, model
     """Every check that can fail on the inputs, cheapest first, before any weights are loaded."""
     geometry = check_batch_geometry(script_args, training_args)
     resolve_resume(training_args)
-    check_vllm(training_args)
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
     check_model(model_args, training_args)
+    check_vllm(training_args, model_args.model_name_or_path)  # after check_model: it reads the model's config
     dataset = load_train_dataset(script_args, reward_funcs)
     return geometry, reward_funcs, dataset
 
