@@ -2,15 +2,18 @@
 each refusal of a set-up vLLM cannot run, by its one-line message, before any weights are loaded."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from vllm_testing import require_vllm
 
 require_vllm()
-
-from trl.generation import vllm_generation  # noqa: E402
 
 from disco_trl import DiscoTrainer  # noqa: E402
 from disco_trl.scripts import train as train_script  # noqa: E402
@@ -20,14 +23,10 @@ from vllm_testing import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.vllm
+TESTS_DIR = Path(__file__).parent
 CPU_VLLM_FLAGS = ["--use_vllm", "true", "--vllm_mode", "colocate", "--use_cpu", "true",
                   "--vllm_gpu_memory_utilization", "0.1", "--vllm_enable_sleep_mode", "false",
                   "--vllm_max_model_length", "128"]
-
-
-def hash_reward(completions, **kwargs):
-    """parity_reward on the chat completions the script builds (the tiny model never writes a correct answer)."""
-    return parity_reward([c if isinstance(c, str) else c[-1]["content"] for c in completions])
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def script_args(model_dir, dataset, output_dir, *extra):
             "--num_generations", "4", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
             "--generation_batch_size", "16", "--max_completion_length", "8", "--max_steps", "2",
             "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--dtype", "float32",
-            "--seed", "0", "--reward_funcs", f"{__name__}.hash_reward", *extra]
+            "--seed", "0", "--reward_funcs", "vllm_testing.chat_parity_reward", *extra]
 
 
 def run_main(args, capsys):
@@ -53,23 +52,22 @@ def run_main(args, capsys):
     return code, captured.out, captured.err
 
 
-def test_vllm_script_trains_end_to_end_with_colocated_vllm(tmp_path_factory, math_jsonl, tmp_path, capfd,
-                                                           monkeypatch):
-    calls = []
-    real_generate = vllm_generation.VLLMGeneration.generate
-
-    def counting_generate(self, *args, **kwargs):  # the real vLLM generation, counted
-        calls.append(self.mode)
-        return real_generate(self, *args, **kwargs)
-
-    monkeypatch.setattr(vllm_generation.VLLMGeneration, "generate", counting_generate)
+def test_vllm_script_trains_end_to_end_with_colocated_vllm(tmp_path_factory, math_jsonl, tmp_path):
+    """`python examples/train_disco.py --use_vllm true --vllm_mode colocate ...` as users run it (its own process: the
+    script ends by destroying the process group, which the in-process vLLM engines of the other tests share)."""
     out = tmp_path / "run"
-    # capfd: vLLM's engine start writes to the process's file descriptors
-    code, stdout, err = run_main(script_args(session_model_dir(tmp_path_factory), math_jsonl, out, *CPU_VLLM_FLAGS),
-                                 capfd)
-    assert code == 0, err[-3000:]
-    assert "4 questions x 4 completions per generation; 2 questions per optimizer update" in stdout
-    assert calls == ["colocate"]  # one generation batch (2 updates), sampled by vLLM
+    args = script_args(session_model_dir(tmp_path_factory), math_jsonl, out, *CPU_VLLM_FLAGS)
+    # a fresh process, as a user's: without the rendezvous variables TRL's colocate mode set in this one
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")])
+    env["VLLM_LOGGING_LEVEL"] = "INFO"  # TRL lowers vLLM's logging to errors unless this is set
+    result = subprocess.run([sys.executable, str(TESTS_DIR.parent / "examples" / "train_disco.py"), *args],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "4 questions x 4 completions per generation; 2 questions per optimizer update" in output
+    assert re.search(r"Initializing a V1 LLM engine .*model='[^']*tiny-qwen2-hd32'", output)  # vLLM generated
     state = json.loads((out / "trainer_state.json").read_text())
     logs = [h for h in state["log_history"] if "disco/objective" in h]
     assert [h["step"] for h in logs] == [1, 2] and all(h["loss"] == h["loss"] for h in logs)

@@ -86,6 +86,12 @@ def parity_reward(completions, **kwargs):
     return [float(zlib.crc32(t.encode()) % 3 == 0) for t in texts]
 
 
+def chat_parity_reward(completions, **kwargs):
+    """parity_reward on the chat completions the training script builds (a random tiny model never writes a correct
+    answer, so the math reward alone would give DisCO nothing to learn from)."""
+    return parity_reward([c if isinstance(c, str) else c[-1]["content"] for c in completions])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
