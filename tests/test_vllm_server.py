@@ -18,17 +18,16 @@ The server's model has an untied LM head: vLLM's CPU backend does not re-pack a 
 (disco_trl/vllm_support.repack_lm_heads fixes that in colocate mode; the server process is out of the trainer's reach).
 """
 
-import json
 import time
 
 import pytest
-import requests
 import torch
 
 from vllm_testing import require_vllm
 
 require_vllm()
 
+import requests  # noqa: E402  (installed with vLLM)
 from trl.generation.vllm_client import VLLMClient  # noqa: E402
 
 from vllm_testing import (  # noqa: E402
