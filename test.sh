@@ -10,6 +10,8 @@ bash scripts/setup_env.sh
 bash scripts/setup_vllm.sh
 VENV=${DISCO_VENV:-.venv}
 VLLM_VENV=${DISCO_VLLM_VENV:-.venv-vllm}
+[[ "$VENV" = /* ]] || VENV="$PWD/$VENV"
+[[ "$VLLM_VENV" = /* ]] || VLLM_VENV="$PWD/$VLLM_VENV"
 status=0
 "$VENV/bin/python" -m pytest tests "$@" || status=$?
 vllm_status=0
