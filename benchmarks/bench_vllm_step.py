@@ -8,11 +8,11 @@ generation, completions of up to 6 tokens). Run it in the vLLM environment (scri
     flock /tmp/disco-cpu.lock .venv-vllm/bin/python benchmarks/bench_vllm_step.py --steps 20
     .venv-vllm/bin/python benchmarks/bench_vllm_step.py --max-completion-length 64 --steps 20
 
-Reported per generation back end: the trainer's construction time (for vLLM: the engine start), the step time TRL
-logs (`step_time`, one optimizer step including, on every second step, the generation of the next batch) split into
-steps that generate and steps that reuse the batch, the weight sync (vLLM only; DisCO's CPU push through vLLM's reload)
-and the whole `train()` wall time per step. The transformers run goes first, so that vLLM's in-process engine (which
-binds this process's threads) cannot slow it down.
+Reported per generation back end, as median [min, max] over `--rounds` runs, each in a fresh process, the back ends
+interleaved: the trainer's construction time (for vLLM: the engine start), the step time TRL logs (`step_time`: one
+optimizer step, including on every second step the generation of the next batch) for steps that generate (the first,
+which also warms up, left out) and steps that reuse the batch, the whole `train()` wall time per step, and the weight
+sync (vLLM only: DisCO's CPU push through vLLM's reload, the first left out).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,28 +78,55 @@ def measure(model_dir: Path, use_vllm: bool, args) -> dict:
         trainer.train()
         train_s = time.perf_counter() - start
     steps = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
-    generating, reusing = steps[0::2], steps[1::2]  # steps_per_generation=2: every other step generates
-    ms = lambda xs: round(1000 * statistics.median(xs), 1) if xs else None  # noqa: E731
-    return {"generation": "vllm" if use_vllm else "transformers", "init_s": round(init_s, 1),
-            "step_ms_median": ms(steps), "generating_step_ms_median": ms(generating[1:]),  # the first pays warm-up
-            "first_step_ms": ms(steps[:1]), "reusing_step_ms_median": ms(reusing), "sync_ms_median": ms(syncs[1:]),
-            "train_wall_ms_per_step": round(1000 * train_s / len(steps), 1), "steps": len(steps)}
+    generating, reusing = steps[2::2], steps[1::2]  # every other step generates; the first also warms up
+    return {"init_s": init_s, "generating_step_ms": 1000 * statistics.median(generating),
+            "reusing_step_ms": 1000 * statistics.median(reusing), "train_ms_per_step": 1000 * train_s / len(steps),
+            "sync_ms": 1000 * statistics.median(syncs[1:]) if len(syncs) > 1 else None}
+
+
+def one_run(backend: str, args) -> dict:
+    """One measurement in a fresh process (so that neither back end inherits the other's state)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        command = [sys.executable, __file__, "--one", backend, "--steps", str(args.steps),
+                   "--max-completion-length", str(args.max_completion_length), "--output", str(out)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))  # the same torch threads for both back ends
+        subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+        return json.loads(out.read_text())
+
+
+def summarise(runs: list[dict]) -> dict:
+    keys = [k for k in runs[0] if runs[0][k] is not None]
+    return {k: [round(statistics.median(r[k] for r in runs), 1), round(min(r[k] for r in runs), 1),
+                round(max(r[k] for r in runs), 1)] for k in keys}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--max-completion-length", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3, help="fresh-process runs per back end, interleaved")
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run (default 1)")
+    parser.add_argument("--one", choices=["transformers", "vllm"], help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from vllm_testing import save_tiny_model
+    if args.one:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from vllm_testing import save_tiny_model
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_tiny_model(Path(tmp) / "tiny-qwen2-hd32")
-        results = [measure(model_dir, use_vllm, args) for use_vllm in (False, True)]
-    report = {"max_completion_length": args.max_completion_length, "load_avg_after": os.getloadavg(),
-              "results": results}
+        with tempfile.TemporaryDirectory() as tmp:
+            result = measure(save_tiny_model(Path(tmp) / "tiny-qwen2-hd32"), args.one == "vllm", args)
+        args.output.write_text(json.dumps(result))
+        return 0
+    load_before = os.getloadavg()
+    runs = {"transformers": [], "vllm": []}
+    for r in range(args.rounds):
+        for backend in (("transformers", "vllm") if r % 2 == 0 else ("vllm", "transformers")):
+            runs[backend].append(one_run(backend, args))
+    report = {"max_completion_length": args.max_completion_length, "steps": args.steps, "rounds": args.rounds,
+              "threads": args.threads,
+              "load_avg_before": load_before, "load_avg_after": os.getloadavg(),
+              "median_min_max": {b: summarise(rs) for b, rs in runs.items()}, "runs": runs}
     print(json.dumps(report, indent=2))
     if args.output:
         args.output.write_text(json.dumps(report, indent=2))

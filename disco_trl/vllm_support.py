@@ -117,8 +117,8 @@ def check_vllm_can_run(args, model: Any = None) -> None:
     if vllm_distribution() is None:
         raise VLLMUnavailable(
             "use_vllm=True, but vLLM is not installed in this environment. Install the versions the pinned TRL "
-            f"supports with `pip install 'disco-trl[vllm]'` (vllm>=0.22.0,<=0.31.0) on a GPU machine; {CPU_SETUP_HINT} "
-            "(a second environment, .venv-vllm); or drop use_vllm to generate with transformers."
+            "supports with `pip install 'disco-trl[vllm]'` (vllm>=0.22.0,<=0.31.0) on a GPU machine; "
+            f"{CPU_SETUP_HINT} (a second environment, .venv-vllm); or drop use_vllm to generate with transformers."
         )
     if args.vllm_mode == "server":
         return  # the server runs vLLM elsewhere; this process only talks to it (and pushes weights, see the docs)
@@ -147,8 +147,8 @@ def repack_lm_heads(model) -> None:
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
     for module in model.modules():
-        if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod) and hasattr(module,
-                                                                                                     "cpu_linear"):
+        packed = hasattr(module, "cpu_linear")  # set by vLLM's CPU GEMM dispatch
+        if packed and isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
             module.quant_method.process_weights_after_loading(module)
 
 

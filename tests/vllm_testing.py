@@ -5,8 +5,8 @@ the main suite). Elsewhere they skip with a reason; with DISCO_REQUIRE_VLLM=1 (s
 vLLM fails them instead.
 
 The tiny model has 2 attention heads at hidden size 64 (head_dim 32), since vLLM's CPU attention has no kernel for the
-default toy model's head_dim 16. vLLM serves a float32 checkpoint in bfloat16 on CPU (its `dtype="auto"`), as it does on
-a GPU, while the trainer keeps float64 (exactness runs) or float32.
+default toy model's head_dim 16. vLLM serves a float32 checkpoint in bfloat16 on CPU (its `dtype="auto"`), as it does
+on a GPU, while the trainer keeps float64 (exactness runs) or float32.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from disco_trl import DiscoConfig, DiscoTrainer
 
 REQUIRE = os.environ.get("DISCO_REQUIRE_VLLM") == "1"
-# vLLM's CPU backend sizes its KV cache from this (GiB); its default, a fraction of all memory, fails next to a trainer.
+# vLLM's CPU backend sizes its KV cache from this (GiB); its default (a fraction of all memory) fails next to a trainer
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
