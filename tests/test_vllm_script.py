@@ -19,7 +19,7 @@ from disco_trl import DiscoTrainer  # noqa: E402
 from disco_trl.scripts import train as train_script  # noqa: E402
 from disco_trl.vllm_support import VLLMUnavailable  # noqa: E402
 from vllm_testing import (  # noqa: E402
-    VLLM_OPTIONS, load_model, parity_reward, prompt_dataset, save_tiny_model, session_model_dir, vllm_config,
+    parity_reward, prompt_dataset, save_tiny_model, session_model_dir, vllm_config,
 )
 
 pytestmark = pytest.mark.vllm
@@ -99,11 +99,13 @@ def test_vllm_script_refuses_sleep_mode_and_server_mode_on_cpu(tmp_path_factory,
 
 
 def test_vllm_trainer_refuses_an_unservable_model_before_loading_vllm(tmp_path):
+    from transformers import AutoTokenizer
+
     model_dir = save_tiny_model(tmp_path / "hd16", num_attention_heads=4, num_key_value_heads=2)
-    model, tokenizer = load_model(model_dir, dtype=None)
+    args = vllm_config(tmp_path / "o", 8, 1, 2)
+    assert args.use_vllm and args.vllm_mode == "colocate"
     start = time.monotonic()
     with pytest.raises(VLLMUnavailable, match="head_dim=16"):
-        DiscoTrainer(model=str(model_dir), reward_funcs=parity_reward, args=vllm_config(tmp_path / "o", 8, 1, 2),
-                     train_dataset=prompt_dataset(), processing_class=tokenizer)
-    assert time.monotonic() - start < 10  # no engine was started
-    assert VLLM_OPTIONS["use_vllm"]
+        DiscoTrainer(model=str(model_dir), reward_funcs=parity_reward, args=args, train_dataset=prompt_dataset(),
+                     processing_class=AutoTokenizer.from_pretrained(model_dir))
+    assert time.monotonic() - start < 10  # refused before any engine started (one takes 5-40 s)
