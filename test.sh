@@ -1,9 +1,29 @@
 #!/usr/bin/env bash
-# Sets up the virtual environment if needed ($DISCO_VENV, default .venv), checks the tree with ruff (a lint error fails
-# here, as in CI), then runs the whole test suite (CPU only; GPU tests skip themselves).
+# Sets up the virtual environments if needed, checks the tree with ruff (a lint error fails here, as in CI), then
+# runs the whole test suite (CPU only; GPU tests skip themselves):
+#   1. the main suite in $DISCO_VENV (default .venv, scripts/setup_env.sh), where the vLLM tests skip;
+#   2. the vLLM tests (tests/test_vllm_*.py, marker `vllm`) in $DISCO_VLLM_VENV (default .venv-vllm,
+#      scripts/setup_vllm.sh: vLLM's CPU build), with DISCO_REQUIRE_VLLM=1 so that a missing vLLM fails them, and
+#      OMP_NUM_THREADS=1 unless set (measured on 2 shared cores: 111 s instead of 178 s with 2 threads).
+# Arguments go to both pytest runs. The exit status is non-zero if either run fails.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_env.sh
+bash scripts/setup_vllm.sh
 VENV=${DISCO_VENV:-.venv}
 "$VENV/bin/ruff" check --no-cache .
-exec "$VENV/bin/python" -m pytest tests "$@"
+VLLM_VENV=${DISCO_VLLM_VENV:-.venv-vllm}
+[[ "$VENV" = /* ]] || VENV="$PWD/$VENV"
+[[ "$VLLM_VENV" = /* ]] || VLLM_VENV="$PWD/$VLLM_VENV"
+status=0
+"$VENV/bin/python" -m pytest tests "$@" || status=$?
+vllm_status=0
+DISCO_REQUIRE_VLLM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} \
+  "$VLLM_VENV/bin/python" -m pytest tests -m vllm -o "python_files=test_vllm_*.py" "$@" || vllm_status=$?
+if [ "$vllm_status" -eq 5 ]; then  # no vLLM test among the arguments' selection
+  vllm_status=0
+fi
+if [ "$status" -eq 0 ]; then
+  status=$vllm_status
+fi
+exit "$status"

@@ -33,7 +33,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
-from . import checkpoints, metrics, preflight, skipping
+from . import checkpoints, metrics, preflight, skipping, vllm_support
 from .config import DiscoConfig
 from .distributed import CollectiveTimeout
 from .geometry import BatchGeometry, cut_by_questions
@@ -103,12 +103,14 @@ class DiscoTrainer(GRPOTrainer):
         preflight.check_dataset_size(train_dataset, args)
         if peft_config is not None:
             preflight.check_lora_targets(_model_or_config(model, args), peft_config)
+        vllm_support.check_vllm_can_run(args, model)  # refuse set-ups where vLLM cannot run, before any model loads
         super().__init__(
             model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, reward_processing_classes=reward_processing_classes,
             callbacks=callbacks, optimizers=optimizers, quantization_config=quantization_config,
             peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
         )
+        vllm_support.adapt_to_vllm_platform(self)  # the weight push on vLLM's CPU backend
         self.add_callback(CollectiveTimeout())  # ddp_timeout bounds every wait for another process
         self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
         if rollout_func is None and environment_factory is None and not self._is_vlm:

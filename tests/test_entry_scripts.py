@@ -24,11 +24,12 @@ def _scratch_repo(tmp_path: Path, script: str, venv: str) -> Path:
     (repo / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / script, repo / script)
     (repo / "scripts" / "setup_env.sh").write_text("#!/usr/bin/env bash\nexit 0\n")
-    bin_dir = (repo / venv if not os.path.isabs(venv) else Path(venv)) / "bin"
-    bin_dir.mkdir(parents=True)
-    for name in ("python", "disco-trl", "ruff"):
-        (bin_dir / name).write_text(ECHO)
-        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+    (repo / "scripts" / "setup_vllm.sh").write_text("#!/usr/bin/env bash\nexit 0\n")  # test.sh's vLLM part
+    for bin_dir in ((repo / venv if not os.path.isabs(venv) else Path(venv)) / "bin", repo / ".venv-vllm" / "bin"):
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("python", "disco-trl", "ruff"):
+            (bin_dir / name).write_text(ECHO)
+            (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
     return repo
 
 
@@ -50,11 +51,13 @@ def test_entry_scripts_use_the_venv_from_disco_venv(tmp_path, script, program, e
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     expected = Path(venv) if venv and os.path.isabs(venv) else repo / (venv or ".venv")
-    assert Path(lines[-1].split()[0]) == expected / "bin" / program, result.stdout
-    assert lines[-1].endswith(expected_args)
+    main = lines[1] if script == "test.sh" else lines[0]  # test.sh: ruff, the main suite, then the vLLM run
+    assert Path(main.split()[0]) == expected / "bin" / program, result.stdout
+    assert main.endswith(expected_args)
     if script == "test.sh":  # the lint runs first, from the same environment (run from the repository's root)
         ruff, command = lines[0].split()[:2]
         assert (repo / ruff).resolve() == (expected / "bin" / "ruff").resolve() and command == "check", result.stdout
+        assert Path(lines[2].split()[0]) == repo / ".venv-vllm" / "bin" / "python" and "-m vllm" in lines[2]
 
 
 @pytest.mark.parametrize("script", ["run.sh", "test.sh"])

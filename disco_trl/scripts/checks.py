@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from trl import ModelConfig, get_peft_config
-from trl.import_utils import is_vllm_available
 
 from disco_trl import DiscoConfig, preflight
 from disco_trl.checkpoints import CheckpointError, resolve_resume
@@ -24,6 +23,7 @@ from disco_trl.data import load_math_dataset
 from disco_trl.geometry import BatchGeometry, check_expected_questions
 from disco_trl.rewards import boxed_math_reward
 from disco_trl.rewards.checks import check_reward_columns
+from disco_trl.vllm_support import VLLMUnavailable, check_vllm_can_run
 
 
 class ScriptError(Exception):
@@ -48,20 +48,21 @@ def check_batch_geometry(
 
 
 # ------------------------------------------------------------------------------------------------------------ checks
-def check_vllm(args: DiscoConfig) -> None:
-    """`use_vllm` needs vLLM (in the range TRL supports) and a CUDA device; vLLM generation needs gathered weights."""
+def check_vllm(args: DiscoConfig, model: str | None = None) -> None:
+    """`use_vllm` needs a vLLM that can run here (disco_trl.vllm_support: installed, a device it runs on, a model it
+    serves), gathered weights, and for server mode a CUDA device (TRL pushes weights to the server over NCCL)."""
     if not args.use_vllm:
         return
-    if not is_vllm_available():
+    try:
+        check_vllm_can_run(args, model)
+    except VLLMUnavailable as err:
+        raise ScriptError(str(err)) from err
+    if args.vllm_mode == "server" and (args.use_cpu or not torch.cuda.is_available()):
         raise ScriptError(
-            "use_vllm=True, but vLLM is not installed in this environment. Install the versions the pinned TRL "
-            "supports with `pip install 'disco-trl[vllm]'` (vllm>=0.22.0,<=0.31.0), or drop use_vllm to generate "
-            "with transformers (much slower for long completions)."
+            "vllm_mode='server' needs a CUDA device in the training process: TRL pushes the weights to the server "
+            "over NCCL (VLLMClient.init_communicator). On a machine without a GPU use vllm_mode='colocate' (vLLM's "
+            "CPU build, docs/training.md)."
         )
-    if not torch.cuda.is_available():
-        raise ScriptError("use_vllm=True, but no CUDA device is visible: vLLM generation needs an NVIDIA GPU.")
-    if args.vllm_mode not in ("colocate", "server"):
-        raise ScriptError(f"vllm_mode={args.vllm_mode!r} is unknown; use 'colocate' or 'server'.")
     if not args.ds3_gather_for_generation:
         raise ScriptError(
             "ds3_gather_for_generation=False cannot be used with vLLM (TRL syncs full weights into vLLM); set it to "

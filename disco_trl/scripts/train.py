@@ -130,9 +130,9 @@ def prepare(script_args: DiscoScriptArguments, training_args: DiscoConfig, model
     geometry = check_batch_geometry(script_args, training_args)
     FolderLock(training_args.output_dir, "a training run").check_free()  # DiscoTrainer.train takes it
     resolve_resume_setting(training_args)
-    check_vllm(training_args)
     reward_funcs = load_reward_funcs(script_args.reward_funcs)
     model_config = check_model(model_args, training_args)
+    check_vllm(training_args, model_args.model_name_or_path)  # after check_model: it reads the model's config
     dataset = load_train_dataset(script_args, reward_funcs)
     check_inputs_against_model(model_config, dataset, model_args, training_args)
     return geometry, reward_funcs, dataset

