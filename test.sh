@@ -11,10 +11,10 @@ cd "$(dirname "$0")"
 bash scripts/setup_env.sh
 bash scripts/setup_vllm.sh
 VENV=${DISCO_VENV:-.venv}
-"$VENV/bin/ruff" check --no-cache .
 VLLM_VENV=${DISCO_VLLM_VENV:-.venv-vllm}
 [[ "$VENV" = /* ]] || VENV="$PWD/$VENV"
 [[ "$VLLM_VENV" = /* ]] || VLLM_VENV="$PWD/$VLLM_VENV"
+"$VENV/bin/ruff" check --no-cache .
 status=0
 "$VENV/bin/python" -m pytest tests "$@" || status=$?
 vllm_status=0
