@@ -18,6 +18,7 @@ from disco_trl.demo.exact_kl import ExactKLDiscoTrainer, ExactKLGRPOTrainer, kl_
 from disco_trl.demo.experiment import RunSettings, build_trainer, recording_reward, training_questions
 from disco_trl.demo.study import plan, stats
 from disco_trl.demo.study.cost import MEASURED, estimate_cost, run_cost
+from disco_trl.demo.study.report import mechanism_checks
 
 
 TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
@@ -102,6 +103,25 @@ def test_verdicts_follow_the_preregistered_rule():
     assert stats.verdict(None, float("nan"), margin=0.015) == "inconclusive"
 
 
+def test_descriptive_checks_follow_the_preregistered_thresholds():
+    scale = plan.Scale()
+    dro = {"tau0.1": {"neg_weight_ess": 0.87}, "tau1": {"neg_weight_ess": 0.99}, "basic": {"neg_weight_ess": 0.99}}
+    assert mechanism_checks(plan.experiment("dro", scale), dro) == {
+        "tau0.1": {"neg_weight_ess": 0.87, "active": True}, "tau1": {"neg_weight_ess": 0.99, "active": False}}
+    tr = {"hinge-3e-05": {"kl": {"frac_hinge_decision_wrong": 0.4}},
+          "hinge-0.0001": {"kl": {"frac_hinge_decision_wrong": 0.1}}, "off-3e-05": {"kl": {}}}
+    checks = mechanism_checks(plan.experiment("trust-region", scale), tr)
+    assert {k: v["noise_driven"] for k, v in checks.items()} == {"hinge-3e-05": True, "hinge-0.0001": False}
+    long = {name: {"runs": [{"entropy": None}, {"entropy": None}]} for name in ("disco", "disco-b", "dapo")}
+    long["grpo"] = {"runs": [{"entropy": None}, {"entropy": "collapses"}], "clip_ratio_last_quarter": 0.0015}
+    checks = mechanism_checks(plan.experiment("long", scale), long)
+    assert checks["steadier_entropy"] is True and checks["clipping_binds"] is False
+    long["dapo"]["clip_ratio_last_quarter"] = 0.0025
+    assert mechanism_checks(plan.experiment("long", scale), long)["clipping_binds"] is True
+    long["disco-b"]["runs"][0]["entropy"] = "explodes"
+    assert mechanism_checks(plan.experiment("long", scale), long)["steadier_entropy"] is False
+
+
 # --------------------------------------------------------------------------------------------------- the plan
 def test_the_preregistered_plan():
     scale = plan.Scale()
@@ -123,7 +143,8 @@ def test_the_preregistered_plan():
     every = [s for s, _ in dro + tr + long]
     assert {(s.updates_per_generation, s.questions_per_generation, s.eval_questions, s.eval_samples, s.exact_kl,
              s.eval_split, tuple(s.train_difficulties)) for s in every} == {(8, 16, 100, 32, True, "test", (2, 3, 4))}
-    assert {s.learning_rate for s, _ in dro + long} == {plan.SHARED_LR} == {1e-5}
+    assert {s.learning_rate for s, _ in dro} == {plan.SHARED_LR} == {1e-5}
+    assert {s.learning_rate for s, _ in long} == {plan.LONG_LR} == {3e-5}  # one rate for the four methods
     assert {s.max_steps for s, _ in dro + tr} == {160}
     cal = plan.calibration_settings(scale)
     assert (cal.method, cal.seed, cal.kl_beta, cal.learning_rate, cal.updates_per_generation) == \
@@ -308,17 +329,22 @@ def test_tiny_study_runs_every_experiment_records_diagnostics_and_resumes(tiny_m
     dro = json.loads((out / "dro" / "results.json").read_text())
     assert 0 < dro["arms"]["tau0.03"]["neg_weight_ess"] <= dro["arms"]["tau10"]["neg_weight_ess"] <= 1.0
     assert (out / "dro" / "weights.png").exists() and (out / "long" / "dynamics.png").exists()
-    record = json.loads((out / "runs" / "long-dapo-dapo-lr1e-05-seed0.json").read_text())
+    record = json.loads((out / "runs" / "long-dapo-dapo-lr3e-05-seed0.json").read_text())
     steps = [e for e in record["log_history"] if "loss" in e]
     assert all("demo/kl_exact" in e and "clip_ratio/region_mean" in e for e in steps)
     assert [h["step"] for h in record["eval_history"]] == [0, 8, 16]
     disco = json.loads((out / "runs" / "dro-tau0.3-disco-lr1e-05-seed0.json").read_text())
     assert any("disco/neg_weight_ess" in e for e in disco["log_history"]) and disco["settings"]["tau"] == 0.3
-    assert "A. DRO" in (out / "results.md").read_text() or "dro" in (out / "results.md").read_text()
+    index = (out / "results.md").read_text()
+    assert all(f"| {name} |" in index for name in plan.EXPERIMENTS)  # every experiment's verdicts listed
+    tr = json.loads((out / "trust-region" / "results.json").read_text())
+    assert set(tr["mechanism"]) == {"hinge-3e-05", "hinge-0.0001"}
+    assert "noise-driven" in (out / "trust-region" / "results.md").read_text()
+    assert isinstance(json.loads((out / "long" / "results.json").read_text())["mechanism"]["steadier_entropy"], bool)
     capsys.readouterr()
 
     # A run file of another design (no exact KL, no pool: an older study's) is not taken for this one.
-    path = out / "runs" / "long-dapo-dapo-lr1e-05-seed0.json"
+    path = out / "runs" / "long-dapo-dapo-lr3e-05-seed0.json"
     old = json.loads(path.read_text())
     for key in ("exact_kl", "train_pool", "kl_penalty", "kl_estimator"):
         old["settings"].pop(key)

@@ -70,6 +70,29 @@ def best_rates_and_long_runs(v1: str) -> list[str]:
     return lines
 
 
+def shared_rate(v1: str) -> list[str]:
+    """The one-standard-error rule on v1's grid: validation gains pooled over the six methods, and per method."""
+    grid = _runs(os.path.join(v1, "runs"), "grid-*.json")
+    pooled: dict[float, list[float]] = {}
+    for r in grid:
+        pooled.setdefault(r["settings"]["learning_rate"], []).append(
+            r["also_eval"]["pass@1_after"] - r["also_eval"]["pass@1_before"])
+    choice = stats.one_se_choice(pooled)
+    lines = ["v1 grid, validation gain pooled over 6 methods x 2 seeds per rate: " + ", ".join(
+        f"{lr:g} {100 * m:+.2f}" for lr, m in sorted(choice["means"].items())) + f" points; best {choice['best']:g} "
+        f"(SE {100 * choice['best_se']:.2f}), one-SE rule picks {choice['chosen']:g} (v1/runs/grid-*.json)"]
+    for method in sorted({r["method"] for r in grid}):
+        per: dict[float, list[float]] = {}
+        for r in grid:
+            if r["method"] == method:
+                per.setdefault(r["settings"]["learning_rate"], []).append(r["also_eval"]["pass@1_after"])
+        c = stats.one_se_choice(per)
+        lines.append(f"  {method}: best {c['best']:g} (validation {c['best_mean']:.4f}, SE of 2 seeds "
+                     f"{100 * c['best_se']:.2f} points), one-SE rule picks {c['chosen']:g}; at 1e-5 "
+                     f"{c['means'][1e-5]:.4f}")
+    return lines
+
+
 def statistics_at_best_rates(v1: str) -> list[str]:
     results, runs = _load(os.path.join(v1, "results.json")), os.path.join(v1, "runs")
     st, lines = results["statistics"], []
@@ -127,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", default="docs", help="the docs folder (default docs)")
     args = parser.parse_args(argv)
     v1 = os.path.join(args.docs, "study", "v1")
-    lines = dro_and_hinge(v1) + best_rates_and_long_runs(v1) + statistics_at_best_rates(v1)
+    lines = dro_and_hinge(v1) + best_rates_and_long_runs(v1) + shared_rate(v1) + statistics_at_best_rates(v1)
     lines += comparison_and_skipping(os.path.join(args.docs, "comparison"), os.path.join(args.docs, "skipping"))
     print("\n".join(lines))
     return 0

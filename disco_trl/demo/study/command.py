@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="time short runs of each kind (in OUTPUT_DIR/probe-runs) and print the extrapolated cost")
     add("--check-run", action="append", type=check_run_arg, default=[], metavar="EXPERIMENT:ARM:SEED",
         help="run one full-length run of the design in OUTPUT_DIR/probe-runs and print its CPU time against the "
-             "estimate (repeatable; e.g. dro:tau0.1:0)")
+             "estimate and what it saw (repeatable; e.g. dro:tau0.1:0; EXPERIMENT:ARM:SEED:RATE:STEPS probes the arm "
+             "at another rate and length)")
     add("--cache-dir", default=None, help="where the warm start is cached (default $DISCO_TRL_CACHE or "
                                           "~/.cache/disco-trl)")
     add("--quick", action="store_true", help="a tiny model and a tiny scale (tests, smoke runs)")
@@ -91,8 +92,16 @@ def experiments_arg(text: str) -> list[str]:
 
 def check_run_arg(text: str) -> str:
     parts = text.split(":")
-    if len(parts) != 3 or parts[0] not in plan.EXPERIMENTS or not parts[2].isdigit():
-        raise argparse.ArgumentTypeError(f"--check-run wants EXPERIMENT:ARM:SEED, e.g. dro:tau0.1:0; got {text!r}")
+    if not 3 <= len(parts) <= 5 or parts[0] not in plan.EXPERIMENTS or not parts[2].isdigit():
+        raise argparse.ArgumentTypeError(f"--check-run wants EXPERIMENT:ARM:SEED[:RATE[:STEPS]], e.g. dro:tau0.1:0; "
+                                         f"got {text!r}")
+    try:
+        if len(parts) > 3:
+            options.learning_rate(parts[3])
+        if len(parts) > 4 and int(parts[4]) < 1:
+            raise ValueError(f"steps must be >= 1, got {parts[4]}")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--check-run {text!r}: {err}") from None
     arms = [a.name for a in plan.experiment(parts[0], plan.Scale()).arms]
     if parts[1] not in arms:
         raise argparse.ArgumentTypeError(f"--check-run: {parts[0]} has arms {', '.join(arms)}; got {parts[1]!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -72,12 +73,13 @@ def estimate_cost(names: list[str], scale: plan.Scale, constants: dict | None = 
 
 def check_runs(specs: list[str], scale: plan.Scale, model_path: str, folder: str) -> str:
     """Full-length runs of the design (`experiment:arm:seed`, e.g. `dro:tau0.1:0`), with the study's own settings,
-    in a scratch runs folder: their recorded CPU seconds against `run_cost`'s estimate. Runs that need delta run the
-    calibration run first (in the same folder)."""
+    in a scratch runs folder: their recorded CPU seconds against `run_cost`'s estimate, and what they saw. A spec may
+    add `:rate` or `:rate:steps` (a probe of the design at another rate or length, e.g. `long:grpo:0:3e-5:160`). Runs
+    that need delta run the calibration run first (in the same folder)."""
     os.makedirs(folder, exist_ok=True)
     lines = [f"{'run':<28} {'CPU s':>8} {'estimate':>9}"]
     for spec in specs:
-        name, arm_name, seed = spec.split(":")
+        name, arm_name, seed, *override = spec.split(":")
         exp = plan.experiment(name, scale)
         arm = exp.arm(arm_name)
         delta = None
@@ -87,10 +89,37 @@ def check_runs(specs: list[str], scale: plan.Scale, model_path: str, folder: str
             lines.append(f"{'calibration':<28} {calibration['cpu_seconds']:>8.1f} "
                          f"{run_cost(plan.calibration_settings(scale), MEASURED):>9.1f}   (delta {delta:.2g})")
         settings = plan.arm_settings(exp, arm, int(seed), scale, delta)
-        result = run_cached(settings, model_path, folder, f"{name}-{arm_name}")
+        if override:
+            settings.learning_rate = float(override[0])
+        if len(override) > 1:
+            settings.max_steps = int(override[1])
+            settings.eval_every = settings.eval_every if settings.max_steps % max(1, settings.eval_every) == 0 else 0
+        settings.validate()
+        result = run_cached(settings, model_path, folder, f"{name}-{arm_name}" + ("-probe" if override else ""))
         lines.append(f"{spec:<28} {result['cpu_seconds']:>8.1f} {run_cost(settings, MEASURED):>9.1f}   "
-                     f"(Pass@1 {result['pass@1_before']:.3f} -> {result['pass@1_after']:.3f})")
+                     f"({_observed(result)})")
     return "\n".join(lines)
+
+
+def _observed(result: dict) -> str:
+    """What a check run saw, besides its cost: Pass@1, the DRO weights' ESS, the exact KL, clipping, rewards."""
+    log = result["log_history"]
+
+    def values(key):
+        return [e[key] for e in log if key in e]
+
+    ess, clip, reward = (values(k) for k in ("disco/neg_weight_ess", "clip_ratio/region_mean", "reward"))
+    upg = result["settings"]["updates_per_generation"]
+    exact = [e["demo/kl_exact"] for e in log if "demo/kl_exact" in e and plan.update_index(e["step"], upg) > 0]
+    k = max(1, len(reward) // 10)
+    parts = [f"Pass@1 {result['pass@1_before']:.3f} -> {result['pass@1_after']:.3f}",
+             f"training reward {sum(reward[:k]) / k:.3f} -> {sum(reward[-k:]) / k:.3f} (first, last 10% of batches)"]
+    parts += [f"mean ESS fraction {sum(ess) / len(ess):.3f}"] if ess else []
+    parts += [f"median exact KL after first updates {statistics.median(exact):.2e}"] if exact else []
+    if len(clip) >= 4:
+        last = clip[-(len(clip) // 4):]
+        parts.append(f"clip fraction {sum(clip) / len(clip):.4f}, last quarter {sum(last) / len(last):.4f}")
+    return "; ".join(parts)
 
 
 def _probe_run(settings, steps: int, model_path: str, folder: str) -> float:

@@ -68,10 +68,26 @@ def _comparisons(s: dict) -> list[str]:
     for name, c in s["comparisons"].items():
         lines.append(f"| {name} | {'yes' if c['primary'] else 'no'} | {c['n']} | {_pts(c.get('mean'))} | {_ci(c)} | "
                      f"{_f(c.get('p'), '{:.3f}')} | {_f(c.get('p_holm'), '{:.3f}')} | **{c['verdict']}** |")
-    for name, m in s.get("mechanism", {}).items():
-        lines.append(f"\nDRO active for {name}: {'yes' if m['active'] else 'no'} (mean ESS fraction "
-                     f"{_f(m['neg_weight_ess'])}).")
-    return lines + [""]
+    return lines + [""] + _mechanism(s)
+
+
+def _mechanism(s: dict) -> list[str]:
+    """The pre-registered descriptive checks (report.mechanism_checks)."""
+    checks, lines = s.get("mechanism") or {}, []
+    if s["experiment"] == "dro":
+        lines += [f"- DRO active (mean ESS fraction <= 0.9) for {name}: **{'yes' if m['active'] else 'no'}** "
+                  f"({_f(m['neg_weight_ess'])})" for name, m in checks.items()]
+    elif s["experiment"] == "trust-region":
+        lines += [f"- {name}: the hinge's decision differs from the exact KL's on "
+                  f"{_f(m['frac_hinge_decision_wrong'], '{:.2f}')} of the updates: "
+                  f"**{'noise-driven' if m['noise_driven'] else 'not noise-driven'}** (threshold 0.25)"
+                  for name, m in checks.items()]
+    elif checks:
+        binds = "yes" if checks["clipping_binds"] else "no: the regime of the entropy claim is not reached"
+        lines.append(f"- Clipping binds (GRPO or DAPO clip fraction >= 0.2% over the last quarter): **{binds}**")
+        lines.append(f"- Entropy flags per seed: {checks['entropy_flags']}; steadier entropy for DisCO: "
+                     f"**{'yes' if checks['steadier_entropy'] else 'no'}**")
+    return lines + [""] if lines else []
 
 
 def _seeds(s: dict) -> list[str]:

@@ -4,7 +4,8 @@ settings, the primary comparisons, and the calibration of delta.
 * `dro` (A): DisCO log-L at tau 10, 1, 0.3, 0.1, 0.03 and DisCO-b, at the shared rate; where DRO's weights concentrate.
 * `trust-region` (B): DisCO log-L with the squared hinge (the paper's), without it, and with a fixed KL penalty, at
   3e-5 and 1e-4; delta set by the paper's rule from a calibration run (`calibration_settings`, `delta_from_run`).
-* `long` (C): DisCO, DisCO-b, GRPO and DAPO on a fixed, repeating pool of training questions, 640 steps.
+* `long` (C): DisCO, DisCO-b, GRPO and DAPO at one rate (3e-5) on a fixed, repeating pool of training questions,
+  640 steps.
 * Statistics (D) are `stats.py`; every experiment reports gains against each seed's own start, paired differences over
   seeds, 95% t intervals and Holm-adjusted p-values over its primary comparisons.
 
@@ -22,7 +23,8 @@ from ..experiment import RunSettings
 from ..methods import DISCO_METHODS
 
 
-SHARED_LR = 1e-5  # one rate for every method (docs/study.md, "The shared learning rate")
+SHARED_LR = 1e-5  # A and the delta calibration: one rate for every arm (docs/study.md, "The learning rates")
+LONG_LR = 3e-5  # C: one rate for every method, where clipping binds (docs/study.md, "The learning rates")
 DIFFICULTIES = (2, 3, 4)
 KL_BETA = 1e3  # the paper's squared-hinge weight
 CALIBRATION_SEED = 100  # not one of the evaluation seeds
@@ -78,6 +80,7 @@ class Experiment:
     train_pool: int = 0
     comparisons: tuple[Comparison, ...] = ()
     margin: float = 0.015  # "not shown": every primary 95% interval inside [-margin, +margin] (Pass@1 points / 100)
+    learning_rate: float = SHARED_LR  # every arm's, unless the arm sets its own
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -123,7 +126,7 @@ def long_experiment(scale: Scale) -> Experiment:
                    Comparison("DisCO - DisCO-b", "disco", "disco-b"))
     return Experiment("long", "C. Long runs on a repeating pool", arms, scale.long_seeds, scale.long_steps,
                       eval_every=scale.long_eval_every, train_pool=scale.train_pool, comparisons=comparisons,
-                      margin=0.02)
+                      margin=0.02, learning_rate=LONG_LR)
 
 
 BUILDERS = {"dro": dro_experiment, "trust-region": trust_region_experiment, "long": long_experiment}
@@ -144,7 +147,7 @@ def arm_settings(exp: Experiment, arm: Arm, seed: int, scale: Scale, delta: floa
     """One run's settings: the shared base, the experiment's length and pool, the arm's overrides, and delta where
     the arm has a KL penalty (0 for DisCO without one, whose loss does not depend on it; the fixed penalty's weight is
     the squared hinge's weight at KL = 2 delta: 2 * beta * delta)."""
-    settings = base_settings(scale, arm.method, seed, SHARED_LR)
+    settings = base_settings(scale, arm.method, seed, exp.learning_rate)
     settings.max_steps, settings.eval_every, settings.train_pool = exp.steps, exp.eval_every, exp.train_pool
     for key, value in arm.overrides.items():
         setattr(settings, key, value)

@@ -18,6 +18,8 @@ from .plan import Experiment, update_index
 
 ENTROPY_COLLAPSE, ENTROPY_EXPLOSION = 0.5, 2.0  # final / initial entropy below / above these: flagged
 DRO_ACTIVE_ESS = 0.9  # mean ESS fraction at or below this: the weights differ from the basic form's (docs/study.md)
+NOISE_DRIVEN = 0.25  # hinge decisions (estimate > delta) differing from the exact ones on more updates: noise-driven
+CLIPPING_BINDS = 0.002  # C: GRPO's or DAPO's clipped-token fraction over the last quarter of the steps at least this
 
 
 def _mean(values) -> float | None:
@@ -90,6 +92,7 @@ def run_summary(run: dict, delta: float | None) -> dict:
     entropy = [v for _, v in series(run, "entropy")]
     k = max(1, len(entropy) // 20)
     rewards = [v for _, v in series(run, "reward")]
+    clip = [v for _, v in series(run, "clip_ratio/region_mean")]
     kr = max(1, len(rewards) // 10)
     ent_start, ent_end = _mean(entropy[:k]), _mean(entropy[-k:])
     return {
@@ -102,9 +105,10 @@ def run_summary(run: dict, delta: float | None) -> dict:
         "reward_start": _mean(rewards[:kr]), "reward_end": _mean(rewards[-kr:]),
         "neg_weight_ess": _mean(v for _, v in series(run, "disco/neg_weight_ess")),
         "neg_weight_max": _mean(v for _, v in series(run, "disco/neg_weight_max")),
-        "hinge_active": _mean(v for _, v in series(run, "disco/hinge_active")),
+        "hinge_active": None if not run["settings"].get("kl_beta") else  # no penalty: nothing is active
+        _mean(v for _, v in series(run, "disco/hinge_active")),
         "kl_penalty": _mean(v for _, v in series(run, "disco/kl_penalty")),
-        "clip_ratio": _mean(v for _, v in series(run, "clip_ratio/region_mean")),
+        "clip_ratio": _mean(clip), "clip_ratio_last_quarter": _mean(clip[-max(1, len(clip) // 4):]),
         "frac_mixed": _mean(g["frac_mixed"] for g in run.get("group_history", [])),
         "neg_per_pos_mixed": _mean(g["neg_per_pos_mixed"] for g in run.get("group_history", [])),
         "kl": kl_diagnostics(run, delta), "cpu_seconds": run.get("cpu_seconds"),
@@ -122,7 +126,8 @@ def arm_summary(runs: list[dict], label: str, delta: float | None) -> dict:
            "vs_start": stats.paired(finals, starts),
            "seeds_above_start": sum(g > 0 for g in gains.values())}
     for key in ("start", "final", "entropy_start", "entropy_end", "reward_start", "reward_end", "neg_weight_ess",
-                "neg_weight_max", "hinge_active", "kl_penalty", "clip_ratio", "frac_mixed", "neg_per_pos_mixed"):
+                "neg_weight_max", "hinge_active", "kl_penalty", "clip_ratio", "clip_ratio_last_quarter", "frac_mixed",
+                "neg_per_pos_mixed"):
         out[key] = _mean(p[key] for p in per_run)
     kl_keys = sorted({k for p in per_run for k, v in p["kl"].items() if isinstance(v, float | int)})
     out["kl"] = {k: _mean(p["kl"].get(k) for p in per_run) for k in kl_keys}
@@ -145,12 +150,29 @@ def comparisons(exp: Experiment, arms: dict[str, dict]) -> dict:
 
 
 def mechanism_checks(exp: Experiment, arms: dict[str, dict]) -> dict:
-    """A's check that DRO is active: the arm's mean ESS fraction at or below DRO_ACTIVE_ESS."""
-    if exp.name != "dro":
-        return {}
-    return {name: {"neg_weight_ess": arm["neg_weight_ess"],
-                   "active": arm["neg_weight_ess"] is not None and arm["neg_weight_ess"] <= DRO_ACTIVE_ESS}
-            for name, arm in arms.items() if name != "basic"}
+    """The pre-registered descriptive checks (docs/study.md): A, whether each tau's DRO weights differ from the basic
+    form's (mean ESS fraction at most DRO_ACTIVE_ESS); B, whether each hinge arm's decisions are noise-driven (they
+    differ from the exact KL's on more than NOISE_DRIVEN of the updates); C, whether clipping binds (GRPO's or DAPO's
+    clipped fraction over the last quarter of the steps at least CLIPPING_BINDS) and "steadier entropy": every DisCO
+    seed's entropy stays within 0.5-2 x its start while some GRPO or DAPO seed leaves that band."""
+    if exp.name == "dro":
+        return {name: {"neg_weight_ess": arm["neg_weight_ess"],
+                       "active": arm["neg_weight_ess"] is not None and arm["neg_weight_ess"] <= DRO_ACTIVE_ESS}
+                for name, arm in arms.items() if name != "basic"}
+    if exp.name == "trust-region":
+        out = {}
+        for name, arm in arms.items():
+            wrong = arm["kl"].get("frac_hinge_decision_wrong")
+            if name.startswith("hinge") and wrong is not None:
+                out[name] = {"frac_hinge_decision_wrong": wrong, "noise_driven": wrong > NOISE_DRIVEN}
+        return out
+    flags = {name: [r["entropy"] for r in arm["runs"]] for name, arm in arms.items()}
+    disco_steady = all(f is None for name in ("disco", "disco-b") for f in flags.get(name, [])) and \
+        any(name in flags for name in ("disco", "disco-b"))
+    others_leave = any(f is not None for name in ("grpo", "dapo") for f in flags.get(name, []))
+    clipping = [arms[name].get("clip_ratio_last_quarter") for name in ("grpo", "dapo") if name in arms]
+    binds = any(c is not None and c >= CLIPPING_BINDS for c in clipping)
+    return {"entropy_flags": flags, "clipping_binds": binds, "steadier_entropy": disco_steady and others_leave}
 
 
 def summarize(exp: Experiment, runs_by_arm: dict[str, list], calibration: dict | None, meta: dict) -> dict:
