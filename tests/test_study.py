@@ -340,6 +340,7 @@ def test_tiny_study_runs_every_experiment_records_diagnostics_and_resumes(tiny_m
     tr = json.loads((out / "trust-region" / "results.json").read_text())
     assert set(tr["mechanism"]) == {"hinge-3e-05", "hinge-0.0001"}
     assert "noise-driven" in (out / "trust-region" / "results.md").read_text()
+    assert "Not the pre-registered scale" in (out / "long" / "results.md").read_text()  # --quick is not the design
     assert isinstance(json.loads((out / "long" / "results.json").read_text())["mechanism"]["steadier_entropy"], bool)
     capsys.readouterr()
 

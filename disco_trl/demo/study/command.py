@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 
 from .. import options
 from ..experiment import quiet_libraries
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     t0, cpu0 = time.time(), time.process_time()
     done = run_study(args.experiment, scale, info["path"], runs_dir, args.partial)
     command = "disco-trl study " + " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {"command": command.strip(), "partial": args.partial, "scale": scale.__dict__,
+    meta = {"command": command.strip(), "partial": args.partial, "scale": json.loads(json.dumps(asdict(scale))),
             "warmstart": {k: info[k] for k in ("config", "num_parameters")},
             "this_invocation": {"wall_seconds": round(time.time() - t0, 1),
                                 "cpu_seconds": round(time.process_time() - cpu0, 1)}}

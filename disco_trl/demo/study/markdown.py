@@ -3,7 +3,11 @@ the index of verdicts. Pass@1 differences are in points (1 point = 0.01 Pass@1).
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
+
+from .plan import Scale
 
 
 def _f(value, fmt="{:.3f}") -> str:
@@ -30,7 +34,10 @@ def _header(s: dict) -> list[str]:
              + (f", evaluated every {meta['eval_every']}" if meta["eval_every"] else "")
              + (f", a fixed pool of {meta['train_pool']} training questions" if meta["train_pool"] else "")
              + f". CPU time of the finished runs: {meta['run_cpu_seconds'] / 60:.1f} min (one thread each; the "
-             "starts' evaluations and the calibration run are counted once, in the index).", ""]
+             "seeds' start evaluations, in runs/starts/, and the calibration run are not included).", ""]
+    if meta.get("scale") != json.loads(json.dumps(asdict(Scale()))):
+        lines += ["**Not the pre-registered scale** (flags changed seeds, steps, evaluation or pool sizes): "
+                  f"`{json.dumps(meta.get('scale'))}`.", ""]
     if meta.get("partial"):
         lines += ["**Partial report** (`--partial`): only finished runs; verdicts are provisional.", ""]
     if cal:
