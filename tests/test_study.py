@@ -354,6 +354,7 @@ def test_tiny_study_runs_every_experiment_records_diagnostics_and_resumes(tiny_m
     assert main([*argv[:only], "long", *argv[only + 1:]]) == 0
     assert capsys.readouterr().out.count("reusing the finished run") == 4  # calibration and 3 arms: not the old file
     assert json.loads(path.read_text())["settings"]["exact_kl"] is True
+    assert "| dro |" in (out / "results.md").read_text()  # after `--experiment long`: the index keeps A's verdicts
 
     (out / "runs" / "dro-basic-disco-b-lr1e-05-seed0.json").unlink()
     assert main([*argv[:only], "dro", *argv[only + 1:], "--partial"]) == 0

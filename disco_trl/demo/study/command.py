@@ -166,7 +166,8 @@ def _arm_settings(exp, arm, scale, delta) -> list:
 
 
 def write_reports(names: list[str], scale: plan.Scale, done: dict, output_dir: str, meta: dict) -> list[dict]:
-    """Each experiment's results.json, results.md and figures, and the index OUTPUT_DIR/results.md."""
+    """Each experiment's results.json, results.md and figures, and the index OUTPUT_DIR/results.md (every experiment
+    reported in OUTPUT_DIR so far, this invocation's or an earlier one's)."""
     summaries = []
     for name in names:
         exp = plan.experiment(name, scale)
@@ -179,8 +180,14 @@ def write_reports(names: list[str], scale: plan.Scale, done: dict, output_dir: s
             f.write(render(summary))
         plot_experiment(exp, summary, done[name], folder)
         summaries.append(summary)
+    reported = []
+    for name in plan.EXPERIMENTS:
+        path = os.path.join(output_dir, name, "results.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                reported.append(json.load(f))
     with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(render_index(summaries))
+        f.write(render_index(reported))
     return summaries
 
 
