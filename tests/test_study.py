@@ -1,31 +1,366 @@
-"""`disco-trl study`: the plan's checks, the statistics, the hard held-out pool, and a tiny end-to-end study that
-resumes from its run files."""
+"""`disco-trl study`: the statistics on known inputs, the pre-registered plan, the delta rule, the exact-KL diagnostic
+against a brute-force computation, and a tiny run of every experiment that writes its records and resumes."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import statistics
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from disco_trl.demo import task
+from disco_trl.demo import experiment, options, task
 from disco_trl.demo import warmstart as ws
-from disco_trl.demo.experiment import recording_reward
-from disco_trl.demo.study.report import entropy_flag, paired
+from disco_trl.demo.exact_kl import ExactKLDiscoTrainer, ExactKLGRPOTrainer, kl_terms
+from disco_trl.demo.experiment import RunSettings, build_trainer, recording_reward, training_questions
+from disco_trl.demo.study import plan, stats
+from disco_trl.demo.study.cost import MEASURED, estimate_cost, run_cost
+from disco_trl.demo.study.report import mechanism_checks
 
 
-def test_hard_pool_is_its_own_mix_and_disjoint_from_training_and_the_default_pool():
-    hard_test, hard_val = ws.eval_problems(100, "test", (3, 4)), ws.eval_problems(100, "val", (3, 4))
-    assert sorted(p.num_ops for p in hard_test) == sorted([3, 4] * 50)
-    default = {p.expression for split in ("test", "val") for p in ws.eval_problems(100, split)}
-    hard = {p.expression for p in hard_test} | {p.expression for p in hard_val}
-    assert len(hard) == 200 and not hard & default
-    train = ws.train_problems(4000, seed=3, difficulties=(3, 4), held_out_difficulties=(3, 4))
-    assert {p.num_ops for p in train} == {3, 4}
-    assert not {p.expression for p in train} & (hard | default)
-    # The default mix keeps its original pool, so earlier comparisons are unchanged.
-    original = task.make_problems(ws.NUM_EVAL_PROBLEMS_RESERVED, 12345)  # the pool before other mixes existed
-    assert [p.expression for p in ws.eval_problems(5)] == [p.expression for p in original[:5]]
+TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                          intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2)
+
+
+def length_reward(completions, solution, **kwargs):
+    """A reward the untrained tiny model earns sometimes (the boxed-answer reward it never earns): mixed groups, so
+    the objective has a gradient and the policy moves."""
+    return [float(len(c[0]["content"]) % 3 == 0) for c in completions]
+
+
+@pytest.fixture
+def tiny_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiment, "reward_function", lambda: length_reward)
+    monkeypatch.setattr(options, "warmstart_config", lambda quick: TINY)
+    _, _, info = ws.load_or_build(TINY, cache_dir=tmp_path / "cache", log=None)
+    return info["path"]
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+def test_t_distribution_matches_the_tables():
+    for df, q975, q80 in [(1, 12.706, 1.376), (2, 4.303, 1.061), (4, 2.776, 0.941), (10, 2.228, 0.879),
+                          (30, 2.042, 0.854)]:
+        assert stats.t_quantile(0.975, df) == pytest.approx(q975, abs=1e-3)
+        assert stats.t_quantile(0.80, df) == pytest.approx(q80, abs=1e-3)
+        assert stats.t_cdf(q975, df) == pytest.approx(0.975, abs=1e-4)
+    assert stats.t_cdf(0.0, 3) == 0.5 and stats.t_cdf(-1.0, 3) == pytest.approx(0.19550, abs=1e-5)
+    assert stats.t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi
+
+
+def test_paired_differences_interval_and_p_value():
+    a = {0: 0.30, 1: 0.32, 2: 0.31, 3: 0.35, 4: 0.33}
+    b = {0: 0.28, 1: 0.31, 2: 0.27, 3: 0.34, 4: 0.30, 9: 0.9}  # seed 9 is not shared: ignored
+    p = stats.paired(a, b)
+    diffs = [0.02, 0.01, 0.04, 0.01, 0.03]
+    sd = statistics.stdev(diffs)
+    assert p["seeds"] == [0, 1, 2, 3, 4] and p["diffs"] == pytest.approx(diffs)
+    assert p["mean"] == pytest.approx(0.022) and p["sd"] == pytest.approx(sd)
+    assert p["ci95"] == pytest.approx([0.022 - 2.7764 * sd / 5 ** 0.5, 0.022 + 2.7764 * sd / 5 ** 0.5], abs=1e-5)
+    t = 0.022 / (sd / 5 ** 0.5)
+    assert p["t"] == pytest.approx(t) and p["p"] == pytest.approx(2 * (1 - stats.t_cdf(t, 4)))
+    assert 0.005 < p["p"] < 0.02  # t = 3.88 on 4 df
+    assert p["detectable"] == pytest.approx((2.7764 + 0.9410) * sd / 5 ** 0.5, rel=1e-3)
+    # diffs 1, 2, 3: t = 2 / (1 / sqrt 3) on 2 df, where P(T <= t) = 1/2 + t / (2 sqrt(2 + t^2)) exactly
+    small = stats.paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    t = 2 * 3 ** 0.5
+    assert small["t"] == pytest.approx(t) and small["p"] == pytest.approx(1 - t / (2 + t * t) ** 0.5)
+    assert small["p"] == pytest.approx(0.0742, abs=1e-4)
+    assert math.isnan(stats.paired({0: 1.0}, {0: 0.5})["p"]) and stats.paired({0: 1.0}, {1: 1.0}) is None
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    adjusted = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03})
+    assert adjusted == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})  # 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)
+    adjusted = stats.holm({"a": 0.5, "b": 0.001, "c": float("nan")})  # a comparison without data is not counted
+    assert adjusted["b"] == pytest.approx(0.002) and adjusted["a"] == pytest.approx(0.5)
+    assert math.isnan(adjusted["c"])
+    assert stats.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
+    # The old study's DAPO comparison: p = 0.035 alone, Holm over its 5 comparisons 5 x 0.035 when it is smallest.
+    assert stats.holm({"dapo": 0.035, **{f"m{i}": 0.5 for i in range(4)}})["dapo"] == pytest.approx(0.175)
+
+
+def test_one_standard_error_rule_picks_the_smallest_rate_within_one_se_of_the_best():
+    values = {3e-6: [0.10, 0.11, 0.12], 1e-5: [0.14, 0.15, 0.16], 3e-5: [0.15, 0.16, 0.17], 1e-4: [0.05, 0.06, 0.07]}
+    choice = stats.one_se_choice(values)
+    assert choice["best"] == 3e-5 and choice["best_se"] == pytest.approx(0.01 / 3 ** 0.5)
+    assert choice["chosen"] == 3e-5  # 1e-5's mean 0.15 is 0.0100 below 0.16, more than one SE (0.0058)
+    values[1e-5] = [0.15, 0.155, 0.16]
+    assert stats.one_se_choice(values)["chosen"] == 1e-5  # 0.005 below: within one SE, and smaller
+    with pytest.raises(ValueError, match="at least 2"):
+        stats.one_se_choice({1e-5: [0.1], 3e-5: [0.2, 0.3]})
+
+
+def test_verdicts_follow_the_preregistered_rule():
+    base = {"n": 5, "mean": 0.03, "ci95": [0.01, 0.05]}
+    assert stats.verdict(base, 0.01, margin=0.015) == "shown"
+    assert stats.verdict({**base, "mean": -0.03, "ci95": [-0.05, -0.01]}, 0.01, margin=0.015) == "reversed"
+    assert stats.verdict({**base, "mean": 0.0, "ci95": [-0.01, 0.01]}, 0.4, margin=0.015) == "not shown"
+    assert stats.verdict({**base, "mean": 0.01, "ci95": [-0.01, 0.03]}, 0.2, margin=0.015) == "inconclusive"
+    assert stats.verdict({**base, "ci95": [0.01, 0.05]}, 0.06, margin=0.015) == "inconclusive"  # Holm > 0.05
+    assert stats.verdict(None, float("nan"), margin=0.015) == "inconclusive"
+
+
+def test_descriptive_checks_follow_the_preregistered_thresholds():
+    scale = plan.Scale()
+    dro = {"tau0.1": {"neg_weight_ess": 0.87}, "tau1": {"neg_weight_ess": 0.99}, "basic": {"neg_weight_ess": 0.99}}
+    assert mechanism_checks(plan.experiment("dro", scale), dro) == {
+        "tau0.1": {"neg_weight_ess": 0.87, "active": True}, "tau1": {"neg_weight_ess": 0.99, "active": False}}
+    tr = {"hinge-3e-05": {"kl": {"frac_hinge_decision_wrong": 0.4}},
+          "hinge-0.0001": {"kl": {"frac_hinge_decision_wrong": 0.1}}, "off-3e-05": {"kl": {}}}
+    checks = mechanism_checks(plan.experiment("trust-region", scale), tr)
+    assert {k: v["noise_driven"] for k, v in checks.items()} == {"hinge-3e-05": True, "hinge-0.0001": False}
+    long = {name: {"runs": [{"entropy": None}, {"entropy": None}]} for name in ("disco", "disco-b", "dapo")}
+    long["grpo"] = {"runs": [{"entropy": None}, {"entropy": "collapses"}], "clip_ratio_last_quarter": 0.0015}
+    checks = mechanism_checks(plan.experiment("long", scale), long)
+    assert checks["steadier_entropy"] is True and checks["clipping_binds"] is False
+    long["dapo"]["clip_ratio_last_quarter"] = 0.0025
+    assert mechanism_checks(plan.experiment("long", scale), long)["clipping_binds"] is True
+    long["disco-b"]["runs"][0]["entropy"] = "explodes"
+    assert mechanism_checks(plan.experiment("long", scale), long)["steadier_entropy"] is False
+
+
+# --------------------------------------------------------------------------------------------------- the plan
+def test_the_preregistered_plan():
+    scale = plan.Scale()
+    delta = 2.5e-5
+    dro = plan.jobs(plan.experiment("dro", scale), scale, delta)
+    assert len(dro) == 30 and {s.seed for s, _ in dro} == {0, 1, 2, 3, 4}
+    assert sorted({s.tau for s, _ in dro if s.method == "disco"}) == [0.03, 0.1, 0.3, 1.0, 10.0]
+    assert {s.method for s, _ in dro} == {"disco", "disco-b"}
+    tr = plan.jobs(plan.experiment("trust-region", scale), scale, delta)
+    assert len(tr) == 30 and {s.learning_rate for s, _ in tr} == {3e-5, 1e-4}
+    for s, tag in tr:
+        kind = tag.split("-")[2]
+        assert (s.kl_penalty, s.kl_beta, s.kl_delta) == {"hinge": ("squared_hinge", 1e3, delta),
+                                                         "off": ("squared_hinge", 0.0, 0.0),
+                                                         "fixed": ("linear", 2 * 1e3 * delta, delta)}[kind]
+    long = plan.jobs(plan.experiment("long", scale), scale, delta)
+    assert len(long) == 12 and {s.method for s, _ in long} == {"disco", "disco-b", "grpo", "dapo"}
+    assert {(s.max_steps, s.eval_every, s.train_pool, s.seed < 3) for s, _ in long} == {(640, 160, 256, True)}
+    every = [s for s, _ in dro + tr + long]
+    assert {(s.updates_per_generation, s.questions_per_generation, s.eval_questions, s.eval_samples, s.exact_kl,
+             s.eval_split, tuple(s.train_difficulties)) for s in every} == {(8, 16, 100, 32, True, "test", (2, 3, 4))}
+    assert {s.learning_rate for s, _ in dro} == {plan.SHARED_LR} == {1e-5}
+    assert {s.learning_rate for s, _ in long} == {plan.LONG_LR} == {3e-5}  # one rate for the four methods
+    assert {s.max_steps for s, _ in dro + tr} == {160}
+    cal = plan.calibration_settings(scale)
+    assert (cal.method, cal.seed, cal.kl_beta, cal.learning_rate, cal.updates_per_generation) == \
+        ("disco", 100, 0.0, 1e-5, 8)
+    names = {e: [(c.name, c.primary) for c in plan.experiment(e, scale).comparisons] for e in plan.EXPERIMENTS}
+    assert [n for n, primary in names["dro"] if primary] == ["tau 1 - DisCO-b", "tau 0.3 - DisCO-b",
+                                                              "tau 0.1 - DisCO-b", "tau 0.03 - DisCO-b"]
+    assert len([n for n, primary in names["trust-region"] if primary]) == 4
+    assert [n for n, _ in names["long"]] == ["DisCO - GRPO", "DisCO - DAPO", "DisCO - DisCO-b"]
+    with pytest.raises(ValueError, match="needs delta"):
+        plan.jobs(plan.experiment("dro", scale), scale, None)
+    assert len(plan.jobs(plan.experiment("trust-region", scale), scale, None, with_delta=False)) == 10
+
+
+def test_delta_is_the_median_exact_kl_after_each_batch_first_update():
+    log = []
+    for step in range(1, 17):  # 2 generation batches of 8 updates
+        index = (step - 1) % 8
+        log.append({"step": step, "demo/kl_exact": 0.0 if index == 0 else 1e-5 * index,
+                    "disco/kl": 0.0 if index == 0 else -1e-5})
+    run = {"settings": {"updates_per_generation": 8, "learning_rate": 1e-5, "seed": 100}, "log_history": log}
+    out = plan.delta_from_run(run)
+    assert out["updates"] == 14 and out["median_exact_kl"] == pytest.approx(4e-5) and out["delta"] == 4e-5
+    assert out["median_estimate"] == -1e-5
+    log[1]["demo/kl_exact"] = 1.23456e-5
+    assert plan.delta_from_run(run)["delta"] == 4e-5  # the median, not the mean
+    with pytest.raises(ValueError, match="no update"):
+        plan.delta_from_run({**run, "log_history": [{**e, "demo/kl_exact": 0.0} for e in log]})
+
+
+def test_cost_estimate_counts_every_run_once():
+    scale = plan.Scale()
+    settings = plan.arm_settings(plan.experiment("long", scale), plan.experiment("long", scale).arm("grpo"), 0,
+                                 scale, None)
+    expected = MEASURED["per_run"] + 640 * MEASURED["per_step"]["grpo-ref"] + 4 * 3200 * MEASURED["per_eval_sample"]
+    assert run_cost(settings, MEASURED) == pytest.approx(expected)
+    table = estimate_cost(list(plan.EXPERIMENTS), scale)
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:-1]}
+    assert (rows["dro"][1], rows["trust-region"][1], rows["long"][1], rows["starts"][1]) == ("30", "30", "12", "5")
+
+
+def test_a_fixed_pool_is_drawn_once_and_repeated(tiny_model, tmp_path):
+    settings = RunSettings(method="disco", max_steps=32, questions_per_generation=8, updates_per_generation=8,
+                           train_pool=16, train_difficulties=(2, 3, 4), eval_difficulties=(2, 3, 4), disable_tqdm=True)
+    assert training_questions(settings) == 16
+    assert training_questions(RunSettings(max_steps=160)) == (160 // 4 + 1) * 16  # fresh questions
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    trainer = build_trainer(settings, tiny_model, str(tmp_path / "t"), tokenizer, length_reward, [], [], [])
+    prompts = [row["prompt"][0]["content"] for row in trainer.train_dataset]
+    assert len(prompts) == len(set(prompts)) == 16
+    with pytest.raises(ValueError, match="multiple of questions_per_generation"):
+        RunSettings(questions_per_generation=16, updates_per_generation=8, train_pool=20).validate()
+    with pytest.raises(ValueError, match="is a DisCO option"):
+        RunSettings(method="grpo", kl_penalty="linear").validate()
+
+
+# --------------------------------------------------------------------------------------------------- exact KL
+@torch.no_grad()
+def brute_force_kl(old_model, new_model, inputs, temperature: float) -> float:
+    """KL(pi_old || pi_theta) at every completion token, one unpadded prefix at a time, summed over the vocabulary."""
+    total, tokens = 0.0, 0
+    for row in range(inputs["completion_ids"].size(0)):
+        prompt = inputs["prompt_ids"][row][inputs["prompt_mask"][row].bool()]
+        completion = inputs["completion_ids"][row]
+        for t in range(int(inputs["completion_mask"][row].sum())):
+            prefix = torch.cat([prompt, completion[:t]]).unsqueeze(0)
+            old = torch.log_softmax(old_model(prefix).logits[0, -1].double() / temperature, dim=-1)
+            new = torch.log_softmax(new_model(prefix).logits[0, -1].double() / temperature, dim=-1)
+            total += float((old.exp() * (old - new)).sum().detach())
+            tokens += 1
+    return total / tokens
+
+
+def test_exact_kl_is_nonnegative_zero_after_generation_and_matches_brute_force(tiny_model, tmp_path):
+    settings = RunSettings(method="disco", max_steps=16, learning_rate=3e-3, questions_per_generation=8,
+                           updates_per_generation=8, max_completion_length=12, exact_kl=True, disable_tqdm=True,
+                           train_difficulties=(2, 3, 4), eval_difficulties=(2, 3, 4), kl_beta=0.0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    trainer = build_trainer(settings, tiny_model, str(tmp_path / "t"), tokenizer, length_reward, [], [], [])
+    assert isinstance(trainer, ExactKLDiscoTrainer)
+    recorded, generate, compute = {}, trainer._generate_and_score_completions, trainer._compute_loss
+
+    def snapshot_generation(inputs):
+        recorded.setdefault("old", copy.deepcopy(trainer.model.state_dict()))  # pi_old of the first batch
+        return generate(inputs)
+
+    def snapshot_micro_step(model, inputs):
+        if trainer._step == 5:  # the 6th update of the first generation batch
+            recorded["inputs"] = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+            recorded["new"] = copy.deepcopy(trainer.model.state_dict())
+        return compute(model, inputs)
+
+    trainer._generate_and_score_completions, trainer._compute_loss = snapshot_generation, snapshot_micro_step
+    trainer.train()
+    history = trainer.exact_kl_history
+    assert [h["micro_step"] for h in history] == list(range(16))
+    assert all(h["demo/kl_exact"] >= 0.0 for h in history)
+    assert all(abs(h["demo/kl_exact"]) < 1e-9 and abs(h["demo/kl_log_ratio"]) < 1e-6 for h in history[::8])
+    assert max(h["demo/kl_exact"] for h in history) > 1e-6  # the policy moved within each batch
+    old, new = (AutoModelForCausalLM.from_pretrained(tiny_model) for _ in range(2))
+    old.load_state_dict(recorded["old"])
+    new.load_state_dict(recorded["new"])
+    expected = brute_force_kl(old, new, recorded["inputs"], settings.temperature)
+    assert expected > 1e-6 and history[5]["demo/kl_exact"] == pytest.approx(expected, rel=1e-3)
+    # the paper's estimate on the same tokens is what DisCO logged as disco/kl
+    logged = [e for e in trainer.state.log_history if "disco/kl" in e]
+    assert [e["demo/kl_log_ratio"] for e in logged] == pytest.approx([e["disco/kl"] for e in logged], abs=1e-6)
+
+
+def test_kl_terms_on_known_distributions():
+    old = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.9, 0.05, 0.05]]]))
+    new = torch.log(torch.tensor([[[0.25, 0.5, 0.25], [0.9, 0.05, 0.05]]]))
+    ids, mask = torch.tensor([[1, 0]]), torch.tensor([[1.0, 1.0]])
+    out = kl_terms(old, new, ids, mask)
+    kl_first = 0.5 * math.log(2) + 0.25 * math.log(0.5)
+    assert out["demo/kl_exact"] == pytest.approx(kl_first / 2)
+    assert out["demo/kl_log_ratio"] == pytest.approx((math.log(0.25) - math.log(0.5)) / 2)  # token 1: 0.25 -> 0.5
+    assert out["demo/kl_k3"] == pytest.approx((2 - 1 - math.log(2)) / 2)
+    assert kl_terms(old, new, ids, torch.tensor([[0.0, 1.0]]))["demo/kl_exact"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_grpo_family_gets_the_same_diagnostic(tiny_model, tmp_path):
+    settings = RunSettings(method="dapo", max_steps=8, learning_rate=3e-3, questions_per_generation=8,
+                           updates_per_generation=8, max_completion_length=12, exact_kl=True, disable_tqdm=True,
+                           train_difficulties=(2, 3, 4), eval_difficulties=(2, 3, 4))
+    trainer = build_trainer(settings, tiny_model, str(tmp_path / "t"), AutoTokenizer.from_pretrained(tiny_model),
+                            length_reward, [], [], [])
+    assert isinstance(trainer, ExactKLGRPOTrainer)
+    trainer.train()
+    history = trainer.exact_kl_history
+    assert len(history) == 8 and all(h["demo/kl_exact"] >= 0.0 for h in history)
+    assert history[0]["demo/kl_exact"] < 1e-9 < history[-1]["demo/kl_exact"]
+    assert all("demo/kl_exact" in e for e in trainer.state.log_history if "loss" in e)
+
+
+# --------------------------------------------------------------------------------------------------- the command
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--experiment", "dro,nope"], "unknown"),
+        (["--long-steps", "20", "--long-eval-every", "6"], "--long-eval-every=6 must divide --long-steps=20"),
+        (["--eval-questions", "101"], "at most 100"),
+        (["--train-pool", "20"], "multiple of questions_per_generation"),
+        (["--seeds", "0,-1"], "seeds must be >= 0"),
+        (["--check-run", "dro:nope:0"], "dro has arms"),
+    ],
+)
+def test_study_rejects_an_inconsistent_plan_before_any_work(argv, message, capsys, tmp_path):
+    from disco_trl.demo.study.command import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--output-dir", str(tmp_path / "never")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_plan_flag_prints_the_runs_and_their_cost(capsys):
+    from disco_trl.demo.study.command import main
+
+    assert main(["--experiment", "dro", "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert out.split("\n")[1].split()[:2] == ["dro", "30"] and "calibration" in out and "total" in out
+
+
+def test_tiny_study_runs_every_experiment_records_diagnostics_and_resumes(tiny_model, tmp_path, capsys):
+    from disco_trl.cli import main
+
+    out = tmp_path / "study"
+    argv = ["study", "--quick", "--experiment", "all", "--seeds", "0", "--long-seeds", "0", "--output-dir", str(out),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    runs = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert len(runs) == 1 + 6 + 6 + 4 and "calibration-disco-lr1e-05-seed100.json" in runs
+    assert len(list((out / "runs" / "starts").glob("start-test-seed0-*.json"))) == 1  # one start for seed 0
+    for name, arms in (("dro", 6), ("trust-region", 6), ("long", 4)):
+        results = json.loads((out / name / "results.json").read_text())
+        assert results["design"].startswith("study v2") and len(results["arms"]) == arms
+        assert results["calibration"]["delta"] > 0 and (out / name / "gains.png").read_bytes()[:4] == b"\x89PNG"
+        for arm in results["arms"].values():
+            assert arm["kl"]["exact_median"] >= 0 and arm["runs"][0]["start"] == arm["start"]
+    dro = json.loads((out / "dro" / "results.json").read_text())
+    assert 0 < dro["arms"]["tau0.03"]["neg_weight_ess"] <= dro["arms"]["tau10"]["neg_weight_ess"] <= 1.0
+    assert (out / "dro" / "weights.png").exists() and (out / "long" / "dynamics.png").exists()
+    record = json.loads((out / "runs" / "long-dapo-dapo-lr3e-05-seed0.json").read_text())
+    steps = [e for e in record["log_history"] if "loss" in e]
+    assert all("demo/kl_exact" in e and "clip_ratio/region_mean" in e for e in steps)
+    assert [h["step"] for h in record["eval_history"]] == [0, 8, 16]
+    disco = json.loads((out / "runs" / "dro-tau0.3-disco-lr1e-05-seed0.json").read_text())
+    assert any("disco/neg_weight_ess" in e for e in disco["log_history"]) and disco["settings"]["tau"] == 0.3
+    index = (out / "results.md").read_text()
+    assert all(f"| {name} |" in index for name in plan.EXPERIMENTS)  # every experiment's verdicts listed
+    tr = json.loads((out / "trust-region" / "results.json").read_text())
+    assert set(tr["mechanism"]) == {"hinge-3e-05", "hinge-0.0001"}
+    assert "noise-driven" in (out / "trust-region" / "results.md").read_text()
+    assert "Not the pre-registered scale" in (out / "long" / "results.md").read_text()  # --quick is not the design
+    assert isinstance(json.loads((out / "long" / "results.json").read_text())["mechanism"]["steadier_entropy"], bool)
+    capsys.readouterr()
+
+    # A run file of another design (no exact KL, no pool: an older study's) is not taken for this one.
+    path = out / "runs" / "long-dapo-dapo-lr3e-05-seed0.json"
+    old = json.loads(path.read_text())
+    for key in ("exact_kl", "train_pool", "kl_penalty", "kl_estimator"):
+        old["settings"].pop(key)
+    path.write_text(json.dumps(old))
+    only = argv.index("all")
+    assert main([*argv[:only], "long", *argv[only + 1:]]) == 0
+    assert capsys.readouterr().out.count("reusing the finished run") == 4  # calibration and 3 arms: not the old file
+    assert json.loads(path.read_text())["settings"]["exact_kl"] is True
+    assert "| dro |" in (out / "results.md").read_text()  # after `--experiment long`: the index keeps A's verdicts
+
+    (out / "runs" / "dro-basic-disco-b-lr1e-05-seed0.json").unlink()
+    assert main([*argv[:only], "dro", *argv[only + 1:], "--partial"]) == 0
+    partial = json.loads((out / "dro" / "results.json").read_text())
+    assert partial["meta"]["partial"] and partial["meta"]["finished_runs"] == 5 and "basic" not in partial["arms"]
+    assert not (out / "runs" / "dro-basic-disco-b-lr1e-05-seed0.json").exists()  # nothing was run
 
 
 def test_recording_reward_counts_positives_per_group():
@@ -47,91 +382,21 @@ def test_recording_reward_counts_positives_per_group():
     assert first["neg_per_pos_mixed"] == 3.0 and second["neg_per_pos_mixed"] == 1.0
 
 
-def test_paired_statistics_and_entropy_flags():
-    a = {0: 0.30, 1: 0.32, 2: 0.31, 3: 0.35, 4: 0.33}
-    b = {0: 0.28, 1: 0.31, 2: 0.27, 3: 0.34, 4: 0.30, 9: 0.9}  # seed 9 is not shared: ignored
-    p = paired(a, b)
-    diffs = [0.02, 0.01, 0.04, 0.01, 0.03]
-    assert p["seeds"] == [0, 1, 2, 3, 4] and p["diffs"] == pytest.approx(diffs)
-    sd = (sum((d - 0.022) ** 2 for d in diffs) / 4) ** 0.5
-    assert p["mean"] == pytest.approx(0.022) and p["sd"] == pytest.approx(sd)
-    assert p["ci95"][0] == pytest.approx(0.022 - 2.776 * sd / 5 ** 0.5)
-    assert p["detectable"] == pytest.approx((2.776 + 0.941) * sd / 5 ** 0.5)
-    assert math.isnan(paired({0: 1.0}, {0: 0.5})["detectable"]) and paired({0: 1.0}, {1: 1.0}) is None
-    assert entropy_flag(0.2, 0.05) == "collapses" and entropy_flag(0.2, 0.5) == "explodes"
-    assert entropy_flag(0.2, float("nan")) == "explodes" and entropy_flag(0.2, 0.15) is None
-
-
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--grid-seeds", "0,1", "--long-seeds", "1"], "seed 1 is in both --grid-seeds and --long-seeds"),
-        (["--steps", "160", "--long-steps", "160"], "--long-steps=160 must be larger than --steps=160"),
-        (["--steps", "160", "--long-eval-every", "60"], "--long-eval-every=60 must divide --steps=160"),
-        (["--difficulties", "3,5"], "between 1 and 4"),
-        (["--lr-grid", "1e-5,-1"], "learning rates must be finite numbers > 0"),
-    ],
-)
-def test_study_rejects_an_inconsistent_plan_before_any_work(argv, message, capsys, tmp_path):
-    from disco_trl.demo.study.command import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "--output-dir", str(tmp_path / "never")])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "never").exists()
-
-
-TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                          intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2)
-
-
-def test_tiny_study_writes_every_part_and_resumes(tmp_path, capsys, monkeypatch):
-    from disco_trl.cli import main
-    from disco_trl.demo.study import command as study
-
-    monkeypatch.setattr(study, "warmstart_config", lambda quick: TINY)  # a seconds-long warm start
-
-    out = tmp_path / "study"
-    argv = ["study", "--quick", "--methods", "disco,dr_grpo", "--lr-grid", "1e-4,1e-3", "--grid-seeds", "0",
-            "--long-seeds", "1", "--extra-seeds", "2", "--steps", "2", "--long-steps", "4", "--long-eval-every", "2",
-            "--eval-questions", "4", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]
-    assert main(argv) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["grid"]) == {"disco", "dr_grpo"} and set(results["grid"]["disco"]) == {"0.0001", "0.001"}
-    for method, per in results["grid"].items():
-        val = {lr: g["val"]["mean"] for lr, g in per.items()}
-        best = max(val, key=lambda lr: (val[lr], -float(lr)))
-        assert results["best_learning_rate"][method] == float(best)  # chosen on validation, not test
-        stats = results["statistics"][method]
-        assert stats["pass@1"]["n"] == 3 and set(stats["by_seed"]) == {"0", "1", "2"}  # grid, long@2, extra
-        assert set(stats["gain_by_ops"]) == {"2", "3", "4"}
-        assert results["long"][method]["steps"] == [0, 2, 4]
-        assert results["imbalance"][method]["positives_histogram"]  # recorded for both families
-    assert results["statistics"]["dr_grpo"]["vs_disco"]["seeds"] == [0, 1, 2]
-    timing = results["meta"]["timing"]
-    assert timing["runs"] == 8 and timing["sum_run_cpu_seconds"] > 0 and timing["runs_without_cpu_record"] == 0
-    for name in ("stepsize.png", "long_runs.png", "imbalance.png"):
-        assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert "## Step size" in (out / "results.md").read_text()
-    assert len(list((out / "runs").glob("*.json"))) == 8
-    capsys.readouterr()
-
-    assert main(argv) == 0  # resumes: every run is reused
-    assert capsys.readouterr().out.count("reusing the finished run") == 8
-
-    # --partial reports what has finished without running anything: here, the study minus one extra run.
-    (out / "runs" / "extra-dr_grpo-lr0.0001-seed2.json").unlink(missing_ok=True)
-    (out / "runs" / "extra-dr_grpo-lr0.001-seed2.json").unlink(missing_ok=True)
-    assert main([*argv, "--partial"]) == 0
-    partial = json.loads((out / "results.json").read_text())
-    assert partial["meta"]["partial"] and partial["meta"]["timing"]["runs"] == 7
-    assert partial["meta"]["planned_runs"] == 8 and partial["statistics"]["dr_grpo"]["pass@1"]["n"] == 2
-    assert "Partial report" in (out / "results.md").read_text()
-    assert len(list((out / "runs").glob("*.json"))) == 7  # nothing was run
+def test_hard_pool_is_its_own_mix_and_disjoint_from_training_and_the_default_pool():
+    hard_test, hard_val = ws.eval_problems(100, "test", (3, 4)), ws.eval_problems(100, "val", (3, 4))
+    assert sorted(p.num_ops for p in hard_test) == sorted([3, 4] * 50)
+    default = {p.expression for split in ("test", "val") for p in ws.eval_problems(100, split)}
+    hard = {p.expression for p in hard_test} | {p.expression for p in hard_val}
+    assert len(hard) == 200 and not hard & default
+    train = ws.train_problems(4000, seed=3, difficulties=(3, 4), held_out_difficulties=(3, 4))
+    assert {p.num_ops for p in train} == {3, 4}
+    assert not {p.expression for p in train} & (hard | default)
+    original = task.make_problems(ws.NUM_EVAL_PROBLEMS_RESERVED, 12345)  # the pool before other mixes existed
+    assert [p.expression for p in ws.eval_problems(5)] == [p.expression for p in original[:5]]
 
 
 def test_run_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path):
+    import os
     import subprocess
     import sys
 
@@ -145,4 +410,4 @@ def test_run_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path):
         f.write(str(dead.pid))  # a process that has exited: a stale lock
     assert claim(lock)
     with open(lock) as f:
-        assert f.read() == str(__import__("os").getpid())
+        assert f.read() == str(os.getpid())

@@ -22,10 +22,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging as hf_logging
 
-from ..losses import check_tau
+from ..losses import KL_ESTIMATORS, KL_PENALTIES, check_tau
 from ..rewards import boxed_math_reward
 from . import task
 from .evaluate import evaluate_pass_at_1
+from .exact_kl import exact_kl_trainer
 from .methods import DISCO_METHODS, METHODS, build_config, trainer_class
 from .warmstart import eval_problems, train_problems
 
@@ -55,6 +56,10 @@ class RunSettings:
     kl_beta: float = 1e3
     disable_tqdm: bool = False
     skip_uninformative_questions: bool = False  # DisCO only: train on questions with both right and wrong answers
+    kl_penalty: str = "squared_hinge"  # DisCO only: the paper's squared hinge, or "linear" (kl_beta * KL, fixed)
+    kl_estimator: str = "log_ratio"  # DisCO only: the paper's token estimate of the KL, or "k3"
+    train_pool: int = 0  # 0: fresh training questions; N: a fixed pool of N questions, repeated (epochs)
+    exact_kl: bool = False  # log the exact KL(pi_old || pi_theta) per micro-step (demo/exact_kl.py; a diagnostic)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -94,8 +99,19 @@ class RunSettings:
             raise ValueError(f"kl_delta and kl_beta must be >= 0, got {self.kl_delta} and {self.kl_beta}.")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}.")
-        if self.skip_uninformative_questions and self.method not in DISCO_METHODS:
-            raise ValueError(f"skip_uninformative_questions is a DisCO option; method={self.method!r} is not DisCO.")
+        self._validate_disco_options()
+
+    def _validate_disco_options(self) -> None:
+        if self.method not in DISCO_METHODS:
+            for name in ("skip_uninformative_questions", "kl_penalty", "kl_estimator"):
+                if getattr(self, name) != getattr(RunSettings, name):
+                    raise ValueError(f"{name} is a DisCO option; method={self.method!r} is not DisCO.")
+        if self.kl_penalty not in KL_PENALTIES or self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_penalty must be one of {KL_PENALTIES} and kl_estimator one of {KL_ESTIMATORS}; "
+                             f"got {self.kl_penalty!r} and {self.kl_estimator!r}.")
+        if self.train_pool < 0 or self.train_pool % self.questions_per_generation:
+            raise ValueError(f"train_pool must be 0 (fresh questions) or a multiple of questions_per_generation="
+                             f"{self.questions_per_generation}, got {self.train_pool}.")
 
 
 def reward_function():
@@ -136,7 +152,8 @@ def build_args(settings: RunSettings, output_dir: str):
     )
     if settings.method in DISCO_METHODS:
         common.update(kl_delta=settings.kl_delta, kl_beta=settings.kl_beta, tau=settings.tau,
-                      skip_uninformative_questions=settings.skip_uninformative_questions)
+                      skip_uninformative_questions=settings.skip_uninformative_questions,
+                      kl_penalty=settings.kl_penalty, kl_estimator=settings.kl_estimator)
     return build_config(settings.method, common)
 
 
@@ -228,28 +245,50 @@ class HeldOutEval(TrainerCallback):
 _START_EVALS: dict[tuple, dict] = {}  # the starting model's evaluations, shared by the runs of one process
 
 
+def start_key(model_path: str, settings: RunSettings, split: str) -> dict:
+    """What the warm start's held-out evaluation depends on (the same for every method and rate of a seed)."""
+    return {"model": os.path.basename(os.path.abspath(model_path)), "split": split,
+            "difficulties": list(settings.eval_difficulties), "questions": settings.eval_questions,
+            **eval_kwargs(settings)}
+
+
 def starting_pass_at_1(model_path: str, tokenizer, problems, reward_fn, settings: RunSettings, split: str) -> dict:
     """The warm start's held-out Pass@1 (the same for every method and rate: same model, questions and sampling
     seed), computed once per process."""
-    key = (os.path.abspath(model_path), split, tuple(settings.eval_difficulties), settings.eval_questions,
-           settings.eval_samples, settings.temperature, settings.max_completion_length, settings.seed)
+    key = (os.path.abspath(model_path), *map(str, start_key(model_path, settings, split).values()))
     if key not in _START_EVALS:
         model = AutoModelForCausalLM.from_pretrained(model_path)
         _START_EVALS[key] = evaluate_pass_at_1(model, tokenizer, problems, reward_fn, **eval_kwargs(settings))
     return _START_EVALS[key]
 
 
+def start_evaluation(settings: RunSettings, model_path: str, split: str) -> dict:
+    """`starting_pass_at_1` for `settings`' held-out questions of `split` (loads the tokenizer and the questions)."""
+    problems = eval_problems(settings.eval_questions, split, tuple(settings.eval_difficulties))
+    return starting_pass_at_1(model_path, AutoTokenizer.from_pretrained(model_path), problems, reward_function(),
+                              settings, split)
+
+
+def training_questions(settings: RunSettings) -> int:
+    """How many training questions a run draws: its fixed pool (repeated by the trainer, one epoch after another), or
+    one fresh question per question slot of the run (plus one generation batch of slack)."""
+    if settings.train_pool:
+        return settings.train_pool
+    return (settings.max_steps // settings.updates_per_generation + 1) * settings.questions_per_generation
+
+
 def build_trainer(settings: RunSettings, model_path: str, output_dir: str, tokenizer, reward_fn, held_out,
                   history: list, group_history: list):
     """The method's trainer on fresh training questions, recording group statistics and held-out evaluations."""
-    n_train = settings.max_steps // settings.updates_per_generation * settings.questions_per_generation + \
-        settings.questions_per_generation
-    train_set = train_problems(n_train, seed=1000 + settings.seed, difficulties=tuple(settings.train_difficulties),
-                               held_out_difficulties=tuple(settings.eval_difficulties))
+    train_set = train_problems(training_questions(settings), seed=1000 + settings.seed,
+                               difficulties=tuple(settings.train_difficulties),
+                               held_out_difficulties=tuple(settings.eval_difficulties),
+                               distinct=bool(settings.train_pool))  # a fixed pool: each question once
     train_reward = recording_reward(reward_fn, settings.num_generations, settings.updates_per_generation,
                                     group_history)
     torch.manual_seed(settings.seed)
-    trainer = trainer_class(settings.method)(
+    cls = trainer_class(settings.method)
+    trainer = (exact_kl_trainer(cls) if settings.exact_kl else cls)(
         model=model_path, reward_funcs=train_reward, args=build_args(settings, output_dir),
         train_dataset=Dataset.from_list(task.to_rl_rows(train_set)), processing_class=tokenizer,
         callbacks=[HeldOutEval(tokenizer, held_out, reward_fn, settings, history)])
@@ -261,19 +300,23 @@ def build_trainer(settings: RunSettings, model_path: str, output_dir: str, token
     return trainer
 
 
-def run_method(settings: RunSettings, model_path: str, output_dir: str, log=print, save_model: bool = True) -> dict:
+def run_method(settings: RunSettings, model_path: str, output_dir: str, log=print, save_model: bool = True,
+               start_eval=None) -> dict:
     """Train one method from the warm-started model at `model_path`; returns a JSON-able result dict:
     pass@1 before/after (and per difficulty), the trainer's log history, timings. With `save_model`, the trained
-    model and tokenizer go to `output_dir/final_model` and the result to `output_dir/result.json`."""
+    model and tokenizer go to `output_dir/final_model` and the result to `output_dir/result.json`. `start_eval`,
+    if given, returns the warm start's evaluation of a split (`start_eval(split)`, e.g. from a cache shared by
+    processes)."""
     settings.validate()
     quiet_libraries()
     os.makedirs(output_dir, exist_ok=True)
     reward_fn, tokenizer = reward_function(), AutoTokenizer.from_pretrained(model_path)
     splits = [settings.eval_split] + ([settings.also_eval_split] if settings.also_eval_split else [])
     problems = {s: eval_problems(settings.eval_questions, s, tuple(settings.eval_difficulties)) for s in splits}
+    # The warm start's evaluation is shared by every run of a seed (cached), so it is not counted in this run's time.
+    before = {s: start_eval(s) if start_eval is not None else
+              starting_pass_at_1(model_path, tokenizer, problems[s], reward_fn, settings, s) for s in splits}
     start, cpu_start = time.time(), time.process_time()
-
-    before = {s: starting_pass_at_1(model_path, tokenizer, problems[s], reward_fn, settings, s) for s in splits}
     log(f"[{settings.method}] held-out Pass@1 before training: {before[splits[0]]['pass@1']:.3f} "
         f"({settings.eval_questions} questions x {settings.eval_samples} samples, T={settings.temperature})")
 

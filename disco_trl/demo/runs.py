@@ -7,17 +7,21 @@ running the same command on one folder split the work: a run's `.lock` file says
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
 import time
 from dataclasses import asdict
 
-from .experiment import RunSettings, run_method
+from .experiment import RunSettings, run_method, start_evaluation, start_key
 
 
 # The per-step metrics a run file keeps (what the tables and plots read).
 KEEP_KEYS = ("step", "reward", "reward_std", "entropy", "disco/kl", "kl", "disco/hinge_active", "disco/objective",
+             "disco/kl_penalty", "disco/neg_weight_ess", "disco/neg_weight_max", "disco/score_pos", "disco/score_neg",
+             "demo/kl_exact", "demo/kl_log_ratio", "demo/kl_k3",
              "disco/frac_mixed_questions", "disco/neg_per_pos_mixed", "disco/frac_more_neg_than_pos",
              "frac_reward_zero_std", "completions/mean_length", "clip_ratio/region_mean", "clip_ratio/high_mean",
              "clip_ratio/low_mean", "loss", "grad_norm")
@@ -101,9 +105,40 @@ def claim(lock: str) -> bool:
     return False
 
 
+def cached_start(settings: RunSettings, model_path: str, runs_dir: str, split: str) -> dict:
+    """The warm start's held-out evaluation for `settings` (its questions, samples and sampling seed), kept in
+    `runs_dir/starts/` as one `start-*.json` file, so that every run, process and command on the folder computes it
+    once. The file records what it depends on (`experiment.start_key`) and the CPU seconds it took."""
+    key = start_key(model_path, settings, split)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    os.makedirs(os.path.join(runs_dir, "starts"), exist_ok=True)
+    path = os.path.join(runs_dir, "starts", f"start-{split}-seed{settings.seed}-{digest}.json")
+    while True:
+        if os.path.isfile(path):
+            with open(path) as f:
+                cached = json.load(f)
+            if cached.get("key") == key:
+                return cached["evaluation"]
+        if claim(path + ".lock"):
+            break
+        time.sleep(2)
+    try:
+        cpu = time.process_time()
+        evaluation = start_evaluation(settings, model_path, split)
+        record = {"key": key, "evaluation": evaluation, "cpu_seconds": round(time.process_time() - cpu, 1)}
+        with open(path + f".tmp{os.getpid()}", "w") as f:
+            json.dump(record, f)
+        os.replace(path + f".tmp{os.getpid()}", path)
+    finally:
+        os.remove(path + ".lock")
+    return evaluation
+
+
 def _train_and_save(settings: RunSettings, model_path: str, path: str) -> dict:
+    start = functools.partial(cached_start, settings, model_path, os.path.dirname(path))
     with tempfile.TemporaryDirectory(prefix="disco-compare-") as trainer_dir:  # the trainer's output_dir (unused)
-        result = slim(run_method(settings, model_path, trainer_dir, log=lambda *a: None, save_model=False))
+        result = slim(run_method(settings, model_path, trainer_dir, log=lambda *a: None, save_model=False,
+                                 start_eval=start))
     result["settings"] = settings_dict(settings)
     result["model_path_key"] = os.path.basename(model_path)
     with open(path + f".tmp{os.getpid()}", "w") as f:

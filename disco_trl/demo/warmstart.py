@@ -114,12 +114,13 @@ def _eval_pool(difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES) -> list[tas
 
 
 def train_problems(n: int, seed: int, difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES,
-                   held_out_difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES) -> list[task.Problem]:
-    """Training questions (repeats allowed: there are only 243 one-operation questions), disjoint from the default
-    held-out pool and from the pool of `held_out_difficulties` (the mix the run is evaluated on)."""
+                   held_out_difficulties: tuple[int, ...] = DEFAULT_DIFFICULTIES,
+                   distinct: bool = False) -> list[task.Problem]:
+    """Training questions (repeats allowed unless `distinct`: there are only 243 one-operation questions), disjoint
+    from the default held-out pool and from the pool of `held_out_difficulties` (the mix the run is evaluated on)."""
     exclude = {p.expression for p in _eval_pool()}
     exclude |= {p.expression for p in _eval_pool(tuple(held_out_difficulties))}
-    return task.make_problems(n, seed, difficulties=difficulties, exclude=exclude, distinct=False)
+    return task.make_problems(n, seed, difficulties=difficulties, exclude=exclude, distinct=distinct)
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer

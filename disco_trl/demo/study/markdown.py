@@ -1,139 +1,146 @@
-"""`results.md` of `disco-trl study`, rendered from its `results.json` (see report.py for the numbers)."""
+"""`results.md` of each experiment of `disco-trl study`, rendered from its `results.json` (numbers: report.py), and
+the index of verdicts. Pass@1 differences are in points (1 point = 0.01 Pass@1)."""
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 
-from ..methods import METHODS
+from .plan import Scale
 
 
-def _f(value, fmt="{:.3f}"):
+def _f(value, fmt="{:.3f}") -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
     return fmt.format(value)
 
 
-def _pm(d: dict) -> str:
-    return f"{d['mean']:.3f} ± {_f(d['std'])}"
+def _pts(value) -> str:
+    return _f(None if value is None else 100 * value, "{:+.2f}")
 
 
-def _header(meta: dict) -> list[str]:
-    t = meta["timing"]
-    return [
-        "# The study: sparse rewards, large steps, long runs, enough seeds",
-        "",
-        f"Command: `{meta['command']}`",
-        "",
-        f"Task mix: {', '.join(map(str, meta['difficulties']))} operations (training and held-out). "
-        f"{meta['questions_per_generation']} questions x {meta['num_generations']} completions per generation batch, "
-        f"{meta['updates_per_generation']} updates per batch, T={meta['temperature']}. Held-out Pass@1: "
-        f"{meta['eval_questions']} questions x {meta['eval_samples']} samples; the rate is chosen on the validation "
-        f"questions, every number below is on the test questions. Grid: rates "
-        f"{', '.join(f'{x:g}' for x in meta['lr_grid'])} x seeds {meta['grid_seeds']}, {meta['steps']} steps; "
-        f"long runs: seeds {meta['long_seeds']}, "
-        f"{meta['long_steps']} steps; extra seeds {meta['extra_seeds']} at {meta['steps']} steps.",
-        "",
-        *([f"**Partial report** (`--partial`): {t['runs']} of the {meta['planned_runs']} planned runs have "
-           "finished; the best rates come from the grid runs finished so far, and parts with no runs are absent. "
-           "Re-running the command without `--partial` resumes the study.", ""] if meta.get("partial") else []),
-        f"Compute: {t['runs']} runs, {t['sum_run_wall_seconds'] / 60:.1f} min of run wall time and "
-        f"{t['sum_run_cpu_seconds'] / 60:.1f} min of CPU time (all threads; / 2 cores = "
-        f"{t['sum_run_cpu_seconds'] / 120:.1f} min, the estimate of the wall time on an otherwise idle 2-core "
-        f"machine). This invocation: {t['this_invocation_wall_seconds'] / 60:.1f} min wall, "
-        f"{t['this_invocation_cpu_seconds'] / 60:.1f} min CPU.",
-        "",
-    ]
+def _ci(pair: dict | None) -> str:
+    if not pair or "ci95" not in pair:
+        return "n/a"
+    return f"[{_pts(pair['ci95'][0])}, {_pts(pair['ci95'][1])}]"
 
 
-def _grid(results: dict) -> list[str]:
-    grid, meta = results["grid"], results["meta"]
-    lrs = [f"{x:g}" for x in meta["lr_grid"]]
-    lines = [f"## Step size: test Pass@1 after {meta['steps']} steps against the learning rate",
-             "", f"Mean ± std over seeds {meta['grid_seeds']}. Marks: `<` below the start, `c` entropy collapses "
-             "(final < 0.5 x initial), `x` entropy explodes (> 2 x); **bold**: the rate chosen on validation.", "",
-             "| method | start | " + " | ".join(lrs) + " |", "|---|---|" + "---|" * len(lrs)]
-    for method, per in grid.items():
-        cells = []
-        for lr in lrs:
-            if lr not in per:
-                cells.append("")
-                continue
-            g = per[lr]
-            marks = ("<" if g["below_start"] else "") + {"collapses": "c", "explodes": "x"}.get(g["entropy"], "")
-            text = _pm(g["test"]) + (f" {marks}" if marks else "")
-            cells.append(f"**{text}**" if float(lr) == results["best_learning_rate"][method] else text)
-        start = next(iter(per.values()))["start_test"]
-        lines.append(f"| {METHODS[method].label} | {start:.3f} | " + " | ".join(cells) + " |")
-    lines += ["", "Entropy at the end of training (start about "
-              f"{_f(next(iter(next(iter(grid.values())).values()))['entropy_start'])} nats/token), validation Pass@1 "
-              "and the mean KL(pi_old || pi_theta) (DisCO) or clipped-token fraction (GRPO family):", "",
-              "| method | lr | final entropy | val Pass@1 | KL(pi_old, pi) | clip fraction |",
-              "|---|---|---|---|---|---|"]
-    for method, per in grid.items():
-        for lr, g in per.items():
-            lines.append(f"| {METHODS[method].label} | {lr} | {_f(g['entropy_end'])} | {_pm(g['val'])} | "
-                         f"{_f(g['kl_old_mean'], '{:.2e}')} | {_f(g['clip_ratio_mean'], '{:.4f}')} |")
-    return lines + [""]
+def _header(s: dict) -> list[str]:
+    meta, cal = s["meta"], s.get("calibration")
+    lines = [f"# {s['title']}", "", f"Design: {s['design']}. Command: `{meta['command']}`", "",
+             f"{meta['finished_runs']} of {meta['planned_runs']} runs finished; seeds {meta['seeds']}, "
+             f"{meta['steps']} steps per run"
+             + (f", evaluated every {meta['eval_every']}" if meta["eval_every"] else "")
+             + (f", a fixed pool of {meta['train_pool']} training questions" if meta["train_pool"] else "")
+             + f". CPU time of the finished runs: {meta['run_cpu_seconds'] / 60:.1f} min (one thread each; the "
+             "seeds' start evaluations, in runs/starts/, and the calibration run are not included).", ""]
+    if meta.get("scale") != json.loads(json.dumps(asdict(Scale()))):
+        lines += ["**Not the pre-registered scale** (flags changed seeds, steps, evaluation or pool sizes): "
+                  f"`{json.dumps(meta.get('scale'))}`.", ""]
+    if meta.get("partial"):
+        lines += ["**Partial report** (`--partial`): only finished runs; verdicts are provisional.", ""]
+    if cal:
+        lines += [f"delta = **{cal['delta']:.2g}** ({cal['rule']}; median exact KL {cal['median_exact_kl']:.3g}, "
+                  f"median token estimate {cal['median_estimate']:.3g}, over {cal['updates']} updates).", ""]
+    return lines
 
 
-def _statistics(results: dict) -> list[str]:
-    stats, meta = results["statistics"], results["meta"]
-    ops = sorted({k for s in stats.values() for k in s["gain_by_ops"]})
-    lines = [f"## Imbalance and statistics: test Pass@1 after {meta['steps']} steps at each method's best rate", "",
-             "Every seed's step-" f"{meta['steps']} point (grid seeds, the long runs at step {meta['steps']}, "
-             "extra seeds). Paired: method minus DisCO (log-L) over shared seeds, 95% CI, and the smallest "
-             "difference this design detects (80% power, 5% level).", "",
-             "| method | lr | n | start | Pass@1 | [min, max] | " + " | ".join(f"gain {k} ops" for k in ops) +
-             " | vs DisCO (log-L) | 95% CI | detectable |",
-             "|---|---|---|---|---|---|" + "---|" * len(ops) + "---|---|---|"]
-    for s in stats.values():
-        p = s["pass@1"]
-        vs = s.get("vs_disco")
-        vs_cells = " | | " if vs is None else \
-            f"{vs['mean']:+.3f} | [{_f(vs['ci95'][0], '{:+.3f}')}, {_f(vs['ci95'][1], '{:+.3f}')}] | " \
-            f"{_f(vs['detectable'])}"
-        lines.append(f"| {s['label']} | {s['learning_rate']:g} | {p['n']} | {s['start']:.3f} | {_pm(p)} | "
-                     f"[{p['min']:.3f}, {p['max']:.3f}] | " +
-                     " | ".join(_f(s["gain_by_ops"].get(k), "{:+.3f}") for k in ops) + f" | {vs_cells} |")
-    seeds = sorted({int(k) for s in stats.values() for k in s["by_seed"]})
-    lines += ["", "Per seed:", "", "| method | " + " | ".join(f"seed {k}" for k in seeds) + " |",
-              "|---|" + "---|" * len(seeds)]
-    for s in stats.values():
-        lines.append(f"| {s['label']} | " + " | ".join(_f(s["by_seed"].get(str(k))) for k in seeds) + " |")
-    lines += ["", "How the positives fall in the training groups (the same reward-side record for every method; "
-              "first -> last 10% of the generation batches):", "",
-              "| method | mixed groups | all wrong | negatives per positive (mixed) | mixed groups with 1-2 of 8 "
-              "positives |", "|---|---|---|---|---|"]
-    for method, g in results["imbalance"].items():
-        if not g:
-            continue
+def _arms(s: dict) -> list[str]:
+    lines = ["## Arms: test Pass@1 and gain against each seed's own start", "",
+             "| arm | n | start | final | gain (points) | gain 95% CI | seeds above start | ESS fraction | max weight "
+             "| exact KL (median) | hinge active | clip fraction | entropy start -> end | reward start -> end |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in s["arms"].values():
+        flag = {"collapses": " (collapses)", "explodes": " (explodes)"}.get(a["runs"][0]["entropy"] or "", "")
         lines.append(
-            f"| {METHODS[method].label} | "
-            f"{_f(g['frac_mixed']['start'], '{:.2f}')} -> {_f(g['frac_mixed']['end'], '{:.2f}')} | "
-            f"{_f(g['frac_all_wrong']['start'], '{:.2f}')} -> {_f(g['frac_all_wrong']['end'], '{:.2f}')} | "
-            f"{_f(g['neg_per_pos_mixed']['start'], '{:.2f}')} -> {_f(g['neg_per_pos_mixed']['end'], '{:.2f}')} | "
-            f"{_f(g['frac_mixed_with_1_or_2_positives'], '{:.2f}')} |")
+            f"| {a['label']} | {a['n']} | {_f(a['start'])} | {_f(a['final'])} | {_pts(a['gain_mean'])} ± "
+            f"{_f(None if a['gain_sd'] is None else 100 * a['gain_sd'], '{:.2f}')} | {_ci(a['vs_start'])} | "
+            f"{a['seeds_above_start']}/{a['n']} | {_f(a['neg_weight_ess'])} | {_f(a['neg_weight_max'])} | "
+            f"{_f(a['kl'].get('exact_median'), '{:.2e}')} | {_f(a['hinge_active'], '{:.2f}')} | "
+            f"{_f(a['clip_ratio'], '{:.4f}')} | {_f(a['entropy_start'])} -> {_f(a['entropy_end'])}{flag} | "
+            f"{_f(a['reward_start'])} -> {_f(a['reward_end'])} |")
+    return lines + ["", "ESS fraction: the DRO weights' effective sample size over a mixed question's negatives as "
+                    "a fraction of them (1: the basic form's equal weights); DisCO-b's row shows the weights tau 10 "
+                    "would give (its own are equal). Hinge active: fraction of updates with the token estimate above "
+                    "delta.", ""]
+
+
+def _comparisons(s: dict) -> list[str]:
+    lines = ["## Declared comparisons: paired difference of gains over seeds", "",
+             "Holm's correction over the primary comparisons; margin for \"not shown\": "
+             f"±{100 * s['meta']['margin']:.1f} points.", "",
+             "| comparison | primary | n | difference (points) | 95% CI | p | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, c in s["comparisons"].items():
+        lines.append(f"| {name} | {'yes' if c['primary'] else 'no'} | {c['n']} | {_pts(c.get('mean'))} | {_ci(c)} | "
+                     f"{_f(c.get('p'), '{:.3f}')} | {_f(c.get('p_holm'), '{:.3f}')} | **{c['verdict']}** |")
+    return lines + [""] + _mechanism(s)
+
+
+def _mechanism(s: dict) -> list[str]:
+    """The pre-registered descriptive checks (report.mechanism_checks)."""
+    checks, lines = s.get("mechanism") or {}, []
+    if s["experiment"] == "dro":
+        lines += [f"- DRO active (mean ESS fraction <= 0.9) for {name}: **{'yes' if m['active'] else 'no'}** "
+                  f"({_f(m['neg_weight_ess'])})" for name, m in checks.items()]
+    elif s["experiment"] == "trust-region":
+        lines += [f"- {name}: the hinge's decision differs from the exact KL's on "
+                  f"{_f(m['frac_hinge_decision_wrong'], '{:.2f}')} of the updates: "
+                  f"**{'noise-driven' if m['noise_driven'] else 'not noise-driven'}** (threshold 0.25)"
+                  for name, m in checks.items()]
+    elif checks:
+        binds = "yes" if checks["clipping_binds"] else "no: the regime of the entropy claim is not reached"
+        lines.append(f"- Clipping binds (GRPO or DAPO clip fraction >= 0.2% over the last quarter): **{binds}**")
+        lines.append(f"- Entropy flags per seed: {checks['entropy_flags']}; steadier entropy for DisCO: "
+                     f"**{'yes' if checks['steadier_entropy'] else 'no'}**")
+    return lines + [""] if lines else []
+
+
+def _seeds(s: dict) -> list[str]:
+    seeds = s["meta"]["seeds"]
+    lines = ["## Per seed: gain (points) and start", "", "| arm | " + " | ".join(f"seed {k}" for k in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
+    for a in s["arms"].values():
+        by_seed = {r["seed"]: r for r in a["runs"]}
+        lines.append(f"| {a['label']} | " + " | ".join(
+            f"{_pts(by_seed[k]['gain'])} ({by_seed[k]['start']:.3f})" if k in by_seed else "" for k in seeds) + " |")
     return lines + [""]
 
 
-def _long(results: dict) -> list[str]:
-    long, meta = results["long"], results["meta"]
-    if not long:
-        return []
-    steps = next(iter(long.values()))["steps"]
-    lines = [f"## Long runs: {meta['long_steps']} steps at the best rate (seeds {meta['long_seeds']})", "",
-             "| method | " + " | ".join(f"step {s}" for s in steps) + " | peak (step) | entropy start -> end |",
-             "|---|" + "---|" * (len(steps) + 2)]
-    for method, s in long.items():
-        flag = f" ({s['entropy']})" if s["entropy"] else ""
-        lines.append(f"| {METHODS[method].label} | " + " | ".join(f"{v:.3f}" for v in s["pass@1"]) +
-                     f" | {s['peak']:.3f} ({s['peak_step']}) | {_f(s['entropy_start'])} -> "
-                     f"{_f(s['entropy_end'])}{flag} |")
+def _kl(s: dict) -> list[str]:
+    lines = ["## KL(pi_old || pi_theta): exact against the token estimates (updates after each batch's first)", "",
+             "| arm | exact median | exact mean | estimate < 0 | estimate p10, p90 | estimate - exact p10, p90 | "
+             "k3 - exact p10, p90 | exact > delta | estimate > delta | hinge decision differs |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    e = "{:.2e}"
+    for a in s["arms"].values():
+        k = a["kl"]
+        if not k:
+            continue
+        lines.append(f"| {a['label']} | {_f(k.get('exact_median'), e)} | {_f(k.get('exact_mean'), e)} | "
+                     f"{_f(k.get('estimate_frac_negative'), '{:.2f}')} | {_f(k.get('estimate_p10'), e)}, "
+                     f"{_f(k.get('estimate_p90'), e)} | {_f(k.get('estimate_error_p10'), e)}, "
+                     f"{_f(k.get('estimate_error_p90'), e)} | {_f(k.get('k3_error_p10'), e)}, "
+                     f"{_f(k.get('k3_error_p90'), e)} | {_f(k.get('frac_exact_above_delta'), '{:.2f}')} | "
+                     f"{_f(k.get('frac_estimate_above_delta'), '{:.2f}')} | "
+                     f"{_f(k.get('frac_hinge_decision_wrong'), '{:.2f}')} |")
     return lines + [""]
 
 
-def render(results: dict) -> str:
-    lines = _header(results["meta"]) + _grid(results) + _statistics(results) + _long(results)
-    lines += ["Figures: `stepsize.png` (Pass@1 against the rate), `imbalance.png` (the training groups over time), "
-              "`long_runs.png` (Pass@1 and entropy over the long runs).", ""]
-    return "\n".join(lines)
+def render(summary: dict) -> str:
+    lines = _header(summary) + _arms(summary) + _comparisons(summary) + _seeds(summary) + _kl(summary)
+    return "\n".join(lines) + "\n"
+
+
+def render_index(summaries: list[dict]) -> str:
+    """OUTPUT_DIR/results.md: each reported experiment's declared comparisons and verdicts."""
+    lines = ["# Study v2: verdicts of the experiments reported so far", "",
+             "Pre-registered in docs/study.md; each experiment's folder has its results.md and results.json.", "",
+             "| experiment | comparison | primary | n | difference (points) | 95% CI | p (Holm) | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        for name, c in s["comparisons"].items():
+            lines.append(f"| {s['experiment']} | {name} | {'yes' if c['primary'] else 'no'} | {c['n']} | "
+                         f"{_pts(c.get('mean'))} | {_ci(c)} | {_f(c.get('p_holm'), '{:.3f}')} | {c['verdict']} |")
+    return "\n".join(lines) + "\n"

@@ -1,120 +1,141 @@
-"""Figures of `disco-trl study`: Pass@1 against the learning rate, the long runs, the training groups over time."""
+"""Figures of `disco-trl study`, one set per experiment (written into its folder):
+
+* `gains.png` (every experiment): each arm's gain against its seeds' own starts, per seed and mean with 95% CI.
+* `weights.png` (A): the DRO weights' ESS fraction and largest weight over the steps, per tau (mean over seeds).
+* `kl.png` (A, B): the exact KL(pi_old || pi_theta) per update against the token estimate, and delta.
+* `dynamics.png` (C): held-out Pass@1 at each evaluation, generation entropy and training reward over the steps.
+"""
 
 from __future__ import annotations
 
-import math
+import os
 
-from ..methods import METHODS
 from ..plots import moving_average, series, use_agg
 
 
-def _colors(plt, methods):
+def _colors(plt, names):
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}
+    return {n: cycle[i % len(cycle)] for i, n in enumerate(names)}
 
 
-def plot_step_size(results: dict, path: str) -> str:
-    """Test Pass@1 after training against the learning rate (log axis), mean ± std over the grid seeds, with the
-    starting model's line; hollow markers: below the start; a red ring: entropy collapses, a red cross: it explodes."""
+def _mean_series(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """The per-step mean over runs of one metric (steps every run logged)."""
+    curves = [dict(zip(*series(r["log_history"], key))) for r in runs]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return steps, [sum(c[s] for c in curves) / len(curves) for s in steps]
+
+
+def plot_gains(summary: dict, path: str) -> None:
     plt = use_agg()
-    grid = results["grid"]
-    colors = _colors(plt, grid)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    n = len(grid)
-    for i, (method, per) in enumerate(grid.items()):
-        lrs = [g["learning_rate"] for g in per.values()]
-        shift = 10 ** ((i - (n - 1) / 2) * 0.025)  # small horizontal offset so the error bars do not overlap
-        xs = [lr * shift for lr in lrs]
-        means = [g["test"]["mean"] for g in per.values()]
-        errs = [g["test"]["std"] or 0.0 for g in per.values()]
-        ax.errorbar(xs, means, yerr=errs, color=colors[method], marker="o", capsize=3, linewidth=1.5,
-                    label=f"{METHODS[method].label} (best {results['best_learning_rate'][method]:g})", markersize=6)
-        for x, m, g in zip(xs, means, per.values()):
-            if g["below_start"]:
-                ax.plot([x], [m], "o", color="white", markeredgecolor=colors[method], markersize=6, zorder=3)
-            if g["entropy"] == "collapses":
-                ax.plot([x], [m], "o", color="none", markeredgecolor="red", markersize=13, zorder=4)
-            elif g["entropy"] == "explodes":
-                ax.plot([x], [m], "x", color="red", markersize=13, zorder=4)
-    start = next(iter(next(iter(grid.values())).values()))["start_test"]
-    ax.axhline(start, color="black", linestyle="--", linewidth=1, label=f"start ({start:.3f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate (constant)")
-    ax.set_ylabel(f"held-out test Pass@1 after {results['meta']['steps']} steps")
-    ax.set_title("Step size: hollow = below start, red ring = entropy collapse, red x = entropy explosion")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    arms = list(summary["arms"].values())
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(arms)), 4.5))
+    for i, arm in enumerate(arms):
+        gains = [100 * r["gain"] for r in arm["runs"]]
+        ax.plot([i] * len(gains), gains, "o", color="gray", alpha=0.6, markersize=4)
+        pair = arm["vs_start"]
+        if pair and pair["n"] > 1:
+            low, high = (100 * v for v in pair["ci95"])
+            ax.errorbar([i], [100 * pair["mean"]], yerr=[[100 * pair["mean"] - low], [high - 100 * pair["mean"]]],
+                        fmt="s", color="black", capsize=4)
+    ax.axhline(0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(arms)), [a["label"] for a in arms], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("gain in test Pass@1 (points) vs the seed's start")
+    ax.set_title(f"{summary['title']}: per seed (gray), mean and 95% CI (black)", fontsize=9)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
 
 
-def _mean_curve(curves: list[tuple[list[int], list[float]]]):
-    curves = [c for c in curves if c[0]]
-    if not curves:
-        return [], []
-    length = min(len(c[0]) for c in curves)
-    return curves[0][0][:length], [sum(c[1][j] for c in curves) / len(curves) for j in range(length)]
-
-
-def plot_long_runs(parts: dict, results: dict, path: str) -> str:
-    """The long runs (the paper's Figure-style curves): held-out Pass@1 and generation entropy against step."""
+def plot_weights(runs_by_arm: dict[str, list[dict]], labels: dict[str, str], path: str) -> None:
     plt = use_agg()
-    colors = _colors(plt, parts["long"])
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for method, runs in parts["long"].items():
-        if not runs:
-            continue
-        label = f"{METHODS[method].label} (lr {parts['best'][method]:g})"
-        summary = results["long"][method]
-        axes[0].plot(summary["steps"], summary["pass@1"], "o-", color=colors[method], label=label, linewidth=2)
-        steps, values = _mean_curve([series(r["log_history"], "entropy") for r in runs])
-        if steps:
-            axes[1].plot(steps, moving_average(values, max(1, len(values) // 20)), color=colors[method],
-                         label=label, linewidth=1.8)
-    axes[0].set_title(f"held-out test Pass@1 (seeds {results['meta']['long_seeds']})")
-    axes[1].set_title("generation entropy (nats/token, moving average)")
+    colors = _colors(plt, runs_by_arm)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for name, runs in runs_by_arm.items():
+        for ax, key in zip(axes, ("disco/neg_weight_ess", "disco/neg_weight_max")):
+            steps, values = _mean_series(runs, key)
+            if steps:
+                ax.plot(steps, moving_average(values, 8), color=colors[name], label=labels[name])
+    axes[0].set_title("ESS of the negatives' DRO weights / number of negatives (1 = basic form)")
+    axes[1].set_title("largest weight of a question's negatives")
     for ax in axes:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Long runs: {results['meta']['long_steps']} steps at each method's best rate")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
 
 
-def plot_imbalance(parts: dict, results: dict, path: str) -> str:
-    """The training groups over the step-`steps` runs at the best rate (mean over seeds): negatives per positive in
-    mixed groups, fraction of mixed groups, fraction of all-wrong groups."""
+def plot_kl(runs_by_arm: dict[str, list[dict]], labels: dict[str, str], delta: float | None, path: str) -> None:
+    """Exact KL (solid) and the paper's token estimate (dotted) per update, mean over seeds, log scale for the exact
+    value; delta as a dashed line."""
     plt = use_agg()
-    best, steps = parts["best"], parts["steps"]
-    colors = _colors(plt, best)
-    keys = [("neg_per_pos_mixed", "negatives per positive (mixed groups)"), ("frac_mixed", "fraction of mixed groups"),
-            ("frac_all_wrong", "fraction of all-wrong groups")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(15, 4))
-    for method in best:
-        runs = parts["grid"][method][best[method]] + parts["extra"][method] + parts["long"][method]
-        for ax, (key, _) in zip(axes, keys):
-            curves = []
-            for r in runs:
-                points = [(g["step"], g[key]) for g in r.get("group_history", []) if g["step"] < steps
-                          and g[key] is not None and math.isfinite(g[key])]
-                curves.append(([p[0] for p in points], [p[1] for p in points]))
-            xs, ys = _mean_curve(curves)
-            if xs:
-                ax.plot(xs, moving_average(ys, 5), color=colors[method], linewidth=1.8,
-                        label=f"{METHODS[method].label} (lr {best[method]:g})")
-    for ax, (_, title) in zip(axes, keys):
+    colors = _colors(plt, runs_by_arm)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for name, runs in runs_by_arm.items():
+        steps, exact = _mean_series(runs, "demo/kl_exact")
+        if not steps:
+            continue
+        axes[0].plot(steps, moving_average(exact, 8), color=colors[name], label=labels[name])
+        est_steps, estimate = _mean_series(runs, "demo/kl_log_ratio")
+        axes[1].plot(est_steps, moving_average(estimate, 8), color=colors[name], linestyle=":")
+        axes[1].plot(steps, moving_average(exact, 8), color=colors[name], label=labels[name])
+    for ax in axes:
+        if delta:
+            ax.axhline(delta, color="black", linestyle="--", linewidth=1, label=f"delta {delta:.2g}")
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("symlog", linthresh=1e-7)
+    axes[0].set_title("exact KL(pi_old || pi_theta) per update (moving average of 8)")
+    axes[1].set_title("exact (solid) and token estimate (dotted), linear scale")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_dynamics(summary: dict, runs_by_arm: dict[str, list[dict]], path: str) -> None:
+    plt = use_agg()
+    colors = _colors(plt, runs_by_arm)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for name, runs in runs_by_arm.items():
+        label = summary["arms"][name]["label"]
+        for r in summary["arms"][name]["runs"]:
+            axes[0].plot(*zip(*r["curve"]), "o-", color=colors[name], alpha=0.5, linewidth=1)
+        axes[0].plot([], [], "o-", color=colors[name], label=label)
+        for ax, key in zip(axes[1:], ("entropy", "reward")):
+            steps, values = _mean_series(runs, key)
+            if steps:
+                ax.plot(steps, moving_average(values, 8), color=colors[name], label=label)
+    for ax, title in zip(axes, ("held-out test Pass@1 (each seed)", "generation entropy (nats/token, mean over seeds)",
+                                "training reward (mean over seeds)")):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Training groups at the best rate, first {steps} steps, mean over seeds (moving average of 5 "
-                 "generation batches)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+
+
+def plot_experiment(exp, summary: dict, runs_by_arm: dict[str, list], folder: str) -> list[str]:
+    """The experiment's figures in `folder`; returns their paths."""
+    runs = {name: [r for r in rs if r is not None] for name, rs in runs_by_arm.items()}
+    runs = {name: rs for name, rs in runs.items() if rs}
+    labels = {a.name: a.label for a in exp.arms}
+    if not runs:
+        return []
+    paths = [os.path.join(folder, "gains.png")]
+    plot_gains(summary, paths[0])
+    if exp.name == "dro":
+        paths.append(os.path.join(folder, "weights.png"))
+        plot_weights({n: rs for n, rs in runs.items() if n != "basic"} or runs, labels, paths[-1])
+    if exp.name in ("dro", "trust-region"):
+        paths.append(os.path.join(folder, "kl.png"))
+        delta = (summary.get("calibration") or {}).get("delta")
+        plot_kl(runs, labels, delta, paths[-1])
+    if exp.name == "long":
+        paths.append(os.path.join(folder, "dynamics.png"))
+        plot_dynamics(summary, runs, paths[-1])
+    return paths

@@ -1,9 +1,10 @@
-"""The numbers of `disco-trl study`: grid table, statistics at the best rate, imbalance, long runs, timing.
+"""The numbers of one experiment of `disco-trl study`: per run, per arm, the declared comparisons and their verdicts.
 
-Statistics: per method, the mean and standard deviation over seeds; per pair, the paired differences over shared
-seeds (the same seed gives both methods the same training questions in the same order and the same evaluation
-sampling seed), their mean, a 95% confidence interval (Student t), and the smallest difference the design detects
-with 80% power at the 5% level, (t_0.975 + t_0.80) * sd(differences) / sqrt(n).
+A run's *gain* is its test Pass@1 after training minus its seed's start (the warm start scored with the same
+questions and the same evaluation sampling seed). Comparisons are paired over seeds: gain(a) - gain(b) per seed,
+whose mean, 95% t interval and p-value `stats.paired` gives; Holm's correction runs over the experiment's primary
+comparisons. Diagnostics come from the per-step records: the DRO weights' effective sample size over the negatives,
+the exact KL(pi_old || pi_theta) against the token estimate, the hinge, clipping, entropy, rewards, groups.
 """
 
 from __future__ import annotations
@@ -11,53 +12,33 @@ from __future__ import annotations
 import math
 import statistics
 
-from ..methods import METHODS
-from ..plots import start_end
+from . import stats
+from .plan import Experiment, update_index
 
 
-# Student t quantiles by degrees of freedom (two-sided 5% level; one-sided 20%, for 80% power).
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-T_80 = {1: 1.376, 2: 1.061, 3: 0.978, 4: 0.941, 5: 0.920, 6: 0.906, 7: 0.896, 8: 0.889, 9: 0.883, 10: 0.879,
-        12: 0.873, 15: 0.866, 20: 0.860, 30: 0.854}
 ENTROPY_COLLAPSE, ENTROPY_EXPLOSION = 0.5, 2.0  # final / initial entropy below / above these: flagged
-REFERENCE = "disco"
+DRO_ACTIVE_ESS = 0.9  # mean ESS fraction at or below this: the weights differ from the basic form's (docs/study.md)
+NOISE_DRIVEN = 0.25  # hinge decisions (estimate > delta) differing from the exact ones on more updates: noise-driven
+CLIPPING_BINDS = 0.002  # C: GRPO's or DAPO's clipped-token fraction over the last quarter of the steps at least this
 
 
-def t_quantile(table: dict[int, float], df: int) -> float:
-    """The tabulated quantile for `df` degrees of freedom (the next smaller tabulated df beyond the table: slightly
-    conservative)."""
-    if df < 1:
-        return math.nan
-    return table[max(k for k in table if k <= df)]
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.fmean(values) if values else None
 
 
-def describe(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values), "min": min(values), "max": max(values)}
-
-
-def paired(a: dict[int, float], b: dict[int, float]) -> dict | None:
-    """a - b over the seeds both have."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
         return None
-    diffs = [a[s] - b[s] for s in seeds]
-    n = len(diffs)
-    mean = statistics.fmean(diffs)
-    sd = statistics.stdev(diffs) if n > 1 else math.nan
-    half = t_quantile(T_975, n - 1) * sd / math.sqrt(n) if n > 1 else math.nan
-    detectable = (t_quantile(T_975, n - 1) + t_quantile(T_80, n - 1)) * sd / math.sqrt(n) if n > 1 else math.nan
-    return {"seeds": seeds, "diffs": diffs, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half],
-            "t": mean / (sd / math.sqrt(n)) if n > 1 and sd > 0 else math.nan, "detectable": detectable}
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def eval_at(run: dict, step: int) -> dict | None:
-    return next((h for h in run["eval_history"] if h["step"] == step), None)
-
-
-def entropy_start_end(run: dict) -> tuple[float | None, float | None]:
-    return start_end(run["log_history"], "entropy")
+def series(run: dict, key: str) -> list[tuple[int, float]]:
+    return [(e["step"], e[key]) for e in run["log_history"] if e.get(key) is not None and math.isfinite(e[key])]
 
 
 def entropy_flag(start: float | None, end: float | None) -> str | None:
@@ -70,147 +51,143 @@ def entropy_flag(start: float | None, end: float | None) -> str | None:
     return None
 
 
-def _mean(values):
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.fmean(values) if values else None
-
-
-def grid_summary(grid: dict, steps: int) -> dict:
-    out = {}
-    for method, per_lr in grid.items():
-        out[method] = {}
-        for lr, runs in per_lr.items():
-            test = [eval_at(r, steps)["pass@1"] for r in runs]
-            start = [r["eval_history"][0]["pass@1"] for r in runs]
-            ent = [entropy_start_end(r) for r in runs]
-            ent_start, ent_end = _mean([e[0] for e in ent]), _mean([e[1] for e in ent])
-            out[method][f"{lr:g}"] = {
-                "learning_rate": lr,
-                "seeds": [r["settings"]["seed"] for r in runs],
-                "test": describe(test),
-                "val": describe([r["also_eval"]["pass@1_after"] for r in runs]),
-                "start_test": statistics.fmean(start),
-                "start_val": statistics.fmean(r["also_eval"]["pass@1_before"] for r in runs),
-                "entropy_start": ent_start,
-                "entropy_end": ent_end,
-                "below_start": statistics.fmean(test) < statistics.fmean(start),
-                "entropy": entropy_flag(ent_start, ent_end),
-                "kl_old_mean": _mean([_mean([e.get("disco/kl") for e in r["log_history"]]) for r in runs]),
-                "clip_ratio_mean": _mean([_mean([e.get("clip_ratio/region_mean") for e in r["log_history"]])
-                                          for r in runs]),
-            }
-    return out
-
-
-def stat_points(parts: dict) -> dict[str, list[dict]]:
-    """Per method, every seed's Pass@1 at step `steps` at the best rate: grid runs, long runs' evaluation at that
-    step, extra runs."""
-    steps, points = parts["steps"], {}
-    for method, lr in parts["best"].items():
-        sources = [("grid", r) for r in parts["grid"][method][lr]] + [("long", r) for r in parts["long"][method]] + \
-            [("extra", r) for r in parts["extra"][method]]
-        points[method] = []
-        for source, run in sources:
-            at, start = eval_at(run, steps), run["eval_history"][0]
-            points[method].append({"seed": run["settings"]["seed"], "source": source, "pass@1": at["pass@1"],
-                                   "by_ops": at.get("pass@1_by_ops"), "start": start["pass@1"],
-                                   "start_by_ops": start.get("pass@1_by_ops")})
-    return points
-
-
-def group_summary(runs: list[dict], steps: int) -> dict:
-    """How the positives fall in the training groups (first / last 10% of the generation batches up to `steps`)."""
-    histories = [[g for g in r.get("group_history", []) if g["step"] < steps] for r in runs]
-    histories = [h for h in histories if h]
-    if not histories:
+def kl_diagnostics(run: dict, delta: float | None) -> dict:
+    """The exact KL per update against the token estimates, over the updates after each batch's first (the first has
+    pi_theta = pi_old): the exact KL's median per update index, how often the paper's estimate is negative, its 10th
+    and 90th percentiles, its error against the exact value, and how often the hinge's decision (estimate > delta)
+    differs from the exact one (exact > delta)."""
+    upg = run["settings"]["updates_per_generation"]
+    rows = [e for e in run["log_history"] if "demo/kl_exact" in e]
+    later = [e for e in rows if update_index(e["step"], upg) > 0]
+    if not later:
         return {}
-    out = {}
-    for key in ("frac_mixed", "frac_all_wrong", "frac_all_right", "neg_per_pos_mixed"):
-        firsts, lasts = [], []
-        for h in histories:
-            k = max(1, len(h) // 10)
-            firsts.append(_mean([g[key] for g in h[:k]]))
-            lasts.append(_mean([g[key] for g in h[-k:]]))
-        out[key] = {"start": _mean(firsts), "end": _mean(lasts)}
-    hist = [sum(g["positives_histogram"][j] for h in histories for g in h) for j in
-            range(len(histories[0][0]["positives_histogram"]))]
-    mixed = sum(hist[1:-1])
-    out["positives_histogram"] = hist
-    out["frac_mixed_with_1_or_2_positives"] = (hist[1] + hist[2]) / mixed if mixed else None
+    exact = [e["demo/kl_exact"] for e in later]
+    estimate = [e.get("disco/kl", e["demo/kl_log_ratio"]) for e in later]
+    k3 = [e["demo/kl_k3"] for e in later]
+    out = {"exact_median": statistics.median(exact), "exact_mean": statistics.fmean(exact), "exact_max": max(exact),
+           "exact_median_by_update": {str(i): statistics.median(e["demo/kl_exact"] for e in rows
+                                                                if update_index(e["step"], upg) == i)
+                                      for i in range(upg)},
+           "first_update_exact_max": max((e["demo/kl_exact"] for e in rows if update_index(e["step"], upg) == 0),
+                                         default=None),
+           "estimate_frac_negative": sum(v < 0 for v in estimate) / len(estimate),
+           "estimate_p10": quantile(estimate, 0.1), "estimate_p90": quantile(estimate, 0.9),
+           "estimate_error_p10": quantile([a - b for a, b in zip(estimate, exact)], 0.1),
+           "estimate_error_p90": quantile([a - b for a, b in zip(estimate, exact)], 0.9),
+           "k3_p10": quantile(k3, 0.1), "k3_p90": quantile(k3, 0.9),
+           "k3_error_p10": quantile([a - b for a, b in zip(k3, exact)], 0.1),
+           "k3_error_p90": quantile([a - b for a, b in zip(k3, exact)], 0.9), "updates": len(later)}
+    if delta:
+        out["frac_exact_above_delta"] = sum(v > delta for v in exact) / len(exact)
+        out["frac_estimate_above_delta"] = sum(v > delta for v in estimate) / len(estimate)
+        wrong = sum((a > delta) != (b > delta) for a, b in zip(estimate, exact))
+        out["frac_hinge_decision_wrong"] = wrong / len(exact)
     return out
 
 
-def statistics_summary(points: dict[str, list[dict]], best: dict[str, float]) -> dict:
-    out = {}
-    for method, pts in points.items():
-        by_seed = {p["seed"]: p["pass@1"] for p in pts}
-        ops = sorted({k for p in pts for k in (p["by_ops"] or {})})
-        out[method] = {
-            "label": METHODS[method].label,
-            "learning_rate": best[method],
-            "pass@1": describe(list(by_seed.values())),
-            "start": statistics.fmean(p["start"] for p in pts),
-            "by_seed": {str(s): v for s, v in by_seed.items()},
-            "gain_by_ops": {k: _mean([p["by_ops"][k] - p["start_by_ops"][k] for p in pts if p["by_ops"]])
-                            for k in ops},
-            "after_by_ops": {k: _mean([p["by_ops"][k] for p in pts if p["by_ops"]]) for k in ops},
-            "start_by_ops": {k: _mean([p["start_by_ops"][k] for p in pts if p["start_by_ops"]]) for k in ops},
-        }
-    ref = points.get(REFERENCE)
-    if ref:
-        ref_by_seed = {p["seed"]: p["pass@1"] for p in ref}
-        for method, pts in points.items():
-            if method != REFERENCE:
-                out[method]["vs_disco"] = paired({p["seed"]: p["pass@1"] for p in pts}, ref_by_seed)
-    return out
-
-
-def long_summary(long_runs: dict, long_steps: int) -> dict:
-    out = {}
-    for method, runs in long_runs.items():
-        if not runs:
-            continue
-        steps = [h["step"] for h in runs[0]["eval_history"]]
-        curve = [_mean([eval_at(r, s)["pass@1"] for r in runs if eval_at(r, s)]) for s in steps]
-        ent = [entropy_start_end(r) for r in runs]
-        ent_start, ent_end = _mean([e[0] for e in ent]), _mean([e[1] for e in ent])
-        peak = max(range(len(curve)), key=lambda i: curve[i])
-        out[method] = {"seeds": [r["settings"]["seed"] for r in runs], "steps": steps, "pass@1": curve,
-                       "final": curve[-1], "peak": curve[peak], "peak_step": steps[peak],
-                       "entropy_start": ent_start, "entropy_end": ent_end, "entropy": entropy_flag(ent_start, ent_end),
-                       "groups": group_summary(runs, long_steps + 1)}
-    return out
-
-
-def timing_summary(parts: dict, timing: dict) -> dict:
-    runs = [r for per in parts["grid"].values() for rs in per.values() for r in rs]
-    runs += [r for rs in parts["long"].values() for r in rs] + [r for rs in parts["extra"].values() for r in rs]
-    cpu = [r.get("cpu_seconds") for r in runs]
-    return {**timing, "runs": len(runs), "sum_run_wall_seconds": round(sum(r["total_seconds"] for r in runs), 1),
-            "sum_run_cpu_seconds": round(sum(c for c in cpu if c is not None), 1),
-            "runs_without_cpu_record": sum(c is None for c in cpu)}
-
-
-def summarize(parts: dict, args, command: str, timing: dict) -> dict:
-    probe = parts["probe"]
-    best = parts["best"]
-    stat_runs = {m: parts["grid"][m][best[m]] + parts["long"][m] + parts["extra"][m] for m in best}
+def run_summary(run: dict, delta: float | None) -> dict:
+    """One run: start, end and gain, the evaluation curve, and its per-step diagnostics."""
+    history = run["eval_history"]
+    start, end = history[0], history[-1]
+    entropy = [v for _, v in series(run, "entropy")]
+    k = max(1, len(entropy) // 20)
+    rewards = [v for _, v in series(run, "reward")]
+    clip = [v for _, v in series(run, "clip_ratio/region_mean")]
+    kr = max(1, len(rewards) // 10)
+    ent_start, ent_end = _mean(entropy[:k]), _mean(entropy[-k:])
     return {
-        "meta": {"command": command, "methods": list(best), "difficulties": list(args.difficulties),
-                 "partial": bool(getattr(args, "partial", False)),
-                 "planned_runs": len(args.methods) * (len(args.lr_grid) * len(args.grid_seeds) + len(args.extra_seeds)
-                                                      + len(args.long_seeds)),
-                 "steps": parts["steps"], "long_steps": parts["long_steps"], "long_eval_every": parts["long_every"],
-                 "lr_grid": list(args.lr_grid), "grid_seeds": list(args.grid_seeds),
-                 "long_seeds": list(args.long_seeds), "extra_seeds": list(args.extra_seeds),
-                 "eval_questions": probe.eval_questions, "eval_samples": probe.eval_samples,
-                 "temperature": probe.temperature, "questions_per_generation": probe.questions_per_generation,
-                 "num_generations": probe.num_generations, "updates_per_generation": probe.updates_per_generation,
-                 "warmstart": {k: parts["warmstart"][k] for k in ("config", "num_parameters")},
-                 "timing": timing_summary(parts, timing)},
-        "grid": grid_summary(parts["grid"], parts["steps"]),
-        "best_learning_rate": dict(best),
-        "statistics": statistics_summary(stat_points(parts), best),
-        "imbalance": {m: group_summary(runs, parts["steps"]) for m, runs in stat_runs.items()},
-        "long": long_summary(parts["long"], parts["long_steps"]),
+        "seed": run["settings"]["seed"], "start": start["pass@1"], "final": end["pass@1"], "final_step": end["step"],
+        "gain": end["pass@1"] - start["pass@1"],
+        "gain_by_ops": {o: end["pass@1_by_ops"][o] - start["pass@1_by_ops"][o] for o in start.get("pass@1_by_ops", {})
+                        if o in end.get("pass@1_by_ops", {})},
+        "curve": [[h["step"], h["pass@1"]] for h in history],
+        "entropy_start": ent_start, "entropy_end": ent_end, "entropy": entropy_flag(ent_start, ent_end),
+        "reward_start": _mean(rewards[:kr]), "reward_end": _mean(rewards[-kr:]),
+        "neg_weight_ess": _mean(v for _, v in series(run, "disco/neg_weight_ess")),
+        "neg_weight_max": _mean(v for _, v in series(run, "disco/neg_weight_max")),
+        "hinge_active": None if not run["settings"].get("kl_beta") else  # no penalty: nothing is active
+        _mean(v for _, v in series(run, "disco/hinge_active")),
+        "kl_penalty": _mean(v for _, v in series(run, "disco/kl_penalty")),
+        "clip_ratio": _mean(clip), "clip_ratio_last_quarter": _mean(clip[-max(1, len(clip) // 4):]),
+        "frac_mixed": _mean(g["frac_mixed"] for g in run.get("group_history", [])),
+        "neg_per_pos_mixed": _mean(g["neg_per_pos_mixed"] for g in run.get("group_history", [])),
+        "kl": kl_diagnostics(run, delta), "cpu_seconds": run.get("cpu_seconds"),
+    }
+
+
+def arm_summary(runs: list[dict], label: str, delta: float | None) -> dict:
+    """An arm over its seeds: mean gain, sd, the gain against the seeds' own starts (paired), diagnostics' means."""
+    per_run = [run_summary(r, delta) for r in runs]
+    gains = {p["seed"]: p["gain"] for p in per_run}
+    finals, starts = ({p["seed"]: p[k] for p in per_run} for k in ("final", "start"))
+    out = {"label": label, "n": len(per_run), "seeds": sorted(gains), "runs": per_run,
+           "gain_mean": _mean(gains.values()),
+           "gain_sd": statistics.stdev(gains.values()) if len(gains) > 1 else None,
+           "vs_start": stats.paired(finals, starts),
+           "seeds_above_start": sum(g > 0 for g in gains.values())}
+    for key in ("start", "final", "entropy_start", "entropy_end", "reward_start", "reward_end", "neg_weight_ess",
+                "neg_weight_max", "hinge_active", "kl_penalty", "clip_ratio", "clip_ratio_last_quarter", "frac_mixed",
+                "neg_per_pos_mixed"):
+        out[key] = _mean(p[key] for p in per_run)
+    kl_keys = sorted({k for p in per_run for k, v in p["kl"].items() if isinstance(v, float | int)})
+    out["kl"] = {k: _mean(p["kl"].get(k) for p in per_run) for k in kl_keys}
+    return out
+
+
+def comparisons(exp: Experiment, arms: dict[str, dict]) -> dict:
+    """Every declared comparison: the paired difference of gains, Holm over the primary ones, the verdict."""
+    out = {}
+    for c in exp.comparisons:
+        a, b = arms.get(c.a), arms.get(c.b)
+        pair = None if not a or not b else stats.paired({r["seed"]: r["gain"] for r in a["runs"]},
+                                                          {r["seed"]: r["gain"] for r in b["runs"]})
+        out[c.name] = {"a": c.a, "b": c.b, "primary": c.primary, **(pair or {"n": 0, "p": math.nan})}
+    adjusted = stats.holm({name: v["p"] for name, v in out.items() if v["primary"]})
+    for name, v in out.items():
+        v["p_holm"] = adjusted.get(name, math.nan)
+        v["verdict"] = stats.verdict(v if v["n"] else None, v["p_holm"] if v["primary"] else v["p"], exp.margin)
+    return out
+
+
+def mechanism_checks(exp: Experiment, arms: dict[str, dict]) -> dict:
+    """The pre-registered descriptive checks (docs/study.md): A, whether each tau's DRO weights differ from the basic
+    form's (mean ESS fraction at most DRO_ACTIVE_ESS); B, whether each hinge arm's decisions are noise-driven (they
+    differ from the exact KL's on more than NOISE_DRIVEN of the updates); C, whether clipping binds (GRPO's or DAPO's
+    clipped fraction over the last quarter of the steps at least CLIPPING_BINDS) and "steadier entropy": every DisCO
+    seed's entropy stays within 0.5-2 x its start while some GRPO or DAPO seed leaves that band."""
+    if exp.name == "dro":
+        return {name: {"neg_weight_ess": arm["neg_weight_ess"],
+                       "active": arm["neg_weight_ess"] is not None and arm["neg_weight_ess"] <= DRO_ACTIVE_ESS}
+                for name, arm in arms.items() if name != "basic"}
+    if exp.name == "trust-region":
+        out = {}
+        for name, arm in arms.items():
+            wrong = arm["kl"].get("frac_hinge_decision_wrong")
+            if name.startswith("hinge") and wrong is not None:
+                out[name] = {"frac_hinge_decision_wrong": wrong, "noise_driven": wrong > NOISE_DRIVEN}
+        return out
+    flags = {name: [r["entropy"] for r in arm["runs"]] for name, arm in arms.items()}
+    disco_steady = all(f is None for name in ("disco", "disco-b") for f in flags.get(name, [])) and \
+        any(name in flags for name in ("disco", "disco-b"))
+    others_leave = any(f is not None for name in ("grpo", "dapo") for f in flags.get(name, []))
+    clipping = [arms[name].get("clip_ratio_last_quarter") for name in ("grpo", "dapo") if name in arms]
+    binds = any(c is not None and c >= CLIPPING_BINDS for c in clipping)
+    return {"entropy_flags": flags, "clipping_binds": binds, "steadier_entropy": disco_steady and others_leave}
+
+
+def summarize(exp: Experiment, runs_by_arm: dict[str, list], calibration: dict | None, meta: dict) -> dict:
+    delta = calibration["delta"] if calibration else None
+    arms = {a.name: arm_summary([r for r in runs_by_arm.get(a.name, []) if r is not None], a.label, delta)
+            for a in exp.arms}
+    arms = {name: arm for name, arm in arms.items() if arm["n"]}
+    planned = len(exp.arms) * len(exp.seeds)
+    finished = sum(arm["n"] for arm in arms.values())
+    cpu = [r["cpu_seconds"] for arm in arms.values() for r in arm["runs"] if r["cpu_seconds"] is not None]
+    return {
+        "design": "study v2 (pre-registered in docs/study.md)", "experiment": exp.name, "title": exp.title,
+        "meta": {**meta, "planned_runs": planned, "finished_runs": finished, "seeds": list(exp.seeds),
+                 "steps": exp.steps, "eval_every": exp.eval_every, "train_pool": exp.train_pool,
+                 "margin": exp.margin, "run_cpu_seconds": round(sum(cpu), 1)},
+        "calibration": calibration, "arms": arms, "comparisons": comparisons(exp, arms),
+        "mechanism": mechanism_checks(exp, arms),
     }
