@@ -4,7 +4,7 @@
     disco-trl eval --model PATH --benchmarks ...  # Pass@1 / pass@k on the paper's benchmarks
     disco-trl demo                                # the CPU demo: a real DisCO run on a toy math task
     disco-trl compare                             # the demo task with DisCO variants and TRL's GRPO-family losses
-    disco-trl study                               # where DisCO's design should show: imbalance, step size, long runs
+    disco-trl study --experiment dro             # the study: DRO tau, trust region, long runs (docs/study.md)
 
 Each subcommand lives in its own module and exposes `main(argv: list[str] | None) -> int | None`.
 """
@@ -20,7 +20,7 @@ SUBCOMMANDS = {
     "eval": ("disco_trl.eval.cli", "Evaluate a model: Pass@1 averaged over samples and pass@k per benchmark."),
     "demo": ("disco_trl.demo.run", "CPU demo: warm-start a tiny model, train it with DisCO, report and plot."),
     "compare": ("disco_trl.demo.compare", "CPU comparison of DisCO, DisCO-b, GRPO, Dr. GRPO and DAPO (demo task)."),
-    "study": ("disco_trl.demo.study.command", "CPU study: hard tasks, learning-rate grid, long runs (docs/study.md)."),
+    "study": ("disco_trl.demo.study.command", "CPU study: DRO temperature, trust region, long runs (docs/study.md)."),
 }
 
 

@@ -186,17 +186,19 @@ def discriminative_objective(
 
 
 def negative_weights(
-    scores: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tensor, *, tau: float
+    scores: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tensor, *, tau: float, variant: str = "dro"
 ) -> torch.Tensor:
-    r"""How DisCO's DRO term (Eq. 10) spreads a question's push-down over its negatives, shape (B,).
+    r"""How the objective spreads a question's push-down over its negatives, shape (B,): the gradient of J_q's
+    negative term with respect to s(o'), 0 on positives and unlabelled rows.
 
-    The gradient of tau * log mean_{o-} exp(s(o-)/tau) with respect to s(o') is w(o') = softmax(s/tau) over the
-    question's negatives: 0 on positives and unlabelled rows. DisCO-b gives each negative 1/|S_q^-|. A small tau puts
-    nearly all the weight on the highest-scoring negatives; a large one spreads it evenly (the basic form).
+    DisCO (`variant="dro"`, Eq. 10): w(o') = softmax(s/tau) over the question's negatives. A small tau puts nearly all
+    the weight on the highest-scoring negatives; a large one spreads it evenly. DisCO-b (`"basic"`, Eq. 7): 1/|S_q^-|.
     """
     check_tau(tau, "`tau`")
     counts = question_counts(labels, group_ids, dtype=scores.dtype)
     negative = labels.to(scores.device) == 0
+    if variant == "basic":
+        return negative.to(scores.dtype) / counts.negatives.clamp(min=1.0)[counts.index]
     z = torch.where(negative, scores.detach() / tau, torch.full_like(scores, -math.inf))
     question_max = torch.full_like(counts.negatives, -math.inf).scatter_reduce(0, counts.index, z, reduce="amax")
     shift = torch.where(torch.isfinite(question_max), question_max, torch.zeros_like(question_max))

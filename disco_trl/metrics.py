@@ -25,12 +25,12 @@ def log_group_statistics(metrics, labels: torch.Tensor, group_size: int, *, nume
     return bool(mixed.any())
 
 
-def negative_weight_stats(scores, labels, group_ids, tau: float) -> torch.Tensor:
+def negative_weight_stats(scores, labels, group_ids, tau: float, variant: str = "dro") -> torch.Tensor:
     """[sum over mixed questions of the DRO weights' effective sample size over the negatives as a fraction of them
     (1: all negatives weigh alike, as in DisCO-b; 1/n: one takes all), the same sum of the largest weight, the number
     of mixed questions]: summed over processes, then divided, these say how DRO differs from the basic form."""
     counts = question_counts(labels, group_ids, dtype=scores.dtype)
-    weights = negative_weights(scores.detach(), labels, group_ids, tau=tau)
+    weights = negative_weights(scores.detach(), labels, group_ids, tau=tau, variant=variant)
     squares = torch.zeros_like(counts.negatives).index_add(0, counts.index, weights**2)
     largest = torch.zeros_like(counts.negatives).scatter_reduce(0, counts.index, weights, reduce="amax")
     mixed = counts.mixed

@@ -257,7 +257,7 @@ class DiscoTrainer(GRPOTrainer):
             (weights,) = torch.autograd.grad(objective, scores)
         for batch, w in zip(step_batches, weights.split([len(b["disco_labels"]) for b in step_batches])):
             batch["disco_score_weights"] = w
-        stats = metrics.negative_weight_stats(scores, labels, group_ids, self.args.tau)
+        stats = metrics.negative_weight_stats(scores, labels, group_ids, self.args.tau, self.args.disco_variant)
         metrics.log_negative_weights(self._metrics["train"], self._global_sum(stats))
         # the step's objective (this process's share), logged once, on the step's first micro-batch
         step_batches[0]["disco_step_objective"] = objective.detach()
@@ -355,7 +355,7 @@ class DiscoTrainer(GRPOTrainer):
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
         whole = "disco_score_weights" not in inputs  # the micro-batch holds whole questions
         weight_stats = metrics.negative_weight_stats(scores, inputs["disco_labels"], inputs["disco_group_ids"],
-                                                     self.args.tau) if whole else None
+                                                     self.args.tau, self.args.disco_variant) if whole else None
         metrics.log_loss_metrics(self._metrics[mode], self._global_sum, logged_objective, kl if has_tokens else None,
                                  scores, inputs["disco_labels"], mask, entropies, kl_delta=self.args.kl_delta,
                                  kl_beta=self.args.kl_beta, kl_penalty_kind=self.args.kl_penalty,

@@ -278,6 +278,9 @@ def test_negative_weights_are_the_softmax_over_each_questions_negatives():
             torch.testing.assert_close(w[rows], expected)
             assert float(w[rows].sum()) == pytest.approx(1.0)
         assert float(w[(labels != 0)].abs().sum()) == 0.0  # positives and unlabelled rows carry no weight
+    equal = torch.tensor([1 / 3] * 3 + [0.5] * 2, dtype=torch.float64)
+    basic = negative_weights(scores, labels, groups, tau=0.1, variant="basic")
+    torch.testing.assert_close(basic[labels == 0], equal)  # DisCO-b: every negative alike, whatever tau
+    assert float(basic[labels != 0].abs().sum()) == 0.0
     uniform = negative_weights(scores, labels, groups, tau=1e6)[labels == 0]
-    torch.testing.assert_close(uniform, torch.tensor([1 / 3] * 3 + [0.5] * 2, dtype=torch.float64), rtol=1e-5,
-                               atol=1e-6)  # tau -> infinity: DisCO-b's equal weights
+    torch.testing.assert_close(uniform, equal, rtol=1e-5, atol=1e-6)  # tau -> infinity: DRO tends to DisCO-b

@@ -164,10 +164,12 @@ def test_missing_reward_column_is_refused_before_training(tmp_path):
                      train_dataset=dataset, processing_class=tokenizer)
 
 
-@pytest.mark.parametrize("tau, low, high", [(1e6, 0.999, 1.0), (0.05, 0.0, 0.999)])
-def test_the_dro_weights_of_the_negatives_are_logged(tmp_path, tau, low, high):
-    """A huge tau weighs the negatives alike (DisCO-b's effective sample size: all of them); a small one does not."""
-    trainer, _ = train(tmp_path, tau=tau, max_steps=1)
+@pytest.mark.parametrize("variant, tau, low, high", [("dro", 1e6, 0.999, 1.0), ("dro", 0.05, 0.0, 0.999),
+                                                     ("basic", 0.05, 0.999999, 1.000001)])
+def test_the_dro_weights_of_the_negatives_are_logged(tmp_path, variant, tau, low, high):
+    """A huge tau weighs the negatives alike (DisCO-b's effective sample size: all of them); a small one does not;
+    DisCO-b's own weights are equal whatever tau."""
+    trainer, _ = train(tmp_path, tau=tau, max_steps=1, disco_variant=variant)
     logs = merged_logs(trainer)
     assert all(low <= v <= high for v in logs["disco/neg_weight_ess"]), logs["disco/neg_weight_ess"]
     assert all(0.0 < v <= 1.0 for v in logs["disco/neg_weight_max"])
