@@ -275,7 +275,7 @@ class DiscoTrainer(GRPOTrainer):
             try:
                 return super().train(checkpoint, trial, ignore_keys_for_eval, **kwargs)
             except (OSError, RuntimeError) as err:  # a failed save on a full disk, told as what it is
-                full = checkpoints.full_disk_error(self.args.output_dir, self)
+                full = checkpoints.full_disk_error(self.args.output_dir, self, err)
                 if full is None:
                     raise
                 raise full from err

@@ -207,6 +207,16 @@ def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_ste
 TESTS_DIR = Path(__file__).parent
 
 
+def leave_together() -> None:
+    """End a distributed worker as the training script does: wait for every rank, then destroy the process group. A
+    rank that exits while another still holds its gloo connections can abort in the group's destructor ("terminate
+    called without an active exception"), and under a multi-machine launch its launcher then takes the rendezvous
+    store down under the others."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def torchrun_layout(tmp_path, per_device, accumulation, spg, max_steps, **config):
     """`run_layout` on 2 CPU processes (torchrun, gloo); returns both ranks' records."""
     out = Path(tmp_path) / f"dist_{per_device}_{accumulation}_{spg}_{max_steps}_{zlib.crc32(repr(config).encode())}"

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
-from disco_testing import run_layout
+from disco_testing import leave_together, run_layout
 
 
 if __name__ == "__main__":
@@ -16,3 +16,4 @@ if __name__ == "__main__":
         folder.mkdir(parents=True, exist_ok=True)
         result = run_layout(str(folder), per_device, accumulation, spg, max_steps, **config)
         torch.save(result, folder / f"rank{result['rank']}.pt")
+    leave_together()

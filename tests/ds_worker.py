@@ -16,7 +16,14 @@ import sys
 from pathlib import Path
 
 import torch
-from disco_testing import RecordingTrainer, layout_config, parity_reward, prompt_dataset, tiny_model_and_tokenizer
+from disco_testing import (
+    RecordingTrainer,
+    layout_config,
+    leave_together,
+    parity_reward,
+    prompt_dataset,
+    tiny_model_and_tokenizer,
+)
 from test_resume import StopAt
 from transformers import TrainerCallback
 
@@ -187,3 +194,4 @@ if __name__ == "__main__":
         # which launch started this process: torchrun's node (machine) rank, local rank and world size
         record["launch"] = {k: os.environ.get(k) for k in ("GROUP_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE")}
         torch.save(record, out_dir / f"{case['name']}.rank{record['rank']}.pt")
+    leave_together()

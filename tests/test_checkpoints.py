@@ -7,10 +7,13 @@ checkpoint-3 (checkpoint-1 and -2 are complete). Each test works on its own copy
 
 from __future__ import annotations
 
+import errno
 import json
+import re
 import shutil
 import subprocess
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,11 +23,14 @@ from transformers.trainer_callback import TrainerState
 
 from disco_trl.checkpoints import (
     CheckpointError,
+    DiskFullError,
     ResumeWarning,
+    full_disk_error,
     incomplete_reasons,
     last_complete_checkpoint,
     state_path,
 )
+from disco_trl.checkpoints import state as state_module
 from disco_trl.scripts import train as train_script
 
 
@@ -86,7 +92,8 @@ def test_resume_last_skips_the_checkpoint_a_kill_cut_short_and_stays_bit_exact(r
 
 
 def test_script_resume_last_picks_the_newest_complete_checkpoint(run_dir, tmp_path):
-    same_batches = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"]  # as make_trainer's
+    # as make_trainer's: the batch settings and the sampling temperature
+    same_batches = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--temperature", "1.0"]
     _, args, _ = parse(tiny_run_args(tmp_path / "model", tmp_path / "data.jsonl", run_dir, *same_batches,
                                      "--resume_from_checkpoint", "last"))
     with pytest.warns(ResumeWarning, match="skipping checkpoint-3"):
@@ -229,3 +236,31 @@ def test_a_full_disk_during_a_checkpoint_save_is_named_as_such(small_disk):
         assert not list((mount / "run").glob("checkpoint-*/model.safetensors"))
     # what was written is no complete checkpoint: `last` would skip it
     assert all(incomplete_reasons(str(f), 1) for f in (mount / "run").glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("small_disk", ["256k"], indirect=True)  # the script's tiny model fits in 1 MiB
+def test_the_script_names_a_full_disk_in_one_line(small_disk, tiny_model_dir, math_jsonl, capsys):
+    mount, _ = small_disk
+    args = tiny_run_args(tiny_model_dir, math_jsonl, mount / "run", "--save_strategy", "steps", "--save_steps", "1")
+    code, _, err = run_main(args, capsys)
+    assert code == 1, err
+    *_, last = re.split(r"[\r\n]", err.rstrip("\n"))  # after the model's loading and training bars
+    assert last.startswith("disco-trl train: error: A checkpoint in ") and "the disk is full" in last, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("error,named", [
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file"), True),
+    (RuntimeError("basic_ios::clear: iostream error"), True),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("[/gloo/transport/tcp/pair.cc:534] Connection closed by peer"), False),
+    (OSError(errno.ENOENT, "No such file or directory"), False),
+])
+def test_only_a_failed_write_is_told_as_a_full_disk(tmp_path, monkeypatch, error, named):
+    """On a disk too small for a checkpoint, a failed write becomes the full-disk message; any other error (out of
+    memory, a lost process) keeps its own, whatever the free space."""
+    trainer = make_trainer(tmp_path / "run")
+    monkeypatch.setattr(state_module.shutil, "disk_usage", lambda path: SimpleNamespace(free=1024))
+    full = full_disk_error(str(tmp_path / "run"), trainer, error)
+    assert isinstance(full, DiskFullError) if named else full is None

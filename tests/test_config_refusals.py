@@ -159,6 +159,7 @@ BAD_SCRIPT_SETTINGS = [
     (["--config", "BROKEN"], "could not read the --config file"),
     (["--resume_from_checkpoint", "RUN_FOLDER"], "is a run's output folder, not a checkpoint"),
     (["FOLDER_IN_USE"], "is in use by a training run (test holder)"),
+    (["--config"], "--config needs the path of a YAML recipe"),
 ]
 
 
@@ -185,6 +186,16 @@ def test_each_bad_setting_is_one_line_and_exit_2_before_the_model_loads(
     assert err.startswith("disco-trl train: error: ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert holder is not None or not out.exists()
+
+
+def test_the_script_refuses_an_infinite_reward_in_one_line(tiny_model_dir, math_jsonl, tmp_path, capsys):
+    args = tiny_run_args(tiny_model_dir, math_jsonl, tmp_path / "out",
+                         "--reward_funcs", "test_scripts.infinite_reward")
+    code, _, err = run_main(args, capsys)
+    assert code == 1, err
+    *_, last = re.split(r"[\r\n]", err.rstrip("\n"))  # after the model's loading bars
+    assert last.startswith("disco-trl train: error: Reward function `infinite_reward` returned inf for 1 of 16"), err
+    assert "Traceback" not in err
 
 
 def test_a_yaml_string_reward_is_one_reward_function(tmp_path, math_jsonl, tiny_model_dir):

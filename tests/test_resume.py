@@ -5,7 +5,9 @@ buffered completions, the micro-step counter and the RNG state must all survive 
 """
 
 import logging
+import re
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from transformers import TrainerCallback
 
 from disco_trl import DiscoTrainer
 from disco_trl.checkpoints import CheckpointError
+from disco_trl.checkpoints.state import apply_changed_settings
 
 
 class StopAt(TrainerCallback):
@@ -92,20 +95,37 @@ def test_a_new_learning_rate_on_resume_is_applied_and_reported(interrupted_run, 
     assert resumed.lr_scheduler.base_lrs == [0.5] * len(resumed.lr_scheduler.base_lrs)
 
 
-def test_a_resume_that_would_change_the_method_is_refused(interrupted_run, tmp_path):
+@pytest.mark.parametrize("name,value,listed", [
+    ("score_type", "l_ratio", "score_type: 'log_l' -> 'l_ratio'"),  # its default tau would change too
+    ("temperature", 0.6, "temperature: 1.0 -> 0.6"),  # the buffered batch's pi_old log-probs are at 1.0
+    ("reward_weights", [2.0], "reward_weights: None -> [2.0]"),  # which completions are positives
+])
+def test_a_resume_that_would_change_the_method_is_refused(interrupted_run, tmp_path, name, value, listed):
     run = _resumed_copy(interrupted_run, tmp_path)
-    resumed = make_trainer(run, score_type="l_ratio")
-    with pytest.raises(CheckpointError, match=r"cannot change \(score_type: 'log_l' -> 'l_ratio'\)"):
+    resumed = make_trainer(run, **{name: value})
+    with pytest.raises(CheckpointError, match=re.escape(f"cannot change ({listed})")):
         resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 0
+
+
+def test_a_learning_rate_resumed_from_zero_becomes_the_new_rate():
+    """A run saved at learning_rate 0 has no schedule shape to scale: the optimizer, its initial_lr and the
+    scheduler's base_lrs all take the new rate (a rescaling by new / 0 would leave them at 0)."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    trainer = SimpleNamespace(optimizer=optimizer, lr_scheduler=scheduler, args=SimpleNamespace())
+    apply_changed_settings(trainer, {"learning_rate": (0.0, 0.25)})
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups] == [0.25] and scheduler.base_lrs == [0.25]
 
 
 def test_the_script_refuses_a_method_change_on_resume_in_one_line(interrupted_run, tmp_path, capsys, tiny_model_dir,
                                                                   math_jsonl):
     run = _resumed_copy(interrupted_run, tmp_path)
     args = tiny_run_args(tiny_model_dir, math_jsonl, run, "--per_device_train_batch_size", "8",
-                         "--gradient_accumulation_steps", "1", "--resume_from_checkpoint", "last",
-                         "--disco_variant", "basic")
+                         "--gradient_accumulation_steps", "1", "--temperature", "1.0",
+                         "--resume_from_checkpoint", "last", "--disco_variant", "basic")
     code, _, err = run_main(args, capsys)
     assert code == 2 and err.count("\n") == 1
     assert "cannot change (disco_variant: 'dro' -> 'basic')" in err

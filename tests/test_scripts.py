@@ -8,6 +8,7 @@ and every fail-early check is exercised by its message.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -279,6 +280,11 @@ def run_main(args, capsys):
     code = train_script.main(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def infinite_reward(completions, **kwargs):
+    """+inf for the first completion of every call, 0 otherwise: a reward DisCO must refuse, not train on."""
+    return [math.inf if i == 0 else 0.0 for i in range(len(completions))]
 
 
 def hash_reward(completions, **kwargs):

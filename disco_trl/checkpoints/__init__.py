@@ -24,12 +24,11 @@ is not bit-exact with an uninterrupted run. The batch geometry must be the one t
 refused, unless `overwrite_output_dir=True`, which deletes them when training starts.
 
 
-**Settings changed on resume.** A resumed run compares its settings with the ones the checkpoint recorded. Refused
-(the method, or how the buffered generation batch was cut, would change mid-run): score_type, disco_variant,
-reward_threshold, skip_uninformative_questions, lr_scheduler_type, optim. Honoured from the resumed step on, and
-reported in one warning: learning_rate, weight_decay, adam_beta1/2, adam_epsilon (written into the restored optimizer
-and scheduler, whose saved state would otherwise keep the old values), tau, kl_delta, kl_beta, temperature, top_p,
-top_k, max_completion_length.
+**Settings changed on resume.** A resumed run compares its settings with the ones the checkpoint recorded: the
+method, the positives or the buffered generation batch must not change mid-run (`state.REFUSED_ON_RESUME`, refused);
+the optimizer's hyperparameters, DisCO's objective weights and the other sampling settings are honoured from the
+resumed step on and reported in one warning (`state.HONOURED_ON_RESUME`; the optimizer's are written into the
+restored optimizer and scheduler, whose saved state would otherwise keep the old values). docs/training.md lists both.
 
 `state`: DisCO's per-process state, the settings rules and the Trainer callback that saves and restores them;
 `folders`: complete checkpoints, which one to resume from, the refusals of a new run.
@@ -49,6 +48,7 @@ from .state import (
     STATE_FILE,
     CheckpointError,
     DiscoStateCallback,
+    DiskFullError,
     ResumeWarning,
     full_disk_error,
     load_rank_state,

@@ -3,6 +3,7 @@ restored, and what a resumed run does with settings changed since (see `disco_tr
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import warnings
@@ -27,6 +28,10 @@ TRAINER_STATE_FILE = "trainer_state.json"
 
 class CheckpointError(ValueError):
     """A checkpoint problem found before training starts. The message (one line) says what to do."""
+
+
+class DiskFullError(OSError):
+    """A checkpoint that its disk cannot hold. The message (one line) names the sizes and what to do."""
 
 
 class ResumeWarning(UserWarning):
@@ -69,12 +74,29 @@ def _existing(folder: str) -> str:
     return next(str(p) for p in (Path(folder), *Path(folder).parents) if p.is_dir())
 
 
-def full_disk_error(folder: str, trainer) -> OSError | None:
-    """An OSError that names a full disk, when the disk of `folder` cannot hold a checkpoint (else None)."""
+# What a failed write says: Python's errno, torch's C++ writers (a full disk in torch.save or safetensors)
+_WRITE_FAILURES = ("No space left", "Disk quota exceeded", "iostream error", "PytorchStreamWriter failed",
+                   "file write failed", "unexpected pos")
+
+
+def is_write_failure(err: BaseException | None) -> bool:
+    """Whether `err` is a failed write to disk (and not, say, an out-of-memory or a lost process)."""
+    if err is None:
+        return True
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(marker in str(err) for marker in _WRITE_FAILURES)
+
+
+def full_disk_error(folder: str, trainer, err: BaseException | None = None) -> DiskFullError | None:
+    """A DiskFullError when the disk of `folder` cannot hold a checkpoint and `err` (if given) is a failed write;
+    else None: any other error keeps its own message, whatever the free space."""
+    if not is_write_failure(err):
+        return None
     needed, free = checkpoint_size_lower_bound(trainer), shutil.disk_usage(_existing(folder)).free
     if free >= needed:
         return None
-    return OSError(
+    return DiskFullError(
         f"A checkpoint in {folder} needs at least {needed / 2**20:.1f} MiB (model weights and optimizer state), but "
         f"only {free / 2**20:.1f} MiB are free on the disk of {_existing(folder)}: the disk is full. Free space, keep "
         "fewer checkpoints (save_total_limit) or save to a larger disk; the previous checkpoint is intact."
@@ -94,19 +116,21 @@ def _free_space_note(folder: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- settings changed on resume
-# What a resumed run does with a setting changed since the checkpoint. Refused: the method, or how the buffered
-# generation batch was cut, would change mid-run. Honoured (and reported once): the optimizer's hyperparameters
-# (written into the restored optimizer, whose saved state would otherwise keep the old values), DisCO's objective
-# weights and the sampling settings (read from the arguments at every step / generation).
-REFUSED_ON_RESUME = ("score_type", "disco_variant", "reward_threshold", "skip_uninformative_questions",
-                     "lr_scheduler_type", "optim", "kl_penalty")
+# What a resumed run does with a setting changed since the checkpoint. Refused: the method, which completions are
+# positives, or the buffered generation batch (cut by the batch settings, its pi_old log-probabilities taken at the
+# sampling temperature) would change mid-run. Honoured (and reported once): the optimizer's hyperparameters (written
+# into the restored optimizer, whose saved state would otherwise keep the old values), DisCO's objective weights and
+# the other sampling settings (read from the arguments at every step / generation).
+REFUSED_ON_RESUME = ("score_type", "disco_variant", "reward_threshold", "reward_weights",
+                     "multi_objective_aggregation", "mask_truncated_completions", "skip_uninformative_questions",
+                     "lr_scheduler_type", "optim", "kl_penalty", "temperature")
 
 
 OPTIMIZER_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_epsilon": "eps"}
 
 
 HONOURED_ON_RESUME = (*OPTIMIZER_SETTINGS, "adam_beta1", "adam_beta2", "tau", "kl_delta", "kl_beta", "kl_estimator",
-                      "temperature", "top_p", "top_k", "max_completion_length")
+                      "top_p", "top_k", "min_p", "repetition_penalty", "generation_kwargs", "max_completion_length")
 
 
 def run_settings(args) -> dict:
@@ -125,31 +149,39 @@ def changed_settings(checkpoint: str, saved: dict | None, args) -> dict[str, tup
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
         raise CheckpointError(
             f"{checkpoint} was trained with other settings that a resumed run cannot change ({listed}): they decide "
-            "the method or how the buffered generation batch was cut. Resume with the checkpoint's values, or start a "
-            f"new run from its weights (model_name_or_path={checkpoint}) in another output_dir."
+            "the method, the positives, or the buffered generation batch (its cut, its sampling temperature). Resume "
+            f"with the checkpoint's values, or start a new run from its weights (model_name_or_path={checkpoint}) in "
+            "another output_dir."
         )
     return changed
 
 
 def apply_changed_settings(trainer, changed: dict[str, tuple]) -> None:
     """Write the changed optimizer hyperparameters into the restored optimizer and scheduler, and say what changed."""
-    scale = changed["learning_rate"][1] / changed["learning_rate"][0] if "learning_rate" in changed and \
-        changed["learning_rate"][0] else None
+    rescale = _rescaling(*changed["learning_rate"]) if "learning_rate" in changed else None
     for group in getattr(trainer.optimizer, "param_groups", []):
         for name, key in OPTIMIZER_SETTINGS.items():
             if name in changed and key in group:
-                group[key] = group[key] * scale if name == "learning_rate" and scale is not None else changed[name][1]
-        if "initial_lr" in group and scale is not None:
-            group["initial_lr"] *= scale
+                group[key] = rescale(group[key]) if name == "learning_rate" else changed[name][1]
+        if "initial_lr" in group and rescale is not None:
+            group["initial_lr"] = rescale(group["initial_lr"])
         if "betas" in group and {"adam_beta1", "adam_beta2"} & set(changed):
             group["betas"] = (trainer.args.adam_beta1, trainer.args.adam_beta2)
     scheduler = trainer.lr_scheduler
-    if scale is not None and hasattr(scheduler, "base_lrs"):
-        scheduler.base_lrs = [lr * scale for lr in scheduler.base_lrs]
+    if rescale is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [rescale(lr) for lr in scheduler.base_lrs]
         # what get_last_lr() reports (and Trainer logs) until the scheduler's next step
         scheduler._last_lr = [group["lr"] for group in trainer.optimizer.param_groups]
     listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
     logger.warning(f"Resumed with changed settings, applied from this step on: {listed}.")
+
+
+def _rescaling(old: float, new: float):
+    """How a changed learning rate maps a saved rate (the schedule's current value, its base): by new / old, so the
+    schedule keeps its shape; from a saved rate of 0 (no shape to keep), to the new rate itself."""
+    if old:
+        return lambda lr: lr * (new / old)
+    return lambda lr: new
 
 
 def load_rank_state(folder: str, rank: int, device=None, mmap: bool = False) -> dict | None:

@@ -67,6 +67,10 @@ def check_reward_columns(reward_funcs, dataset) -> None:
             )
 
 
+class RewardOutputError(TypeError, ValueError):
+    """A reward function returned something DisCO cannot train on. The message (one line) names the function."""
+
+
 def check_reward_output(name: str, output) -> None:
     """Raise one clear line when a reward function's return value is not one finite number (or None) per completion.
 
@@ -75,13 +79,13 @@ def check_reward_output(name: str, output) -> None:
     """
     problem = _malformed(output)
     if problem is not None:
-        raise TypeError(
+        raise RewardOutputError(
             f"Reward function `{name}` returned {problem}; a reward function must return a list with one float (or "
             "None, for a completion it cannot score) per completion, e.g. `return [float(r) for r in rewards]`."
         )
     infinite = [float(v) for v in output if v is not None and math.isinf(float(v))]
     if infinite:
-        raise ValueError(
+        raise RewardOutputError(
             f"Reward function `{name}` returned {sorted(set(infinite))[0]} for {len(infinite)} of {len(output)} "
             "completions: rewards must be finite (an infinite one makes every completion of its question a "
             "negative). Return a large finite number instead, or None for a completion it cannot score."

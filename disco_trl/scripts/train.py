@@ -28,14 +28,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-import transformers
 import yaml
-from packaging.version import Version
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl.checkpoints import DiskFullError
 from disco_trl.distributed import lost_peer_message
-from disco_trl.preflight import FolderInUse, FolderLock
+from disco_trl.preflight import FolderInUse, FolderLock, hold_folder
+from disco_trl.rewards.checks import RewardOutputError
 from disco_trl.scripts.checks import (
     ScriptError,
     check_batch_geometry,
@@ -161,20 +161,26 @@ def train(script_args, training_args, model_args, geometry, reward_funcs, datase
         f"DisCO ({training_args.score_type}, {training_args.disco_variant}, tau={training_args.tau}) on "
         f"{len(dataset)} questions: {geometry.describe()}."
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()  # trainer_state.json: the logged dynamics (reward, entropy, disco/kl, step_time, ...)
+    # the folder is held from the first step to the saved model (DiscoTrainer.train takes it again, re-entrantly)
+    with hold_folder(trainer.accelerator, training_args.output_dir, "a training run (disco-trl train)"):
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model(training_args.output_dir)
+        trainer.save_state()  # trainer_state.json: the logged dynamics (reward, entropy, disco/kl, step_time, ...)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    if Version(transformers.__version__) >= Version("5.18.0"):
-        trainer.end()  # finish the trackers and destroy the process group
+    # Leave together, then finish the trackers and destroy the process group: a process that tears its group down
+    # while another still uses it (rank 0 saving its state, pushing to the Hub) can abort at exit.
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()
     return trainer
 
 
 def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") -> int:
     """Entry point of `disco-trl train` and of `python examples/train_disco.py`. Returns the exit status."""
     parser = make_parser(prog)
+    if (sys.argv[1:] if argv is None else argv)[-1:] == ["--config"]:
+        return _error(parser, "--config needs the path of a YAML recipe, e.g. --config recipes/paper/qwen7b_logl.yaml")
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
     except ValueError as err:  # DiscoConfig/GRPOConfig/TrainingArguments validation, unknown options
@@ -187,6 +193,10 @@ def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") ->
         return _error(parser, err)
     try:
         train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
+    except FolderInUse as err:  # another run took the folder between the check above and the start
+        return _error(parser, err)
+    except (RewardOutputError, DiskFullError) as err:  # found during training: one line, the run's status 1
+        return _error(parser, err, status=1)
     except RuntimeError as err:  # torch.distributed's errors are RuntimeErrors
         message = lost_peer_message(err, training_args.ddp_timeout)
         if message is None:
@@ -196,10 +206,12 @@ def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") ->
     return 0
 
 
-def _error(parser, err) -> int:
-    """One line on stderr, exit status 2 (argparse's for bad usage)."""
-    print(f"{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
-    return 2
+def _error(parser, err, status: int = 2) -> int:
+    """One line on stderr; exit status 2 (argparse's for bad usage) unless told otherwise (an error found during
+    training, 1: its line starts on a line of its own, after the progress bar)."""
+    start = "\n" if status != 2 else ""
+    print(f"{start}{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
+    return status
 
 
 if __name__ == "__main__":

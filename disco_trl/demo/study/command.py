@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     done = run_study(args.experiment, scale, info["path"], runs_dir, args.partial)
     command = "disco-trl study " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {"command": command.strip(), "partial": args.partial, "scale": json.loads(json.dumps(asdict(scale))),
-            "warmstart": {k: info[k] for k in ("config", "num_parameters")},
+            "warmstart": {k: info[k] for k in ("config", "num_parameters", "sft_final_loss") if k in info},
             "this_invocation": {"wall_seconds": round(time.time() - t0, 1),
                                 "cpu_seconds": round(time.process_time() - cpu0, 1)}}
     for summary in write_reports(args.experiment, scale, done, args.output_dir, meta):
