@@ -116,6 +116,7 @@ def test_a_learning_rate_resumed_from_zero_becomes_the_new_rate():
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     trainer = SimpleNamespace(optimizer=optimizer, lr_scheduler=scheduler, args=SimpleNamespace())
     apply_changed_settings(trainer, {"learning_rate": (0.0, 0.25)})
+    optimizer.step()
     scheduler.step()
     assert [g["lr"] for g in optimizer.param_groups] == [0.25] and scheduler.base_lrs == [0.25]
 

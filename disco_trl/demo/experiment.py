@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging as hf_logging
 
-from ..losses import KL_ESTIMATORS, KL_PENALTIES, check_tau
+from ..losses import KL_ESTIMATORS, KL_PENALTIES, check_tau, completion_labels, question_counts
 from ..rewards import boxed_math_reward
 from . import task
 from .evaluate import evaluate_pass_at_1
@@ -196,16 +196,18 @@ def recording_reward(reward_fn, num_generations: int, updates_per_generation: in
     @functools.wraps(reward_fn)
     def record(*args, completions, **kwargs):
         rewards = reward_fn(*args, completions=completions, **kwargs)
-        values = [0.0 if r is None else float(r) for r in rewards]
-        if len(values) % num_generations == 0 and values:
-            groups = [values[i : i + num_generations] for i in range(0, len(values), num_generations)]
-            positives = [sum(v > 0.5 for v in g) for g in groups]
-            mixed = [k for k in positives if 0 < k < num_generations]
+        values = torch.tensor([0.0 if r is None else float(r) for r in rewards])
+        if len(values) % num_generations == 0 and len(values):
+            # the paper's labels (the demo's rewards are 0/1), counted per question as DisCO counts them
+            labels = completion_labels(values, torch.ones_like(values, dtype=torch.bool), threshold=0.5)
+            counts = question_counts(labels, torch.arange(len(values)) // num_generations)
+            positives = [int(k) for k in counts.positives]
+            mixed = [k for k, m in zip(positives, counts.mixed.tolist()) if m]
             history.append({
                 "step": len(history) * updates_per_generation,
-                "frac_mixed": len(mixed) / len(groups),
-                "frac_all_wrong": sum(k == 0 for k in positives) / len(groups),
-                "frac_all_right": sum(k == num_generations for k in positives) / len(groups),
+                "frac_mixed": len(mixed) / len(positives),
+                "frac_all_wrong": sum(k == 0 for k in positives) / len(positives),
+                "frac_all_right": sum(k == num_generations for k in positives) / len(positives),
                 "neg_per_pos_mixed": (sum((num_generations - k) / k for k in mixed) / len(mixed)) if mixed else None,
                 "positives_histogram": [sum(k == j for k in positives) for j in range(num_generations + 1)],
             })
