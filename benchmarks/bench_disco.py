@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from benchlib.methods import BASELINE, MODEL_PRESETS, REF_KL_METHOD, Geometry, build_prompts, make_model_dir
+from benchlib.methods import BASELINE, MODEL_PRESETS, REF_KL_METHOD, Workload, build_prompts, make_model_dir
 from benchlib.report import machine_info, markdown, summarise
 from benchlib.sweep import run_sweep, sweep_verdict
 from benchlib.timing import MemoryMeter, run_repetition
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    geometry = Geometry(args.num_generations, args.questions_per_microbatch, args.completion_length, args.grad_accum)
+    geometry = Workload(args.num_generations, args.questions_per_microbatch, args.completion_length, args.grad_accum)
     prompt_lengths = []
 
     def dataset_for(tokenizer, n):

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib.methods import BASELINE, Geometry, build_prompts, build_trainer, make_model_dir
+from benchlib.methods import BASELINE, Workload, build_prompts, build_trainer, make_model_dir
 from benchlib.report import machine_info
 from benchlib.timing import Baton, MemoryMeter, loss_and_backward, make_step_timer, run_in_threads
 from datasets import Dataset
@@ -234,7 +234,7 @@ def main(argv=None):
     meter = MemoryMeter("cpu")
     methods = methods_for(args.fractions)
     names = list(methods)
-    geometry = Geometry(args.num_generations, args.questions_per_microbatch, args.completion_length, args.grad_accum)
+    geometry = Workload(args.num_generations, args.questions_per_microbatch, args.completion_length, args.grad_accum)
     t0 = time.perf_counter()
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-skipping-") as tmp:

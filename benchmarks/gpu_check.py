@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 from benchlib.gpu_report import markdown
-from benchlib.methods import BASELINE, Geometry, build_prompts
+from benchlib.methods import BASELINE, Workload, build_prompts
 from benchlib.random_model import SHAPES, expected_parameter_count, save_random_model
 from benchlib.report import machine_info, summarise
-from benchlib.sweep import disco_loss, grpo_token_loss, pure_loss_inputs, time_pure_losses
+from benchlib.sweep import disco_pure_loss, grpo_token_loss, pure_loss_inputs, time_pure_losses
 from benchlib.timing import MemoryMeter, run_repetition
 from datasets import Dataset
 from transformers import AutoTokenizer
@@ -113,7 +113,7 @@ def bench_namespace(plan: dict[str, Any], device: str) -> argparse.Namespace:
 def interleaved(spec: dict[str, Any], plan, model_path: str, tokenizer, workdir: Path, meter) -> dict[str, Any]:
     """Every method's trainer on the same fixed completions, steps interleaved (benchlib.timing), ratios to the
     baseline."""
-    geometry = Geometry(spec["num_generations"], spec.get("questions_per_microbatch", 0), spec["completion_length"],
+    geometry = Workload(spec["num_generations"], spec.get("questions_per_microbatch", 0), spec["completion_length"],
                         spec["grad_accum"], spec.get("micro_batch"))
     per_step = geometry.batch_size * geometry.grad_accum // geometry.num_generations
     prompts = build_prompts(tokenizer, (spec["warmup"] + spec["steps"] + 3) * per_step, plan["prompt_tokens"], 0)
@@ -159,8 +159,8 @@ def loss_only_large(spec: dict[str, Any], device: str, meter) -> dict[str, Any]:
     x = logps.clone().requires_grad_(True)
     syncs = {
         BASELINE: count_syncs(lambda: grpo_token_loss(x, old, adv, mask).backward()),
-        "disco": count_syncs(lambda: disco_loss(x, old, rewards, group_ids, mask, score_type="log_l", tau=10.0,
-                                                num_questions=q).backward()),
+        "disco": count_syncs(lambda: disco_pure_loss(x, old, rewards, group_ids, mask, score_type="log_l", tau=10.0,
+                                                     num_questions=q).backward()),
     }
     ratios = {m: times[m] / times[BASELINE] for m in ("disco", "disco-lratio")}
     return {"completions": g * q, "questions": q, "completion_length": t, "time_s": times,

@@ -174,12 +174,12 @@ def test_pure_losses_match_their_definitions():
     from disco_trl.losses import discriminative_objective, sequence_scores
 
     # DisCO with old = current: KL is 0, the hinge is inactive, the loss is -J.
-    d = sweep.disco_loss(x, x.detach(), rewards, group_ids, mask, score_type="log_l", tau=10.0, num_questions=3)
+    d = sweep.disco_pure_loss(x, x.detach(), rewards, group_ids, mask, score_type="log_l", tau=10.0, num_questions=3)
     scores = sequence_scores(x, None, mask, score_type="log_l")
     j = discriminative_objective(scores, rewards, group_ids, variant="dro", tau=10.0, num_questions=3)
     assert d.item() == pytest.approx(-j.item(), abs=1e-6)
     # Far from the old policy the squared hinge adds beta * (KL - delta)^2.
-    far = sweep.disco_loss(x, x.detach() + 0.1, rewards, group_ids, mask, score_type="log_l", tau=10.0,
+    far = sweep.disco_pure_loss(x, x.detach() + 0.1, rewards, group_ids, mask, score_type="log_l", tau=10.0,
                            num_questions=3)
     assert far.item() == pytest.approx(-j.item() + 1e3 * (0.1 - 1e-4) ** 2, rel=1e-4)
 

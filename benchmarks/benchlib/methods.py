@@ -39,9 +39,11 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-
 @dataclass
-class Geometry:
+class Workload:
+    """The benchmark's fixed workload: how many fixed completions of which length a timed step trains on (not a run's
+    batch settings, which are `disco_trl.geometry.BatchGeometry`)."""
+
     num_generations: int  # completions per question (G)
     questions_per_microbatch: int  # Q; per_device_train_batch_size = Q * G
     completion_length: int  # T, every fixed completion has exactly this many tokens
@@ -51,7 +53,6 @@ class Geometry:
     @property
     def batch_size(self) -> int:
         return self.micro_batch or self.num_generations * self.questions_per_microbatch
-
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -154,7 +155,7 @@ def trainer_classes():
     return BenchGRPOTrainer, BenchDiscoTrainer
 
 
-def build_trainer(method: str, geometry: Geometry, model_path: str, tokenizer, dataset, args, max_steps: int,
+def build_trainer(method: str, geometry: Workload, model_path: str, tokenizer, dataset, args, max_steps: int,
                   workdir: Path, callbacks=(), reward_funcs=bench_reward, overrides=None, run_name: str | None = None):
     """A trainer for `method` (a name of the registry) with fixed completions; `overrides` are more config fields
     (a variant of the method), `run_name` names its output folder (default: the method)."""

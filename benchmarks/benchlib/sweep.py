@@ -17,7 +17,7 @@ import torch
 from disco_trl.losses import disco_loss as disco_step_loss
 from disco_trl.losses import discriminative_objective, sequence_scores, token_mean_kl
 
-from .methods import BASELINE, SWEEP_METHODS, Geometry, build_trainer, make_model_dir
+from .methods import BASELINE, SWEEP_METHODS, Workload, build_trainer, make_model_dir
 from .timing import MemoryMeter, loss_and_backward, prepared_microbatch, time_loss_only
 
 
@@ -36,7 +36,7 @@ def grpo_token_loss(logps, old_logps, advantages, mask, *, loss_type: str = "dap
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def disco_loss(logps, old_logps, labels, group_ids, mask, *, score_type: str, tau: float, num_questions: int):
+def disco_pure_loss(logps, old_logps, labels, group_ids, mask, *, score_type: str, tau: float, num_questions: int):
     """What DiscoTrainer._compute_loss computes after the log-probs (one process, no accumulation)."""
     scores = sequence_scores(logps, old_logps, mask, score_type=score_type)
     objective = discriminative_objective(scores, labels, group_ids, variant="dro", tau=tau,
@@ -63,9 +63,10 @@ def time_pure_losses(g: int, q: int, t: int, reps: int, meter: MemoryMeter, devi
     logps0, old, mask, rewards, group_ids, advantages = pure_loss_inputs(g, q, t, device, seed)
     fns = {
         "trl-default": lambda x: grpo_token_loss(x, old, advantages, mask, loss_type="dapo"),
-        "disco": lambda x: disco_loss(x, old, rewards, group_ids, mask, score_type="log_l", tau=10.0, num_questions=q),
-        "disco-lratio": lambda x: disco_loss(x, old, rewards, group_ids, mask, score_type="l_ratio", tau=1.0,
-                                             num_questions=q),
+        "disco": lambda x: disco_pure_loss(x, old, rewards, group_ids, mask, score_type="log_l", tau=10.0,
+                                           num_questions=q),
+        "disco-lratio": lambda x: disco_pure_loss(x, old, rewards, group_ids, mask, score_type="l_ratio", tau=1.0,
+                                                  num_questions=q),
     }
 
     def once(fn):
@@ -123,7 +124,7 @@ def run_sweep(args, meter: MemoryMeter, workdir: Path, dataset_for) -> list[dict
         row["fn_s"] = time_pure_losses(g, q, t, args.sweep_reps, meter, args.device_resolved, args.seed)
         run_model = args.sweep_model and (args.sweep_max_tokens is None or g * q * t <= args.sweep_max_tokens)
         if run_model:
-            geometry = Geometry(num_generations=g, questions_per_microbatch=q, completion_length=t, grad_accum=1)
+            geometry = Workload(num_generations=g, questions_per_microbatch=q, completion_length=t, grad_accum=1)
             dataset = dataset_for(tokenizer, 4 * q)
             trainers, inputs = {}, {}
             for method in SWEEP_METHODS:

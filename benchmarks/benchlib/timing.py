@@ -19,7 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import TrainerCallback
 
-from .methods import Geometry, build_trainer
+from .methods import Workload, build_trainer
 
 
 # ---------------------------------------------------------------------------------------------------------- memory
@@ -227,7 +227,7 @@ def microbatch_digest(inputs) -> dict[str, Any]:
     }
 
 
-def run_repetition(order: list[str], geometry: Geometry, model_path: str, tokenizer, dataset, args, workdir: Path,
+def run_repetition(order: list[str], geometry: Workload, model_path: str, tokenizer, dataset, args, workdir: Path,
                    meter: MemoryMeter, *, steps: int, warmup: int, loss_reps: int) -> list[dict[str, Any]]:
     """One repetition: a trainer per method, training with steps interleaved (see `Baton`), then the loss-only calls
     interleaved too (one call per method in turn)."""
