@@ -157,7 +157,9 @@ BAD_SCRIPT_SETTINGS = [
     (["LONG_PROMPTS"], "1 of 8 prompts do not fit the model with max_completion_length=8"),
     (["--config", "MISSING"], "could not read the --config file"),
     (["--config", "BROKEN"], "could not read the --config file"),
+    (["--generation_batch_size", "0"], "DiscoConfig.generation_batch_size=0 must be a whole number >= 1"),
     (["--resume_from_checkpoint", "RUN_FOLDER"], "is a run's output folder, not a checkpoint"),
+    (["--resume_from_checkpoint", "SAVED_MODEL"], "holds a saved model but no optimizer state"),
     (["FOLDER_IN_USE"], "is in use by a training run (test holder)"),
     (["--config"], "--config needs the path of a YAML recipe"),
 ]
@@ -174,8 +176,11 @@ def test_each_bad_setting_is_one_line_and_exit_2_before_the_model_loads(
         extra, holder = [], _holding(out)
     (tmp_path / "broken.yaml").write_text("learning_rate: [1e-6\n")
     (tmp_path / "earlier" / "checkpoint-1").mkdir(parents=True)
+    saved = tmp_path / "finished"  # what a finished run leaves: the model and trainer_state.json, no optimizer
+    shutil.copytree(unloadable_model_dir, saved)
+    (saved / "trainer_state.json").write_text("{}")
     names = {"MISSING": str(tmp_path / "missing.yaml"), "BROKEN": str(tmp_path / "broken.yaml"),
-             "RUN_FOLDER": str(tmp_path / "earlier")}
+             "RUN_FOLDER": str(tmp_path / "earlier"), "SAVED_MODEL": str(saved)}
     try:
         code, _, err = run_main(tiny_run_args(unloadable_model_dir, data, out, *[names.get(a, a) for a in extra]),
                                 capsys)
