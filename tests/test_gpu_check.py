@@ -70,6 +70,29 @@ def test_bundle_works_with_the_pip_of_a_fresh_venv(tmp_path):
     assert not (tmp_path / "bundle").exists()
 
 
+def test_bundle_says_in_one_line_to_upgrade_a_pip_that_refuses_its_options(tmp_path):
+    """A pip that refuses --platform even with --target (as pip < 23.3 does without it) stops the bundle before
+    anything is fetched, with one line that names the pip and the upgrade."""
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        'if [[ " $* " == *" --dry-run "* && " $* " == *" --platform "* ]]; then\n'
+        "  echo \"ERROR: Can not use any platform or abi specific options unless installing via '--target'\" >&2\n"
+        "  exit 1\n"
+        "fi\n"
+        f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    proc = subprocess.run(["bash", str(BUNDLE), str(tmp_path / "bundle"), "--dry-run"], capture_output=True, text=True,
+                          env={**ENV, "PYTHON": str(python)}, timeout=120)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("offline_bundle: error: pip ") and f"of {python} refuses the options" in lines[0]
+    assert "Can not use any platform or abi specific options" in lines[0]
+    assert lines[0].endswith(f"upgrade it with {python} -m pip install --upgrade pip")
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_bundle_needs_a_directory():
     proc = run(BUNDLE)
     assert proc.returncode == 2 and "usage: bash scripts/offline_bundle.sh DIR" in proc.stderr
