@@ -23,7 +23,7 @@ from vllm_testing import (  # noqa: E402
     vllm_config,
 )
 
-from disco_trl import DiscoTrainer  # noqa: E402
+from disco_trl import DiscoTrainer, vllm_support  # noqa: E402
 from disco_trl.scripts import train as train_script  # noqa: E402
 from disco_trl.vllm_support import VLLMUnavailable  # noqa: E402
 
@@ -102,6 +102,16 @@ def test_vllm_script_refuses_sleep_mode_and_server_mode_on_cpu(tmp_path_factory,
     server = [*CPU_VLLM_FLAGS, "--vllm_mode", "server"]
     err = _refusal(capsys, script_args(model_dir, math_jsonl, tmp_path / "b", *server))
     assert "vllm_mode='server' needs a CUDA device" in err and "NCCL" in err
+
+
+def test_vllm_that_finds_no_device_is_refused_in_one_line(tmp_path_factory, math_jsonl, tmp_path, capsys,
+                                                         monkeypatch):
+    """A vLLM build that finds no device here (a CUDA build on a machine without a visible GPU). The CPU build in
+    this environment always finds its CPU, so only vLLM's platform answer is replaced: '' (its UnspecifiedPlatform)."""
+    monkeypatch.setattr(vllm_support, "vllm_device_type", lambda: "")
+    model_dir = session_model_dir(tmp_path_factory)
+    err = _refusal(capsys, script_args(model_dir, math_jsonl, tmp_path / "o", *CPU_VLLM_FLAGS))
+    assert "finds no device it can run on" in err and "scripts/setup_vllm.sh" in err
 
 
 def test_vllm_trainer_refuses_an_unservable_model_before_loading_vllm(tmp_path):
