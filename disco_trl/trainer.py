@@ -242,11 +242,10 @@ class DiscoTrainer(GRPOTrainer):
         """Exact DisCO gradient when groups span micro-steps.
 
         J depends on a completion only through its scalar score, so grad J = sum_i (dJ/ds_i) grad s_i. Parameters do
-        not
-        change within an optimizer step, so the weights dJ/ds_i can be computed up front from no-grad scores of all the
-        step's completions on this process (each group lies wholly within them); each micro-step then back-propagates
-        sum_i w_i s_i over its own completions. Costs one no-grad forward pass per optimizer step (none for the first
-        step after a generation when TRL already computed the old policy's log-probs, or for L-ratio).
+        not change within an optimizer step, so the weights dJ/ds_i can be computed up front from no-grad scores of
+        all the step's completions on this process (each group lies wholly within them); each micro-step then
+        back-propagates sum_i w_i s_i over its own completions. Costs one no-grad forward pass per optimizer step (none
+        for the first step after a generation when TRL already computed the old policy's log-probs, or for L-ratio).
         """
         scores = torch.cat([self._current_scores(b, fresh) for b in step_batches]).float().requires_grad_(True)
         labels = torch.cat([b["disco_labels"] for b in step_batches])

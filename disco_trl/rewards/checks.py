@@ -160,13 +160,11 @@ class NoSignalWatch:
         if self.threshold == "group_mean":
             why = "every question's completions got the same reward"
             fix = ("make the reward tell completions apart (a finer reward, harder or easier questions), or check "
-                   "that "
-                   "the reward function reads the right answer column")
+                   "that the reward function reads the right answer column")
         else:
             why = f"no question had completions on both sides of reward_threshold={self.threshold}"
             fix = ("set `reward_threshold=\"group_mean\"` (positives: completions above their question's mean "
-                   "reward), "
-                   "or a threshold between the rewards of right and wrong answers")
+                   "reward), or a threshold between the rewards of right and wrong answers")
         return (
             f"\n{'!' * 100}\nDisCO IS LEARNING NOTHING: in the last {self.streak} generation batches {why} (rewards "
             f"seen: {shown or 'none'}), so no question has both positives and negatives and the discriminative "
