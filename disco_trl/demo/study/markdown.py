@@ -61,9 +61,8 @@ def _arms(s: dict) -> list[str]:
             f"{_f(a['clip_ratio'], '{:.4f}')} | {_f(a['entropy_start'])} -> {_f(a['entropy_end'])}{flag} | "
             f"{_f(a['reward_start'])} -> {_f(a['reward_end'])} |")
     return lines + ["", "ESS fraction: the DRO weights' effective sample size over a mixed question's negatives as "
-                    "a fraction of them (1: the basic form's equal weights); DisCO-b's row shows the weights tau 10 "
-                    "would give (its own are equal). Hinge active: fraction of updates with the token estimate above "
-                    "delta.", ""]
+                    "a fraction of them (1: the basic form's equal weights, which DisCO-b's row shows: its own). "
+                    "Hinge active: fraction of updates with the token estimate above delta.", ""]
 
 
 def _comparisons(s: dict) -> list[str]:
