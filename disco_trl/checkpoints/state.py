@@ -79,19 +79,17 @@ _WRITE_FAILURES = ("No space left", "Disk quota exceeded", "iostream error", "Py
                    "file write failed", "unexpected pos")
 
 
-def is_write_failure(err: BaseException | None) -> bool:
+def is_write_failure(err: BaseException) -> bool:
     """Whether `err` is a failed write to disk (and not, say, an out-of-memory or a lost process)."""
-    if err is None:
-        return True
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return any(marker in str(err) for marker in _WRITE_FAILURES)
 
 
 def full_disk_error(folder: str, trainer, err: BaseException | None = None) -> DiskFullError | None:
-    """A DiskFullError when the disk of `folder` cannot hold a checkpoint and `err` (if given) is a failed write;
-    else None: any other error keeps its own message, whatever the free space."""
-    if not is_write_failure(err):
+    """A DiskFullError when the disk of `folder` cannot hold a checkpoint and `err` (if given: the error a save
+    raised) is a failed write; else None: any other error keeps its own message, whatever the free space."""
+    if err is not None and not is_write_failure(err):
         return None
     needed, free = checkpoint_size_lower_bound(trainer), shutil.disk_usage(_existing(folder)).free
     if free >= needed:

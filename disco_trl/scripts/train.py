@@ -195,23 +195,22 @@ def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") ->
         train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
     except FolderInUse as err:  # another run took the folder between the check above and the start
         return _error(parser, err)
-    except (RewardOutputError, DiskFullError) as err:  # found during training: one line, the run's status 1
-        return _error(parser, err, status=1)
+    except (RewardOutputError, DiskFullError) as err:  # found during training
+        return _error(parser, err, during_training=True)
     except RuntimeError as err:  # torch.distributed's errors are RuntimeErrors
         message = lost_peer_message(err, training_args.ddp_timeout)
         if message is None:
             raise
-        print(f"{parser.prog}: error: {message}", file=sys.stderr, flush=True)
-        return 1
+        return _error(parser, message, during_training=True)
     return 0
 
 
-def _error(parser, err, status: int = 2) -> int:
-    """One line on stderr; exit status 2 (argparse's for bad usage) unless told otherwise (an error found during
-    training, 1: its line starts on a line of its own, after the progress bar)."""
-    start = "\n" if status != 2 else ""
+def _error(parser, err, during_training: bool = False) -> int:
+    """One line on stderr. Exit status 2 (argparse's, for bad usage) before training; 1 for an error found during
+    training, whose line starts on a line of its own (after the progress bar)."""
+    start = "\n" if during_training else ""
     print(f"{start}{parser.prog}: error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
-    return status
+    return 1 if during_training else 2
 
 
 if __name__ == "__main__":
