@@ -27,9 +27,11 @@ def test_held_out_questions_are_fixed_distinct_and_never_trained_on():
         assert word_problems.LOW <= min(p.a, p.b) and max(p.a, p.b) <= word_problems.HIGH
         assert p.carry == (p.a % 10 + p.b % 10 >= 10)
     assert 0.3 < sum(p.carry for p in pool) / len(pool) < 0.7  # both kinds are well represented
-    row = word_problems.to_rl_rows(pool[:1])[0]
-    assert row["prompt"][0] == {"role": "system", "content": word_problems.SYSTEM_PROMPT}
-    assert row["solution"] == str(pool[0].answer)
+    from disco_trl.toy import build_tokenizer
+
+    row = word_problems.to_rl_rows(build_tokenizer(), pool[:1])[0]  # any tokenizer with a chat template
+    assert word_problems.SYSTEM_PROMPT in row["prompt"] and pool[0].text in row["prompt"]
+    assert row["prompt"].endswith(f"{pool[0].a} + {pool[0].b} =") and row["solution"] == str(pool[0].answer)
     with pytest.raises(ValueError, match="held-out questions"):
         word_problems.held_out(word_problems.HELD_OUT + 1)
 
@@ -57,7 +59,7 @@ def test_real_run_settings_round_trip_and_refuse_bad_values():
     settings.validate()
     assert RealSettings.from_json(settings.to_json()) == settings
     for bad, message in ((dict(eval_questions=0), "--eval-questions"), (dict(lora_r=0), "LoRA rank"),
-                         (dict(max_model_length=64), "no room for the prompt")):
+                         (dict(max_model_length=32), "no room for the prompt")):
         with pytest.raises(ValueError, match=message):
             RealSettings(**bad).validate()
 

@@ -56,9 +56,7 @@ def probe_ids(tokenizer) -> list[int]:
     from disco_trl.demo import word_problems
 
     problem = word_problems.held_out(1)[0]
-    text = tokenizer.apply_chat_template(
-        problem.messages + [{"role": "assistant", "content": f"{problem.a} + {problem.b} = {problem.answer}."}],
-        tokenize=False)
+    text = word_problems.prompt_text(tokenizer, problem) + f" {problem.answer}<|im_end|>"
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -98,7 +96,7 @@ def lora_run(smollm2_path, tmp_path_factory):
     from disco_trl.demo import word_problems
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    dataset = Dataset.from_list(word_problems.to_rl_rows(word_problems.training(8, seed=0)))
+    dataset = Dataset.from_list(word_problems.to_rl_rows(tokenizer, word_problems.training(8, seed=0)))
     args = DiscoConfig(output_dir=str(tmp_path_factory.mktemp("smollm2")), per_device_train_batch_size=8,
                        steps_per_generation=1, num_generations=4, max_completion_length=8, max_steps=2,
                        learning_rate=1e-2, report_to="none", save_strategy="no", logging_steps=1, seed=0,

@@ -78,12 +78,14 @@ def vllm_greedy_pass_at_1(llm, tokenizer, problems, reward_fn, *, max_new_tokens
     """Greedy Pass@1 of the model a vLLM engine serves now (e.g. the one TRL's colocate mode trains with), for the
     real-model demo's `word_problems`: the fraction of questions whose greedy reply `reward_fn` scores 1.
 
-    The prompts are the questions' chat messages rendered with `tokenizer`'s chat template, as the trainers render
-    them. Greedy decoding needs no sampling seed (vLLM's CPU build cannot take a per-request one). Returns
+    The prompts are `word_problems.prompt_text`, as the trainers get them. Greedy decoding needs no sampling seed
+    (vLLM's CPU build cannot take a per-request one). Returns
     {"pass@1", "pass@1_by_kind" {kind: value}, "mean_reply_tokens", "num_questions", "examples" (three replies)}."""
     from vllm import SamplingParams  # noqa: PLC0415 - optional: installed only where vLLM runs
 
-    prompts = [tokenizer.apply_chat_template(p.messages, tokenize=False, add_generation_prompt=True) for p in problems]
+    from .word_problems import prompt_text  # noqa: PLC0415
+
+    prompts = [prompt_text(tokenizer, p) for p in problems]
     outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_new_tokens), use_tqdm=False)
     replies = [o.outputs[0] for o in outputs]
     rewards = reward_fn(completions=[r.text for r in replies], solution=[str(p.answer) for p in problems])

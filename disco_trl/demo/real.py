@@ -35,7 +35,7 @@ from .real_run import RUN_ENV, RealSettings
 DEFAULT_OUTPUT_DIR = "disco-demo-smollm2"
 # The real demo's training settings (see docs/demo.md, "A real model"): 4 questions x 8 completions per optimizer step.
 DEFAULTS = RunSettings(max_steps=12, learning_rate=1e-4, num_generations=8, questions_per_generation=8,
-                       updates_per_generation=2, temperature=0.6, max_completion_length=24)
+                       updates_per_generation=2, temperature=0.6, max_completion_length=8)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,7 @@ class RealSettings:
     eval_questions: int = 200  # held-out questions (word_problems.held_out), greedy Pass@1
     lora_r: int = 16
     lora_alpha: int = 32
-    max_model_length: int = 256  # vLLM's context (prompts are about 60 tokens)
+    max_model_length: int = 128  # vLLM's context (prompts are about 50 tokens)
 
     def validate(self) -> None:
         from . import word_problems  # noqa: PLC0415
@@ -58,7 +58,7 @@ class RealSettings:
                              f"{self.eval_questions}.")
         if self.lora_r < 1 or self.lora_alpha < 1:
             raise ValueError(f"LoRA rank and alpha must be >= 1, got {self.lora_r} and {self.lora_alpha}.")
-        if self.run.max_completion_length + 96 > self.max_model_length:
+        if self.run.max_completion_length + 64 > self.max_model_length:
             raise ValueError(f"--max-completion-length {self.run.max_completion_length} leaves no room for the "
                              f"prompt in vLLM's context of {self.max_model_length} tokens.")
 
@@ -131,8 +131,9 @@ def build_trainer(settings: RealSettings, model_path: str, output_dir: str, grou
     from .experiment import LiveMetricsProgress, build_args, recording_reward, training_questions  # noqa: PLC0415
     from .methods import trainer_class  # noqa: PLC0415
 
-    run = settings.run
-    dataset = Dataset.from_list(word_problems.to_rl_rows(word_problems.training(training_questions(run), run.seed)))
+    run, tokenizer = settings.run, AutoTokenizer.from_pretrained(model_path)
+    questions = word_problems.training(training_questions(run), run.seed)
+    dataset = Dataset.from_list(word_problems.to_rl_rows(tokenizer, questions))
     args = build_args(run, output_dir, use_vllm=True, vllm_mode="colocate", vllm_enable_sleep_mode=False,
                       vllm_max_model_length=settings.max_model_length, vllm_gpu_memory_utilization=0.1)
     lora = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=0.0,
@@ -141,8 +142,7 @@ def build_trainer(settings: RealSettings, model_path: str, output_dir: str, grou
     torch.manual_seed(run.seed)
     with vllm_support.vllm_cpu_dtype(vllm_support.float32_where_bf16_is_slow()):
         trainer = trainer_class(run.method)(model=model_path, reward_funcs=reward, args=args, train_dataset=dataset,
-                                            processing_class=AutoTokenizer.from_pretrained(model_path),
-                                            peft_config=lora)
+                                            processing_class=tokenizer, peft_config=lora)
     vllm_support.adapt_to_vllm_platform(trainer)  # DiscoTrainer does it itself; TRL's GRPOTrainer needs it on CPU
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(LiveMetricsProgress())

@@ -1,13 +1,20 @@
 """The real-model demo's task: two-digit addition word problems, answered with just the number.
 
-    Sam has 59 stickers and gets 63 more. How many stickers does Sam have now?      ->  122
+    system:     Answer with just the number.
+    user:       Sam has 59 stickers and gets 63 more. How many stickers does Sam have now?
+    assistant:  59 + 63 =                      <- the prompt ends here; the model writes " 122" and stops
 
 A question adds two numbers from 10 to 99, told as a short story (a few templates, names and objects), so the sum has
-two or three digits and needs a carry about half the time. The system message asks for just the number; the reward is
-`disco_trl.rewards.last_number_reward` (the last number of the reply against the `solution` column), so an answer
-such as "59 + 63 = 122." counts as right and a reply that never gets to the sum does not. SmolLM2-135M-Instruct
-solves a part of these (its sums are often off by one or ten, and it often restates the question instead of
-answering): questions on which some of its samples are right and some wrong, which is what DisCO learns from.
+two or three digits and needs a carry about half the time. The prompt (`prompt_text`) is the chat rendered by the
+model's own template, with the assistant's reply started with the sum to compute: what the model must produce is the
+sum, and then stop. The reward is `disco_trl.rewards.last_number_reward` (the last number of the reply against the
+`solution` column), so " 122" and " 122 stickers." are right, and " 122\nSam had 59" (a reply that goes on) is not.
+
+Why the reply is started for the model: asked the question alone, SmolLM2-135M-Instruct explains at length ("To add
+97 and 74, we need to ...") and gets to a number within 24 tokens for about 3% of questions (measured on 32 held-out
+questions, 4 samples each at T=0.6); with the reply started, 37% of its samples are right and 47% of the questions
+have both right and wrong samples (greedy: 47% right), which is what DisCO learns from; and a reply of a few tokens
+keeps the CPU run short.
 
 The held-out questions are a fixed pool (`held_out(n)`, at most `HELD_OUT` = 300), drawn from their own seed; training
 questions (`training(n, seed)`) never use a held-out pair of numbers. Everything is a pure function of a seed.
@@ -54,8 +61,18 @@ class WordProblem:
 
     @property
     def messages(self) -> list[dict]:
-        """The chat prompt: the system message asking for just the number, then the question."""
+        """The chat: the system message asking for just the number, then the question."""
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": self.text}]
+
+    @property
+    def reply_start(self) -> str:
+        return f"{self.a} + {self.b} ="
+
+
+def prompt_text(tokenizer, problem: WordProblem) -> str:
+    """The prompt: the chat rendered with `tokenizer`'s chat template, ending with the started reply."""
+    chat = tokenizer.apply_chat_template(problem.messages, tokenize=False, add_generation_prompt=True)
+    return chat + problem.reply_start
 
 
 def draw(rng: random.Random) -> WordProblem:
@@ -89,6 +106,7 @@ def training(n: int, seed: int) -> list[WordProblem]:
     return _draw_many(n, 1000 + seed, exclude=reserved)
 
 
-def to_rl_rows(problems: list[WordProblem]) -> list[dict]:
-    """Rows for a (GRPO/DisCO) trainer: the chat prompt and the `solution` column `last_number_reward` reads."""
-    return [{"prompt": p.messages, "solution": str(p.answer)} for p in problems]
+def to_rl_rows(tokenizer, problems: list[WordProblem]) -> list[dict]:
+    """Rows for a (GRPO/DisCO) trainer: the prompt (text, already in the chat format) and the `solution` column
+    `last_number_reward` reads."""
+    return [{"prompt": prompt_text(tokenizer, p), "solution": str(p.answer)} for p in problems]
