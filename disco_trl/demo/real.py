@@ -29,12 +29,13 @@ import time
 from . import options
 from .experiment import RunSettings, quiet_libraries
 from .methods import METHODS
-from .real_run import RUN_ENV, RealSettings
+from .real_run import RUN_ENV, START_EVALUATION, RealSettings
 
 
 DEFAULT_OUTPUT_DIR = "disco-demo-smollm2"
-# The real demo's training settings (see docs/demo.md, "A real model"): 4 questions x 8 completions per optimizer step.
-DEFAULTS = RunSettings(max_steps=12, learning_rate=1e-4, num_generations=8, questions_per_generation=8,
+# The real demo's training settings (docs/demo.md, "A real model"): 8 questions x 8 completions per generation batch,
+# 2 optimizer steps of 4 questions each.
+DEFAULTS = RunSettings(max_steps=8, learning_rate=1e-4, num_generations=8, questions_per_generation=8,
                        updates_per_generation=2, temperature=0.6, max_completion_length=8)
 
 
@@ -125,7 +126,7 @@ def run_one(settings: RealSettings, model_path: str, runs_dir: str, log=print) -
     cached = finished(path, settings)
     if cached is not None:
         log(f"[demo] {os.path.basename(path)}: reusing the finished run")
-        return cached
+        return {**cached, "reused": True}
     start_path, start = start_cache(runs_dir, settings, model_path)
     spec = {"settings": settings.to_json(), "model_path": model_path,
             "output_dir": os.path.join(runs_dir, "trainer-output"), "start": start}
@@ -188,8 +189,10 @@ def markdown(summary: dict, meta: dict) -> str:
              f"{meta['steps']} optimizer steps per run, {meta['questions_per_step']} questions x "
              f"{meta['num_generations']} completions per step (up to {meta['max_completion_length']} tokens, T="
              f"{meta['temperature']}), LoRA r {meta['lora_r']} on q/k/v/o, learning rate {meta['learning_rate']:g}; "
-             f"held-out greedy Pass@1 on {meta['eval_questions']} questions; seeds {meta['seeds']}. Total wall time "
-             f"{meta['wall_seconds'] / 60:.1f} min; vLLM served the model in {meta['vllm_dtype']}.", "",
+             f"held-out greedy Pass@1 on {meta['eval_questions']} questions; seeds {meta['seeds']}. Wall time of the "
+             f"command {meta['wall_seconds'] / 60:.1f} min"
+             + (f" ({meta['runs_reused']} runs reused from an earlier one)" if meta["runs_reused"] else "")
+             + f"; vLLM served the model in {meta['vllm_dtype']}.", "",
              "| method | Pass@1 before | Pass@1 after (mean ± std) | per seed | after, carry / no carry | "
              "training reward, first / last quarter | wall s per run | peak memory GiB |",
              "|---|---|---|---|---|---|---|---|"]
@@ -199,9 +202,11 @@ def markdown(summary: dict, meta: dict) -> str:
                      + ", ".join(f"{v:.3f}" for v in a["values"])
                      + f" | {kind.get('carry', 0):.3f} / {kind.get('no carry', 0):.3f} | "
                      + " / ".join("n/a" if v is None else f"{v:.3f}" for v in reward)
-                     + f" | {sum(s['wall_seconds'].values()) - _nested(s['wall_seconds']):.0f} | "
+                     + f" | {run_seconds(s['wall_seconds']):.0f} | "
                        f"{s['peak_memory_gib']:.1f} |")
-    lines += ["", "Where a run's time goes (seconds, mean over seeds; CPU seconds count every thread):", "",
+    lines += ["", "Where a run's time goes (seconds, mean over seeds; CPU seconds count every thread; the "
+              "\"training: \" phases are parts of training; the starting model's evaluation is made once, by the "
+              "first run):", "",
               "| phase | " + " | ".join(f"{s['label']} wall | CPU" for s in summary.values()) + " |",
               "|---|" + "---|---|" * len(summary)]
     for phase in next(iter(summary.values()))["wall_seconds"]:
@@ -213,12 +218,13 @@ def markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
-def _nested(phases: dict) -> float:
-    """The seconds counted twice in a run's phases (generation and weight pushes happen inside training)."""
-    return sum(v for k, v in phases.items() if k.startswith("training: "))
+def run_seconds(phases: dict) -> float:
+    """A run's own seconds: its phases without those inside training (generation, weight pushes) and without the
+    starting model's evaluation (made once, by the first run)."""
+    return sum(v for k, v in phases.items() if not k.startswith("training: ") and k != START_EVALUATION)
 
 
-def demo_meta(args, argv, wall_seconds: float) -> dict:
+def demo_meta(args, argv, wall_seconds: float, runs_reused: int) -> dict:
     from .. import vllm_support  # noqa: PLC0415
 
     dtype = vllm_support.float32_where_bf16_is_slow()
@@ -229,7 +235,7 @@ def demo_meta(args, argv, wall_seconds: float) -> dict:
             "num_generations": DEFAULTS.num_generations,
             "questions_per_step": DEFAULTS.questions_per_generation // DEFAULTS.updates_per_generation,
             "vllm_dtype": "bfloat16" if dtype is None else "float32 (this CPU has no bfloat16 matrix hardware)",
-            "wall_seconds": round(wall_seconds, 1)}
+            "wall_seconds": round(wall_seconds, 1), "runs_reused": runs_reused}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,7 +269,8 @@ def report(args, argv, runs_by_method: dict[str, list[dict]], wall_seconds: floa
     """results.json, results.md and dynamics.png in the output folder, and the table on the console."""
     from .plots import plot_comparison  # noqa: PLC0415
 
-    summary, meta = summarize(runs_by_method), demo_meta(args, argv, wall_seconds)
+    reused = sum(bool(r.get("reused")) for runs in runs_by_method.values() for r in runs)
+    summary, meta = summarize(runs_by_method), demo_meta(args, argv, wall_seconds, reused)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"meta": meta, "summary": summary}, f, indent=1)
     text = markdown(summary, meta)

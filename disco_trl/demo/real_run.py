@@ -35,6 +35,7 @@ from .experiment import RunSettings
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+START_EVALUATION = "held-out evaluation before training (once, shared by the runs)"
 RUN_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "TORCH_COMPILE_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -169,13 +170,13 @@ def run_real(settings: RealSettings, model_path: str, output_dir: str, start: di
         return vllm_greedy_pass_at_1(engine, tokenizer, problems, last_number_reward,
                                      max_new_tokens=run.max_completion_length)
 
-    before = start if start is not None else clock.run("held-out evaluation", evaluate)
+    before = start if start is not None else clock.run(START_EVALUATION, evaluate)
     log(f"[{run.method} seed {run.seed}] held-out greedy Pass@1 before training: {before['pass@1']:.3f}")
     clock.wrap(trainer.vllm_generation, "generate", "training: vLLM generation")
     clock.wrap(trainer.vllm_generation, "sync_weights", "training: weight push to vLLM")
     clock.run("training", trainer.train)
     clock.run("weight push to vLLM", trainer.vllm_generation.sync_weights)  # the last optimizer step's weights
-    after = clock.run("held-out evaluation", evaluate)
+    after = clock.run("held-out evaluation after training", evaluate)
     log(f"[{run.method} seed {run.seed}] held-out greedy Pass@1 after {run.max_steps} steps: {after['pass@1']:.3f}")
     return {"method": run.method, "label": METHODS[run.method].label, "settings": settings.to_json(),
             "model_path": model_path, "pass@1_before": before["pass@1"], "pass@1_after": after["pass@1"],
