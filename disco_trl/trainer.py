@@ -26,6 +26,7 @@ update of a step with nothing to learn (`skipping.NoUpdateWithoutSignal`) attach
 from __future__ import annotations
 
 import textwrap
+from typing import NamedTuple
 
 import torch
 from transformers import AutoConfig
@@ -37,10 +38,21 @@ from . import checkpoints, metrics, preflight, skipping, vllm_support
 from .config import DiscoConfig
 from .distributed import CollectiveTimeout
 from .geometry import BatchGeometry, cut_by_questions
-from .losses import completion_labels, disco_loss, discriminative_objective, sequence_scores, token_kl_terms
+from .losses import (
+    SamplingCorrection,
+    completion_labels,
+    disco_loss,
+    discriminative_objective,
+    question_log_weights,
+    sampling_correction,
+    sequence_scores,
+    token_kl_terms,
+)
 from .rewards.checks import NoSignalWatch, check_reward_columns, with_output_check
 
 
+# The sampling correction of a micro-batch as the split-group look-ahead attaches it (SamplingCorrection's fields).
+_CORRECTION_KEYS = ("disco_is_mask", "disco_is_token_weights", "disco_is_log_weights")
 # Model inputs besides the token ids that TRL's batches may carry (vision-language models).
 _FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
                  "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
@@ -111,6 +123,11 @@ class DiscoTrainer(GRPOTrainer):
             peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
         )
         vllm_support.adapt_to_vllm_platform(self)  # the weight push on vLLM's CPU backend
+        # DisCO measures vLLM's sampling mismatch in every run and corrects it itself (`_sampling_correction`, with
+        # DisCO's meaning of each mode); left on, TRL's GRPO-side correction would spend a forward pass on pi_old
+        # after every generation, even where the first update computes it anyway, and log the same metrics again.
+        self.vllm_importance_sampling_correction = False
+        vllm_support.warn_if_truncated_sampling(args)
         self.add_callback(CollectiveTimeout())  # ddp_timeout bounds every wait for another process
         self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
         if rollout_func is None and environment_factory is None and not self._is_vlm:
@@ -172,6 +189,8 @@ class DiscoTrainer(GRPOTrainer):
         )
         if mode == "train":
             self._no_signal_watch.update(any_mixed, rewards)
+        if "old_per_token_logps" in output:  # TRL computed pi_old's log-probs: measure vLLM's mismatch now, for free
+            self._measure_sampling(output, output["old_per_token_logps"], mode)
         return output
 
     def _labels(self, local_rewards: torch.Tensor, output: dict) -> torch.Tensor:
@@ -218,12 +237,14 @@ class DiscoTrainer(GRPOTrainer):
         return {k: inputs.get(k) for k in _FORWARD_KEYS}
 
     @torch.no_grad()
-    def _current_scores(self, inputs, fresh: bool) -> torch.Tensor:
-        """Scores s(o, q) under the current parameters, without gradient (the look-ahead of split groups)."""
+    def _current_scores(self, inputs, fresh: bool) -> tuple[torch.Tensor, SamplingCorrection | None]:
+        """Scores s(o, q) under the current parameters, without gradient (the look-ahead of split groups), and the
+        batch's sampling correction (its log-weights not yet normalised per question), if any."""
         mask = self._loss_mask(inputs)
         old = inputs.get("old_per_token_logps")
-        if fresh and self.args.score_type == "l_ratio":
-            return torch.ones(mask.size(0), device=mask.device)  # pi_theta == pi_old right after generation
+        correcting = self._corrects(inputs)
+        if fresh and self.args.score_type == "l_ratio" and not correcting:
+            return torch.ones(mask.size(0), device=mask.device), None  # pi_theta == pi_old right after generation
         if fresh and old is not None:
             per_token_logps = old.float()  # the old policy *is* the current one: reuse TRL's forward pass
         else:
@@ -236,7 +257,12 @@ class DiscoTrainer(GRPOTrainer):
                 )
             per_token_logps = per_token_logps.float()
         old = per_token_logps if old is None else old.float()
-        return sequence_scores(per_token_logps, old, mask, score_type=self.args.score_type)
+        correction = self._new_correction(inputs, old, mask) if correcting else None
+        if correction is not None:
+            mask = correction.mask
+        scores = sequence_scores(per_token_logps, old, mask, score_type=self.args.score_type,
+                                 token_weights=None if correction is None else correction.token_weights)
+        return scores, correction
 
     def _attach_score_weights(self, step_batches: list[dict], fresh: bool) -> None:
         """Exact DisCO gradient when groups span micro-steps.
@@ -245,23 +271,71 @@ class DiscoTrainer(GRPOTrainer):
         not change within an optimizer step, so the weights dJ/ds_i can be computed up front from no-grad scores of
         all the step's completions on this process (each group lies wholly within them); each micro-step then
         back-propagates sum_i w_i s_i over its own completions. Costs one no-grad forward pass per optimizer step (none
-        for the first step after a generation when TRL already computed the old policy's log-probs, or for L-ratio).
+        for the first step after a generation when TRL already computed the old policy's log-probs, or for L-ratio
+        without the sampling correction). With the correction, its weights (normalised per question over the whole
+        step) are attached too, for the micro-steps' scores and KL.
         """
-        scores = torch.cat([self._current_scores(b, fresh) for b in step_batches]).float().requires_grad_(True)
+        looked_ahead = [self._current_scores(b, fresh) for b in step_batches]
+        scores = torch.cat([s for s, _ in looked_ahead]).float().requires_grad_(True)
         labels = torch.cat([b["disco_labels"] for b in step_batches])
         group_ids = torch.cat([b["disco_group_ids"] for b in step_batches])
+        log_weights = None
+        if all(c is not None for _, c in looked_ahead):
+            log_weights = question_log_weights(torch.cat([c.log_weights for _, c in looked_ahead]), group_ids)
+            sizes = [len(s) for s, _ in looked_ahead]
+            for batch, (_, c), w in zip(step_batches, looked_ahead, log_weights.split(sizes)):
+                batch.update(zip(_CORRECTION_KEYS, SamplingCorrection(c.mask, c.token_weights, w)))
         with torch.enable_grad():
             # the step's full question count (skipping shrinks micro-batches, not the denominator)
-            objective = self._objective(scores, labels, group_ids, self.geometry.questions_in(len(step_batches)))
+            objective = self._objective(scores, labels, group_ids, self.geometry.questions_in(len(step_batches)),
+                                        log_weights)
             (weights,) = torch.autograd.grad(objective, scores)
         for batch, w in zip(step_batches, weights.split([len(b["disco_labels"]) for b in step_batches])):
             batch["disco_score_weights"] = w
-        stats = metrics.negative_weight_stats(scores, labels, group_ids, self.args.tau, self.args.disco_variant)
+        stats = metrics.negative_weight_stats(scores, labels, group_ids, self.args.tau, self.args.disco_variant,
+                                              log_weights)
         metrics.log_negative_weights(self._metrics["train"], self._global_sum(stats))
         # the step's objective (this process's share), logged once, on the step's first micro-batch
         step_batches[0]["disco_step_objective"] = objective.detach()
         for batch in step_batches[1:]:
             batch.pop("disco_step_objective", None)
+
+    # ------------------------------------------------------------------ the sampler is not pi_old (vLLM)
+    def _corrects(self, inputs) -> bool:
+        """Whether this batch's completions are reweighted: the sampler (vLLM) reported its log-probs, and the
+        correction is on (`vllm_importance_sampling_correction`)."""
+        return self.args.vllm_importance_sampling_correction and inputs.get("sampling_per_token_logps") is not None
+
+    def _new_correction(self, inputs, old_per_token_logps, mask) -> SamplingCorrection:
+        args = self.args
+        return sampling_correction(old_per_token_logps, inputs["sampling_per_token_logps"], mask,
+                                   mode=args.vllm_importance_sampling_mode,
+                                   clip_min=args.vllm_importance_sampling_clip_min,
+                                   clip_max=args.vllm_importance_sampling_clip_max)
+
+    def _sampling_correction(self, inputs, old_per_token_logps) -> SamplingCorrection | None:
+        """This micro-batch's correction: the look-ahead's (split groups, normalised over the step), or computed here
+        from pi_old's log-probs with its log-weights normalised per question (the micro-batch holds whole ones)."""
+        if _CORRECTION_KEYS[0] in inputs:
+            return SamplingCorrection(*(inputs[k] for k in _CORRECTION_KEYS))
+        if not self._corrects(inputs):
+            return None
+        correction = self._new_correction(inputs, old_per_token_logps, self._loss_mask(inputs))
+        return correction._replace(log_weights=question_log_weights(correction.log_weights,
+                                                                    inputs["disco_group_ids"]))
+
+    def _measure_sampling(self, inputs, old_per_token_logps, mode: str) -> None:
+        """Log how far the sampler's (vLLM's) log-probs are from pi_old's on these completions (all processes)."""
+        sampling = inputs.get("sampling_per_token_logps")
+        if sampling is None:
+            return
+        args = self.args
+        stats = metrics.sampling_mismatch_stats(
+            old_per_token_logps, sampling, self._loss_mask(inputs), mode=args.vllm_importance_sampling_mode,
+            clip_min=args.vllm_importance_sampling_clip_min, clip_max=args.vllm_importance_sampling_clip_max,
+        )
+        gathered = self.accelerator.gather(stats[None]) if self.accelerator.num_processes > 1 else stats[None]
+        metrics.log_sampling_mismatch(self._metrics[mode], gathered)
 
     # ------------------------------------------------------------------ checkpoints
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
@@ -293,12 +367,24 @@ class DiscoTrainer(GRPOTrainer):
             mask = mask * inputs["tool_mask"]
         return mask.to(torch.float32)
 
-    def _objective(self, scores, labels, group_ids, num_questions) -> torch.Tensor:
-        """J on the paper's binary rewards (`disco_labels`: 1 positive, 0 negative, NaN neither)."""
+    def _objective(self, scores, labels, group_ids, num_questions, log_weights=None) -> torch.Tensor:
+        """J on the paper's binary rewards (`disco_labels`: 1 positive, 0 negative, NaN neither), with the sampling
+        correction's per-completion weights when there are any."""
         return discriminative_objective(scores, labels, group_ids, variant=self.args.disco_variant, tau=self.args.tau,
-                                        num_questions=num_questions)
+                                        num_questions=num_questions, log_weights=log_weights)
 
-    def _micro_step_objective(self, scores, inputs, mode: str):
+    def _what_the_loss_sees(self, inputs, old_per_token_logps) -> _LossView:
+        """The micro-batch's loss mask and labels, and the sampling correction's weights when it applies: its dropped
+        tokens leave the mask, and a completion left without tokens is neither positive nor negative."""
+        mask, labels = self._loss_mask(inputs), inputs["disco_labels"]
+        correction = self._sampling_correction(inputs, old_per_token_logps)
+        if correction is None:
+            return _LossView(mask, labels, None, None)
+        kept = torch.isfinite(correction.log_weights).to(labels.device)
+        return _LossView(correction.mask, torch.where(kept, labels, torch.full_like(labels, torch.nan)),
+                         correction.token_weights, correction.log_weights)
+
+    def _micro_step_objective(self, scores, inputs, mode: str, seen: _LossView):
         """(This micro-step's share of the step's J, differentiable; the value to log, summed over processes)."""
         if "disco_score_weights" in inputs:
             # Groups span micro-steps: weights dJ/ds were computed from the whole step's scores (see
@@ -315,14 +401,17 @@ class DiscoTrainer(GRPOTrainer):
         else:
             num_questions = scores.numel() // self.num_generations_eval * self.accelerator.num_processes
             accumulation = 1
-        objective = self._objective(scores, inputs["disco_labels"], inputs["disco_group_ids"], num_questions)
+        objective = self._objective(scores, seen.labels, inputs["disco_group_ids"], num_questions, seen.log_weights)
         return objective, objective.detach() * accumulation  # summed over processes: this micro-step's mean J
 
-    def _global_kl(self, per_token_logps, old_per_token_logps, mask):
-        """The micro-step's token-mean KL(pi_old || pi_theta) over its tokens on all processes. The value is global;
-        the gradient flows through this process's tokens, and the processes' parts add up (see disco_loss)."""
-        local_sum, local_tokens = token_kl_terms(per_token_logps, old_per_token_logps, mask,
-                                                 estimator=self.args.kl_estimator)
+    def _global_kl(self, per_token_logps, old_per_token_logps, seen: _LossView):
+        """The micro-step's token-mean KL(pi_old || pi_theta) over its tokens on all processes (importance-weighted
+        under the sampling correction). The value is global; the gradient flows through this process's tokens, and
+        the processes' parts add up (see disco_loss)."""
+        sample_weights = None if seen.log_weights is None else torch.exp(seen.log_weights)
+        local_sum, local_tokens = token_kl_terms(per_token_logps, old_per_token_logps, seen.mask,
+                                                 estimator=self.args.kl_estimator, token_weights=seen.token_weights,
+                                                 sample_weights=sample_weights)
         totals = self._global_sum(torch.stack([local_sum.detach(), local_tokens]))
         kl = (local_sum + (totals[0] - local_sum).detach()) / totals[1].clamp(min=1.0)
         return kl, totals[1] > 0
@@ -335,16 +424,20 @@ class DiscoTrainer(GRPOTrainer):
             compute_aux_loss=self.aux_loss_enabled, **self._forward_kwargs(inputs),
         )
         per_token_logps = per_token_logps.float()
+        mode = "train" if self.model.training else "eval"
         # First update after generation: TRL skips the old policy's forward pass because it equals the current one.
         old_per_token_logps = inputs.get("old_per_token_logps")
-        old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps.float()
-        mode = "train" if self.model.training else "eval"
+        if old_per_token_logps is None:
+            old_per_token_logps = per_token_logps.detach()
+            self._measure_sampling(inputs, old_per_token_logps, mode)  # pi_old's log-probs are this pass's: free
+        old_per_token_logps = old_per_token_logps.float()
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
-        mask = self._loss_mask(inputs)
+        seen = self._what_the_loss_sees(inputs, old_per_token_logps)
 
-        scores = sequence_scores(per_token_logps, old_per_token_logps, mask, score_type=self.args.score_type)
-        objective, logged_objective = self._micro_step_objective(scores, inputs, mode)
-        kl, has_tokens = self._global_kl(per_token_logps, old_per_token_logps, mask)
+        scores = sequence_scores(per_token_logps, old_per_token_logps, seen.mask, score_type=self.args.score_type,
+                                 token_weights=seen.token_weights)
+        objective, logged_objective = self._micro_step_objective(scores, inputs, mode, seen)
+        kl, has_tokens = self._global_kl(per_token_logps, old_per_token_logps, seen)
         loss = disco_loss(objective, kl, kl_delta=self.args.kl_delta, kl_beta=self.args.kl_beta,
                           num_processes=self.accelerator.num_processes,
                           kl_micro_steps=skipping.kl_micro_steps(inputs, accumulation), penalty=self.args.kl_penalty)
@@ -353,13 +446,22 @@ class DiscoTrainer(GRPOTrainer):
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
         whole = "disco_score_weights" not in inputs  # the micro-batch holds whole questions
-        weight_stats = metrics.negative_weight_stats(scores, inputs["disco_labels"], inputs["disco_group_ids"],
-                                                     self.args.tau, self.args.disco_variant) if whole else None
+        weight_stats = metrics.negative_weight_stats(scores, seen.labels, inputs["disco_group_ids"], self.args.tau,
+                                                     self.args.disco_variant, seen.log_weights) if whole else None
         metrics.log_loss_metrics(self._metrics[mode], self._global_sum, logged_objective, kl if has_tokens else None,
-                                 scores, inputs["disco_labels"], mask, entropies, kl_delta=self.args.kl_delta,
+                                 scores, seen.labels, seen.mask, entropies, kl_delta=self.args.kl_delta,
                                  kl_beta=self.args.kl_beta, kl_penalty_kind=self.args.kl_penalty,
                                  weight_stats=weight_stats)
         return loss
+
+
+class _LossView(NamedTuple):
+    """What one micro-step's loss sees of its batch (`DiscoTrainer._what_the_loss_sees`)."""
+
+    mask: torch.Tensor  # (B, T) the tokens that count
+    labels: torch.Tensor  # (B,) 1 positive, 0 negative, NaN neither
+    token_weights: torch.Tensor | None  # (B, T) the sampling correction's per-token ratios (token modes)
+    log_weights: torch.Tensor | None  # (B,) its per-completion log-weights, normalised per question
 
 
 def _model_or_config(model, args):

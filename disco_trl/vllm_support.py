@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import warnings
 from typing import Any
 
 from transformers import AutoConfig
@@ -183,3 +184,48 @@ def adapt_to_vllm_platform(trainer) -> None:
 
     generation.sync_weights = sync_weights
     generation._disco_cpu_sync = True
+
+
+# Sampling settings under which vLLM's reported log-probs are not those of the trainer's pi_old (the full softmax at
+# the sampling temperature): name -> the value that changes nothing.
+_LOGPROB_CHANGING = {"top_p": 1.0, "top_k": 0, "min_p": None, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                     "frequency_penalty": 0.0}
+
+
+def truncated_sampling_settings(args) -> dict[str, Any]:
+    """The sampling settings of a vLLM run (its fields, or `generation_kwargs`, which override them) that make vLLM
+    sample from, and report the log-probs of, another distribution than the trainer's softmax at the temperature."""
+    settings = {name: getattr(args, name, neutral) for name, neutral in _LOGPROB_CHANGING.items()}
+    overrides = getattr(args, "generation_kwargs", None)
+    if isinstance(overrides, dict):
+        settings.update({k: v for k, v in overrides.items() if k in settings})
+    changed = {}
+    for name, value in settings.items():
+        neutral = _LOGPROB_CHANGING[name]
+        if value is None or value == neutral or (name == "top_k" and value == -1) or (name == "min_p" and value == 0):
+            continue
+        changed[name] = value
+    return changed
+
+
+def warn_if_truncated_sampling(args) -> None:
+    """Warn (once, when the trainer is built) that top-p/top-k/min-p or a penalty biases the sampling mismatch's
+    metrics and the correction, and why."""
+    if not getattr(args, "use_vllm", False):
+        return
+    changed = truncated_sampling_settings(args)
+    if not changed:
+        return
+    settings = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    effect = ("the correction (vllm_importance_sampling_correction) then reweights toward completions made of "
+              "high-probability tokens: its weights estimate an expectation under the trainer's untruncated pi_old "
+              "restricted to what vLLM can sample, not under vLLM's truncated sampler" if
+              args.vllm_importance_sampling_correction else "the correction is off, so only the metrics are affected")
+    warnings.warn(
+        f"DisCO with vLLM and {settings}: vLLM samples from, and reports the log-probs of, its truncated or penalised "
+        "distribution, while pi_old is the trainer's full softmax at the temperature. On every sampled token "
+        "pi_old/pi_vLLM then also carries the probability the truncation removed (it is below 1), so the "
+        f"sampling/* metrics overstate vLLM's mismatch, and {effect}. For an unbiased measure and correction, sample "
+        "with top_p=1, top_k=0, no min_p and no penalty (docs/method.md, 'vLLM's samples are not pi_old's').",
+        stacklevel=3,
+    )
