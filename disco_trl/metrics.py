@@ -33,6 +33,8 @@ def negative_weight_stats(scores, labels, group_ids, tau: float, variant: str = 
     (1: all negatives weigh alike, as in DisCO-b; 1/n: one takes all), the same sum of the largest weight, the number
     of mixed questions]: summed over processes, then divided, these say how DRO differs from the basic form.
     `log_weights`: the sampling correction's per-completion weights, which the objective's weights include."""
+    if log_weights is not None:  # a completion of weight 0 is in neither class
+        labels = torch.where(torch.isfinite(log_weights).to(labels.device), labels, torch.full_like(labels, math.nan))
     counts = question_counts(labels, group_ids, dtype=scores.dtype)
     weights = negative_weights(scores.detach(), labels, group_ids, tau=tau, variant=variant, log_weights=log_weights)
     squares = torch.zeros_like(counts.negatives).index_add(0, counts.index, weights**2)

@@ -62,7 +62,8 @@ def without_launcher_deepspeed_settings():
 
 
 def make_trainer(out: Path, case: dict, callbacks=(), peft_config=None):
-    config = {k: v for k, v in case.items() if k not in ("name", "kind", "layout", "save_model", "stop_at")}
+    config = {k: v for k, v in case.items()
+              if k not in ("name", "kind", "layout", "save_model", "stop_at", "sampling_spread")}
     config.setdefault("optim", "sgd")
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     args = layout_config(out, *case["layout"], **config)
@@ -70,6 +71,7 @@ def make_trainer(out: Path, case: dict, callbacks=(), peft_config=None):
         model=model, reward_funcs=parity_reward, args=args, train_dataset=prompt_dataset(), processing_class=tokenizer,
         callbacks=list(callbacks), peft_config=peft_config,
     )
+    trainer.sampling_spread = case.get("sampling_spread", 0.0)  # sampler log-probs that are not pi_old's
     return trainer, model
 
 

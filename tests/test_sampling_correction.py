@@ -296,3 +296,31 @@ def test_token_modes_are_exact_where_the_mismatch_leaves_the_classes_alone(score
     old, vllm, theta = policies(mismatch_positions=range(T))
     biased, _ = errors_in_standard_errors(vllm, old, theta, score_type, variant, tau, "token_truncate", 2**16)
     assert biased.max() > 10
+
+
+# ------------------------------------------------------------------------------------- top-p, top-k and the like
+def test_truncated_sampling_is_named_once_with_its_reason(tmp_path):
+    """vLLM reports the log-probs of its truncated (or penalised) distribution: the run is told why that biases the
+    mismatch metrics and the correction; a run that samples from the full softmax is told nothing."""
+    import warnings
+
+    from disco_trl import DiscoConfig
+    from disco_trl.vllm_support import truncated_sampling_settings, warn_if_truncated_sampling
+
+    def config(**kwargs):
+        return DiscoConfig(output_dir=str(tmp_path), use_cpu=True, use_vllm=True, **kwargs)
+
+    assert truncated_sampling_settings(config()) == {}
+    assert truncated_sampling_settings(config(top_k=-1, min_p=0.0)) == {}  # vLLM's and TRL's "off"
+    assert truncated_sampling_settings(config(top_p=0.9, generation_kwargs={"top_k": 20})) == {"top_p": 0.9,
+                                                                                             "top_k": 20}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_truncated_sampling(config())
+        warn_if_truncated_sampling(config(top_p=0.9))
+        warn_if_truncated_sampling(config(top_p=0.9, vllm_importance_sampling_correction=False))
+        warn_if_truncated_sampling(DiscoConfig(output_dir=str(tmp_path), use_cpu=True, top_p=0.9))  # no vLLM
+    messages = [str(w.message) for w in caught if str(w.message).startswith("DisCO with vLLM")]
+    assert len(messages) == 2
+    assert "top_p=0.9" in messages[0] and "reweights toward completions made of high-probability tokens" in messages[0]
+    assert "only the metrics are affected" in messages[1]
