@@ -14,7 +14,9 @@ PEFT, DeepSpeed, logging, model cards. DisCO overrides five GRPOTrainer methods,
    questions without signal are dropped (`skipping`).
 4. `_compute_loss`: minimise `losses.disco_loss` (-J of DisCO or DisCO-b plus the squared-hinge KL penalty), scaled so
    that one optimizer step follows the gradient of the paper's mini-batch objective whatever the per-device batch,
-   gradient accumulation, `steps_per_generation` or number of processes.
+   gradient accumulation, `steps_per_generation` or number of processes. With vLLM, its samples are reweighted
+   toward pi_old there (`disco_trl.vllm_support`: TRL's four modes with DisCO's meaning), and the mismatch is measured
+   on every generation batch, from pi_old's log-probs wherever they are computed anyway.
 5. `train`: `resume_from_checkpoint=True` (or "last") means the newest *complete* checkpoint, and a new run is refused
    in an output_dir holding an earlier run's checkpoints (`checkpoints.resolve_resume`). Trainer offers no hook
    before it resolves the checkpoint itself.
@@ -26,7 +28,6 @@ update of a step with nothing to learn (`skipping.NoUpdateWithoutSignal`) attach
 from __future__ import annotations
 
 import textwrap
-from typing import NamedTuple
 
 import torch
 from transformers import AutoConfig
@@ -44,15 +45,12 @@ from .losses import (
     disco_loss,
     discriminative_objective,
     question_log_weights,
-    sampling_correction,
     sequence_scores,
     token_kl_terms,
 )
 from .rewards.checks import NoSignalWatch, check_reward_columns, with_output_check
 
 
-# The sampling correction of a micro-batch as the split-group look-ahead attaches it (SamplingCorrection's fields).
-_CORRECTION_KEYS = ("disco_is_mask", "disco_is_token_weights", "disco_is_log_weights")
 # Model inputs besides the token ids that TRL's batches may carry (vision-language models).
 _FORWARD_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes", "num_tiles",
                  "image_sizes", "token_type_ids", "mm_token_type_ids", "image_position_ids")
@@ -123,7 +121,7 @@ class DiscoTrainer(GRPOTrainer):
             peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
         )
         vllm_support.adapt_to_vllm_platform(self)  # the weight push on vLLM's CPU backend
-        # DisCO measures vLLM's sampling mismatch in every run and corrects it itself (`_sampling_correction`, with
+        # DisCO measures vLLM's sampling mismatch in every run and corrects it itself (disco_trl.vllm_support, with
         # DisCO's meaning of each mode); left on, TRL's GRPO-side correction would spend a forward pass on pi_old
         # after every generation, even where the first update computes it anyway, and log the same metrics again.
         self.vllm_importance_sampling_correction = False
@@ -190,7 +188,8 @@ class DiscoTrainer(GRPOTrainer):
         if mode == "train":
             self._no_signal_watch.update(any_mixed, rewards)
         if "old_per_token_logps" in output:  # TRL computed pi_old's log-probs: measure vLLM's mismatch now, for free
-            self._measure_sampling(output, output["old_per_token_logps"], mode)
+            vllm_support.measure_mismatch(self.args, self.accelerator, self._metrics[mode], output,
+                                          output["old_per_token_logps"], self._loss_mask(output))
         return output
 
     def _labels(self, local_rewards: torch.Tensor, output: dict) -> torch.Tensor:
@@ -242,7 +241,7 @@ class DiscoTrainer(GRPOTrainer):
         batch's sampling correction (its log-weights not yet normalised per question), if any."""
         mask = self._loss_mask(inputs)
         old = inputs.get("old_per_token_logps")
-        correcting = self._corrects(inputs)
+        correcting = vllm_support.corrects(self.args, inputs)
         if fresh and self.args.score_type == "l_ratio" and not correcting:
             return torch.ones(mask.size(0), device=mask.device), None  # pi_theta == pi_old right after generation
         if fresh and old is not None:
@@ -257,7 +256,7 @@ class DiscoTrainer(GRPOTrainer):
                 )
             per_token_logps = per_token_logps.float()
         old = per_token_logps if old is None else old.float()
-        correction = self._new_correction(inputs, old, mask) if correcting else None
+        correction = vllm_support.new_correction(self.args, inputs, old, mask) if correcting else None
         if correction is not None:
             mask = correction.mask
         scores = sequence_scores(per_token_logps, old, mask, score_type=self.args.score_type,
@@ -284,7 +283,7 @@ class DiscoTrainer(GRPOTrainer):
             log_weights = question_log_weights(torch.cat([c.log_weights for _, c in looked_ahead]), group_ids)
             sizes = [len(s) for s, _ in looked_ahead]
             for batch, (_, c), w in zip(step_batches, looked_ahead, log_weights.split(sizes)):
-                batch.update(zip(_CORRECTION_KEYS, SamplingCorrection(c.mask, c.token_weights, w)))
+                vllm_support.attach_correction(batch, SamplingCorrection(c.mask, c.token_weights, w))
         with torch.enable_grad():
             # the step's full question count (skipping shrinks micro-batches, not the denominator)
             objective = self._objective(scores, labels, group_ids, self.geometry.questions_in(len(step_batches)),
@@ -299,43 +298,6 @@ class DiscoTrainer(GRPOTrainer):
         step_batches[0]["disco_step_objective"] = objective.detach()
         for batch in step_batches[1:]:
             batch.pop("disco_step_objective", None)
-
-    # ------------------------------------------------------------------ the sampler is not pi_old (vLLM)
-    def _corrects(self, inputs) -> bool:
-        """Whether this batch's completions are reweighted: the sampler (vLLM) reported its log-probs, and the
-        correction is on (`vllm_importance_sampling_correction`)."""
-        return self.args.vllm_importance_sampling_correction and inputs.get("sampling_per_token_logps") is not None
-
-    def _new_correction(self, inputs, old_per_token_logps, mask) -> SamplingCorrection:
-        args = self.args
-        return sampling_correction(old_per_token_logps, inputs["sampling_per_token_logps"], mask,
-                                   mode=args.vllm_importance_sampling_mode,
-                                   clip_min=args.vllm_importance_sampling_clip_min,
-                                   clip_max=args.vllm_importance_sampling_clip_max)
-
-    def _sampling_correction(self, inputs, old_per_token_logps) -> SamplingCorrection | None:
-        """This micro-batch's correction: the look-ahead's (split groups, normalised over the step), or computed here
-        from pi_old's log-probs with its log-weights normalised per question (the micro-batch holds whole ones)."""
-        if _CORRECTION_KEYS[0] in inputs:
-            return SamplingCorrection(*(inputs[k] for k in _CORRECTION_KEYS))
-        if not self._corrects(inputs):
-            return None
-        correction = self._new_correction(inputs, old_per_token_logps, self._loss_mask(inputs))
-        return correction._replace(log_weights=question_log_weights(correction.log_weights,
-                                                                    inputs["disco_group_ids"]))
-
-    def _measure_sampling(self, inputs, old_per_token_logps, mode: str) -> None:
-        """Log how far the sampler's (vLLM's) log-probs are from pi_old's on these completions (all processes)."""
-        sampling = inputs.get("sampling_per_token_logps")
-        if sampling is None:
-            return
-        args = self.args
-        stats = metrics.sampling_mismatch_stats(
-            old_per_token_logps, sampling, self._loss_mask(inputs), mode=args.vllm_importance_sampling_mode,
-            clip_min=args.vllm_importance_sampling_clip_min, clip_max=args.vllm_importance_sampling_clip_max,
-        )
-        gathered = self.accelerator.gather(stats[None]) if self.accelerator.num_processes > 1 else stats[None]
-        metrics.log_sampling_mismatch(self._metrics[mode], gathered)
 
     # ------------------------------------------------------------------ checkpoints
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
@@ -373,18 +335,7 @@ class DiscoTrainer(GRPOTrainer):
         return discriminative_objective(scores, labels, group_ids, variant=self.args.disco_variant, tau=self.args.tau,
                                         num_questions=num_questions, log_weights=log_weights)
 
-    def _what_the_loss_sees(self, inputs, old_per_token_logps) -> _LossView:
-        """The micro-batch's loss mask and labels, and the sampling correction's weights when it applies: its dropped
-        tokens leave the mask, and a completion left without tokens is neither positive nor negative."""
-        mask, labels = self._loss_mask(inputs), inputs["disco_labels"]
-        correction = self._sampling_correction(inputs, old_per_token_logps)
-        if correction is None:
-            return _LossView(mask, labels, None, None)
-        kept = torch.isfinite(correction.log_weights).to(labels.device)
-        return _LossView(correction.mask, torch.where(kept, labels, torch.full_like(labels, torch.nan)),
-                         correction.token_weights, correction.log_weights)
-
-    def _micro_step_objective(self, scores, inputs, mode: str, seen: _LossView):
+    def _micro_step_objective(self, scores, inputs, mode: str, seen: vllm_support.LossView):
         """(This micro-step's share of the step's J, differentiable; the value to log, summed over processes)."""
         if "disco_score_weights" in inputs:
             # Groups span micro-steps: weights dJ/ds were computed from the whole step's scores (see
@@ -404,7 +355,7 @@ class DiscoTrainer(GRPOTrainer):
         objective = self._objective(scores, seen.labels, inputs["disco_group_ids"], num_questions, seen.log_weights)
         return objective, objective.detach() * accumulation  # summed over processes: this micro-step's mean J
 
-    def _global_kl(self, per_token_logps, old_per_token_logps, seen: _LossView):
+    def _global_kl(self, per_token_logps, old_per_token_logps, seen: vllm_support.LossView):
         """The micro-step's token-mean KL(pi_old || pi_theta) over its tokens on all processes (importance-weighted
         under the sampling correction). The value is global; the gradient flows through this process's tokens, and
         the processes' parts add up (see disco_loss)."""
@@ -427,12 +378,14 @@ class DiscoTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         # First update after generation: TRL skips the old policy's forward pass because it equals the current one.
         old_per_token_logps = inputs.get("old_per_token_logps")
+        mask = self._loss_mask(inputs)
         if old_per_token_logps is None:
-            old_per_token_logps = per_token_logps.detach()
-            self._measure_sampling(inputs, old_per_token_logps, mode)  # pi_old's log-probs are this pass's: free
+            old_per_token_logps = per_token_logps.detach()  # pi_old's log-probs: measure vLLM's mismatch, for free
+            vllm_support.measure_mismatch(self.args, self.accelerator, self._metrics[mode], inputs,
+                                          old_per_token_logps, mask)
         old_per_token_logps = old_per_token_logps.float()
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
-        seen = self._what_the_loss_sees(inputs, old_per_token_logps)
+        seen = vllm_support.loss_view(self.args, inputs, old_per_token_logps, mask)
 
         scores = sequence_scores(per_token_logps, old_per_token_logps, seen.mask, score_type=self.args.score_type,
                                  token_weights=seen.token_weights)
@@ -453,15 +406,6 @@ class DiscoTrainer(GRPOTrainer):
                                  kl_beta=self.args.kl_beta, kl_penalty_kind=self.args.kl_penalty,
                                  weight_stats=weight_stats)
         return loss
-
-
-class _LossView(NamedTuple):
-    """What one micro-step's loss sees of its batch (`DiscoTrainer._what_the_loss_sees`)."""
-
-    mask: torch.Tensor  # (B, T) the tokens that count
-    labels: torch.Tensor  # (B,) 1 positive, 0 negative, NaN neither
-    token_weights: torch.Tensor | None  # (B, T) the sampling correction's per-token ratios (token modes)
-    log_weights: torch.Tensor | None  # (B,) its per-completion log-weights, normalised per question
 
 
 def _model_or_config(model, args):

@@ -1,4 +1,4 @@
-"""DisCO with vLLM: the checks before a vLLM run, and the one adaptation vLLM's CPU backend needs.
+"""DisCO with vLLM: the checks before a run, the one adaptation vLLM's CPU backend needs, and its samples' mismatch.
 
 Generation with vLLM is TRL's (`trl.generation.vllm_generation.VLLMGeneration`, colocate or server mode); DisCO adds
 nothing to it. This module holds what sits around it:
@@ -11,6 +11,16 @@ nothing to it. This module holds what sits around it:
 * `adapt_to_vllm_platform(trainer)`: on vLLM's CPU backend, in colocate mode, the weight push of TRL's
   `VLLMGeneration.sync_weights` goes through vLLM's layerwise reload (below). Called at the end of
   `DiscoTrainer.__init__`; it changes nothing on a GPU.
+* vLLM's samples are not pi_old's (its kernels, dtype and sampler are not the trainer's; docs/method.md, "vLLM's
+  samples are not pi_old's"). TRL hands every completion's sampling log-probs to the trainer
+  (`sampling_per_token_logps`, vLLM's `processed_logprobs`); with them `DiscoTrainer` measures the mismatch on every
+  generation batch where pi_old's log-probs exist anyway (`measure_mismatch`: at generation when TRL computes them,
+  otherwise from the first update's forward pass, whose log-probs are pi_old's), and, with
+  `vllm_importance_sampling_correction` (on by default, as in TRL), reweights the completions toward pi_old in the
+  class means and the KL estimate (`loss_view`; the math is `losses.sampling_correction`): in the loss of a
+  micro-batch holding whole questions, or, for questions larger than a micro-batch, in the split-group look-ahead,
+  which attaches each micro-batch's share (`attach_correction`). `warn_if_truncated_sampling` names top-p, top-k,
+  min-p and penalties, which make vLLM report another distribution's log-probs.
 
 Why the CPU adaptation. TRL pushes each parameter with `model_runner.model.load_weights([(name, tensor)])`. vLLM's CPU
 backend packs every linear layer's weight into a oneDNN (or sgl-kernel) handle once the model is loaded and replaces
@@ -31,9 +41,13 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 from transformers import AutoConfig
+
+from . import metrics
+from .losses import SamplingCorrection, question_log_weights, sampling_correction
 
 
 CPU_SETUP_HINT = "on a machine without a GPU, install vLLM's CPU build with `bash scripts/setup_vllm.sh`"
@@ -229,3 +243,72 @@ def warn_if_truncated_sampling(args) -> None:
         "with top_p=1, top_k=0, no min_p and no penalty (docs/method.md, 'vLLM's samples are not pi_old's').",
         stacklevel=3,
     )
+
+
+# ------------------------------------------------------------------ vLLM's samples are not pi_old's
+SAMPLING_LOGPS = "sampling_per_token_logps"  # TRL's batch key for the sampler's (vLLM's) per-token log-probs
+# A micro-batch's correction as the split-group look-ahead attaches it (SamplingCorrection's fields, in order).
+CORRECTION_KEYS = ("disco_is_mask", "disco_is_token_weights", "disco_is_log_weights")
+
+
+class LossView(NamedTuple):
+    """What one micro-step's loss sees of its batch (`loss_view`)."""
+
+    mask: torch.Tensor  # (B, T) the tokens that count
+    labels: torch.Tensor  # (B,) 1 positive, 0 negative, NaN neither
+    token_weights: torch.Tensor | None  # (B, T) the sampling correction's per-token ratios (token modes)
+    log_weights: torch.Tensor | None  # (B,) its per-completion log-weights, normalised per question
+
+
+def corrects(args, inputs) -> bool:
+    """Whether a batch's completions are reweighted: the sampler reported its log-probs, and the correction is on."""
+    return bool(args.vllm_importance_sampling_correction) and inputs.get(SAMPLING_LOGPS) is not None
+
+
+def new_correction(args, inputs, old_per_token_logps, mask) -> SamplingCorrection:
+    """The batch's correction from pi_old's log-probs, per the config (log-weights not yet normalised per question)."""
+    return sampling_correction(old_per_token_logps, inputs[SAMPLING_LOGPS], mask,
+                               mode=args.vllm_importance_sampling_mode,
+                               clip_min=args.vllm_importance_sampling_clip_min,
+                               clip_max=args.vllm_importance_sampling_clip_max)
+
+
+def attach_correction(batch: dict, correction: SamplingCorrection) -> None:
+    batch.update(zip(CORRECTION_KEYS, correction))
+
+
+def micro_batch_correction(args, inputs, old_per_token_logps, mask) -> SamplingCorrection | None:
+    """A micro-batch's correction: the look-ahead's (split groups, normalised over the step), or computed here from
+    pi_old's log-probs with its log-weights normalised per question (the micro-batch holds whole questions)."""
+    if CORRECTION_KEYS[0] in inputs:
+        return SamplingCorrection(*(inputs[k] for k in CORRECTION_KEYS))
+    if not corrects(args, inputs):
+        return None
+    correction = new_correction(args, inputs, old_per_token_logps, mask)
+    return correction._replace(log_weights=question_log_weights(correction.log_weights, inputs["disco_group_ids"]))
+
+
+def loss_view(args, inputs, old_per_token_logps, mask) -> LossView:
+    """The micro-batch's loss mask and labels, and the correction's weights when it applies: its dropped tokens leave
+    the mask, and a completion left without tokens is neither positive nor negative."""
+    labels = inputs["disco_labels"]
+    correction = micro_batch_correction(args, inputs, old_per_token_logps, mask)
+    if correction is None:
+        return LossView(mask, labels, None, None)
+    kept = torch.isfinite(correction.log_weights).to(labels.device)
+    return LossView(correction.mask, torch.where(kept, labels, torch.full_like(labels, torch.nan)),
+                    correction.token_weights, correction.log_weights)
+
+
+def measure_mismatch(args, accelerator, logged_metrics, inputs, old_per_token_logps, mask) -> None:
+    """Log how far the sampler's log-probs are from pi_old's on these completions, over all processes (one
+    all-gather); nothing when the sampler reported none (transformers generation)."""
+    sampling = inputs.get(SAMPLING_LOGPS)
+    if sampling is None:
+        return
+    stats = metrics.sampling_mismatch_stats(
+        old_per_token_logps, sampling, mask, mode=args.vllm_importance_sampling_mode,
+        clip_min=args.vllm_importance_sampling_clip_min, clip_max=args.vllm_importance_sampling_clip_max,
+    )
+    gathered = accelerator.gather(stats[None]) if accelerator.num_processes > 1 else stats[None]
+    metrics.log_sampling_mismatch(logged_metrics, gathered)
