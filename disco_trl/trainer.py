@@ -162,6 +162,8 @@ class DiscoTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
+        if not self._sampled_by_vllm():  # e.g. a rollout_func's log-probs without vLLM: maybe placeholders
+            output.pop(vllm_support.SAMPLING_LOGPS, None)
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         rewards_per_func, self._rewards_per_func_being_scored = self._rewards_per_func_being_scored, None
@@ -191,6 +193,12 @@ class DiscoTrainer(GRPOTrainer):
             vllm_support.measure_mismatch(self.args, self.accelerator, self._metrics[mode], output,
                                           output["old_per_token_logps"], self._loss_mask(output))
         return output
+
+    def _sampled_by_vllm(self) -> bool:
+        """Whether the generation's log-probs are a real sampler's, to measure and correct against pi_old: with vLLM,
+        as TRL's own correction assumes (a `rollout_func` must return log-probs, which without vLLM may be
+        placeholders)."""
+        return bool(self.use_vllm)
 
     def _labels(self, local_rewards: torch.Tensor, output: dict) -> torch.Tensor:
         """Positives (1), negatives (0) and unusable completions (NaN) of this process, decided once per generation.

@@ -94,6 +94,9 @@ class FixedGenerationTrainer(DiscoTrainer):
     max_len = 6
     sampling_spread = 0.0
 
+    def _sampled_by_vllm(self) -> bool:
+        return self.sampling_spread > 0  # the generation plays vLLM's role
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         seen: dict[tuple, int] = {}
         completion_ids, logprobs = [], []
