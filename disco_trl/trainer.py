@@ -33,7 +33,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
-from . import checkpoints, metrics, preflight, skipping, vllm_support
+from . import checkpoints, filling, metrics, preflight, skipping, vllm_support
 from .config import DiscoConfig
 from .distributed import CollectiveTimeout
 from .geometry import BatchGeometry, cut_by_questions
@@ -101,6 +101,8 @@ class DiscoTrainer(GRPOTrainer):
         if rollout_func is None and environment_factory is None:  # those add reward inputs of their own at run time
             check_reward_columns(reward_funcs, train_dataset)
         preflight.check_dataset_size(train_dataset, args)
+        if args.fill_informative_questions:
+            preflight.check_fill_dataset(train_dataset)
         if peft_config is not None:
             preflight.check_lora_targets(_model_or_config(model, args), peft_config)
         vllm_support.check_vllm_can_run(args, model)  # refuse set-ups where vLLM cannot run, before any model loads
@@ -120,6 +122,11 @@ class DiscoTrainer(GRPOTrainer):
         self._no_signal_watch = NoSignalWatch(args.reward_threshold)
         self._checkpoint_state = checkpoints.DiscoStateCallback(self)
         self.add_callback(self._checkpoint_state)
+        # with fill_informative_questions: the rounds that fill each generation batch, and their prompt stream
+        self.batch_filler = None
+        if args.fill_informative_questions:
+            accelerator = self.accelerator
+            self.batch_filler = filling.BatchFiller(args, accelerator.num_processes, accelerator.process_index)
         self._skipped_updates = None
         if args.skip_uninformative_questions:
             self._skipped_updates = skipping.NoUpdateWithoutSignal(is_deepspeed=self.is_deepspeed_enabled)
@@ -146,6 +153,18 @@ class DiscoTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        if self.batch_filler is None or not self.model.training:
+            return self._score_generation(inputs)
+        # fill_informative_questions: the batch's prompts come from the filler's stream, not from TRL's dataloader
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        batch = self.batch_filler.generation_batch(self._score_generation, self.accelerator, tokenizer.pad_token_id,
+                                                   self._metrics["train"])
+        if "num_items_in_batch" in batch:  # the loss tokens of the batch as filled, over all processes (as TRL's)
+            batch["num_items_in_batch"] = self.accelerator.gather(self._loss_mask(batch).sum().long()).sum()
+        return batch
+
+    def _score_generation(self, inputs):
+        """One generation of TRL's (completions, rewards, advantages) with DisCO's labels and question ids."""
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
@@ -270,6 +289,8 @@ class DiscoTrainer(GRPOTrainer):
         the output_dir held for the run: a second run into it is refused while this one lives."""
         with preflight.hold_folder(self.accelerator, self.args.output_dir, "a training run (DiscoTrainer.train)"):
             checkpoint = checkpoints.resolve_resume_for_trainer(self, resume_from_checkpoint)
+            if self.batch_filler is not None:
+                self.batch_filler.bind(self.train_dataset, self.data_collator)
             self._checkpoint_state.resume_from = checkpoint
             try:
                 return super().train(checkpoint, trial, ignore_keys_for_eval, **kwargs)
