@@ -6,7 +6,9 @@ PEFT, DeepSpeed, logging, model cards. DisCO overrides five GRPOTrainer methods,
 1. `_calculate_rewards`: keep each completion's rewards per reward function (TRL passes on only GRPO's normalised
    advantages, which DisCO does not use), for `_generate_and_score_completions` to read.
 2. `_generate_and_score_completions`: decide once per generation batch which completions are positives, negatives or
-   neither (`disco_labels`), give each its question's id (`disco_group_ids`), and log the per-question counts.
+   neither (`disco_labels`), give each its question's id (`disco_group_ids`), and log the per-question counts; with
+   fill_informative_questions, generate more rounds of prompts until the batch holds its nominal number of questions
+   with signal (`filling`).
 3. `_prepare_inputs`: TRL shuffles a new generation batch by rows; DisCO re-cuts it by whole questions
    (`geometry.cut_by_questions`), so that every question's completions land on one process within one optimizer
    step (the objective compares a question's positives with its negatives). Also where, per optimizer step, the

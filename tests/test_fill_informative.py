@@ -344,10 +344,62 @@ def test_two_processes_fill_their_own_shares_and_agree_on_the_rounds(tmp_path):
 
 
 def test_the_demo_and_the_registry_offer_the_option(tmp_path):
-    from disco_trl.demo.experiment import RunSettings, build_args
+    from disco_trl.demo.experiment import RunSettings, build_args, training_questions
 
-    args = build_args(RunSettings(method="disco-fill"), str(tmp_path))
-    assert args.fill_informative_questions and args.max_generation_rounds == 10
+    args = build_args(RunSettings(method="disco-fill", max_generation_rounds=4), str(tmp_path))
+    assert args.fill_informative_questions and args.max_generation_rounds == 4
+    assert build_args(RunSettings(fill_informative_questions=True), str(tmp_path)).fill_informative_questions
     assert build_args(RunSettings(method="disco-skip"), str(tmp_path)).skip_uninformative_questions
-    assert not build_args(RunSettings(), str(tmp_path)).fill_informative_questions
+    plain = build_args(RunSettings(), str(tmp_path))
+    assert not plain.fill_informative_questions and plain.max_generation_rounds is None
+    # a filled run draws fresh questions for every round it may generate
+    assert training_questions(RunSettings(method="disco-fill")) == 10 * training_questions(RunSettings())
+    with pytest.raises(ValueError, match="fill_informative_questions is a DisCO option"):
+        RunSettings(method="grpo", fill_informative_questions=True).validate()
 
+
+def _run(seed, points):
+    """A run file's fields that the paired comparison reads: (step, seconds, completions, Pass@1) per evaluation."""
+    return {"settings": {"seed": seed}, "log_history": [],
+            "eval_history": [{"step": s, "train_seconds": t, "completions": c, "pass@1": p} for s, t, c, p in points]}
+
+
+def test_methods_are_compared_with_the_baseline_at_equal_budgets(tmp_path):
+    from disco_trl.demo.efficiency import cost, markdown, paired_at_budgets, plot_efficiency, value_at
+
+    history = _run(0, [(0, 0, 0, 0.2), (10, 5, 100, 0.4), (20, 10, 200, 0.5)])["eval_history"]
+    assert value_at(history, "completions", 150) == pytest.approx(0.45)
+    assert value_at(history, "step", 0) == 0.2 and value_at(history, "train_seconds", 11) is None
+    base = [_run(0, [(0, 0, 0, 0.2), (20, 10, 100, 0.3)]), _run(1, [(0, 0, 0, 0.2), (20, 12, 100, 0.35)])]
+    # the filled run: twice the completions per step, the same time; better per step, the same per completion
+    fill = [_run(0, [(0, 0, 0, 0.2), (10, 5, 100, 0.3), (20, 10, 200, 0.5)]),
+            _run(1, [(0, 0, 0, 0.2), (10, 6, 100, 0.35), (20, 12, 200, 0.45)])]
+    fill[0]["log_history"] = [{"step": 1, "disco/fill/rounds": 2.0, "disco/fill/out_of_rounds": 0.0}]
+    result = paired_at_budgets({"disco": base, "disco-fill": fill}, "disco")["disco-fill"]
+    assert result["step"]["diffs"] == pytest.approx([0.2, 0.1]) and result["step"]["budget"] == 20
+    assert result["completions"]["diffs"] == pytest.approx([0.0, 0.0]) and result["completions"]["budget"] == 100
+    assert result["train_seconds"]["diffs"] == pytest.approx([0.2, 0.1])
+    costs = cost({"disco": base, "disco-fill": fill})
+    assert costs["disco"]["completions_per_step"] == 5.0 and costs["disco-fill"]["completions_per_step"] == 10.0
+    assert costs["disco-fill"]["rounds_per_batch"] == 2.0 and costs["disco"]["rounds_per_batch"] is None
+    labels = {"disco": "DisCO", "disco-fill": "DisCO, fill"}
+    text = "\n".join(markdown({"disco-fill": result}, costs, labels, "disco"))
+    assert "| DisCO, fill | completions generated | 100 | +0.00 pts |" in text
+    assert "| DisCO, fill | optimizer steps | 20 | +15.00 pts | [" in text
+    path = plot_efficiency({"disco": base, "disco-fill": fill}, labels, str(tmp_path / "e.png"), "t")
+    assert Path(path).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_runs_held_out_evaluations_record_training_time_and_completions():
+    from types import SimpleNamespace
+
+    from disco_trl.demo.experiment import HeldOutEval, RunSettings, recording_reward
+
+    history = []
+    reward = recording_reward(lambda completions, **kw: [1.0, 0.0] * (len(completions) // 2), 2, 4, history)
+    reward(completions=["a"] * 8, trainer_state=SimpleNamespace(global_step=4))
+    reward(completions=["a"] * 8, trainer_state=SimpleNamespace(global_step=4))  # a second round of that batch
+    assert [h["step"] for h in history] == [4, 4] and [h["completions"] for h in history] == [8, 8]
+    callback = HeldOutEval(None, [], None, RunSettings(), [], history)
+    seconds, completions = callback.progress()
+    assert completions == 16 and seconds >= 0.0
