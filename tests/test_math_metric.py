@@ -10,6 +10,7 @@ from pathlib import Path
 
 import datasets
 import evaluate
+import numpy as np
 import pytest
 from disco_testing import ScriptedGenerator
 
@@ -104,7 +105,7 @@ def test_one_completion_per_problem_ragged_counts_and_batches(math_metric):
     assert flat == {"num_problems": 3, "samples_per_problem": 1, "num_correct": [1, 1, 0], "pass@1": 2 / 3}
 
     ragged = math_metric.compute(predictions=[[r"\boxed{4}"], [r"\boxed{1}", r"\boxed{3}", r"\boxed{3}"]],
-                                 references=["4", "3"], k=1)
+                                 references=["4", "3"], k=np.int64(1))
     assert ragged["samples_per_problem"] == [1, 3] and ragged["num_correct"] == [1, 2]
     assert ragged["pass@1"] == (1 + 2 / 3) / 2
 

@@ -73,6 +73,6 @@ class MathPassAtK(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, k=None):
-        if all(p is None or isinstance(p, str) for p in predictions) and predictions:
+        if predictions and all(p is None or isinstance(p, str) for p in predictions):
             predictions = [[p] for p in predictions]  # a flat list: one completion per problem
         return score_completions(predictions, references, k=k)

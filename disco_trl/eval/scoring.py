@@ -15,6 +15,7 @@ argument, before anything is graded.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def metric_path() -> str:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy's integers too
 
 
 def _check_predictions(predictions: Any) -> list[list[str]]:
@@ -85,7 +86,7 @@ def _check_k(k: Any, problems: list[list[str]]) -> list[int] | None:
         raise ValueError(f"math_pass_at_k: k={k!r}: each k of pass@k must be an integer from 1 to {n}, the number "
                          f"of completions of predictions[{fewest}] (the fewest of any problem): pass@k needs k "
                          "completions per problem.")
-    return k_values
+    return [int(value) for value in k_values]
 
 
 def score_completions(predictions: Sequence[Sequence[str]], references: Sequence[str],
