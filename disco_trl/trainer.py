@@ -122,6 +122,7 @@ class DiscoTrainer(GRPOTrainer):
         # (all processes' completions, reward functions) of the batch being scored: _calculate_rewards -> next method
         self._rewards_per_func_being_scored: torch.Tensor | None = None
         self._no_signal_watch = NoSignalWatch(args.reward_threshold)
+        self._rounds_signal: list[tuple[bool, torch.Tensor]] = []  # (any mixed question, rewards) of each round
         self._checkpoint_state = checkpoints.DiscoStateCallback(self)
         self.add_callback(self._checkpoint_state)
         # with fill_informative_questions: the rounds that fill each generation batch, and their prompt stream
@@ -161,6 +162,7 @@ class DiscoTrainer(GRPOTrainer):
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         batch = self.batch_filler.generation_batch(self._score_generation, self.accelerator, tokenizer.pad_token_id,
                                                    self._metrics["train"])
+        self._watch_signal()  # a batch whose later rounds found signal is no batch without signal
         if "num_items_in_batch" in batch:  # the loss tokens of the batch as filled, over all processes (as TRL's)
             batch["num_items_in_batch"] = self.accelerator.gather(self._loss_mask(batch).sum().long()).sum()
         return batch
@@ -192,8 +194,15 @@ class DiscoTrainer(GRPOTrainer):
             numeric_threshold=self.args.reward_threshold != "group_mean",
         )
         if mode == "train":
-            self._no_signal_watch.update(any_mixed, rewards)
+            self._rounds_signal.append((any_mixed, rewards))
+            if self.batch_filler is None:
+                self._watch_signal()
         return output
+
+    def _watch_signal(self) -> None:
+        """Tell the no-signal watch about the generation batch just scored (with filling: all its rounds)."""
+        rounds, self._rounds_signal = self._rounds_signal, []
+        self._no_signal_watch.update(any(mixed for mixed, _ in rounds), torch.cat([r for _, r in rounds]))
 
     def _labels(self, local_rewards: torch.Tensor, output: dict) -> torch.Tensor:
         """Positives (1), negatives (0) and unusable completions (NaN) of this process, decided once per generation.

@@ -10,6 +10,7 @@ run resumed from a checkpoint taken mid-generation ends bit-for-bit where the un
 """
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -222,13 +223,17 @@ def test_a_pool_with_a_tenth_informative_fills_within_k_rounds(tmp_path):
 
 
 @pytest.mark.parametrize("skip", [False, True])
-def test_a_pool_with_a_tenth_informative_stops_at_k_and_says_so(tmp_path, skip):
+def test_a_pool_with_a_tenth_informative_stops_at_k_and_says_so(tmp_path, skip, caplog):
     """K=4 rounds find 2 (seed 7): the step trains on every informative question found, completed by the first
-    questions without signal (dropped again with skip_uninformative_questions); the objective keeps |B| = 4."""
-    run = run_layout(tmp_path, 16, 1, 1, max_generation_rounds=4, skip_uninformative_questions=skip, **TENTH, **FILL)
+    questions without signal (dropped again with skip_uninformative_questions); the objective keeps |B| = 4. Three
+    rounds without signal before the fourth found some are no batch without signal: no "learning nothing" alarm."""
+    with caplog.at_level(logging.WARNING, logger="disco_trl.rewards.checks"):
+        run = run_layout(tmp_path, 16, 1, 1, max_generation_rounds=4, skip_uninformative_questions=skip, **TENTH,
+                         **FILL)
+    assert not [r for r in caplog.records if "DisCO IS LEARNING NOTHING" in r.getMessage()]
     rounds = _rounds_of(run, 0)
     informative = _first_informative(rounds, 4)
-    assert len(rounds) == 4 and 0 < len(informative) < 4
+    assert len(rounds) == 4 and 0 < len(informative) < 4 and not any(rounds[0]["signal"] + rounds[2]["signal"])
     assert _logged(run, "disco/fill/out_of_rounds") == [1.0]
     assert _logged(run, "disco/fill/informative_fraction") == [len(informative) / 4]
     kept = _kept(run, 0)
