@@ -159,12 +159,9 @@ class DiscoTrainer(GRPOTrainer):
         if self.batch_filler is None or not self.model.training:
             return self._score_generation(inputs)
         # fill_informative_questions: the batch's prompts come from the filler's stream, not from TRL's dataloader
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        batch = self.batch_filler.generation_batch(self._score_generation, self.accelerator, tokenizer.pad_token_id,
-                                                   self._metrics["train"])
+        batch = self.batch_filler.generation_batch(self._score_generation, self.accelerator, self.processing_class,
+                                                   self._metrics["train"], loss_mask=self._loss_mask)
         self._watch_signal()  # a batch whose later rounds found signal is no batch without signal
-        if "num_items_in_batch" in batch:  # the loss tokens of the batch as filled, over all processes (as TRL's)
-            batch["num_items_in_batch"] = self.accelerator.gather(self._loss_mask(batch).sum().long()).sum()
         return batch
 
     def _score_generation(self, inputs):

@@ -66,11 +66,12 @@ class BatchFiller:
             rows += [dict(row) for _ in range(self.group_size)]
         return self.collate(rows)
 
-    def generation_batch(self, score: Callable[[list], dict[str, Any]], accelerator, pad_token_id: int,
-                         metrics) -> dict[str, Any]:
+    def generation_batch(self, score: Callable[[list], dict[str, Any]], accelerator, processing_class, metrics, *,
+                         loss_mask: Callable[[dict], torch.Tensor]) -> dict[str, Any]:
         """Generate and score rounds of prompts until every process found `target` informative questions or
         `max_rounds` rounds ran; return this process's batch (`target` questions, informative ones first in
-        priority) and log the rounds' metrics."""
+        priority) and log the rounds' metrics. `loss_mask(batch)`: the trainer's loss mask, for the batch's
+        `num_items_in_batch` (its loss tokens over all processes, as TRL counts them)."""
         rounds, signals = [], []
         found = torch.zeros(1, dtype=torch.long, device=accelerator.device)
         while True:
@@ -80,8 +81,11 @@ class BatchFiller:
             counts = accelerator.gather(found) if self.num_processes > 1 else found
             if bool((counts >= self.target).all()) or len(rounds) == self.max_rounds:
                 break
-        batch = assemble(rounds, choose_questions(signals, self.target), self.group_size, pad_token_id,
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        batch = assemble(rounds, choose_questions(signals, self.target), self.group_size, tokenizer.pad_token_id,
                          first_group_id=self.process_index * self.target)
+        if "num_items_in_batch" in batch:
+            batch["num_items_in_batch"] = accelerator.gather(loss_mask(batch).sum().long()).sum()
         self._log(metrics, len(rounds), counts.clamp(max=self.target).sum().item())
         return batch
 
