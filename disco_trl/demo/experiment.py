@@ -164,9 +164,16 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()  # weight loading/saving bars (the trainer's own progress bar stays)
     for name in ("trl", "accelerate", "datasets", "math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    deepspeed = logging.getLogger("DeepSpeed")  # its "Setting accelerator to CPU" line; deepspeed resets the level
+    if errors_only not in deepspeed.filters:  # when it is imported, so a filter (which stays) does it
+        deepspeed.addFilter(errors_only)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 class LiveMetricsProgress(ProgressCallback):
