@@ -18,6 +18,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl.filling import question_signal
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer, instantiate
 
 
@@ -53,6 +54,26 @@ def tiny_model_and_tokenizer(seed: int = 0, dtype=torch.float64, arch: str = "qw
     return model.to(dtype), tokenizer
 
 
+class ScriptedGenerator:
+    """Stands in for `disco-trl eval`'s transformers generator (monkeypatch `disco_trl.eval.run.make_generator`):
+    completions come from a table, so the metrics are known exactly."""
+
+    name = "transformers"
+
+    def __init__(self, answers, batch_size=64):
+        self.answers = answers  # problem text -> list of completions, consumed in order
+        self.batch_size = batch_size
+        self.prompts_seen = []
+
+    def generate(self, prompts, **kwargs):
+        self.prompts_seen += prompts
+        out = []
+        for prompt in prompts:
+            key = next(k for k in self.answers if k in prompt)
+            out.append((self.answers[key].pop(0), 5, "stop"))
+        return out
+
+
 def prompt_dataset(n: int = 24, conversational: bool = False) -> Dataset:
     prompts = [f"Q{i}: {i} + {2 * i} =" for i in range(n)]
     if conversational:
@@ -77,13 +98,21 @@ def half_informative_reward(completions, prompts, **kwargs):
     return [r if _question_number(p) % 2 == 0 else 0.0 for r, p in zip(rewards, prompts)]
 
 
+def tenth_informative_reward(completions, prompts, **kwargs):
+    """parity_reward on questions whose number is a multiple of 10; 0 on the others (a pool where about 10% of the
+    questions can carry signal)."""
+    rewards = parity_reward(completions)
+    return [r if _question_number(p) % 10 == 0 else 0.0 for r, p in zip(rewards, prompts)]
+
+
 def first_step_reward(completions, trainer_state=None, **kwargs):
     """parity_reward for the generation of the first optimizer step, 0 afterwards (nothing left to learn)."""
     step = trainer_state.global_step if trainer_state is not None else 0
     return parity_reward(completions) if step == 0 else [0.0] * len(completions)
 
 
-REWARDS = {"parity": parity_reward, "half_informative": half_informative_reward, "first_step": first_step_reward}
+REWARDS = {"parity": parity_reward, "half_informative": half_informative_reward, "first_step": first_step_reward,
+           "tenth_informative": tenth_informative_reward}
 
 
 class FixedGenerationTrainer(DiscoTrainer):
@@ -167,6 +196,15 @@ class RecordingTrainer(FixedGenerationTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.micro_inputs: list[dict] = []
+        self.rounds: list[dict] = []  # each generation as scored: its questions' numbers and which carry signal
+
+    def _score_generation(self, inputs):
+        output = super()._score_generation(inputs)
+        if self.model.training:
+            texts = self.processing_class.batch_decode(output["prompt_ids"][::GROUP], skip_special_tokens=True)
+            self.rounds.append({"step": self.state.global_step, "questions": [_question_number(t) for t in texts],
+                                "signal": question_signal(output["disco_labels"], GROUP).tolist()})
+        return output
 
     def _compute_loss(self, model, inputs):
         keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "sampling_per_token_logps")
@@ -187,10 +225,11 @@ class CaptureParamsAndGrads(CaptureGrads):
 
 
 def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_steps=1, arch="qwen2", reward="parity",
-               sampling_spread=0.0, **config):
+               num_prompts=24, sampling_spread=0.0, **config):
     """Train `max_steps` optimizer steps with fixed generations. Returns what the reference needs (this process).
-    `arch` names the tiny model's architecture, `reward` one of REWARDS; `sampling_spread` > 0: the generation reports
-    sampler log-probs that are not pi_old's (FixedGenerationTrainer)."""
+    `arch` names the tiny model's architecture, `reward` one of REWARDS; the training set has `num_prompts`
+    questions; `sampling_spread` > 0: the generation reports sampler log-probs that are not pi_old's
+    (FixedGenerationTrainer)."""
     model, tokenizer = tiny_model_and_tokenizer(arch=arch)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = layout_config(tmp_path, per_device, accumulation, steps_per_generation, max_steps=max_steps, **config)
@@ -199,7 +238,7 @@ def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_ste
         model=model,
         reward_funcs=REWARDS[reward],
         args=args,
-        train_dataset=prompt_dataset(),
+        train_dataset=prompt_dataset(num_prompts),
         processing_class=tokenizer,
         callbacks=[capture],
     )
@@ -210,6 +249,7 @@ def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_ste
         "grads": capture.grads,
         "params": capture.params,
         "micro_inputs": trainer.micro_inputs,
+        "rounds": trainer.rounds,
         "log_history": trainer.state.log_history,
         "rank": trainer.accelerator.process_index,
     }
@@ -242,3 +282,22 @@ def torchrun_layout(tmp_path, per_device, accumulation, spg, max_steps, **config
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+# --------------------------------------------------------------------------------------------------- demo starts
+def tiny_start(folder, seed: int = 0, **extra) -> str:
+    """A tiny demo start (1 layer, hidden 32, 6 SFT steps; seconds) written as a start folder, like the shipped one
+    (`disco_trl.demo.shipped.write_start`); `extra` goes into its record (e.g. `start_eval`). Returns the folder."""
+    from disco_trl.demo.shipped import write_start
+    from disco_trl.demo.warmstart import build_warm_started
+
+    model, tokenizer, build = build_warm_started(tiny_start_config(seed), log=None)
+    write_start(model, tokenizer, build, folder, **extra)
+    return str(folder)
+
+
+def tiny_start_config(seed: int = 0):
+    from disco_trl.demo.warmstart import WarmStartConfig
+
+    return WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2, seed=seed)
