@@ -32,7 +32,7 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate.utils import broadcast_object_list
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 
 LOCK_FILE = ".disco-lock"
@@ -206,6 +206,18 @@ def model_config(model: str, args, revision: str | None = None) -> PretrainedCon
     init = getattr(args, "model_init_kwargs", None) or {}
     trust = init.get("trust_remote_code", getattr(args, "trust_remote_code", False))
     return AutoConfig.from_pretrained(model, revision=init.get("revision", revision), trust_remote_code=bool(trust))
+
+
+def check_model_tokenizer(model: str, args) -> None:
+    """`check_tokenizer` on the tokenizer TRL would load for a model path or Hub id (when none is given), read as
+    `model_config` reads the config; nothing when it cannot be read (TRL then says why)."""
+    init = getattr(args, "model_init_kwargs", None) or {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, revision=init.get("revision"),
+                                                  trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
+    except (OSError, ValueError, TypeError):
+        return
+    check_tokenizer(tokenizer, f"model={model!r}")
 
 
 def check_tokenizer(tokenizer, source) -> None:

@@ -100,6 +100,8 @@ class DiscoTrainer(GRPOTrainer):
         if rollout_func is None and environment_factory is None:  # those add reward inputs of their own at run time
             check_reward_columns(reward_funcs, train_dataset)
         preflight.check_dataset_size(train_dataset, args)
+        if isinstance(model, str) and processing_class is None:
+            preflight.check_model_tokenizer(model, args)  # an empty tokenizer fails only at the first generation
         if peft_config is not None:
             preflight.check_lora_targets(_model_or_config(model, args), peft_config)
         vllm_support.check_vllm_can_run(args, model)  # refuse set-ups where vLLM cannot run, before any model loads

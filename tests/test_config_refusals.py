@@ -259,3 +259,13 @@ def test_trainer_refuses_a_prompt_longer_than_the_model_takes(tmp_path):
                                     with_indices=True)
     with pytest.raises(ValueError, match="1 of 8 prompts do not fit the model with max_completion_length=8"):
         _trainer(tmp_path, dataset)
+
+
+def test_trainer_refuses_a_model_folder_without_tokenizer_files_before_its_weights_load(unloadable_model_dir,
+                                                                                        tmp_path):
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):  # garbage weights: loading them would fail otherwise
+        shutil.copy(unloadable_model_dir / name, folder / name)
+    with pytest.raises(ValueError, match=r"model='.*no-tokenizer' has no tokenizer files"):
+        DiscoTrainer(str(folder), parity_reward, short_run_config(tmp_path / "out"), prompt_dataset())

@@ -39,7 +39,10 @@ class NonFiniteGuard(TrainerCallback):
             norm = getattr(trainer.model_wrapped, "get_global_grad_norm", lambda: None)()
             return None if norm is None else torch.as_tensor(float(norm))
         grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
-        return torch.nn.utils.get_total_norm(grads) if grads else None
+        if not grads:
+            return None
+        norm = torch.nn.utils.get_total_norm(grads)  # one pass over the gradients, as the clipping's
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         trainer = self.trainer

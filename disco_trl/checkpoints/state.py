@@ -125,7 +125,8 @@ HONOURED_ON_RESUME = (*OPTIMIZER_SETTINGS, "adam_beta1", "adam_beta2", "tau", "k
 
 
 def _plain(value):
-    """A setting as plain data (an enum such as transformers' SchedulerType as its value)."""
+    """A setting as plain data (an enum such as transformers' SchedulerType as its value), which the state file
+    can hold."""
     if isinstance(value, enum.Enum):
         return _plain(value.value)
     if isinstance(value, dict):
@@ -135,7 +136,7 @@ def _plain(value):
     for kind in (bool, int, float, str):  # a subclass (numpy's float64...) as the plain type
         if isinstance(value, kind):
             return kind(value)
-    return value
+    return None if value is None else repr(value)  # anything else (a dtype, an object): compared by its text
 
 
 def run_settings(args) -> dict:

@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") ->
     except (ScriptError, FolderInUse) as err:
         return _error(parser, err)
     except RunFinished as done:  # a requeued job of a finished run: nothing to do, nothing touched
-        print(f"{parser.prog}: {done}", flush=True)
+        if training_args.process_index == 0:
+            print(f"{parser.prog}: {done}", flush=True)
         return 0
     try:
         train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
