@@ -19,8 +19,9 @@ PEFT, DeepSpeed, logging, model cards. DisCO overrides five GRPOTrainer methods,
    in an output_dir holding an earlier run's checkpoints (`checkpoints.resolve_resume`). Trainer offers no hook
    before it resolves the checkpoint itself.
 
-Saving and restoring DisCO's generation buffer with each checkpoint (`checkpoints.DiscoStateCallback`) and the skipped
-update of a step with nothing to learn (`skipping.NoUpdateWithoutSignal`) attach as Trainer callbacks.
+Saving and restoring DisCO's generation buffer with each checkpoint (`checkpoints.DiscoStateCallback`), the stop at a
+NaN or inf loss or gradient norm before anything is saved (`checkpoints.NonFiniteGuard`) and the skipped update of a
+step with nothing to learn (`skipping.NoUpdateWithoutSignal`) attach as Trainer callbacks.
 """
 
 from __future__ import annotations
