@@ -29,10 +29,12 @@ from disco_trl.checkpoints import (
     DamagedState,
     DiskFullError,
     ResumeWarning,
+    RunFinished,
     full_disk_error,
     incomplete_reasons,
     last_complete_checkpoint,
     load_rank_state,
+    refuse_finished_run,
     save_rank_state,
     state_path,
 )
@@ -382,3 +384,26 @@ def test_only_a_failed_write_is_told_as_a_full_disk(tmp_path, monkeypatch, error
     monkeypatch.setattr(state_module.shutil, "disk_usage", lambda path: SimpleNamespace(free=1024))
     full = full_disk_error(str(tmp_path / "run"), trainer, error)
     assert isinstance(full, DiskFullError) if named else full is None
+
+
+def test_a_finished_run_is_not_resumed_past_its_end_from_python(run_dir, tmp_path):
+    """checkpoint-2 is the newest complete one: for a run of max_steps=2 the run is done, and train() says so
+    (RunFinished) before anything loads or is written, instead of training a step past the end."""
+    before = sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
+    trainer = make_trainer(run_dir, save_steps=1, max_steps=2)
+    with pytest.raises(RunFinished, match=r"^already finished at step 2 \(.*checkpoint-2/trainer_state.json records "
+                                          r"global_step 2, and this run stops at max_steps=2\)"):
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 0
+    assert sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before
+
+
+@pytest.mark.parametrize("epoch,finished", [(1.0, True), (0.5, False)])
+def test_an_epoch_based_run_is_finished_when_its_epochs_are_done(tmp_path, epoch, finished):
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 6, "epoch": epoch}))
+    args = SimpleNamespace(max_steps=-1, num_train_epochs=1.0)
+    if finished:
+        with pytest.raises(RunFinished, match=r"already finished at step 6 .*num_train_epochs=1.0"):
+            refuse_finished_run(args, str(tmp_path))
+    else:
+        refuse_finished_run(args, str(tmp_path))
