@@ -114,14 +114,16 @@ def check_free_space(folder: str, trainer) -> None:
 # logging, eval and save intervals (which Trainer would otherwise take from the checkpoint's trainer_state.json).
 REFUSED_ON_RESUME = ("score_type", "disco_variant", "reward_threshold", "reward_weights",
                      "multi_objective_aggregation", "mask_truncated_completions", "skip_uninformative_questions",
-                     "lr_scheduler_type", "optim", "kl_penalty", "temperature", "seed", "shuffle_dataset")
+                     "lr_scheduler_type", "optim", "kl_penalty", "temperature", "seed", "shuffle_dataset",
+                     "fill_informative_questions")
 
 
 OPTIMIZER_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_epsilon": "eps"}
 
 
 HONOURED_ON_RESUME = (*OPTIMIZER_SETTINGS, "adam_beta1", "adam_beta2", "tau", "kl_delta", "kl_beta", "kl_estimator",
-                      "top_p", "top_k", "min_p", "repetition_penalty", "generation_kwargs", "max_completion_length")
+                      "top_p", "top_k", "min_p", "repetition_penalty", "generation_kwargs", "max_completion_length",
+                      "max_generation_rounds")
 
 
 def _plain(value):
@@ -259,8 +261,10 @@ class DiscoStateCallback(TrainerCallback):
         geometry = BatchGeometry.from_args(args, trainer.accelerator.num_processes)
         if self._fingerprint is None:
             self._fingerprint = dataset_fingerprint(trainer.train_dataset) or {}
+        filler = getattr(trainer, "batch_filler", None)
         save_rank_state(self._folder(args, state), trainer.accelerator.process_index, trainer._step,
-                        trainer._buffered_inputs, geometry, run_settings(args), dataset=self._fingerprint or None)
+                        trainer._buffered_inputs, geometry, run_settings(args), dataset=self._fingerprint or None,
+                        prompt_stream=None if filler is None else filler.state_dict())
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:
@@ -298,5 +302,8 @@ class DiscoStateCallback(TrainerCallback):
                 warnings.warn(other_data, ResumeWarning, stacklevel=2)
             trainer._step = saved["step"]
             trainer._buffered_inputs = saved["buffered_inputs"]
+            filler = getattr(trainer, "batch_filler", None)
+            if filler is not None:
+                filler.load_state_dict(saved.get("prompt_stream"))
         if changed:
             apply_changed_settings(trainer, changed)
