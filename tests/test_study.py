@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 import statistics
 
 import pytest
@@ -69,6 +71,36 @@ def test_paired_differences_interval_and_p_value():
     assert small["t"] == pytest.approx(t) and small["p"] == pytest.approx(1 - t / (2 + t * t) ** 0.5)
     assert small["p"] == pytest.approx(0.0742, abs=1e-4)
     assert math.isnan(stats.paired({0: 1.0}, {0: 0.5})["p"]) and stats.paired({0: 1.0}, {1: 1.0}) is None
+
+
+def test_seeds_for_a_difference_is_the_fewest_whose_detectable_difference_is_small_enough():
+    assert stats.detectable(1.0, 30) == pytest.approx((2.0452 + 0.8538) / 30 ** 0.5, rel=1e-3)
+    n = stats.seeds_for(0.5, 0.98)
+    assert stats.detectable(0.98, n) <= 0.5 < stats.detectable(0.98, n - 1) and n == 33
+    assert stats.seeds_for(10.0, 0.0) == 2
+    with pytest.raises(ValueError, match="difference > 0"):
+        stats.seeds_for(0.0, 1.0)
+
+
+def test_the_audit_recomputes_what_the_docs_say_about_study_v2(tmp_path):
+    """The numbers docs/study.md and comparison.md quote beyond v2's tables, from the committed results.json files;
+    the reports render again from them unchanged."""
+    from disco_trl.demo.study import audit, markdown
+
+    study = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "study")
+    text = "\n".join(audit.v2_dro(study) + audit.v2_trust_region(study) + audit.v2_long(study))
+    for quoted in ("basic 1.00000 / 0.399", "tau0.1 0.88045 / 0.476", "2.36-2.52 negatives per positive",
+                   "32 seeds detect 0.5 points", "paired SD 3.55-3.77, smallest difference detectable 5.90-6.27",
+                   "= 0.076", "= 5.29: 70x", "CPU s per run: 335.6-369.4", "+72%", "10 seeds would detect 1.48-2.59",
+                   "low at step 160, step 160 -> 640: +0.57", "low at step 160, step 160 -> 640: +1.49"):
+        assert quoted in text, quoted
+    for name in ("dro", "long"):
+        shutil.copytree(os.path.join(study, name), tmp_path / name)
+    assert markdown.main([str(tmp_path)]) == 0
+    for name in ("dro", "long"):
+        with open(os.path.join(study, name, "results.md")) as committed:
+            assert (tmp_path / name / "results.md").read_text() == committed.read()
+    assert "another machine" in (tmp_path / "results.md").read_text()  # C's own warm start, disclosed in the index
 
 
 def test_holm_adjusts_step_down_and_keeps_order():

@@ -32,7 +32,7 @@ from ..runs import load_finished, run_cached, run_file, settings_dict
 from ..warmstart import load_or_build
 from . import plan
 from .cost import check_runs, estimate_cost, probe_cost
-from .markdown import render, render_index
+from .markdown import render, write_index
 from .plots import plot_experiment
 from .report import summarize
 
@@ -180,14 +180,7 @@ def write_reports(names: list[str], scale: plan.Scale, done: dict, output_dir: s
             f.write(render(summary))
         plot_experiment(exp, summary, done[name], folder)
         summaries.append(summary)
-    reported = []
-    for name in plan.EXPERIMENTS:
-        path = os.path.join(output_dir, name, "results.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                reported.append(json.load(f))
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(render_index(reported))
+    write_index(output_dir)
     return summaries
 
 

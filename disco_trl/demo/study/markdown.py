@@ -1,13 +1,19 @@
 """`results.md` of each experiment of `disco-trl study`, rendered from its `results.json` (numbers: report.py), and
-the index of verdicts. Pass@1 differences are in points (1 point = 0.01 Pass@1)."""
+the index of verdicts. Pass@1 differences are in points (1 point = 0.01 Pass@1).
+
+    python -m disco_trl.demo.study.markdown docs/study   # render every results.md again from the results.json files
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
+import sys
 from dataclasses import asdict
 
-from .plan import Scale
+from .plan import EXPERIMENTS, Scale
 
 
 def _f(value, fmt="{:.3f}") -> str:
@@ -35,6 +41,9 @@ def _header(s: dict) -> list[str]:
              + (f", a fixed pool of {meta['train_pool']} training questions" if meta["train_pool"] else "")
              + f". CPU time of the finished runs: {meta['run_cpu_seconds'] / 60:.1f} min (one thread each; the "
              "seeds' start evaluations, in runs/starts/, and the calibration run are not included).", ""]
+    lines += [f"Warm start: {_warm_start(s)}", ""]
+    if meta.get("note"):
+        lines += [f"**Note.** {meta['note']}", ""]
     if meta.get("scale") != json.loads(json.dumps(asdict(Scale()))):
         lines += ["**Not the pre-registered scale** (flags changed seeds, steps, evaluation or pool sizes): "
                   f"`{json.dumps(meta.get('scale'))}`.", ""]
@@ -44,6 +53,17 @@ def _header(s: dict) -> list[str]:
         lines += [f"delta = **{cal['delta']:.2g}** ({cal['rule']}; median exact KL {cal['median_exact_kl']:.3g}, "
                   f"median token estimate {cal['median_estimate']:.3g}, over {cal['updates']} updates).", ""]
     return lines
+
+
+def _warm_start(s: dict) -> str:
+    """Which model the experiment started from, as its results.json records it, and its start Pass@1."""
+    recorded = s["meta"].get("warmstart") or {}
+    starts = [r["start"] for a in s["arms"].values() for r in a["runs"]]
+    parts = [f"`{recorded['fingerprint']}`" if recorded.get("fingerprint") else "fingerprint not recorded",
+             f"SFT final loss {recorded['sft_final_loss']:.3f}" if recorded.get("sft_final_loss") else
+             "SFT loss not recorded"]
+    start = f"; start Pass@1 {sum(starts) / len(starts):.3f} (mean over its seeds' own starts)" if starts else ""
+    return f"{', '.join(parts)}{start}."
 
 
 def _arms(s: dict) -> list[str]:
@@ -60,9 +80,21 @@ def _arms(s: dict) -> list[str]:
             f"{_f(a['kl'].get('exact_median'), '{:.2e}')} | {_f(a['hinge_active'], '{:.2f}')} | "
             f"{_f(a['clip_ratio'], '{:.4f}')} | {_f(a['entropy_start'])} -> {_f(a['entropy_end'])}{flag} | "
             f"{_f(a['reward_start'])} -> {_f(a['reward_end'])} |")
-    return lines + ["", "ESS fraction: the DRO weights' effective sample size over a mixed question's negatives as "
-                    "a fraction of them (1: the basic form's equal weights, which DisCO-b's row shows: its own). "
-                    "Hinge active: fraction of updates with the token estimate above delta.", ""]
+    return lines + ["", _ess_note(s) + " Hinge active: fraction of updates with the token estimate above delta.", ""]
+
+
+def _ess_note(s: dict) -> str:
+    """What the ESS columns average over: the mixed groups with at least 2 negatives (runs that log how many, through
+    `disco/neg_weight_groups`), or every mixed group (earlier runs)."""
+    text = ("ESS fraction: the DRO weights' effective sample size over a question's negatives as a fraction of them "
+            "(1: the basic form's equal weights, which DisCO-b's row shows: its own); max weight: the largest of them")
+    if s["meta"].get("neg_weight_groups") == ">=2 negatives":
+        return text + (", both averaged over the mixed groups with at least 2 negatives (a group with one negative "
+                       "gives it all the weight whatever tau); ESS groups: how many such groups a run saw, mean over "
+                       "its seeds.")
+    return text + (", both averaged over every mixed group, those with a single negative included (ESS fraction and "
+                   "max weight 1 there whatever tau): these runs predate the metric over groups with at least 2 "
+                   "negatives.")
 
 
 def _comparisons(s: dict) -> list[str]:
@@ -134,7 +166,7 @@ def render(summary: dict) -> str:
 
 def render_index(summaries: list[dict]) -> str:
     """OUTPUT_DIR/results.md: each reported experiment's declared comparisons and verdicts."""
-    lines = ["# Study v2: verdicts of the experiments reported so far", "",
+    lines = ["# The study: verdicts of the experiments reported so far", "",
              "Pre-registered in docs/study.md; each experiment's folder has its results.md and results.json.", "",
              "| experiment | comparison | primary | n | difference (points) | 95% CI | p (Holm) | verdict |",
              "|---|---|---|---|---|---|---|---|"]
@@ -142,4 +174,40 @@ def render_index(summaries: list[dict]) -> str:
         for name, c in s["comparisons"].items():
             lines.append(f"| {s['experiment']} | {name} | {'yes' if c['primary'] else 'no'} | {c['n']} | "
                          f"{_pts(c.get('mean'))} | {_ci(c)} | {_f(c.get('p_holm'), '{:.3f}')} | {c['verdict']} |")
+    lines += ["", "Where each experiment started (experiments that started from different models are not comparable):",
+              ""]
+    for s in summaries:
+        note = f" {s['meta']['note']}" if s["meta"].get("note") else ""
+        lines.append(f"- {s['experiment']} ({s['design'].split(' (')[0]}): {_warm_start(s)}{note}")
     return "\n".join(lines) + "\n"
+
+
+def write_index(output_dir: str) -> list[dict]:
+    """OUTPUT_DIR/results.md from every experiment's results.json found there (this invocation's or an earlier one's);
+    returns those summaries."""
+    reported = []
+    for name in EXPERIMENTS:
+        path = os.path.join(output_dir, name, "results.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                reported.append(json.load(f))
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(render_index(reported))
+    return reported
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m disco_trl.demo.study.markdown",
+                                     description="Render each experiment's results.md and the index again from the "
+                                                 "results.json files in OUTPUT_DIR (nothing is run).")
+    parser.add_argument("output_dir", help="the study's output folder, e.g. docs/study")
+    args = parser.parse_args(argv)
+    for summary in write_index(args.output_dir):
+        with open(os.path.join(args.output_dir, summary["experiment"], "results.md"), "w") as f:
+            f.write(render(summary))
+    print(f"rendered {args.output_dir}/results.md and each experiment's results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
