@@ -20,8 +20,8 @@ from .experiment import RunSettings, run_method, start_evaluation, start_key
 
 # The per-step metrics a run file keeps (what the tables and plots read).
 KEEP_KEYS = ("step", "reward", "reward_std", "entropy", "disco/kl", "kl", "disco/hinge_active", "disco/objective",
-             "disco/kl_penalty", "disco/neg_weight_ess", "disco/neg_weight_max", "disco/score_pos", "disco/score_neg",
-             "demo/kl_exact", "demo/kl_log_ratio", "demo/kl_k3",
+             "disco/kl_penalty", "disco/neg_weight_ess", "disco/neg_weight_max", "disco/neg_weight_groups",
+             "disco/score_pos", "disco/score_neg", "demo/kl_exact", "demo/kl_log_ratio", "demo/kl_k3",
              "disco/frac_mixed_questions", "disco/neg_per_pos_mixed", "disco/frac_more_neg_than_pos",
              "frac_reward_zero_std", "completions/mean_length", "clip_ratio/region_mean", "clip_ratio/high_mean",
              "clip_ratio/low_mean", "loss", "grad_norm")

@@ -25,6 +25,7 @@ from ..methods import DISCO_METHODS, METHODS
 from ..runs import run_cached
 from ..warmstart import eval_problems
 from . import plan
+from .report import negative_weights
 
 
 # Measured by `disco-trl study --experiment all --probe-cost` (docs/study.md, "Cost"): CPU seconds per optimizer
@@ -108,14 +109,17 @@ def _observed(result: dict) -> str:
     def values(key):
         return [e[key] for e in log if key in e]
 
-    ess, clip, reward, neg = (values(k) for k in ("disco/neg_weight_ess", "clip_ratio/region_mean", "reward",
-                                                  "disco/score_neg"))
+    clip, reward, neg = (values(k) for k in ("clip_ratio/region_mean", "reward", "disco/score_neg"))
+    weights = negative_weights(result)
     upg = result["settings"]["updates_per_generation"]
     exact = [e["demo/kl_exact"] for e in log if "demo/kl_exact" in e and plan.update_index(e["step"], upg) > 0]
     k = max(1, len(reward) // 10)
     parts = [f"Pass@1 {result['pass@1_before']:.3f} -> {result['pass@1_after']:.3f}",
              f"training reward {sum(reward[:k]) / k:.3f} -> {sum(reward[-k:]) / k:.3f} (first, last 10% of batches)"]
-    parts += [f"mean ESS fraction {sum(ess) / len(ess):.3f}"] if ess else []
+    if weights["neg_weight_ess"] is not None:
+        over = (f"{weights['neg_weight_groups']:.0f} groups with >= 2 negatives" if weights["neg_weight_groups"]
+                else "every mixed group")
+        parts.append(f"mean ESS fraction {weights['neg_weight_ess']:.3f} (over {over})")
     parts += [f"mean score of the negatives {sum(neg) / len(neg):.3f}"] if neg else []
     parts += [f"median exact KL after first updates {statistics.median(exact):.2e}"] if exact else []
     if len(clip) >= 4:

@@ -41,6 +41,20 @@ def series(run: dict, key: str) -> list[tuple[int, float]]:
     return [(e["step"], e[key]) for e in run["log_history"] if e.get(key) is not None and math.isfinite(e[key])]
 
 
+def negative_weights(run: dict) -> dict:
+    """The DRO weights' mean ESS fraction and largest weight over the run's questions: over the mixed questions with at
+    least 2 negatives, each weighing once, when the run logged how many each step covered (`disco/neg_weight_groups`);
+    else (earlier runs) the mean over steps of their averages over every mixed question."""
+    rows = [e for e in run["log_history"] if e.get("disco/neg_weight_ess") is not None]
+    if rows and all("disco/neg_weight_groups" in e for e in rows):
+        groups = sum(e["disco/neg_weight_groups"] for e in rows)
+        return {"neg_weight_groups": groups, **{
+            key: sum(e[f"disco/{key}"] * e["disco/neg_weight_groups"] for e in rows) / groups
+            for key in ("neg_weight_ess", "neg_weight_max")}}
+    return {"neg_weight_groups": None, "neg_weight_ess": _mean(e["disco/neg_weight_ess"] for e in rows),
+            "neg_weight_max": _mean(e.get("disco/neg_weight_max") for e in rows)}
+
+
 def entropy_flag(start: float | None, end: float | None) -> str | None:
     if start is None or end is None:
         return None
@@ -103,8 +117,7 @@ def run_summary(run: dict, delta: float | None) -> dict:
         "curve": [[h["step"], h["pass@1"]] for h in history],
         "entropy_start": ent_start, "entropy_end": ent_end, "entropy": entropy_flag(ent_start, ent_end),
         "reward_start": _mean(rewards[:kr]), "reward_end": _mean(rewards[-kr:]),
-        "neg_weight_ess": _mean(v for _, v in series(run, "disco/neg_weight_ess")),
-        "neg_weight_max": _mean(v for _, v in series(run, "disco/neg_weight_max")),
+        **negative_weights(run),
         "hinge_active": None if not run["settings"].get("kl_beta") else  # no penalty: nothing is active
         _mean(v for _, v in series(run, "disco/hinge_active")),
         "kl_penalty": _mean(v for _, v in series(run, "disco/kl_penalty")),
@@ -126,8 +139,8 @@ def arm_summary(runs: list[dict], label: str, delta: float | None) -> dict:
            "vs_start": stats.paired(finals, starts),
            "seeds_above_start": sum(g > 0 for g in gains.values())}
     for key in ("start", "final", "entropy_start", "entropy_end", "reward_start", "reward_end", "neg_weight_ess",
-                "neg_weight_max", "hinge_active", "kl_penalty", "clip_ratio", "clip_ratio_last_quarter", "frac_mixed",
-                "neg_per_pos_mixed"):
+                "neg_weight_max", "neg_weight_groups", "hinge_active", "kl_penalty", "clip_ratio",
+                "clip_ratio_last_quarter", "frac_mixed", "neg_per_pos_mixed"):
         out[key] = _mean(p[key] for p in per_run)
     kl_keys = sorted({k for p in per_run for k, v in p["kl"].items() if isinstance(v, float | int)})
     out["kl"] = {k: _mean(p["kl"].get(k) for p in per_run) for k in kl_keys}
@@ -183,11 +196,13 @@ def summarize(exp: Experiment, runs_by_arm: dict[str, list], calibration: dict |
     planned = len(exp.arms) * len(exp.seeds)
     finished = sum(arm["n"] for arm in arms.values())
     cpu = [r["cpu_seconds"] for arm in arms.values() for r in arm["runs"] if r["cpu_seconds"] is not None]
+    counted = any(r["neg_weight_groups"] is not None for arm in arms.values() for r in arm["runs"])
     return {
         "design": "study v2 (pre-registered in docs/study.md)", "experiment": exp.name, "title": exp.title,
         "meta": {**meta, "planned_runs": planned, "finished_runs": finished, "seeds": list(exp.seeds),
                  "steps": exp.steps, "eval_every": exp.eval_every, "train_pool": exp.train_pool,
-                 "margin": exp.margin, "run_cpu_seconds": round(sum(cpu), 1)},
+                 "margin": exp.margin, "run_cpu_seconds": round(sum(cpu), 1),
+                 "neg_weight_groups": ">=2 negatives" if counted else "every mixed group"},
         "calibration": calibration, "arms": arms, "comparisons": comparisons(exp, arms),
         "mechanism": mechanism_checks(exp, arms),
     }
