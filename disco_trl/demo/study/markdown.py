@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from .plan import EXPERIMENTS, Scale
+from .plan import DRO_EXPERIMENTS, EXPERIMENTS, Scale
 
 
 def _f(value, fmt="{:.3f}") -> str:
@@ -39,12 +39,14 @@ def _header(s: dict) -> list[str]:
              f"{meta['steps']} steps per run"
              + (f", evaluated every {meta['eval_every']}" if meta["eval_every"] else "")
              + (f", a fixed pool of {meta['train_pool']} training questions" if meta["train_pool"] else "")
-             + f". CPU time of the finished runs: {meta['run_cpu_seconds'] / 60:.1f} min (one thread each; the "
-             "seeds' start evaluations, in runs/starts/, and the calibration run are not included).", ""]
-    lines += [f"Warm start: {_warm_start(s)}", ""]
+             + ("." if meta.get("cost") else f". CPU time of the finished runs: {meta['run_cpu_seconds'] / 60:.1f} "
+                "min (one thread each; the seeds' start evaluations, in runs/starts/, and the calibration run are not "
+                "included)."), ""]
+    lines += [f"Warm start: {_warm_start(s)}", ""] + _cost(meta.get("cost"))
     if meta.get("note"):
         lines += [f"**Note.** {meta['note']}", ""]
-    if meta.get("scale") != json.loads(json.dumps(asdict(Scale()))):
+    design = json.loads(json.dumps(asdict(Scale())))  # a size recorded before it existed had its default
+    if any((meta.get("scale") or {}).get(k, v) != v for k, v in design.items()):
         lines += ["**Not the pre-registered scale** (flags changed seeds, steps, evaluation or pool sizes): "
                   f"`{json.dumps(meta.get('scale'))}`.", ""]
     if meta.get("partial"):
@@ -53,6 +55,23 @@ def _header(s: dict) -> list[str]:
         lines += [f"delta = **{cal['delta']:.2g}** ({cal['rule']}; median exact KL {cal['median_exact_kl']:.3g}, "
                   f"median token estimate {cal['median_estimate']:.3g}, over {cal['updates']} updates).", ""]
     return lines
+
+
+def _cost(cost: dict | None) -> list[str]:
+    """The experiment's cost and wall time (runs that record when they ran)."""
+    if not cost:
+        return []
+    calibration = cost.get("calibration_cpu_seconds")
+    line = (f"Cost: {cost['runs_cpu_seconds'] / 60:.1f} CPU min for the runs, "
+            f"{cost['starts_cpu_seconds'] / 60:.1f} for the {cost['starts']} start evaluations"
+            + (f", {calibration / 60:.1f} for the calibration run" if calibration is not None else "") + ".")
+    if cost.get("wall_seconds") is not None:
+        load = cost.get("load_average_max")
+        line += (f" Wall time {cost['wall_seconds'] / 60:.1f} min from the first run's start to the last one's end, "
+                 f"by {cost['processes']} process(es) with {'/'.join(map(str, cost['torch_threads']))} torch "
+                 "thread(s) each" + (f"; highest 1-minute load average at a run's end {load:.2f}" if load else "")
+                 + ".")
+    return [line, ""]
 
 
 def _warm_start(s: dict) -> str:
@@ -90,8 +109,8 @@ def _ess_note(s: dict) -> str:
             "(1: the basic form's equal weights, which DisCO-b's row shows: its own); max weight: the largest of them")
     if s["meta"].get("neg_weight_groups") == ">=2 negatives":
         return text + (", both averaged over the mixed groups with at least 2 negatives (a group with one negative "
-                       "gives it all the weight whatever tau); ESS groups: how many such groups a run saw, mean over "
-                       "its seeds.")
+                       "gives it all the weight whatever tau; the DRO check below says how many such "
+                       "groups a run saw, mean over its seeds).")
     return text + (", both averaged over every mixed group, those with a single negative included (ESS fraction and "
                    "max weight 1 there whatever tau): these runs predate the metric over groups with at least 2 "
                    "negatives.")
@@ -112,9 +131,16 @@ def _comparisons(s: dict) -> list[str]:
 def _mechanism(s: dict) -> list[str]:
     """The pre-registered descriptive checks (report.mechanism_checks)."""
     checks, lines = s.get("mechanism") or {}, []
-    if s["experiment"] == "dro":
+    if s["experiment"] in DRO_EXPERIMENTS:
         lines += [f"- DRO active (mean ESS fraction <= 0.9) for {name}: **{'yes' if m['active'] else 'no'}** "
-                  f"({_f(m['neg_weight_ess'])})" for name, m in checks.items()]
+                  f"({_f(m['neg_weight_ess'])}" + (f", over {m['neg_weight_groups']:.0f} groups with >= 2 negatives "
+                                                   "per run" if m.get("neg_weight_groups") else "") + ")"
+                  for name, m in checks.items() if name != "imbalance"]
+        if "imbalance" in checks:
+            first = ", ".join(f"{name} {_f(v, '{:.2f}')}" for name, v in
+                              checks["imbalance"]["neg_per_pos_mixed_first"].items())
+            lines.append(f"- Heavy imbalance (>= 4 negatives per positive in a mixed group over each arm's first "
+                         f"tenth of batches): **{'yes' if checks['imbalance']['heavy'] else 'no'}** ({first})")
     elif s["experiment"] == "trust-region":
         lines += [f"- {name}: the hinge's decision differs from the exact KL's on "
                   f"{_f(m['frac_hinge_decision_wrong'], '{:.2f}')} of the updates: "

@@ -1,8 +1,8 @@
 """Figures of `disco-trl study`, one set per experiment (written into its folder):
 
 * `gains.png` (every experiment): each arm's gain against its seeds' own starts, per seed and mean with 95% CI.
-* `weights.png` (A): the DRO weights' ESS fraction and largest weight over the steps, per tau (mean over seeds).
-* `kl.png` (A, B): the exact KL(pi_old || pi_theta) per update against the token estimate, and delta.
+* `weights.png` (A, E): the DRO weights' ESS fraction and largest weight over the steps, per tau (mean over seeds).
+* `kl.png` (A, B, E): the exact KL(pi_old || pi_theta) per update against the token estimate, and delta.
 * `dynamics.png` (C): held-out Pass@1 at each evaluation, generation entropy and training reward over the steps.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from ..plots import moving_average, series, use_agg
+from .plan import DRO_EXPERIMENTS
 
 
 def _colors(plt, names):
@@ -128,10 +129,10 @@ def plot_experiment(exp, summary: dict, runs_by_arm: dict[str, list], folder: st
         return []
     paths = [os.path.join(folder, "gains.png")]
     plot_gains(summary, paths[0])
-    if exp.name == "dro":
+    if exp.name in DRO_EXPERIMENTS:
         paths.append(os.path.join(folder, "weights.png"))
         plot_weights({n: rs for n, rs in runs.items() if n != "basic"} or runs, labels, paths[-1])
-    if exp.name in ("dro", "trust-region"):
+    if exp.name in (*DRO_EXPERIMENTS, "trust-region"):
         paths.append(os.path.join(folder, "kl.png"))
         delta = (summary.get("calibration") or {}).get("delta")
         plot_kl(runs, labels, delta, paths[-1])
