@@ -52,6 +52,26 @@ def tiny_model_and_tokenizer(seed: int = 0, dtype=torch.float64, arch: str = "qw
     return model.to(dtype), tokenizer
 
 
+class ScriptedGenerator:
+    """Stands in for `disco-trl eval`'s transformers generator (monkeypatch `disco_trl.eval.run.make_generator`):
+    completions come from a table, so the metrics are known exactly."""
+
+    name = "transformers"
+
+    def __init__(self, answers, batch_size=64):
+        self.answers = answers  # problem text -> list of completions, consumed in order
+        self.batch_size = batch_size
+        self.prompts_seen = []
+
+    def generate(self, prompts, **kwargs):
+        self.prompts_seen += prompts
+        out = []
+        for prompt in prompts:
+            key = next(k for k in self.answers if k in prompt)
+            out.append((self.answers[key].pop(0), 5, "stop"))
+        return out
+
+
 def prompt_dataset(n: int = 24, conversational: bool = False) -> Dataset:
     prompts = [f"Q{i}: {i} + {2 * i} =" for i in range(n)]
     if conversational:

@@ -18,6 +18,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from disco_testing import ScriptedGenerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from disco_trl.eval import cli as eval_cli
@@ -143,25 +144,6 @@ def test_pipeline_on_all_six_benchmarks_with_a_tiny_model(tiny, tmp_path, capsys
     assert "eval problems" in err and "12/12" in err
 
 
-class _Scripted:
-    """Stands in for the transformers generator: answers come from a table, so the metrics are known exactly."""
-
-    name = "transformers"
-
-    def __init__(self, answers, batch_size=64):
-        self.answers = answers  # problem text -> list of completions, consumed in order
-        self.batch_size = batch_size
-        self.prompts_seen = []
-
-    def generate(self, prompts, **kwargs):
-        self.prompts_seen += prompts
-        out = []
-        for prompt in prompts:
-            key = next(k for k in self.answers if k in prompt)
-            out.append((self.answers[key].pop(0), 5, "stop"))
-        return out
-
-
 def _toy_benchmark():
     return datasets.Dataset.from_dict(
         {"prompt": ["Q: 2+2?", "Q: half of 1?"], "solution": ["4", "\\frac{1}{2}"], "problem": ["2+2?", "half of 1?"]}
@@ -170,7 +152,7 @@ def _toy_benchmark():
 
 def test_metrics_are_exact_with_scripted_completions(tiny, tmp_path, monkeypatch):
     model, tokenizer = tiny
-    scripted = _Scripted({
+    scripted = ScriptedGenerator({
         # 3 of 4 correct
         "2+2?": [r"\boxed{4}", r"<think>\boxed{4}</think>", r"<think>\boxed{5}</think> \boxed{4}", r"\boxed{4.0}"],
         "half of 1?": [r"\boxed{0.5}", "no box", r"\boxed{2}", r"\boxed{1/3}"],  # 1 of 4 correct
