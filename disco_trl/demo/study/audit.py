@@ -174,9 +174,17 @@ def v2_dro(study: str) -> list[str]:
                  + f" points (DisCO-b {100 * arms['basic']['gain_mean']:+.2f})")
     active = [primary[f"tau {t} - DisCO-b"] for t in ("0.1", "0.03")]
     sd = max(c["sd"] for c in active)
+    n = stats.seeds_for(0.005, sd)
     lines.append(f"power: at the larger paired SD of tau 0.1 and 0.03 - DisCO-b ({100 * sd:.2f} points), "
-                 f"{stats.seeds_for(0.005, sd)} seeds detect 0.5 points (80%, two-sided 5%); 30 seeds detect "
+                 f"{n} seeds detect 0.5 points (80%, two-sided 5%); 30 seeds detect "
                  f"{100 * stats.detectable(sd, 30):.2f}; 5 detect {100 * stats.detectable(sd, 5):.2f}")
+    # with no effect, the 95% interval lies inside [-m, m] with 80% probability when m = (t_0.975 + t_0.90) SE
+    se = sd / n ** 0.5
+    margin = (stats.t_quantile(0.975, n - 1) + stats.t_quantile(0.90, n - 1)) * se
+    inside = 2 * stats.t_cdf((0.006 - stats.t_quantile(0.975, n - 1) * se) / se, n - 1) - 1
+    lines.append(f"power: with {n} seeds and no effect, the 95% interval (half-width "
+                 f"{100 * stats.t_quantile(0.975, n - 1) * se:.2f} points) lies inside +-{100 * margin:.2f} points "
+                 f"with 80% probability; inside +-0.6 with {100 * inside:.0f}%")
     return lines
 
 
