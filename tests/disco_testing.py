@@ -251,3 +251,22 @@ def torchrun_layout(tmp_path, per_device, accumulation, spg, max_steps, **config
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+# --------------------------------------------------------------------------------------------------- demo starts
+def tiny_start(folder, seed: int = 0, **extra) -> str:
+    """A tiny demo start (1 layer, hidden 32, 6 SFT steps; seconds) written as a start folder, like the shipped one
+    (`disco_trl.demo.shipped.write_start`); `extra` goes into its record (e.g. `start_eval`). Returns the folder."""
+    from disco_trl.demo.shipped import write_start
+    from disco_trl.demo.warmstart import build_warm_started
+
+    model, tokenizer, build = build_warm_started(tiny_start_config(seed), log=None)
+    write_start(model, tokenizer, build, folder, **extra)
+    return str(folder)
+
+
+def tiny_start_config(seed: int = 0):
+    from disco_trl.demo.warmstart import WarmStartConfig
+
+    return WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2, seed=seed)

@@ -25,7 +25,10 @@ from disco_trl import DiscoConfig, DiscoTrainer
 from disco_trl.data import load_math_dataset
 from disco_trl.rewards import boxed_math_reward
 from disco_trl.eval import evaluate
+from disco_trl.demo.shipped import shipped_start
 assert pathlib.Path(disco_trl.__file__).is_relative_to(pathlib.Path(sys.prefix)), disco_trl.__file__
+start, record = shipped_start()  # the demo's start model ships in the wheel, its files verified
+assert pathlib.Path(start).is_relative_to(pathlib.Path(sys.prefix)) and record["fingerprint"], start
 print(boxed_math_reward([r"\\boxed{\\frac{2}{4}}", r"\\boxed{3}"], [r"0.5", "4"]))
 # the `evaluate` metric, from the installed package, offline: every name lookup or connection is recorded and fails
 import socket, evaluate
@@ -67,9 +70,12 @@ def test_wheel_and_sdist_pass_twine_check_and_carry_the_license(dist):
     assert any(n.endswith("licenses/LICENSE") for n in names)
     assert "disco_trl/rewards/grader_worker.py" in names  # started as a script by the grader pool
     assert "disco_trl/eval/math_pass_at_k.py" in names  # loaded as a file by evaluate.load(metric_path())
+    start = ("model.safetensors", "tokenizer.json", "config.json", "start.json")
+    assert all(f"disco_trl/demo/shipped_start/{name}" in names for name in start)  # the demo's start model
     assert not any(n.startswith("tests/") for n in names)
     members = tarfile.open(sdist).getnames()
-    for expected in ("LICENSE", "tests/conftest.py", "tests/disco_testing.py", "recipes/paper/qwen7b_logl.yaml"):
+    for expected in ("LICENSE", "tests/conftest.py", "tests/disco_testing.py", "recipes/paper/qwen7b_logl.yaml",
+                     *(f"disco_trl/demo/shipped_start/{name}" for name in start)):
         assert any(m.endswith(expected) for m in members), expected
 
 

@@ -12,19 +12,16 @@ import statistics
 
 import pytest
 import torch
+from disco_testing import tiny_start
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from disco_trl.demo import experiment, options, task
+from disco_trl.demo import experiment, task
 from disco_trl.demo import warmstart as ws
 from disco_trl.demo.exact_kl import ExactKLDiscoTrainer, ExactKLGRPOTrainer, kl_terms
 from disco_trl.demo.experiment import RunSettings, build_trainer, recording_reward, training_questions
 from disco_trl.demo.study import plan, report, stats
 from disco_trl.demo.study.cost import MEASURED, estimate_cost, run_cost
 from disco_trl.demo.study.report import mechanism_checks
-
-
-TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                          intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2)
 
 
 def length_reward(completions, solution, **kwargs):
@@ -36,9 +33,7 @@ def length_reward(completions, solution, **kwargs):
 @pytest.fixture
 def tiny_model(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "reward_function", lambda: length_reward)
-    monkeypatch.setattr(options, "warmstart_config", lambda quick: TINY)
-    _, _, info = ws.load_or_build(TINY, cache_dir=tmp_path / "cache", log=None)
-    return info["path"]
+    return tiny_start(tmp_path / "start")
 
 
 # --------------------------------------------------------------------------------------------------- statistics
@@ -395,7 +390,7 @@ def test_tiny_study_runs_every_experiment_records_diagnostics_and_resumes(tiny_m
 
     out = tmp_path / "study"
     argv = ["study", "--quick", "--experiment", "all", "--seeds", "0", "--long-seeds", "0", "--powered-seeds", "0",
-            "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]
+            "--output-dir", str(out), "--start-model", tiny_model]
     assert main(argv) == 0
     runs = sorted(p.name for p in (out / "runs").glob("*.json"))
     assert len(runs) == 2 + 6 + 6 + 4 + 2 and "calibration-disco-lr1e-05-seed100.json" in runs

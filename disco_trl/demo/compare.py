@@ -1,8 +1,8 @@
 """`disco-trl compare`: the paper's comparison in miniature, on the demo task.
 
-Same task, warm-started model, seeds, geometry, sampling and step budget for every method: DisCO (log-L and
-L-ratio), DisCO-b, and TRL's own GRPO, Dr. GRPO and DAPO losses (see `disco_trl.demo.methods`). Writes, in
-`--output-dir`:
+Same task, starting model (the shipped start, `shipped.py`), seeds, geometry, sampling and step budget for every
+method: DisCO (log-L and L-ratio), DisCO-b, and TRL's own GRPO, Dr. GRPO and DAPO losses (see
+`disco_trl.demo.methods`). Writes, in `--output-dir`:
 
 * `results.md` and `results.json`: held-out Pass@1 (mean, std, min-max over seeds) per method, per difficulty,
   final entropy and training reward, plus the learning-rate sweep when one was run;
@@ -31,7 +31,6 @@ from .experiment import RunSettings, quiet_libraries
 from .methods import DEMO_METHODS, METHODS
 from .plots import plot_comparison, start_end
 from .runs import run_cached
-from .warmstart import load_or_build
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +160,7 @@ def sweep_learning_rates(args, model_path: str, runs_dir: str) -> dict[str, dict
     return sweep
 
 
-def comparison_meta(args, argv, probe: RunSettings, summary: dict, info: dict, t0: float) -> dict:
+def comparison_meta(args, argv, probe: RunSettings, summary: dict, start: dict, t0: float) -> dict:
     command = "disco-trl compare " + " ".join(argv if argv is not None else sys.argv[1:])
     return {
         "command": command.strip(),
@@ -177,7 +176,7 @@ def comparison_meta(args, argv, probe: RunSettings, summary: dict, info: dict, t
         "disco": {"tau": probe.tau if probe.tau is not None else "paper default (10 log-L, 1 L-ratio)",
                   "kl_delta": probe.kl_delta, "kl_beta": probe.kl_beta},
         "pass@1_start": statistics.fmean(s["pass@1_before"] for s in summary.values()),
-        "warmstart": {k: info[k] for k in ("config", "num_parameters", "vocab_size", "sft_final_loss")},
+        "start": start,
         "wall_seconds": round(time.time() - t0, 1),
     }
 
@@ -194,22 +193,22 @@ def main(argv: list[str] | None = None) -> int:
     options.make_output_dir(parser, args.output_dir)
     options.make_output_dir(parser, runs_dir, "--runs-dir")
 
+    model_path, start = options.start_model(parser, args)
     quiet_libraries()
     t0 = time.time()
-    _, _, info = load_or_build(options.warmstart_config(args.quick), cache_dir=args.cache_dir)
     n_sweep = len(args.methods) * len(args.lr_sweep or [])
     print(f"[compare] {len(args.methods)} methods x {len(args.seeds)} seeds, {probe.max_steps} steps each"
           + (f", after a sweep of {n_sweep} runs" if n_sweep else ""), flush=True)
-    sweep = sweep_learning_rates(args, info["path"], runs_dir) if args.lr_sweep else None
+    sweep = sweep_learning_rates(args, model_path, runs_dir) if args.lr_sweep else None
     lr_by_method = {m: best_rate(sweep[m]) if sweep else base_lr for m in args.methods}
     runs_by_method: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in args.seeds:  # seed-major: a partial comparison still covers every method
         for method in args.methods:
             settings = options.settings_from_args(args, method, seed, lr_by_method[method])
-            runs_by_method[method].append(run_cached(settings, info["path"], runs_dir, "final"))
+            runs_by_method[method].append(run_cached(settings, model_path, runs_dir, "final"))
 
     summary = summarize(runs_by_method, lr_by_method)
-    meta = comparison_meta(args, argv, probe, summary, info, t0)
+    meta = comparison_meta(args, argv, probe, summary, start, t0)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump({"meta": meta, "summary": summary,
                    "sweep": {m: {f"{lr:g}": v for lr, v in per.items()} for m, per in (sweep or {}).items()}},

@@ -1,8 +1,8 @@
 """One RL run on the demo task, shared by `disco-trl demo` (run.py), `compare`, `study` and the benchmarks.
 
-`run_method(...)` loads the warm-started model from its cache path (the same `from_pretrained` path a real run
-uses), evaluates held-out Pass@1, trains with one method of the registry (`disco_trl.demo.methods`: DisCO or one of
-TRL's GRPO-family losses) under the same geometry, and evaluates again.
+`run_method(...)` loads the starting model from its folder (normally the shipped start, `shipped.py`; the same
+`from_pretrained` path a real run uses), evaluates held-out Pass@1, trains with one method of the registry
+(`disco_trl.demo.methods`: DisCO or one of TRL's GRPO-family losses) under the same geometry, and evaluates again.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from . import task
 from .evaluate import evaluate_pass_at_1
 from .exact_kl import exact_kl_trainer
 from .methods import DISCO_METHODS, METHODS, build_config, trainer_class
+from .shipped import model_key
 from .warmstart import eval_problems, train_problems
 
 
@@ -163,9 +164,16 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()  # weight loading/saving bars (the trainer's own progress bar stays)
     for name in ("trl", "accelerate", "datasets", "math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    deepspeed = logging.getLogger("DeepSpeed")  # its "Setting accelerator to CPU" line; deepspeed resets the level
+    if errors_only not in deepspeed.filters:  # when it is imported, so a filter (which stays) does it
+        deepspeed.addFilter(errors_only)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 class LiveMetricsProgress(ProgressCallback):
@@ -257,7 +265,7 @@ _START_EVALS: dict[tuple, dict] = {}  # the starting model's evaluations, shared
 
 def start_key(model_path: str, settings: RunSettings, split: str) -> dict:
     """What the warm start's held-out evaluation depends on (the same for every method and rate of a seed)."""
-    return {"model": os.path.basename(os.path.abspath(model_path)), "split": split,
+    return {"model": model_key(model_path), "split": split,
             "difficulties": list(settings.eval_difficulties), "questions": settings.eval_questions,
             **eval_kwargs(settings)}
 

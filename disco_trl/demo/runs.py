@@ -1,8 +1,9 @@
 """Run files: one JSON file per finished run, reused when a command asks for a run with the same settings.
 
 `compare` and `study` keep their runs in a folder (`--runs-dir`); a run is found again by its file name (tag, method,
-learning rate, seed) and its settings, so an interrupted command resumes where it stopped, and several processes
-running the same command on one folder split the work: a run's `.lock` file says which process is on it.
+learning rate, seed), its settings and its start's fingerprint (`shipped.model_key`), so an interrupted command
+resumes where it stopped, and several processes running the same command on one folder split the work: a run's
+`.lock` file says which process is on it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import asdict
 import torch
 
 from .experiment import RunSettings, run_method, start_evaluation, start_key
+from .shipped import model_key
 
 
 # The per-step metrics a run file keeps (what the tables and plots read).
@@ -76,7 +78,7 @@ def load_finished(path: str, wanted: dict, model_path: str) -> dict | None:
     if os.path.isfile(path):
         with open(path) as f:
             cached = json.load(f)
-        same_model = cached.get("model_path_key") == os.path.basename(model_path)
+        same_model = cached.get("model_path_key") == model_key(model_path)
         if same_model and same_settings(cached.get("settings"), wanted):
             return cached
     return None
@@ -161,7 +163,7 @@ def _train_and_save(settings: RunSettings, model_path: str, path: str) -> dict:
     result.update(started_at=round(started, 1), finished_at=round(time.time(), 1), process=os.getpid(),
                   torch_threads=torch.get_num_threads(), load_average=round(os.getloadavg()[0], 2))
     result["settings"] = settings_dict(settings)
-    result["model_path_key"] = os.path.basename(model_path)
+    result["model_path_key"] = model_key(model_path)  # the start's fingerprint: the same model on any path
     with open(path + f".tmp{os.getpid()}", "w") as f:
         json.dump(result, f)
     os.replace(path + f".tmp{os.getpid()}", path)

@@ -31,7 +31,6 @@ from dataclasses import asdict
 from .. import options
 from ..experiment import quiet_libraries
 from ..runs import load_finished, run_cached, run_file, settings_dict, start_record
-from ..warmstart import load_or_build
 from . import plan
 from .cost import check_runs, estimate_cost, probe_cost
 from .groups import describe, measure_groups
@@ -65,9 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one full-length run of the design in OUTPUT_DIR/probe-runs and print its CPU time against the "
              "estimate and what it saw (repeatable; e.g. dro:tau0.1:0; EXPERIMENT:ARM:SEED:RATE:STEPS probes the arm "
              "at another rate and length)")
-    add("--cache-dir", default=None, help="where the warm start is cached (default $DISCO_TRL_CACHE or "
-                                          "~/.cache/disco-trl)")
-    add("--quick", action="store_true", help="a tiny model and a tiny scale (tests, smoke runs)")
+    options.add_start_model_argument(parser)
+    add("--quick", action="store_true", help="a tiny scale (tests, smoke runs)")
     scale = plan.Scale()
     positive = options.positive_int
     add("--steps", type=positive("--steps"), help=f"A and B: steps per run (default {scale.steps})")
@@ -221,24 +219,24 @@ def main(argv: list[str] | None = None) -> int:
     options.make_output_dir(parser, args.output_dir)
     runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
     options.make_output_dir(parser, runs_dir, "--runs-dir")
+    model_path, start = options.start_model(parser, args)
     quiet_libraries()
-    _, _, info = load_or_build(options.warmstart_config(args.quick), cache_dir=args.cache_dir)
     if args.measure_groups:
         for name in args.experiment:
-            print(describe(name, measure_groups(plan.experiment(name, scale), scale, info["path"])), flush=True)
+            print(describe(name, measure_groups(plan.experiment(name, scale), scale, model_path)), flush=True)
         return 0
     probes = os.path.join(args.output_dir, "probe-runs")
     if args.probe_cost or args.check_run:
         if args.probe_cost:
-            print(probe_cost(args.experiment, scale, info["path"], probes))
+            print(probe_cost(args.experiment, scale, model_path, probes))
         if args.check_run:
-            print(check_runs(args.check_run, scale, info["path"], probes))
+            print(check_runs(args.check_run, scale, model_path, probes))
         return 0
     t0, cpu0 = time.time(), time.process_time()
-    done = run_study(args.experiment, scale, info["path"], runs_dir, args.partial)
+    done = run_study(args.experiment, scale, model_path, runs_dir, args.partial)
     command = "disco-trl study " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {"command": command.strip(), "partial": args.partial, "scale": json.loads(json.dumps(asdict(scale))),
-            "warmstart": {k: info[k] for k in ("config", "num_parameters", "sft_final_loss") if k in info},
+            "start": start,
             "this_invocation": {"wall_seconds": round(time.time() - t0, 1),
                                 "cpu_seconds": round(time.process_time() - cpu0, 1)}}
     for summary in write_reports(args.experiment, scale, done, args.output_dir, meta):
