@@ -216,15 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         print(estimate_cost(args.experiment, scale))
         return 0
-    options.make_output_dir(parser, args.output_dir)
-    runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
-    options.make_output_dir(parser, runs_dir, "--runs-dir")
     model_path, start = options.start_model(parser, args)
-    quiet_libraries()
-    if args.measure_groups:
+    if args.measure_groups:  # nothing is written
+        quiet_libraries()
         for name in args.experiment:
             print(describe(name, measure_groups(plan.experiment(name, scale), scale, model_path)), flush=True)
         return 0
+    options.make_output_dir(parser, args.output_dir)
+    runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
+    options.make_output_dir(parser, runs_dir, "--runs-dir")
+    quiet_libraries()
     probes = os.path.join(args.output_dir, "probe-runs")
     if args.probe_cost or args.check_run:
         if args.probe_cost:

@@ -76,7 +76,7 @@ def _cost(cost: dict | None) -> list[str]:
 
 def _warm_start(s: dict) -> str:
     """Which model the experiment started from, as its results.json records it, and its start Pass@1."""
-    recorded = s["meta"].get("warmstart") or {}
+    recorded = s["meta"].get("start") or s["meta"].get("warmstart") or {}  # "warmstart": v2, a machine's own
     starts = [r["start"] for a in s["arms"].values() for r in a["runs"]]
     parts = [f"`{recorded['fingerprint']}`" if recorded.get("fingerprint") else "fingerprint not recorded",
              f"SFT final loss {recorded['sft_final_loss']:.3f}" if recorded.get("sft_final_loss") else
@@ -119,12 +119,15 @@ def _ess_note(s: dict) -> str:
 def _comparisons(s: dict) -> list[str]:
     lines = ["## Declared comparisons: paired difference of gains over seeds", "",
              "Holm's correction over the primary comparisons; margin for \"not shown\": "
-             f"±{100 * s['meta']['margin']:.1f} points.", "",
-             "| comparison | primary | n | difference (points) | 95% CI | p | p (Holm) | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"±{100 * s['meta']['margin']:.1f} points. Paired SD: of the differences over seeds; detectable: the "
+             "smallest difference those seeds detect with 80% power at the two-sided 5% level.", "",
+             "| comparison | primary | n | difference (points) | 95% CI | p | p (Holm) | verdict | paired SD | "
+             "detectable (80%) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in s["comparisons"].items():
         lines.append(f"| {name} | {'yes' if c['primary'] else 'no'} | {c['n']} | {_pts(c.get('mean'))} | {_ci(c)} | "
-                     f"{_f(c.get('p'), '{:.3f}')} | {_f(c.get('p_holm'), '{:.3f}')} | **{c['verdict']}** |")
+                     f"{_f(c.get('p'), '{:.3f}')} | {_f(c.get('p_holm'), '{:.3f}')} | **{c['verdict']}** | "
+                     f"{_pts(c.get('sd')).lstrip('+')} | {_pts(c.get('detectable')).lstrip('+')} |")
     return lines + [""] + _mechanism(s)
 
 

@@ -20,10 +20,15 @@ def _colors(plt, names):
 
 
 def _mean_series(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """The per-step mean over runs of one metric (steps every run logged)."""
+    """The per-step mean of one metric over the runs that logged it at that step (a metric such as the DRO weights'
+    is logged only at steps that hold a group with at least 2 negatives)."""
     curves = [dict(zip(*series(r["log_history"], key))) for r in runs]
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    return steps, [sum(c[s] for c in curves) / len(curves) for s in steps]
+    steps = sorted(set().union(*curves))
+    means = []
+    for step in steps:
+        values = [c[step] for c in curves if step in c]
+        means.append(sum(values) / len(values))
+    return steps, means
 
 
 def plot_gains(summary: dict, path: str) -> None:
