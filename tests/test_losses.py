@@ -1,11 +1,13 @@
 """disco_trl.losses against the plain loop references in tests/reference.py: values and gradients."""
 
+import collections
 import math
 
 import pytest
 import torch
 from reference import ref_kl_hinge, ref_objective, ref_scores
 
+from disco_trl import metrics
 from disco_trl.losses import (
     KL_ESTIMATORS,
     disco_loss,
@@ -317,3 +319,29 @@ def test_dro_objective_is_exact_in_float32_for_every_tau_float32_holds(tau):
     assert torch.isfinite(grad).all() and grad[labels == 0].sum().item() == pytest.approx(-1.0)
     if tau < 1e-20:  # all the push-down on the hardest negative
         assert grad[5].item() == pytest.approx(-1.0)
+
+
+def test_negative_weight_stats_cover_the_mixed_questions_with_two_negatives_or_more():
+    """A question with one negative (ESS 1 whatever tau) and one without a positive are left out of the logged means;
+    the logged count says how many questions the means cover."""
+    scores = torch.tensor([-1.0, -0.1, -0.2, -0.9, -1.0, -0.3, -0.5, -0.6, -0.7, -0.8, -1.0, -1.0, -0.1, -0.4],
+                          dtype=torch.float64)
+    labels = torch.tensor([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])  # 3 negatives, 1, none mixed (all wrong), 2
+    tau = 0.1
+    expected_ess, expected_max = 0.0, 0.0
+    for negatives in (scores[1:4], scores[12:14]):
+        w = torch.softmax(negatives / tau, dim=0)
+        expected_ess += float(1.0 / (w**2).sum() / len(w))
+        expected_max += float(w.max())
+    totals = metrics.negative_weight_stats(scores, labels, groups, tau)
+    assert totals.tolist() == pytest.approx([expected_ess, expected_max, 2.0], rel=1e-6)
+    assert 0.5 < expected_ess < 1.9  # the DRO weights are far from equal at this tau
+    basic = metrics.negative_weight_stats(scores, labels, groups, tau, variant="basic")
+    assert basic.tolist() == pytest.approx([2.0, 1 / 3 + 1 / 2, 2.0])  # DisCO-b: ESS fraction 1, max weight 1/n
+    logged = collections.defaultdict(list)
+    metrics.log_negative_weights(logged, totals)
+    assert logged["disco/neg_weight_ess"] == pytest.approx([expected_ess / 2])
+    assert logged["disco/neg_weight_groups"] == [2.0]
+    metrics.log_negative_weights(logged, metrics.negative_weight_stats(scores[4:6], labels[4:6], groups[4:6], tau))
+    assert len(logged["disco/neg_weight_ess"]) == 1  # a single negative: nothing to report
