@@ -37,6 +37,7 @@ def negative_weight_stats(scores, labels, group_ids, tau: float, variant: str = 
     largest = torch.zeros_like(counts.negatives).scatter_reduce(0, counts.index, weights, reduce="amax")
     several = counts.mixed & (counts.negatives >= 2)
     ess_fraction = 1.0 / squares.clamp(min=torch.finfo(scores.dtype).tiny) / counts.negatives.clamp(min=1.0)
+    ess_fraction = ess_fraction.clamp(max=1.0)  # <= 1 exactly; equal weights rounded to the scores' dtype can pass it
     return torch.stack([(ess_fraction * several).sum(), (largest * several).sum(),
                         several.sum().to(scores.dtype)]).float()
 

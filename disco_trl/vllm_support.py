@@ -32,7 +32,7 @@ import importlib.metadata
 import importlib.util
 from typing import Any
 
-from transformers import AutoConfig
+from .preflight import model_config
 
 
 CPU_SETUP_HINT = "on a machine without a GPU, install vLLM's CPU build with `bash scripts/setup_vllm.sh`"
@@ -66,11 +66,11 @@ def on_vllm_cpu_platform() -> bool:
     return vllm_device_type() == "cpu"
 
 
-def _model_config(model: Any, trust_remote_code: bool):
+def _model_config(model: Any, args):
     if model is None:
         return None
     if isinstance(model, str):
-        return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        return model_config(model, args)
     return getattr(model, "config", None)
 
 
@@ -94,7 +94,7 @@ def head_dim_of(config) -> int | None:
 
 def _check_cpu_model(args, model) -> None:
     try:
-        config = _model_config(model, getattr(args, "trust_remote_code", False))
+        config = _model_config(model, args)
     except (OSError, ValueError):  # not a model folder (e.g. an adapter): TRL reports what it cannot load
         return
     supported = cpu_attention_head_sizes()

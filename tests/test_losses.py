@@ -288,6 +288,39 @@ def test_negative_weights_are_the_softmax_over_each_questions_negatives():
     torch.testing.assert_close(uniform, equal, rtol=1e-5, atol=1e-6)  # tau -> infinity: DRO tends to DisCO-b
 
 
+def _exact_dro(scores, labels, tau):
+    """One question's DRO objective in 60-digit decimals, the log-mean-exp shifted by its max (no overflow)."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 60
+        values = [Decimal(float(s)) for s in scores]
+        pos = [v for v, lab in zip(values, labels) if lab == 1]
+        neg = [v for v, lab in zip(values, labels) if lab == 0]
+        t = Decimal(tau)
+        top = max(neg)
+        lme = top + t * (sum(((v - top) / t).exp() for v in neg) / len(neg)).ln()
+        return float(sum(pos) / len(pos) - lme)
+
+
+@pytest.mark.parametrize("tau", [1.2e-38, 1e-30, 1e-3, 1.0, 10.0, 1e6, 1e8, 1e20, 3e38])
+def test_dro_objective_is_exact_in_float32_for_every_tau_float32_holds(tau):
+    """Training computes the objective in float32: its value (what disco/objective logs) is exact to float32 precision
+    for a tiny or a huge tau, and the negatives' gradient is their softmax(s / tau) weights, never NaN or all zero."""
+    scores = torch.tensor([-0.5, -1.0, -2.0, -0.7, -3.0, -0.1], dtype=torch.float32, requires_grad=True)
+    labels = torch.tensor([1.0, 0, 0, 1, 0, 0], dtype=torch.float32)
+    group_ids = torch.zeros(6, dtype=torch.long)
+    value = discriminative_objective(scores, labels, group_ids, tau=tau)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(_exact_dro(scores.detach(), labels, tau), abs=1e-6)
+    (grad,) = torch.autograd.grad(value, scores)
+    weights = negative_weights(scores.detach(), labels, group_ids, tau=tau)
+    torch.testing.assert_close(-grad[labels == 0], weights[labels == 0])
+    assert torch.isfinite(grad).all() and grad[labels == 0].sum().item() == pytest.approx(-1.0)
+    if tau < 1e-20:  # all the push-down on the hardest negative
+        assert grad[5].item() == pytest.approx(-1.0)
+
+
 def test_negative_weight_stats_cover_the_mixed_questions_with_two_negatives_or_more():
     """A question with one negative (ESS 1 whatever tau) and one without a positive are left out of the logged means;
     the logged count says how many questions the means cover."""
