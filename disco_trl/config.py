@@ -84,6 +84,21 @@ DEFAULT_GENERATION_ROUNDS = 10
 DEFAULT_TAU = {"log_l": 10.0, "l_ratio": 1.0}
 
 
+# DisCO computes its objective and penalty in float32 (the scores are float32 whatever the model's dtype): a tau,
+# kl_delta or kl_beta outside float32's normal range is rounded to 0 or inf there, and the run trains on NaN.
+FLOAT32 = torch.finfo(torch.float32)
+
+
+def check_float32_range(name: str, value: float, hint: str) -> None:
+    """ValueError naming `name` when a value > 0 lies outside float32's normal range (0 itself is fine)."""
+    if value != 0 and not FLOAT32.tiny <= abs(value) <= FLOAT32.max:
+        raise ValueError(
+            f"DiscoConfig.{name}={value:g} is outside what float32 training can represent ({FLOAT32.tiny:.2g} to "
+            f"{FLOAT32.max:.2g}; DisCO's objective and penalty are computed in float32, where it would become 0 or "
+            f"inf and train NaN weights): {hint}"
+        )
+
+
 @dataclass
 class DiscoConfig(GRPOConfig):
     r"""
@@ -265,6 +280,7 @@ class DiscoConfig(GRPOConfig):
         if self.tau is None:
             self.tau = DEFAULT_TAU[self.score_type]
         self.tau = check_tau(self.tau, "DiscoConfig.tau")
+        check_float32_range("tau", self.tau, "the paper uses 10 for log_l and 1 for l_ratio.")
         if not (math.isfinite(self.kl_delta) and self.kl_delta >= 0):
             raise ValueError(
                 f"DiscoConfig.kl_delta must be >= 0 and finite (got {self.kl_delta}); the paper uses 1e-4. To turn "
@@ -275,6 +291,8 @@ class DiscoConfig(GRPOConfig):
                 f"DiscoConfig.kl_beta must be >= 0 and finite (got {self.kl_beta}); the paper uses 1e3 (0 turns "
                 "the KL penalty off)."
             )
+        check_float32_range("kl_delta", self.kl_delta, "the paper uses 1e-4 (0: no slack).")
+        check_float32_range("kl_beta", self.kl_beta, "the paper uses 1e3 (0 turns the KL penalty off).")
 
     def _check_importance_sampling(self) -> None:
         mode, clip_max = self.vllm_importance_sampling_mode, self.vllm_importance_sampling_clip_max

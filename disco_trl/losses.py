@@ -167,8 +167,9 @@ def discriminative_objective(
     exp(s(o')/tau) )
 
     (Eq. 10 is -E_{o+} tau log E_{o-} exp((s(o') - s(o))/tau); the s(o) term leaves the log unchanged, giving the
-    form above.) The log-mean-exp is computed stably per question (a segmented logsumexp). As tau -> infinity the
-    DRO term tends to the plain mean, i.e. DisCO tends to DisCO-b.
+    form above.) The term tau * log-mean-exp is computed stably per question, for every tau a float can hold
+    (`_tau_log_mean_exp`): exact to float precision whether tau is tiny or huge. As tau -> infinity the DRO term tends
+    to the plain mean, i.e. DisCO tends to DisCO-b.
 
     The result is (1/num_questions) * sum_q J_q, matching G_1 of Algorithm 1: every question counts once, without
     GRPO's per-question weight sqrt(p_q(1-p_q)) (the difficulty bias). Questions with only positives or only
@@ -204,7 +205,7 @@ def discriminative_objective(
     if variant == "basic":
         neg_term = question_sum(torch.where(labels == 0, scores, zero)) / counts.negatives.clamp(min=1.0)
     else:
-        neg_term = tau * _log_mean_exp_of_negatives(scores / tau, labels == 0, counts, question_sum)
+        neg_term = _tau_log_mean_exp(scores, labels == 0, counts, tau)
     return torch.where(counts.mixed, pos_mean - neg_term, zero).sum() / num_questions
 
 
@@ -221,8 +222,22 @@ def _weighted_class_terms(scores, labels, counts: QuestionCounts, log_weights, v
 
     if variant == "basic":
         return class_mean(positive), class_mean(negative)
-    lse = _segment_logsumexp(scores / tau + log_weights, negative, counts.index, num_questions)
-    return class_mean(positive), tau * (lse - _segment_logsumexp(log_weights, negative, counts.index, num_questions))
+    return class_mean(positive), _weighted_tau_log_mean_exp(scores, negative, counts, tau, log_weights)
+
+
+def _weighted_tau_log_mean_exp(scores, negative, counts: QuestionCounts, tau: float, log_weights):
+    """Per question, tau * log (sum_{negatives} w exp(s / tau) / sum_{negatives} w), exact for every tau > 0, as
+    `_tau_log_mean_exp`: m + tau * log sum a exp((s - m) / tau) in float64, with a = w / sum w over the negatives and
+    m = sum a s their weighted mean."""
+    s, log_w = scores.double(), log_weights.double()
+    num_questions = counts.negatives.numel()
+    a = _segment_softmax(log_w, negative, counts.index, num_questions)
+    mean = torch.zeros(num_questions, dtype=s.dtype, device=s.device).index_add(
+        0, counts.index, a * torch.where(negative, s, 0.0))
+    d = (s - mean[counts.index]) / tau
+    log_mean = (_segment_logsumexp(d + log_w, negative, counts.index, num_questions)
+                - _segment_logsumexp(log_w, negative, counts.index, num_questions))
+    return (mean + tau * log_mean).to(scores.dtype)
 
 
 def _segment_logsumexp(values: torch.Tensor, member: torch.Tensor, index: torch.Tensor, num_segments: int):
@@ -255,24 +270,42 @@ def negative_weights(
     """
     check_tau(tau, "`tau`")
     labels = labels.to(scores.device)
-    if log_weights is None:
-        log_weights = torch.zeros_like(scores)
-    else:
-        log_weights = log_weights.to(scores.device, scores.dtype)
+    if log_weights is not None:
+        log_weights = log_weights.to(scores.device).detach()
         labels = torch.where(torch.isfinite(log_weights), labels, torch.full_like(labels, math.nan))
     counts = question_counts(labels, group_ids, dtype=scores.dtype)
-    values = log_weights if variant == "basic" else scores.detach() / tau + log_weights
-    return _segment_softmax(values.detach(), labels == 0, counts.index, counts.negatives.numel())
+    negative = labels.to(scores.device) == 0
+    if log_weights is not None:  # float64: s / tau cannot overflow
+        values = log_weights.double() + (0.0 if variant == "basic" else scores.detach().double() / tau)
+        return _segment_softmax(values, negative, counts.index, counts.negatives.numel()).to(scores.dtype)
+    if variant == "basic":
+        return negative.to(scores.dtype) / counts.negatives.clamp(min=1.0)[counts.index]
+    z = torch.where(negative, scores.detach().double() / tau, -math.inf)  # float64: s / tau cannot overflow
+    totals = counts.negatives.double()
+    question_max = torch.full_like(totals, -math.inf).scatter_reduce(0, counts.index, z, reduce="amax")
+    shift = torch.where(torch.isfinite(question_max), question_max, torch.zeros_like(question_max))
+    exp = torch.exp(z - shift[counts.index])
+    totals = torch.zeros_like(totals).index_add(0, counts.index, exp)
+    return (exp / totals[counts.index].clamp(min=torch.finfo(totals.dtype).tiny)).to(scores.dtype)
 
 
-def _log_mean_exp_of_negatives(z: torch.Tensor, negative: torch.Tensor, counts: QuestionCounts, question_sum):
-    """Per question, log mean_{negatives} exp(z), shifted by the question's max for stability."""
-    z = torch.where(negative, z, torch.full_like(z, -math.inf))
-    question_max = torch.full_like(counts.negatives, -math.inf).scatter_reduce(0, counts.index, z, reduce="amax")
+def _tau_log_mean_exp(scores: torch.Tensor, negative: torch.Tensor, counts: QuestionCounts, tau: float):
+    """Per question, tau * log mean_{negatives} exp(s / tau), exact for every tau > 0 a float32 can hold.
+
+    Computed as m + tau * log mean exp(d), with m the negatives' mean score and d = (s - m) / tau, in float64: for a
+    huge tau the correction is tiny and the result is the mean itself (the naive form rounds every exp(s/tau) to 1 and
+    returns the largest score), for a tiny tau d is large but cannot overflow float64 (|s| / tau <= 3.4e38 / 1.2e-38),
+    and log mean exp(d) is shifted by its max. The gradient is the same softmax(s / tau) over the negatives.
+    """
+    s = scores.double()
+    n = counts.negatives.double()
+    mean = torch.zeros_like(n).index_add(0, counts.index, torch.where(negative, s, 0.0)) / n.clamp(min=1.0)
+    d = torch.where(negative, (s - mean[counts.index]) / tau, -math.inf)
+    question_max = torch.full_like(n, -math.inf).scatter_reduce(0, counts.index, d, reduce="amax")
     shift = torch.where(torch.isfinite(question_max), question_max, torch.zeros_like(question_max)).detach()
-    sum_exp = question_sum(torch.exp(z - shift[counts.index]))  # exp(-inf) = 0 on non-negatives
-    tiny = torch.finfo(z.dtype).tiny
-    return shift + torch.log(sum_exp.clamp(min=tiny)) - torch.log(counts.negatives.clamp(min=1.0))
+    sum_exp = torch.zeros_like(n).index_add(0, counts.index, torch.exp(d - shift[counts.index]))  # 0 off negatives
+    log_mean = shift + torch.log(sum_exp.clamp(min=torch.finfo(s.dtype).tiny)) - torch.log(n.clamp(min=1.0))
+    return (mean + tau * log_mean).to(scores.dtype)
 
 
 # ---------------------------------------------------------------------------- samples drawn by another engine (vLLM)

@@ -29,26 +29,32 @@ def log_group_statistics(metrics, labels: torch.Tensor, group_size: int, *, nume
 
 def negative_weight_stats(scores, labels, group_ids, tau: float, variant: str = "dro",
                           log_weights=None) -> torch.Tensor:
-    """[sum over mixed questions of the DRO weights' effective sample size over the negatives as a fraction of them
-    (1: all negatives weigh alike, as in DisCO-b; 1/n: one takes all), the same sum of the largest weight, the number
-    of mixed questions]: summed over processes, then divided, these say how DRO differs from the basic form.
-    `log_weights`: the sampling correction's per-completion weights, which the objective's weights include."""
+    """[sum of the DRO weights' effective sample size over a question's negatives as a fraction of them (1: all
+    negatives weigh alike, as in DisCO-b; 1/n: one takes all), the same sum of the largest weight, the number of those
+    questions]: over the mixed questions with at least 2 negatives (a question with one negative gives it all the
+    weight whatever tau: its ESS is 1 by definition and says nothing about DRO). Summed over processes, then divided,
+    these say how DRO differs from the basic form. `log_weights`: the sampling correction's per-completion weights,
+    which the objective's weights include."""
     if log_weights is not None:  # a completion of weight 0 is in neither class
         labels = torch.where(torch.isfinite(log_weights).to(labels.device), labels, torch.full_like(labels, math.nan))
     counts = question_counts(labels, group_ids, dtype=scores.dtype)
     weights = negative_weights(scores.detach(), labels, group_ids, tau=tau, variant=variant, log_weights=log_weights)
     squares = torch.zeros_like(counts.negatives).index_add(0, counts.index, weights**2)
     largest = torch.zeros_like(counts.negatives).scatter_reduce(0, counts.index, weights, reduce="amax")
-    mixed = counts.mixed
+    several = counts.mixed & (counts.negatives >= 2)
     ess_fraction = 1.0 / squares.clamp(min=torch.finfo(scores.dtype).tiny) / counts.negatives.clamp(min=1.0)
-    return torch.stack([(ess_fraction * mixed).sum(), (largest * mixed).sum(), mixed.sum().to(scores.dtype)]).float()
+    ess_fraction = ess_fraction.clamp(max=1.0)  # <= 1 exactly; equal weights rounded to the scores' dtype can pass it
+    return torch.stack([(ess_fraction * several).sum(), (largest * several).sum(),
+                        several.sum().to(scores.dtype)]).float()
 
 
 def log_negative_weights(metrics, totals: torch.Tensor) -> None:
-    """`negative_weight_stats` summed over processes: the mean over mixed questions of ESS fraction and max weight."""
+    """`negative_weight_stats` summed over processes: the mean over the mixed questions with at least 2 negatives of
+    the ESS fraction and the largest weight, and how many questions that mean covers (`disco/neg_weight_groups`)."""
     if totals[2] > 0:
         metrics["disco/neg_weight_ess"].append((totals[0] / totals[2]).item())
         metrics["disco/neg_weight_max"].append((totals[1] / totals[2]).item())
+        metrics["disco/neg_weight_groups"].append(totals[2].item())
 
 
 def log_loss_metrics(metrics, global_sum, logged_objective, kl, scores, labels, mask, entropies, *, kl_delta: float,

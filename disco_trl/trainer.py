@@ -23,8 +23,9 @@ PEFT, DeepSpeed, logging, model cards. DisCO overrides five GRPOTrainer methods,
    in an output_dir holding an earlier run's checkpoints (`checkpoints.resolve_resume`). Trainer offers no hook
    before it resolves the checkpoint itself.
 
-Saving and restoring DisCO's generation buffer with each checkpoint (`checkpoints.DiscoStateCallback`) and the skipped
-update of a step with nothing to learn (`skipping.NoUpdateWithoutSignal`) attach as Trainer callbacks.
+Saving and restoring DisCO's generation buffer with each checkpoint (`checkpoints.DiscoStateCallback`), the stop at a
+NaN or inf loss or gradient norm before anything is saved (`checkpoints.NonFiniteGuard`) and the skipped update of a
+step with nothing to learn (`skipping.NoUpdateWithoutSignal`) attach as Trainer callbacks.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from __future__ import annotations
 import textwrap
 
 import torch
-from transformers import AutoConfig
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
@@ -113,6 +113,8 @@ class DiscoTrainer(GRPOTrainer):
         if rollout_func is None and environment_factory is None:  # those add reward inputs of their own at run time
             check_reward_columns(reward_funcs, train_dataset)
         preflight.check_dataset_size(train_dataset, args)
+        if isinstance(model, str) and processing_class is None:
+            preflight.check_model_tokenizer(model, args)  # an empty tokenizer fails only at the first generation
         if args.fill_informative_questions:
             preflight.check_fill_dataset(train_dataset)
         if peft_config is not None:
@@ -125,11 +127,7 @@ class DiscoTrainer(GRPOTrainer):
             peft_config=peft_config, tools=tools, rollout_func=rollout_func, environment_factory=environment_factory,
         )
         vllm_support.adapt_to_vllm_platform(self)  # the weight push on vLLM's CPU backend
-        # DisCO measures vLLM's sampling mismatch in every run and corrects it itself (disco_trl.vllm_support, with
-        # DisCO's meaning of each mode); left on, TRL's GRPO-side correction would spend a forward pass on pi_old
-        # after every generation, even where the first update computes it anyway, and log the same metrics again.
-        self.vllm_importance_sampling_correction = False
-        vllm_support.warn_if_truncated_sampling(args)
+        vllm_support.take_over_sampling_correction(self)  # DisCO's meaning of TRL's vLLM importance sampling
         self.add_callback(CollectiveTimeout())  # ddp_timeout bounds every wait for another process
         self.reward_funcs = [with_output_check(func) for func in self.reward_funcs]
         if rollout_func is None and environment_factory is None and not self._is_vlm:
@@ -137,6 +135,8 @@ class DiscoTrainer(GRPOTrainer):
         # (all processes' completions, reward functions) of the batch being scored: _calculate_rewards -> next method
         self._rewards_per_func_being_scored: torch.Tensor | None = None
         self._no_signal_watch = NoSignalWatch(args.reward_threshold)
+        self._finite_guard = checkpoints.NonFiniteGuard(self)  # a NaN/inf loss or gradient norm stops the run
+        self.add_callback(self._finite_guard)
         self._rounds_signal: list[tuple[bool, torch.Tensor]] = []  # (any mixed question, rewards) of each round
         self._checkpoint_state = checkpoints.DiscoStateCallback(self)
         self.add_callback(self._checkpoint_state)
@@ -152,10 +152,11 @@ class DiscoTrainer(GRPOTrainer):
 
     def _check_prompt_lengths(self, dataset) -> None:
         """Every prompt, as TRL renders it, leaves room for max_completion_length tokens in the model's positions."""
-        if dataset is None or not hasattr(dataset, "column_names") or "prompt" not in dataset.column_names:
+        prompts = preflight.prompts_to_check(dataset)  # of a stream, its first rows only
+        if prompts is None:
             return
         config = self.accelerator.unwrap_model(self.model).config
-        preflight.check_prompt_lengths(dataset["prompt"], self.processing_class,
+        preflight.check_prompt_lengths(prompts, self.processing_class,
                                        getattr(config, "max_position_embeddings", None),
                                        self.args.max_completion_length, self.chat_template_kwargs)
 
@@ -442,16 +443,14 @@ class DiscoTrainer(GRPOTrainer):
                                  scores, seen.labels, seen.mask, entropies, kl_delta=self.args.kl_delta,
                                  kl_beta=self.args.kl_beta, kl_penalty_kind=self.args.kl_penalty,
                                  weight_stats=weight_stats)
+        if mode == "train":
+            self._finite_guard.observe_loss(loss)  # NonFiniteGuard stops the run before a NaN update is saved
         return loss
 
 
 def _model_or_config(model, args):
     """The model, or for a model id / path its config (LoRA targets are checked on it before any weights load)."""
-    if not isinstance(model, str):
-        return model
-    init = args.model_init_kwargs or {}
-    return AutoConfig.from_pretrained(model, revision=init.get("revision"),
-                                      trust_remote_code=init.get("trust_remote_code", False))
+    return model if not isinstance(model, str) else preflight.model_config(model, args)
 
 
 def _disco_config(args, model) -> DiscoConfig:

@@ -44,10 +44,10 @@ import warnings
 from typing import Any, NamedTuple
 
 import torch
-from transformers import AutoConfig
 
 from . import metrics
 from .losses import SamplingCorrection, question_log_weights, sampling_correction
+from .preflight import model_config
 
 
 CPU_SETUP_HINT = "on a machine without a GPU, install vLLM's CPU build with `bash scripts/setup_vllm.sh`"
@@ -81,11 +81,11 @@ def on_vllm_cpu_platform() -> bool:
     return vllm_device_type() == "cpu"
 
 
-def _model_config(model: Any, trust_remote_code: bool):
+def _model_config(model: Any, args):
     if model is None:
         return None
     if isinstance(model, str):
-        return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        return model_config(model, args)
     return getattr(model, "config", None)
 
 
@@ -109,7 +109,7 @@ def head_dim_of(config) -> int | None:
 
 def _check_cpu_model(args, model) -> None:
     try:
-        config = _model_config(model, getattr(args, "trust_remote_code", False))
+        config = _model_config(model, args)
     except (OSError, ValueError):  # not a model folder (e.g. an adapter): TRL reports what it cannot load
         return
     supported = cpu_attention_head_sizes()
@@ -258,6 +258,16 @@ class LossView(NamedTuple):
     labels: torch.Tensor  # (B,) 1 positive, 0 negative, NaN neither
     token_weights: torch.Tensor | None  # (B, T) the sampling correction's per-token ratios (token modes)
     log_weights: torch.Tensor | None  # (B,) its per-completion log-weights, normalised per question
+
+
+def take_over_sampling_correction(trainer) -> None:
+    """Called at the end of `DiscoTrainer.__init__`. DisCO measures vLLM's mismatch in every run and corrects it
+    itself, with DisCO's meaning of each mode (`loss_view`); left on, TRL's GRPO-side correction would spend a forward
+    pass on pi_old after every generation, even where the first update computes it anyway, and log the same metrics
+    again, so it is turned off on the trainer (the config keeps the user's setting). Warns once about sampling
+    settings that bias both (`warn_if_truncated_sampling`)."""
+    trainer.vllm_importance_sampling_correction = False
+    warn_if_truncated_sampling(trainer.args)
 
 
 def corrects(args, inputs) -> bool:

@@ -218,6 +218,30 @@ def test_zero3_resume_mid_generation_matches_uninterrupted_run(zero3):
 
 
 @pytest.mark.slow
+def test_a_deepspeed_checkpoint_is_complete_only_with_every_file_its_resume_reads(zero3, tmp_path):
+    """The resume case's checkpoint in DeepSpeed's layout (`latest`, global_step1/ with each rank's optimizer state)
+    is complete for its 2 processes; without a rank's optimizer state, without `latest`, with a model state cut short
+    or without a process's RNG state it is not, and each reason is named."""
+    from disco_trl.checkpoints import incomplete_reasons
+
+    checkpoint = zero3["_dir"] / "resume" / "resumed" / "checkpoint-1"
+    assert incomplete_reasons(str(checkpoint), world_size=2) == []
+    damages = {
+        "holds the optimizer states of 1 processes, this run has 2":
+            lambda c: next((c / "global_step1").glob("*rank_1*optim_states.pt")).unlink(),
+        "no DeepSpeed `latest` file": lambda c: (c / "latest").unlink(),
+        "model_states.pt is damaged (truncated or corrupt)":
+            lambda c: [p.write_bytes(p.read_bytes()[:-64]) for p in (c / "global_step1").glob("*model_states.pt")],
+        "no rng_state_1.pth": lambda c: (c / "rng_state_1.pth").unlink(),
+    }
+    for reason, damage in damages.items():
+        copy = tmp_path / reason[:12].replace(" ", "_") / "checkpoint-1"
+        shutil.copytree(checkpoint, copy)
+        damage(copy)
+        assert any(reason in r for r in incomplete_reasons(str(copy), world_size=2)), reason
+
+
+@pytest.mark.slow
 def test_zero3_saved_model_loads_without_deepspeed(zero3):
     """zero3_save_16bit_model: save_model writes a consolidated model (here fp32, as trained with mixed_precision no;
     bf16 runs write bf16) that plain transformers loads."""

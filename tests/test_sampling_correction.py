@@ -324,3 +324,20 @@ def test_truncated_sampling_is_named_once_with_its_reason(tmp_path):
     assert len(messages) == 2
     assert "top_p=0.9" in messages[0] and "reweights toward completions made of high-probability tokens" in messages[0]
     assert "only the metrics are affected" in messages[1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_dro_is_exact_for_any_tau(dtype):
+    """The weighted DRO term is as stable as the unweighted one: for a huge tau it is the weighted mean of the
+    negatives (DisCO-b's weighted term), for a tiny one the largest negative score of positive weight."""
+    scores = torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0], dtype=dtype)
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])
+    group_ids = torch.zeros(5, dtype=torch.long)
+    log_weights = torch.tensor([0.3, -math.inf, 0.5, -0.2, 1.0], dtype=dtype)  # the highest negative: weight 0
+    basic = discriminative_objective(scores, labels, group_ids, variant="basic", log_weights=log_weights)
+    w = log_weights[2:].exp()
+    assert basic.item() == pytest.approx(-1.0 - float((w * scores[2:]).sum() / w.sum()), rel=1e-6)
+    huge = discriminative_objective(scores, labels, group_ids, variant="dro", tau=1e30, log_weights=log_weights)
+    assert huge.item() == pytest.approx(basic.item(), rel=1e-6)
+    tiny = discriminative_objective(scores, labels, group_ids, variant="dro", tau=1e-30, log_weights=log_weights)
+    assert tiny.item() == pytest.approx(-1.0 - (-3.0), rel=1e-6)

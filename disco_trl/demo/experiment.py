@@ -217,25 +217,32 @@ def recording_reward(reward_fn, num_generations: int, updates_per_generation: in
         if trainer_state is not None:
             kwargs["trainer_state"] = trainer_state
         rewards = reward_fn(*args, completions=completions, **kwargs)
-        values = torch.tensor([0.0 if r is None else float(r) for r in rewards])
-        if len(values) % num_generations == 0 and len(values):
-            # the paper's labels (the demo's rewards are 0/1), counted per question as DisCO counts them
-            labels = completion_labels(values, torch.ones_like(values, dtype=torch.bool), threshold=0.5)
-            counts = question_counts(labels, torch.arange(len(values)) // num_generations)
-            positives = [int(k) for k in counts.positives]
-            mixed = [k for k, m in zip(positives, counts.mixed.tolist()) if m]
-            history.append({
-                "step": len(history) * updates_per_generation if trainer_state is None else trainer_state.global_step,
-                "completions": len(values),
-                "frac_mixed": len(mixed) / len(positives),
-                "frac_all_wrong": sum(k == 0 for k in positives) / len(positives),
-                "frac_all_right": sum(k == num_generations for k in positives) / len(positives),
-                "neg_per_pos_mixed": (sum((num_generations - k) / k for k in mixed) / len(mixed)) if mixed else None,
-                "positives_histogram": [sum(k == j for k in positives) for j in range(num_generations + 1)],
-            })
+        if len(rewards) % num_generations == 0 and len(rewards):
+            step = len(history) * updates_per_generation if trainer_state is None else trainer_state.global_step
+            history.append({"step": step, "completions": len(rewards), **group_statistics(rewards, num_generations)})
         return rewards
 
     return record
+
+
+def group_statistics(rewards: list, num_generations: int) -> dict:
+    """How a batch's groups (each question's `num_generations` consecutive completions) fall: the fraction mixed / all
+    wrong / all right, the mean number of negatives per positive over the mixed groups, the fraction of the mixed
+    groups with at least 2 negatives, and how many groups have k = 0..G positives. The paper's labels (the demo's
+    rewards are 0/1), counted per question as DisCO counts them."""
+    values = torch.tensor([0.0 if r is None else float(r) for r in rewards])
+    labels = completion_labels(values, torch.ones_like(values, dtype=torch.bool), threshold=0.5)
+    counts = question_counts(labels, torch.arange(len(values)) // num_generations)
+    positives = [int(k) for k in counts.positives]
+    mixed = [k for k, m in zip(positives, counts.mixed.tolist()) if m]
+    return {
+        "frac_mixed": len(mixed) / len(positives),
+        "frac_all_wrong": sum(k == 0 for k in positives) / len(positives),
+        "frac_all_right": sum(k == num_generations for k in positives) / len(positives),
+        "neg_per_pos_mixed": (sum((num_generations - k) / k for k in mixed) / len(mixed)) if mixed else None,
+        "frac_mixed_with_2_negatives": (sum(num_generations - k >= 2 for k in mixed) / len(mixed)) if mixed else None,
+        "positives_histogram": [sum(k == j for k in positives) for j in range(num_generations + 1)],
+    }
 
 
 def eval_kwargs(settings: RunSettings) -> dict:
