@@ -83,6 +83,10 @@ def refuse_grpo_loss_options(config) -> None:
             )
 
 
+# Generation rounds per batch with fill_informative_questions: verl's DAPO recipes set max_num_gen_batches=10.
+DEFAULT_GENERATION_ROUNDS = 10
+
+
 # tau of the DRO objective used in the paper (section 5.4): 10 for log-L, 1 for L-ratio.
 DEFAULT_TAU = {"log_l": 10.0, "l_ratio": 1.0}
 
@@ -125,6 +129,16 @@ class DiscoConfig(GRPOConfig):
             micro-batches the optimizer sees, which makes steps cheaper; the KL trust region is then estimated on the
             kept questions' tokens, and an optimizer step with no kept question anywhere makes no update. A deviation
             from the paper, off by default (see docs/method.md).
+        fill_informative_questions (`bool`, defaults to `False`):
+            Dynamic sampling (DAPO's; verl's `filter_groups`): when a generation batch holds fewer questions with both
+            positive and negative completions than it was sized for, draw and generate the training set's next
+            generation batches, round after round, until every process's share is full of such questions or
+            `max_generation_rounds` rounds have run. The step then trains on exactly its nominal number of questions,
+            informative ones first; the informative surplus of the last round is dropped. Needs `max_steps`. Off: the
+            paper's uniform batches (see docs/method.md).
+        max_generation_rounds (`int`, *optional*):
+            With `fill_informative_questions`: the most generation rounds per batch, the first included (verl's
+            `max_num_gen_batches`). Defaults to 10, the value of verl's DAPO recipes.
 
     Defaults that differ from `GRPOConfig`, to follow the paper: `temperature=0.6`, `lr_scheduler_type="constant"`,
     `learning_rate=2e-6` (the authors' 1.5B scripts; use 1e-6 for 7B/8B), `num_generations=8`, `weight_decay=0.0`,
@@ -204,6 +218,19 @@ class DiscoConfig(GRPOConfig):
                   "region is then estimated on the kept questions' tokens. Off: the paper's exact objective."},
     )
 
+    fill_informative_questions: bool = field(
+        default=False,
+        metadata={"help": "Dynamic sampling: generate more prompts, round after round, until each generation batch "
+                  "holds its nominal number of questions with both right and wrong completions (or "
+                  "max_generation_rounds ran out); the surplus is dropped. Needs max_steps. Off: the paper's "
+                  "batches."},
+    )
+    max_generation_rounds: int | None = field(
+        default=None,
+        metadata={"help": "With fill_informative_questions: the most generation rounds per batch, the first included "
+                  f"(default {DEFAULT_GENERATION_ROUNDS}, as verl's DAPO recipes' max_num_gen_batches)."},
+    )
+
     def __post_init__(self):
         # Validate first, before GRPOConfig spends time on anything else, so that a bad value is named as the user set
         # it (TRL would otherwise report a value it derives from it, such as generation_batch_size).
@@ -219,6 +246,7 @@ class DiscoConfig(GRPOConfig):
         check_whole_groups(self)  # again, with the steps_per_generation derived from generation_batch_size
         check_deepspeed_geometry(self)  # a DeepSpeed config that batches otherwise would split groups silently
         self._check_skipping_layout()
+        self._check_filling()
 
     def _check_disco_fields(self) -> None:
         if self.score_type not in SCORE_TYPES:
@@ -336,4 +364,35 @@ class DiscoConfig(GRPOConfig):
                 f"steps_per_generation={self.steps_per_generation} must be a multiple of gradient_accumulation_steps="
                 f"{self.gradient_accumulation_steps}: set steps_per_generation to a multiple of "
                 f"{self.gradient_accumulation_steps} (or leave it unset), or turn the option off."
+            )
+
+    def _check_filling(self) -> None:
+        """fill_informative_questions counts training in optimizer steps and draws dataset rows itself."""
+        rounds = self.max_generation_rounds
+        if not self.fill_informative_questions:
+            if rounds is not None:
+                raise ValueError(
+                    f"DiscoConfig.max_generation_rounds={rounds} is used only with fill_informative_questions=True: "
+                    "turn that on, or remove max_generation_rounds."
+                )
+            return
+        if rounds is None:
+            self.max_generation_rounds = rounds = DEFAULT_GENERATION_ROUNDS
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(
+                f"DiscoConfig.max_generation_rounds={rounds!r} must be a whole number >= 1 (generation rounds per "
+                f"batch, the first included; 1 generates once, as without filling; default "
+                f"{DEFAULT_GENERATION_ROUNDS})."
+            )
+        if self.max_steps <= 0:
+            raise ValueError(
+                f"DiscoConfig.fill_informative_questions=True needs max_steps (the number of optimizer updates; got "
+                f"{self.max_steps}): each update may draw up to max_generation_rounds generation batches of prompts, "
+                "so num_train_epochs would no longer count passes over the data. Set max_steps."
+            )
+        if self.remove_unused_columns:
+            raise ValueError(
+                "DiscoConfig.fill_informative_questions=True with remove_unused_columns=True: the extra rounds read "
+                "the training set's rows as they are, with every column the reward functions use. Set "
+                "remove_unused_columns=False (GRPOConfig's default)."
             )

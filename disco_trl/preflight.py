@@ -1,10 +1,11 @@
 """What a run checks before it spends compute, and the lock that keeps one run per output folder.
 
 Checks on a run's inputs (each raises ValueError with one line naming the setting and the fix): the training set
-holds at least one generation batch (`check_dataset_size`), every LoRA target module exists in the model
-(`check_lora_targets`, on a model built on the meta device when the weights are not loaded yet), and every prompt
-fits the model's positions with room for max_completion_length tokens (`check_prompt_lengths`). The training script
-runs them before any weights load; `DiscoTrainer` runs them before training starts.
+holds at least one generation batch (`check_dataset_size`) and, to fill batches, can be indexed
+(`check_fill_dataset`), every LoRA target module exists in the model (`check_lora_targets`, on a model built on the
+meta device when the weights are not loaded yet), and every prompt fits the model's positions with room for
+max_completion_length tokens (`check_prompt_lengths`). The training script runs them before any weights load;
+`DiscoTrainer` runs them before training starts.
 
 `FolderLock`: a training run (`DiscoTrainer.train`, the training script) or an evaluation (`disco-trl eval`) holds its
 output folder for as long as it runs, through a lock file in it (`.disco-lock`, JSON: host, pid, process start time,
@@ -206,6 +207,19 @@ def check_dataset_size(dataset, args) -> None:
             f"(generation_batch_size={args.generation_batch_size} / num_generations={args.num_generations}): the run "
             "would make no optimizer step. Use more questions, or a smaller generation batch (generation_batch_size, "
             "or per_device_train_batch_size x steps_per_generation x processes)."
+        )
+
+
+def check_fill_dataset(dataset) -> None:
+    """ValueError unless the training set can be drawn from by index (fill_informative_questions draws its rounds'
+    prompts itself, with a position saved in checkpoints)."""
+    if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not (
+            hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        kind = "no train_dataset" if dataset is None else f"a {type(dataset).__name__}"
+        raise ValueError(
+            f"DiscoConfig.fill_informative_questions=True draws prompts from the training set by index, but got "
+            f"{kind}: pass a map-style dataset (datasets.Dataset; not a streaming IterableDataset), or set "
+            "fill_informative_questions=False."
         )
 
 

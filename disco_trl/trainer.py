@@ -6,7 +6,9 @@ PEFT, DeepSpeed, logging, model cards. DisCO overrides five GRPOTrainer methods,
 1. `_calculate_rewards`: keep each completion's rewards per reward function (TRL passes on only GRPO's normalised
    advantages, which DisCO does not use), for `_generate_and_score_completions` to read.
 2. `_generate_and_score_completions`: decide once per generation batch which completions are positives, negatives or
-   neither (`disco_labels`), give each its question's id (`disco_group_ids`), and log the per-question counts.
+   neither (`disco_labels`), give each its question's id (`disco_group_ids`), and log the per-question counts; with
+   fill_informative_questions, generate more rounds of prompts until the batch holds its nominal number of questions
+   with signal (`filling`).
 3. `_prepare_inputs`: TRL shuffles a new generation batch by rows; DisCO re-cuts it by whole questions
    (`geometry.cut_by_questions`), so that every question's completions land on one process within one optimizer
    step (the objective compares a question's positives with its negatives). Also where, per optimizer step, the
@@ -33,7 +35,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
-from . import checkpoints, metrics, preflight, skipping, vllm_support
+from . import checkpoints, filling, metrics, preflight, skipping, vllm_support
 from .config import DiscoConfig
 from .distributed import CollectiveTimeout
 from .geometry import BatchGeometry, cut_by_questions
@@ -101,6 +103,8 @@ class DiscoTrainer(GRPOTrainer):
         if rollout_func is None and environment_factory is None:  # those add reward inputs of their own at run time
             check_reward_columns(reward_funcs, train_dataset)
         preflight.check_dataset_size(train_dataset, args)
+        if args.fill_informative_questions:
+            preflight.check_fill_dataset(train_dataset)
         if peft_config is not None:
             preflight.check_lora_targets(_model_or_config(model, args), peft_config)
         vllm_support.check_vllm_can_run(args, model)  # refuse set-ups where vLLM cannot run, before any model loads
@@ -118,8 +122,14 @@ class DiscoTrainer(GRPOTrainer):
         # (all processes' completions, reward functions) of the batch being scored: _calculate_rewards -> next method
         self._rewards_per_func_being_scored: torch.Tensor | None = None
         self._no_signal_watch = NoSignalWatch(args.reward_threshold)
+        self._rounds_signal: list[tuple[bool, torch.Tensor]] = []  # (any mixed question, rewards) of each round
         self._checkpoint_state = checkpoints.DiscoStateCallback(self)
         self.add_callback(self._checkpoint_state)
+        # with fill_informative_questions: the rounds that fill each generation batch, and their prompt stream
+        self.batch_filler = None
+        if args.fill_informative_questions:
+            accelerator = self.accelerator
+            self.batch_filler = filling.BatchFiller(args, accelerator.num_processes, accelerator.process_index)
         self._skipped_updates = None
         if args.skip_uninformative_questions:
             self._skipped_updates = skipping.NoUpdateWithoutSignal(is_deepspeed=self.is_deepspeed_enabled)
@@ -146,6 +156,16 @@ class DiscoTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        if self.batch_filler is None or not self.model.training:
+            return self._score_generation(inputs)
+        # fill_informative_questions: the batch's prompts come from the filler's stream, not from TRL's dataloader
+        batch = self.batch_filler.generation_batch(self._score_generation, self.accelerator, self.processing_class,
+                                                   self._metrics["train"], loss_mask=self._loss_mask)
+        self._watch_signal()  # a batch whose later rounds found signal is no batch without signal
+        return batch
+
+    def _score_generation(self, inputs):
+        """One generation of TRL's (completions, rewards, advantages) with DisCO's labels and question ids."""
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
@@ -171,8 +191,15 @@ class DiscoTrainer(GRPOTrainer):
             numeric_threshold=self.args.reward_threshold != "group_mean",
         )
         if mode == "train":
-            self._no_signal_watch.update(any_mixed, rewards)
+            self._rounds_signal.append((any_mixed, rewards))
+            if self.batch_filler is None:
+                self._watch_signal()
         return output
+
+    def _watch_signal(self) -> None:
+        """Tell the no-signal watch about the generation batch just scored (with filling: all its rounds)."""
+        rounds, self._rounds_signal = self._rounds_signal, []
+        self._no_signal_watch.update(any(mixed for mixed, _ in rounds), torch.cat([r for _, r in rounds]))
 
     def _labels(self, local_rewards: torch.Tensor, output: dict) -> torch.Tensor:
         """Positives (1), negatives (0) and unusable completions (NaN) of this process, decided once per generation.
@@ -270,6 +297,8 @@ class DiscoTrainer(GRPOTrainer):
         the output_dir held for the run: a second run into it is refused while this one lives."""
         with preflight.hold_folder(self.accelerator, self.args.output_dir, "a training run (DiscoTrainer.train)"):
             checkpoint = checkpoints.resolve_resume_for_trainer(self, resume_from_checkpoint)
+            if self.batch_filler is not None:
+                self.batch_filler.bind(self.train_dataset, self.data_collator)
             self._checkpoint_state.resume_from = checkpoint
             try:
                 return super().train(checkpoint, trial, ignore_keys_for_eval, **kwargs)

@@ -17,6 +17,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl.filling import question_signal
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer, instantiate
 
 
@@ -96,13 +97,21 @@ def half_informative_reward(completions, prompts, **kwargs):
     return [r if _question_number(p) % 2 == 0 else 0.0 for r, p in zip(rewards, prompts)]
 
 
+def tenth_informative_reward(completions, prompts, **kwargs):
+    """parity_reward on questions whose number is a multiple of 10; 0 on the others (a pool where about 10% of the
+    questions can carry signal)."""
+    rewards = parity_reward(completions)
+    return [r if _question_number(p) % 10 == 0 else 0.0 for r, p in zip(rewards, prompts)]
+
+
 def first_step_reward(completions, trainer_state=None, **kwargs):
     """parity_reward for the generation of the first optimizer step, 0 afterwards (nothing left to learn)."""
     step = trainer_state.global_step if trainer_state is not None else 0
     return parity_reward(completions) if step == 0 else [0.0] * len(completions)
 
 
-REWARDS = {"parity": parity_reward, "half_informative": half_informative_reward, "first_step": first_step_reward}
+REWARDS = {"parity": parity_reward, "half_informative": half_informative_reward, "first_step": first_step_reward,
+           "tenth_informative": tenth_informative_reward}
 
 
 class FixedGenerationTrainer(DiscoTrainer):
@@ -178,6 +187,15 @@ class RecordingTrainer(FixedGenerationTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.micro_inputs: list[dict] = []
+        self.rounds: list[dict] = []  # each generation as scored: its questions' numbers and which carry signal
+
+    def _score_generation(self, inputs):
+        output = super()._score_generation(inputs)
+        if self.model.training:
+            texts = self.processing_class.batch_decode(output["prompt_ids"][::GROUP], skip_special_tokens=True)
+            self.rounds.append({"step": self.state.global_step, "questions": [_question_number(t) for t in texts],
+                                "signal": question_signal(output["disco_labels"], GROUP).tolist()})
+        return output
 
     def _compute_loss(self, model, inputs):
         keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
@@ -198,9 +216,10 @@ class CaptureParamsAndGrads(CaptureGrads):
 
 
 def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_steps=1, arch="qwen2", reward="parity",
-               **config):
+               num_prompts=24, **config):
     """Train `max_steps` optimizer steps with fixed generations. Returns what the reference needs (this process).
-    `arch` names the tiny model's architecture, `reward` one of REWARDS."""
+    `arch` names the tiny model's architecture, `reward` one of REWARDS; the training set has `num_prompts`
+    questions."""
     model, tokenizer = tiny_model_and_tokenizer(arch=arch)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = layout_config(tmp_path, per_device, accumulation, steps_per_generation, max_steps=max_steps, **config)
@@ -209,7 +228,7 @@ def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_ste
         model=model,
         reward_funcs=REWARDS[reward],
         args=args,
-        train_dataset=prompt_dataset(),
+        train_dataset=prompt_dataset(num_prompts),
         processing_class=tokenizer,
         callbacks=[capture],
     )
@@ -219,6 +238,7 @@ def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_ste
         "grads": capture.grads,
         "params": capture.params,
         "micro_inputs": trainer.micro_inputs,
+        "rounds": trainer.rounds,
         "log_history": trainer.state.log_history,
         "rank": trainer.accelerator.process_index,
     }

@@ -25,7 +25,7 @@ pytest.importorskip(
     "deepspeed", reason="DeepSpeed is not installed: `pip install -e '.[deepspeed]'` (scripts/setup_env.sh does)"
 )
 
-from disco_testing import tiny_model_and_tokenizer  # noqa: E402
+from disco_testing import REWARDS, tiny_model_and_tokenizer  # noqa: E402
 from test_split_invariance import reference_gradient  # noqa: E402
 
 
@@ -51,9 +51,13 @@ LAYOUTS = {
     # both: split groups whose second update's look-ahead scores under the updated (partitioned) parameters
     "split_groups_off_policy": dict(layout=[2, 4, 8], max_steps=2, score_type="l_ratio", disco_variant="basic",
                                     kl_delta=0.0, seed=0),
+    # fill_informative_questions: extra generation rounds (ZeRO-3 gathers the parameters for each) until each process
+    # holds its 2 questions with signal; 2 updates per generation, the second off-policy
+    "filled": dict(layout=[4, 2, 4], max_steps=2, score_type="log_l", disco_variant="dro", kl_delta=0.0,
+                   fill_informative_questions=True, reward="half_informative", num_prompts=200),
 }
 # ZeRO-2 keeps full parameters, so the combined case (look-ahead on partitioned parameters) is ZeRO-3's alone
-ZERO2_LAYOUTS = ["whole_groups", "split_groups", "updates_per_generation"]
+ZERO2_LAYOUTS = ["whole_groups", "split_groups", "updates_per_generation"]  # (filling: under ZeRO-3)
 ZERO2_CASES = [dict(name=n, kind="layout", learning_rate=LR, **LAYOUTS[n]) for n in ZERO2_LAYOUTS]
 ZERO2_CASES.append(dict(name="geometry", kind="geometry"))
 ZERO3_CASES = [dict(name=n, kind="layout", learning_rate=LR, save_model=n == "whole_groups", **c)
@@ -128,7 +132,8 @@ def check_exact(records, case):
     assert len(rank0["params"]) == steps
     for step in range(steps):
         grad, n_questions = reference_gradient(records, step, accumulation=layout[1], variant=case["disco_variant"],
-                                               delta=kwargs.get("kl_delta", 1e-4), score_type=kwargs["score_type"])
+                                               delta=kwargs.get("kl_delta", 1e-4), score_type=kwargs["score_type"],
+                                               reward=REWARDS[case.get("reward", "parity")])
         assert n_questions == layout[0] * layout[1] * 2 // 4
         after = rank0["params"][step + 1] if step + 1 < steps else rank0["final"]
         assert_update_is_reference(rank0["params"][step], after, grad, LR)
@@ -155,6 +160,21 @@ def test_zero2_updates_equal_the_reference(zero2, name):
 def test_zero3_updates_equal_the_reference(zero3, name):
     assert zero3[name][0]["zero_stage"] == 3
     check_exact(zero3[name], next(c for c in ZERO3_CASES if c["name"] == name))
+
+
+@pytest.mark.slow
+def test_zero3_fills_each_process_share_over_extra_rounds(zero3):
+    """Both processes ran the same extra generation rounds (each one gathering the ZeRO-3 partitions) and filled
+    their shares; the two updates themselves are checked against the reference above."""
+    logged = [[h["disco/fill/rounds"] for h in r["log_history"] if "disco/fill/rounds" in h] for r in zero3["filled"]]
+    assert logged[0] == logged[1] and max(logged[0]) > 1
+    # per process, its informative questions found in each round of the batch (its share: 4 questions): enough in
+    # all rounds, not before the last on some process (the rounds stop when every share is full)
+    found = [[sum(r["signal"]) for r in record["rounds"] if r["step"] == 0] for record in zero3["filled"]]
+    assert all(len(f) == logged[0][0] and sum(f) >= 4 for f in found)
+    assert any(sum(f[:-1]) < 4 for f in found)
+    logs = zero3["filled"][0]["log_history"]
+    assert [h["disco/fill/out_of_rounds"] for h in logs if "disco/fill/rounds" in h] == [0.0]
 
 
 @pytest.mark.slow

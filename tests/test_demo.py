@@ -359,12 +359,22 @@ def test_one_registry_each_name_one_method(tmp_path):
 
     from disco_trl import DiscoConfig, DiscoTrainer
     from disco_trl.demo.experiment import RunSettings, build_args
-    from disco_trl.demo.methods import BENCHMARK_METHODS, DEMO_METHODS, METHODS, build_config, trainer_class
+    from disco_trl.demo.methods import (
+        BENCHMARK_METHODS,
+        DEMO_METHODS,
+        FILL_METHODS,
+        METHODS,
+        build_config,
+        trainer_class,
+    )
 
     expected = {
         "disco": (DiscoConfig, {"score_type": "log_l", "disco_variant": "dro"}),
         "disco-lratio": (DiscoConfig, {"score_type": "l_ratio", "disco_variant": "dro"}),
         "disco-b": (DiscoConfig, {"score_type": "log_l", "disco_variant": "basic"}),
+        "disco-skip": (DiscoConfig, {"score_type": "log_l", "skip_uninformative_questions": True}),
+        "disco-fill": (DiscoConfig, {"score_type": "log_l", "fill_informative_questions": True,
+                                     "max_generation_rounds": 10}),
         "grpo": (GRPOConfig, {"loss_type": "grpo", "beta": 0.001}),
         "dr_grpo": (GRPOConfig, {"loss_type": "dr_grpo", "beta": 0.0, "scale_rewards": "none"}),
         "dapo": (GRPOConfig, {"loss_type": "dapo", "beta": 0.0, "epsilon_high": 0.28}),
@@ -372,8 +382,9 @@ def test_one_registry_each_name_one_method(tmp_path):
         "trl-default-ref-kl": (GRPOConfig, {"loss_type": "dapo", "beta": 0.04}),
         "grpo-beta0": (GRPOConfig, {"loss_type": "grpo", "beta": 0.0}),
     }
-    assert set(METHODS) == set(expected) and set(DEMO_METHODS) | set(BENCHMARK_METHODS) == set(METHODS)
-    common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert set(METHODS) == set(expected)
+    assert set(DEMO_METHODS) | set(BENCHMARK_METHODS) | set(FILL_METHODS) == set(METHODS)
+    common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=10)
     for name, (config_class, fields) in expected.items():
         config = build_config(name, common)
         assert type(config) is config_class, name

@@ -234,16 +234,17 @@ def vllm_config(tmp_path, per_device, accumulation, steps_per_generation, **over
 
 
 def run_vllm(tmp_path, model_dir, per_device, accumulation, steps_per_generation, *, reward=parity_reward,
-             dtype=torch.float64, peft_config=None, after_training=None, **config) -> dict:
+             dtype=torch.float64, peft_config=None, after_training=None, num_prompts=24, **config) -> dict:
     """Train with vLLM colocated; returns what the checks need (as disco_testing.run_layout, plus the syncs).
-    `after_training(trainer)` runs before the trainer (and its vLLM engine) is dropped."""
+    `after_training(trainer)` runs before the trainer (and its vLLM engine) is dropped; the training set has
+    `num_prompts` questions."""
     from disco_testing import CaptureParamsAndGrads
 
     model, tokenizer = load_model(model_dir, dtype)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     capture = CaptureParamsAndGrads()
     trainer = VLLMRecordingTrainer(
-        model=model, reward_funcs=reward, processing_class=tokenizer, train_dataset=prompt_dataset(),
+        model=model, reward_funcs=reward, processing_class=tokenizer, train_dataset=prompt_dataset(num_prompts),
         args=vllm_config(tmp_path, per_device, accumulation, steps_per_generation, **config),
         peft_config=peft_config, callbacks=[capture],
     )

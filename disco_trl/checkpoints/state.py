@@ -44,12 +44,13 @@ def state_path(folder: str, rank: int) -> str:
 
 
 def save_rank_state(folder: str, rank: int, step: int, buffered_inputs, geometry: BatchGeometry,
-                    settings: dict | None = None) -> None:
-    """Write this process's state atomically (a temporary file renamed), so that a present file is a whole one."""
+                    settings: dict | None = None, prompt_stream: dict | None = None) -> None:
+    """Write this process's state atomically (a temporary file renamed), so that a present file is a whole one.
+    `prompt_stream`: with fill_informative_questions, the position of the stream the batches' prompts come from."""
     os.makedirs(folder, exist_ok=True)
     path = state_path(folder, rank)
     state = {"step": step, "buffered_inputs": buffered_inputs, "geometry": geometry.checkpoint_fields(),
-             "settings": settings}
+             "settings": settings, "prompt_stream": prompt_stream}
     try:
         torch.save(state, path + ".tmp")
     except (OSError, RuntimeError) as err:  # torch's writer says "basic_ios::clear: iostream error" on a full disk
@@ -121,14 +122,15 @@ def _free_space_note(folder: str) -> str:
 # the other sampling settings (read from the arguments at every step / generation).
 REFUSED_ON_RESUME = ("score_type", "disco_variant", "reward_threshold", "reward_weights",
                      "multi_objective_aggregation", "mask_truncated_completions", "skip_uninformative_questions",
-                     "lr_scheduler_type", "optim", "kl_penalty", "temperature")
+                     "lr_scheduler_type", "optim", "kl_penalty", "temperature", "fill_informative_questions")
 
 
 OPTIMIZER_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_epsilon": "eps"}
 
 
 HONOURED_ON_RESUME = (*OPTIMIZER_SETTINGS, "adam_beta1", "adam_beta2", "tau", "kl_delta", "kl_beta", "kl_estimator",
-                      "top_p", "top_k", "min_p", "repetition_penalty", "generation_kwargs", "max_completion_length")
+                      "top_p", "top_k", "min_p", "repetition_penalty", "generation_kwargs", "max_completion_length",
+                      "max_generation_rounds")
 
 
 def run_settings(args) -> dict:
@@ -243,8 +245,10 @@ class DiscoStateCallback(TrainerCallback):
         trainer = self.trainer
         check_free_space(self._folder(args, state), trainer)
         geometry = BatchGeometry.from_args(args, trainer.accelerator.num_processes)
+        filler = getattr(trainer, "batch_filler", None)
         save_rank_state(self._folder(args, state), trainer.accelerator.process_index, trainer._step,
-                        trainer._buffered_inputs, geometry, run_settings(args))
+                        trainer._buffered_inputs, geometry, run_settings(args),
+                        prompt_stream=None if filler is None else filler.state_dict())
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:
@@ -276,3 +280,6 @@ class DiscoStateCallback(TrainerCallback):
             apply_changed_settings(trainer, changed)
         trainer._step = saved["step"]
         trainer._buffered_inputs = saved["buffered_inputs"]
+        filler = getattr(trainer, "batch_filler", None)
+        if filler is not None:
+            filler.load_state_dict(saved.get("prompt_stream"))

@@ -121,6 +121,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: RunSettings)
     add("--skip-uninformative-questions", action="store_true",
         help="DisCO methods only: train only on questions with both right and wrong completions "
              "(DiscoConfig.skip_uninformative_questions; docs/method.md)")
+    add("--fill-informative-questions", action="store_true",
+        help="DisCO methods only: generation rounds until each batch holds its nominal number of questions with "
+             "signal (DiscoConfig.fill_informative_questions; docs/method.md); the method disco-fill has it on")
+    add("--max-generation-rounds", type=positive_int("--max-generation-rounds"),
+        default=defaults.max_generation_rounds,
+        help=f"with filling: generation rounds per batch at most, the first included (default "
+             f"{defaults.max_generation_rounds})")
     add("--quick", action="store_true",
         help="a smoke run of well under a minute: the same start, few steps, small evaluation")
 
@@ -170,6 +177,8 @@ def settings_from_args(args, method: str, seed: int, learning_rate: float, *, de
         kl_delta=args.kl_delta,
         kl_beta=args.kl_beta,
         skip_uninformative_questions=getattr(args, "skip_uninformative_questions", False),
+        fill_informative_questions=getattr(args, "fill_informative_questions", False),
+        max_generation_rounds=getattr(args, "max_generation_rounds", defaults.max_generation_rounds),
     )
     if settings.eval_questions > 100:
         raise ValueError(f"--eval-questions={settings.eval_questions}: at most 100 held-out questions are reserved.")

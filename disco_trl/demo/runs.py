@@ -26,7 +26,9 @@ KEEP_KEYS = ("step", "reward", "reward_std", "entropy", "disco/kl", "kl", "disco
              "demo/kl_exact", "demo/kl_log_ratio", "demo/kl_k3",
              "disco/frac_mixed_questions", "disco/neg_per_pos_mixed", "disco/frac_more_neg_than_pos",
              "frac_reward_zero_std", "completions/mean_length", "clip_ratio/region_mean", "clip_ratio/high_mean",
-             "clip_ratio/low_mean", "loss", "grad_norm")
+             "clip_ratio/low_mean", "loss", "grad_norm", "step_time", "disco/skipped_update", "disco/fill/rounds",
+             "disco/fill/out_of_rounds", "disco/fill/informative_fraction", "disco/fill/completions_per_kept_question",
+             "disco/fill/data_passes")
 
 
 def run_file(runs_dir: str, tag: str, settings: RunSettings) -> str:
