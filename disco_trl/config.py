@@ -9,7 +9,7 @@ import torch
 from trl import GRPOConfig
 
 from .geometry import check_deepspeed_geometry, check_whole_groups
-from .losses import KL_ESTIMATORS, KL_PENALTIES, SCORE_TYPES, VARIANTS, check_tau
+from .losses import IS_MODES, KL_ESTIMATORS, KL_PENALTIES, SCORE_TYPES, VARIANTS, check_tau
 
 
 def _has_bf16_accelerator() -> bool:
@@ -25,8 +25,6 @@ def _has_bf16_accelerator() -> bool:
 _CLIPPING = "DisCO's scores are not clipped; its trust region is KL(pi_old || pi_theta) <= kl_delta (weight kl_beta)"
 _ENTROPY = "DisCO keeps entropy stable through its KL constraint (kl_delta, kl_beta), not with an entropy term"
 _REFERENCE = "DisCO has no reference model (TRL's beta must be 0)"
-_VLLM_IS = ("DisCO recomputes the old policy's log-probs with the trainer, so there is no vLLM/trainer mismatch to "
-            "correct")
 
 # option -> (neutral value, what it does in GRPO and why DisCO does not use it)
 GRPO_LOSS_OPTIONS: dict[str, tuple[object, str]] = {
@@ -62,11 +60,6 @@ GRPO_LOSS_OPTIONS: dict[str, tuple[object, str]] = {
     "sync_ref_model": (False, f"it updates GRPO's reference model; {_REFERENCE}"),
     "ref_model_mixup_alpha": (0.6, f"it mixes GRPO's reference model; {_REFERENCE}"),
     "ref_model_sync_steps": (512, f"it schedules GRPO's reference-model sync; {_REFERENCE}"),
-    "vllm_importance_sampling_correction": (False, f"it reweights GRPO's loss by pi_trainer/pi_vLLM; {_VLLM_IS}"),
-    "vllm_importance_sampling_mode": ("sequence_mask", f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
-    "vllm_importance_sampling_clip_min": (None, f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
-    "vllm_importance_sampling_clip_max": (3.0, f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
-    "vllm_importance_sampling_cap": (None, f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
 }
 
 
@@ -156,8 +149,11 @@ class DiscoConfig(GRPOConfig):
             `max_num_gen_batches`). Defaults to 10, the value of verl's DAPO recipes.
 
     Defaults that differ from `GRPOConfig`, to follow the paper: `temperature=0.6`, `lr_scheduler_type="constant"`,
-    `learning_rate=2e-6` (the authors' 1.5B scripts; use 1e-6 for 7B/8B), `num_generations=8`, `weight_decay=0.0`,
-    `vllm_importance_sampling_correction=False` (DisCO recomputes the old policy with the trainer, see the docs).
+    `learning_rate=2e-6` (the authors' 1.5B scripts; use 1e-6 for 7B/8B), `num_generations=8`, `weight_decay=0.0`.
+    TRL's vLLM importance sampling (`vllm_importance_sampling_correction`, on by default as in TRL, with
+    `vllm_importance_sampling_mode`, `_clip_min`, `_clip_max`) keeps TRL's defaults and takes DisCO's meaning: vLLM's
+    samples are reweighted toward pi_old in DisCO's class means and KL estimate (docs/method.md). Every vLLM run logs
+    the mismatch (`sampling/*`), corrected or not.
     TRL's `beta` (KL to a reference model) must stay 0: DisCO has no reference model; its trust region is set with
     `kl_delta`/`kl_beta`.
 
@@ -216,9 +212,10 @@ class DiscoConfig(GRPOConfig):
         default=8, metadata={"help": "Completions sampled per question (paper: 8)."}
     )
     vllm_importance_sampling_correction: bool = field(
-        default=False,
-        metadata={"help": "GRPO-side correction for vLLM/trainer mismatch; DisCO ignores it (the old policy is "
-                  "recomputed by the trainer), so it is off to save a forward pass."},
+        default=True,
+        metadata={"help": "Reweight vLLM's samples toward pi_old (its kernels, dtype and sampler are not the "
+                  "trainer's) in DisCO's class means and KL estimate, by vllm_importance_sampling_mode within "
+                  "[vllm_importance_sampling_clip_min, _clip_max] (docs/method.md). On by default, as in TRL."},
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -279,6 +276,7 @@ class DiscoConfig(GRPOConfig):
             raise ValueError(
                 f"DiscoConfig.disco_variant={self.disco_variant!r} is unknown; use 'dro' (DisCO) or 'basic' (DisCO-b)."
             )
+        self._check_importance_sampling()
         if self.tau is None:
             self.tau = DEFAULT_TAU[self.score_type]
         self.tau = check_tau(self.tau, "DiscoConfig.tau")
@@ -295,6 +293,26 @@ class DiscoConfig(GRPOConfig):
             )
         check_float32_range("kl_delta", self.kl_delta, "the paper uses 1e-4 (0: no slack).")
         check_float32_range("kl_beta", self.kl_beta, "the paper uses 1e3 (0 turns the KL penalty off).")
+
+    def _check_importance_sampling(self) -> None:
+        mode, clip_max = self.vllm_importance_sampling_mode, self.vllm_importance_sampling_clip_max
+        if getattr(self, "vllm_importance_sampling_cap", None) is not None:  # TRL's deprecated name for clip_max
+            clip_max = self.vllm_importance_sampling_cap
+        if mode not in IS_MODES:
+            raise ValueError(
+                f"DiscoConfig.vllm_importance_sampling_mode={mode!r} is unknown; use one of {IS_MODES} "
+                "(docs/method.md says what each means for DisCO)."
+            )
+        for name in ("vllm_importance_sampling_clip_min", "vllm_importance_sampling_clip_max",
+                     "vllm_importance_sampling_cap"):
+            value = getattr(self, name, None)
+            if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
+                raise ValueError(f"DiscoConfig.{name}={value!r} must be a finite number or None (no bound).")
+        if clip_max is not None and clip_max <= 0:
+            raise ValueError(
+                f"DiscoConfig.vllm_importance_sampling_clip_max={clip_max!r} would drop (or zero) the weight of every "
+                "completion: importance ratios are > 0. Use a bound above 1 (TRL's default is 3.0) or None."
+            )
 
     def _check_training_values(self) -> None:
         """Values TRL or transformers accept but that fail, or train nothing, once the model is loaded."""

@@ -4,6 +4,7 @@ are a fixed function of (prompt, sample index) so that different batch layouts s
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -115,13 +116,19 @@ REWARDS = {"parity": parity_reward, "half_informative": half_informative_reward,
 
 
 class FixedGenerationTrainer(DiscoTrainer):
-    """Completions depend only on the prompt tokens and on which of the group's samples this is."""
+    """Completions depend only on the prompt tokens and on which of the group's samples this is. With
+    `sampling_spread` > 0 the generation also reports the "sampler's" log-probs, as vLLM does: the uniform
+    -log(vocabulary) plus a fixed offset in [-spread, spread] per token, a known sampler that is not pi_old."""
 
     max_len = 6
+    sampling_spread = 0.0
+
+    def _sampled_by_vllm(self) -> bool:
+        return self.sampling_spread > 0  # the generation plays vLLM's role
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         seen: dict[tuple, int] = {}
-        completion_ids = []
+        completion_ids, logprobs = [], []
         vocab = len(self.processing_class)
         eos = self.processing_class.eos_token_id
         for ids in prompt_ids:
@@ -134,7 +141,9 @@ class FixedGenerationTrainer(DiscoTrainer):
             if torch.rand(1, generator=g).item() < 0.5:
                 tokens[-1] = eos
             completion_ids.append(tokens)
-        return completion_ids, None
+            offsets = self.sampling_spread * (2 * torch.rand(length, generator=g, dtype=torch.float64) - 1)
+            logprobs.append((offsets - math.log(vocab)).tolist())
+        return completion_ids, logprobs if self.sampling_spread > 0 else None
 
 
 class CaptureGrads(TrainerCallback):
@@ -198,8 +207,8 @@ class RecordingTrainer(FixedGenerationTrainer):
         return output
 
     def _compute_loss(self, model, inputs):
-        keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-        record = {k: inputs[k].detach().clone() for k in keep}
+        keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "sampling_per_token_logps")
+        record = {k: inputs[k].detach().clone() for k in keep if k in inputs}
         record["step"] = self.state.global_step
         self.micro_inputs.append(record)
         return super()._compute_loss(model, inputs)
@@ -216,10 +225,11 @@ class CaptureParamsAndGrads(CaptureGrads):
 
 
 def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_steps=1, arch="qwen2", reward="parity",
-               num_prompts=24, **config):
+               num_prompts=24, sampling_spread=0.0, **config):
     """Train `max_steps` optimizer steps with fixed generations. Returns what the reference needs (this process).
     `arch` names the tiny model's architecture, `reward` one of REWARDS; the training set has `num_prompts`
-    questions."""
+    questions; `sampling_spread` > 0: the generation reports sampler log-probs that are not pi_old's
+    (FixedGenerationTrainer)."""
     model, tokenizer = tiny_model_and_tokenizer(arch=arch)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = layout_config(tmp_path, per_device, accumulation, steps_per_generation, max_steps=max_steps, **config)
@@ -232,6 +242,7 @@ def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_ste
         processing_class=tokenizer,
         callbacks=[capture],
     )
+    trainer.sampling_spread = sampling_spread
     trainer.train()
     return {
         "initial": initial,

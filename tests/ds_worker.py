@@ -63,7 +63,7 @@ def without_launcher_deepspeed_settings():
 
 def make_trainer(out: Path, case: dict, callbacks=(), peft_config=None):
     config = {k: v for k, v in case.items() if k not in ("name", "kind", "layout", "save_model", "stop_at", "reward",
-                                                         "num_prompts")}
+                                                         "num_prompts", "sampling_spread")}
     config.setdefault("optim", "sgd")
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     args = layout_config(out, *case["layout"], **config)
@@ -72,6 +72,7 @@ def make_trainer(out: Path, case: dict, callbacks=(), peft_config=None):
         train_dataset=prompt_dataset(case.get("num_prompts", 24)), processing_class=tokenizer,
         callbacks=list(callbacks), peft_config=peft_config,
     )
+    trainer.sampling_spread = case.get("sampling_spread", 0.0)  # sampler log-probs that are not pi_old's
     return trainer, model
 
 

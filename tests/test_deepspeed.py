@@ -26,7 +26,7 @@ pytest.importorskip(
 )
 
 from disco_testing import REWARDS, tiny_model_and_tokenizer  # noqa: E402
-from test_split_invariance import reference_gradient  # noqa: E402
+from test_split_invariance import corrected, reference_gradient, sampling_settings  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +51,10 @@ LAYOUTS = {
     # both: split groups whose second update's look-ahead scores under the updated (partitioned) parameters
     "split_groups_off_policy": dict(layout=[2, 4, 8], max_steps=2, score_type="l_ratio", disco_variant="basic",
                                     kl_delta=0.0, seed=0),
+    # the same with sampler log-probs that are not pi_old's (vLLM's role) and the sampling correction, which drops
+    # about 40% of the completions (test_split_invariance.corrected)
+    "corrected_split_groups_off_policy": dict(layout=[2, 4, 8], max_steps=2, score_type="log_l", disco_variant="dro",
+                                              kl_delta=0.0, seed=0, **corrected("sequence_mask")),
     # fill_informative_questions: extra generation rounds (ZeRO-3 gathers the parameters for each) until each process
     # holds its 2 questions with signal; 2 updates per generation, the second off-policy
     "filled": dict(layout=[4, 2, 4], max_steps=2, score_type="log_l", disco_variant="dro", kl_delta=0.0,
@@ -131,9 +135,10 @@ def check_exact(records, case):
     steps = case.get("max_steps", 1)
     assert len(rank0["params"]) == steps
     for step in range(steps):
+        sampling = sampling_settings(case["vllm_importance_sampling_mode"]) if "sampling_spread" in case else None
         grad, n_questions = reference_gradient(records, step, accumulation=layout[1], variant=case["disco_variant"],
                                                delta=kwargs.get("kl_delta", 1e-4), score_type=kwargs["score_type"],
-                                               reward=REWARDS[case.get("reward", "parity")])
+                                               sampling=sampling, reward=REWARDS[case.get("reward", "parity")])
         assert n_questions == layout[0] * layout[1] * 2 // 4
         after = rank0["params"][step + 1] if step + 1 < steps else rank0["final"]
         assert_update_is_reference(rank0["params"][step], after, grad, LR)

@@ -119,7 +119,8 @@ def _train_with_rollout(tmp_path, env_tokens):
 def test_env_mask_tokens_count_in_neither_scores_nor_kl(tmp_path, monkeypatch):
     """Appending environment tokens (env_mask 0) after the model's tokens changes nothing: not the scores and
     gradients (both steps), not the KL estimate of the second, off-policy step (its value depends on which tokens
-    are averaged: random completions make it negative here, so the hinge stays off)."""
+    are averaged: random completions make it negative here, so the hinge stays off). The rollout's placeholder
+    log-probs (0.0, without vLLM) are neither measured nor corrected against: the correction is vLLM's."""
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     with_env, logs_env = _train_with_rollout(tmp_path / "env", env_tokens=5)
     plain, logs_plain = _train_with_rollout(tmp_path / "plain", env_tokens=0)
@@ -130,6 +131,7 @@ def test_env_mask_tokens_count_in_neither_scores_nor_kl(tmp_path, monkeypatch):
     kl_env = [e["disco/kl"] for e in logs_env if "disco/kl" in e]
     kl_plain = [e["disco/kl"] for e in logs_plain if "disco/kl" in e]
     assert kl_env == pytest.approx(kl_plain, rel=1e-9) and abs(kl_env[-1]) > 1e-3
+    assert not any(key.startswith("sampling/") for entry in logs_env for key in entry)
 
 
 class CountingGenerations(DiscoTrainer):

@@ -17,7 +17,7 @@ import test_split_invariance  # noqa: E402
 from disco_testing import half_informative_reward  # noqa: E402
 from test_split_invariance import assert_grads_close, reference_gradient  # noqa: E402
 from test_vllm_skip import _kept_rows, _mixed_questions  # noqa: E402
-from vllm_testing import load_model, run_vllm, session_model_dir  # noqa: E402
+from vllm_testing import load_model, run_vllm, sampling_settings, session_model_dir  # noqa: E402
 
 
 pytestmark = pytest.mark.vllm
@@ -61,6 +61,7 @@ def test_vllm_fill_gradient_matches_the_reference(fill_run, model_dir, monkeypat
     for step in range(STEPS):
         old = fill_run["params"][step - step % (SPG // ACCUMULATION)]
         expected, n_questions = reference_gradient([fill_run], step, accumulation=ACCUMULATION, delta=0.0,
-                                                   old_params=old, reward=half_informative_reward)
+                                                   old_params=old, reward=half_informative_reward,
+                                                   sampling=sampling_settings())  # the default correction
         assert n_questions == PER_DEVICE * ACCUMULATION // GROUP
         assert_grads_close(fill_run["grads"][step], expected)
