@@ -5,7 +5,9 @@
 #   2. the vLLM tests (tests/test_vllm_*.py, marker `vllm`) in $DISCO_VLLM_VENV (default .venv-vllm,
 #      scripts/setup_vllm.sh: vLLM's CPU build), with DISCO_REQUIRE_VLLM=1 so that a missing vLLM fails them, and
 #      OMP_NUM_THREADS=1 unless set (measured on 2 shared cores: 111 s instead of 178 s with 2 threads).
-# Arguments go to both pytest runs. The exit status is non-zero if either run fails.
+# Arguments go to both pytest runs. The exit status is non-zero if either run fails; the last line says it, after the
+# two pytest summaries (nothing is printed after them: triton, whose exit messages used to follow, is left out of
+# .venv-vllm).
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup_env.sh
@@ -23,7 +25,9 @@ DISCO_REQUIRE_VLLM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} \
 if [ "$vllm_status" -eq 5 ]; then  # no vLLM test among the arguments' selection
   vllm_status=0
 fi
+main_status=$status
 if [ "$status" -eq 0 ]; then
   status=$vllm_status
 fi
+echo "[test] exit status $status (main suite $main_status, vLLM tests $vllm_status)"
 exit "$status"

@@ -2,10 +2,10 @@
 """The demo task with `skip_uninformative_questions` off and on, over several seeds: Pass@1 trajectory and time.
 
 For each seed, the demo's DisCO run (`disco_trl.demo.experiment.run_method`, the settings of `disco-trl demo`) is
-trained twice from the same cached warm start, once with the option off (the paper's objective) and once on; the
-order of the two alternates between seeds so that a slow phase of a shared machine does not always hit the same
-side. Writes `skipping_demo.json` (per run: held-out Pass@1 every `--eval-every` steps, training reward, the
-fraction of mixed questions, skipped updates, train wall time and TRL's per-step `step_time`) and
+trained twice from the shipped start (`disco_trl/demo/shipped.py`), once with the option off (the paper's objective)
+and once on; the order of the two alternates between seeds so that a slow phase of a shared machine does not always
+hit the same side. Writes `skipping_demo.json` (per run: held-out Pass@1 every `--eval-every` steps, training
+reward, the fraction of mixed questions, skipped updates, train wall time and TRL's per-step `step_time`) and
 `skipping_demo.md` (the table) to `--output-dir`.
 
     flock /tmp/disco-cpu.lock python benchmarks/skipping_demo.py --output-dir docs/skipping
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from disco_trl.demo.experiment import RunSettings, run_method
 from disco_trl.demo.options import DEMO_EVAL_EVERY, DEMO_STEPS
-from disco_trl.demo.warmstart import WarmStartConfig, load_or_build
+from disco_trl.demo.shipped import shipped_start, start_summary
 
 
 def parse_args(argv=None):
@@ -35,7 +35,6 @@ def parse_args(argv=None):
                    help=f"held-out Pass@1 every N steps (default {DEMO_EVAL_EVERY})")
     p.add_argument("--eval-questions", type=int, default=100)
     p.add_argument("--eval-samples", type=int, default=8)
-    p.add_argument("--cache-dir", default=None, help="warm-start cache (default: the demo's)")
     p.add_argument("--output-dir", default="outputs/skipping_demo")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -101,7 +100,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _, _, info = load_or_build(WarmStartConfig(), cache_dir=args.cache_dir)
+    model_path, _ = shipped_start()
     runs = []
     t0 = time.time()
     for i, seed in enumerate(args.seeds):
@@ -110,7 +109,7 @@ def main(argv=None) -> dict:
                                    eval_questions=args.eval_questions, eval_samples=args.eval_samples,
                                    disable_tqdm=True, skip_uninformative_questions=skip)
             with tempfile.TemporaryDirectory(prefix="skipping-demo-") as tmp:
-                result = run_method(settings, info["path"], tmp, log=lambda m: print(m, flush=True), save_model=False)
+                result = run_method(settings, model_path, tmp, log=lambda m: print(m, flush=True), save_model=False)
             runs.append(summarise_run(result, skip, seed))
             (out / "skipping_demo.partial.json").write_text(json.dumps({"runs": runs}, indent=1) + "\n")  # so far
             print(f"[skipping-demo] seed {seed} skip={skip}: Pass@1 {result['pass@1_before']:.3f} -> "
@@ -118,7 +117,7 @@ def main(argv=None) -> dict:
     config = {"command": "python benchmarks/skipping_demo.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "settings": asdict(RunSettings(method="disco", max_steps=args.steps, eval_every=args.eval_every,
                                              eval_questions=args.eval_questions, eval_samples=args.eval_samples)),
-              "seeds": args.seeds, "wall_s": round(time.time() - t0, 1)}
+              "seeds": args.seeds, "start": start_summary(model_path), "wall_s": round(time.time() - t0, 1)}
     payload = {"config": config, "runs": runs}
     (out / "skipping_demo.json").write_text(json.dumps(payload, indent=1) + "\n")
     (out / "skipping_demo.md").write_text(markdown(runs, config))

@@ -18,7 +18,7 @@ import sys
 SUBCOMMANDS = {
     "train": ("disco_trl.scripts.train", "Train with DisCO (TrlParser: YAML --config or flags)."),
     "eval": ("disco_trl.eval.cli", "Evaluate a model: Pass@1 averaged over samples and pass@k per benchmark."),
-    "demo": ("disco_trl.demo.run", "CPU demo: warm-start a tiny model, train it with DisCO, report and plot."),
+    "demo": ("disco_trl.demo.run", "CPU demo: train the shipped tiny model with DisCO, report and plot."),
     "compare": ("disco_trl.demo.compare", "CPU comparison of DisCO, DisCO-b, GRPO, Dr. GRPO and DAPO (demo task)."),
     "study": ("disco_trl.demo.study.command", "CPU study: DRO temperature, trust region, long runs (docs/study.md)."),
 }

@@ -9,7 +9,7 @@ import torch
 from trl import GRPOConfig
 
 from .geometry import check_deepspeed_geometry, check_whole_groups
-from .losses import KL_ESTIMATORS, KL_PENALTIES, SCORE_TYPES, VARIANTS, check_tau
+from .losses import IS_MODES, KL_ESTIMATORS, KL_PENALTIES, SCORE_TYPES, VARIANTS, check_tau
 
 
 def _has_bf16_accelerator() -> bool:
@@ -25,8 +25,6 @@ def _has_bf16_accelerator() -> bool:
 _CLIPPING = "DisCO's scores are not clipped; its trust region is KL(pi_old || pi_theta) <= kl_delta (weight kl_beta)"
 _ENTROPY = "DisCO keeps entropy stable through its KL constraint (kl_delta, kl_beta), not with an entropy term"
 _REFERENCE = "DisCO has no reference model (TRL's beta must be 0)"
-_VLLM_IS = ("DisCO recomputes the old policy's log-probs with the trainer, so there is no vLLM/trainer mismatch to "
-            "correct")
 
 # option -> (neutral value, what it does in GRPO and why DisCO does not use it)
 GRPO_LOSS_OPTIONS: dict[str, tuple[object, str]] = {
@@ -62,11 +60,6 @@ GRPO_LOSS_OPTIONS: dict[str, tuple[object, str]] = {
     "sync_ref_model": (False, f"it updates GRPO's reference model; {_REFERENCE}"),
     "ref_model_mixup_alpha": (0.6, f"it mixes GRPO's reference model; {_REFERENCE}"),
     "ref_model_sync_steps": (512, f"it schedules GRPO's reference-model sync; {_REFERENCE}"),
-    "vllm_importance_sampling_correction": (False, f"it reweights GRPO's loss by pi_trainer/pi_vLLM; {_VLLM_IS}"),
-    "vllm_importance_sampling_mode": ("sequence_mask", f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
-    "vllm_importance_sampling_clip_min": (None, f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
-    "vllm_importance_sampling_clip_max": (3.0, f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
-    "vllm_importance_sampling_cap": (None, f"it configures GRPO's vLLM importance sampling; {_VLLM_IS}"),
 }
 
 
@@ -83,8 +76,27 @@ def refuse_grpo_loss_options(config) -> None:
             )
 
 
+# Generation rounds per batch with fill_informative_questions: verl's DAPO recipes set max_num_gen_batches=10.
+DEFAULT_GENERATION_ROUNDS = 10
+
+
 # tau of the DRO objective used in the paper (section 5.4): 10 for log-L, 1 for L-ratio.
 DEFAULT_TAU = {"log_l": 10.0, "l_ratio": 1.0}
+
+
+# DisCO computes its objective and penalty in float32 (the scores are float32 whatever the model's dtype): a tau,
+# kl_delta or kl_beta outside float32's normal range is rounded to 0 or inf there, and the run trains on NaN.
+FLOAT32 = torch.finfo(torch.float32)
+
+
+def check_float32_range(name: str, value: float, hint: str) -> None:
+    """ValueError naming `name` when a value > 0 lies outside float32's normal range (0 itself is fine)."""
+    if value != 0 and not FLOAT32.tiny <= abs(value) <= FLOAT32.max:
+        raise ValueError(
+            f"DiscoConfig.{name}={value:g} is outside what float32 training can represent ({FLOAT32.tiny:.2g} to "
+            f"{FLOAT32.max:.2g}; DisCO's objective and penalty are computed in float32, where it would become 0 or "
+            f"inf and train NaN weights): {hint}"
+        )
 
 
 @dataclass
@@ -125,10 +137,23 @@ class DiscoConfig(GRPOConfig):
             micro-batches the optimizer sees, which makes steps cheaper; the KL trust region is then estimated on the
             kept questions' tokens, and an optimizer step with no kept question anywhere makes no update. A deviation
             from the paper, off by default (see docs/method.md).
+        fill_informative_questions (`bool`, defaults to `False`):
+            Dynamic sampling (DAPO's; verl's `filter_groups`): when a generation batch holds fewer questions with both
+            positive and negative completions than it was sized for, draw and generate the training set's next
+            generation batches, round after round, until every process's share is full of such questions or
+            `max_generation_rounds` rounds have run. The step then trains on exactly its nominal number of questions,
+            informative ones first; the informative surplus of the last round is dropped. Needs `max_steps`. Off: the
+            paper's uniform batches (see docs/method.md).
+        max_generation_rounds (`int`, *optional*):
+            With `fill_informative_questions`: the most generation rounds per batch, the first included (verl's
+            `max_num_gen_batches`). Defaults to 10, the value of verl's DAPO recipes.
 
     Defaults that differ from `GRPOConfig`, to follow the paper: `temperature=0.6`, `lr_scheduler_type="constant"`,
-    `learning_rate=2e-6` (the authors' 1.5B scripts; use 1e-6 for 7B/8B), `num_generations=8`, `weight_decay=0.0`,
-    `vllm_importance_sampling_correction=False` (DisCO recomputes the old policy with the trainer, see the docs).
+    `learning_rate=2e-6` (the authors' 1.5B scripts; use 1e-6 for 7B/8B), `num_generations=8`, `weight_decay=0.0`.
+    TRL's vLLM importance sampling (`vllm_importance_sampling_correction`, on by default as in TRL, with
+    `vllm_importance_sampling_mode`, `_clip_min`, `_clip_max`) keeps TRL's defaults and takes DisCO's meaning: vLLM's
+    samples are reweighted toward pi_old in DisCO's class means and KL estimate (docs/method.md). Every vLLM run logs
+    the mismatch (`sampling/*`), corrected or not.
     TRL's `beta` (KL to a reference model) must stay 0: DisCO has no reference model; its trust region is set with
     `kl_delta`/`kl_beta`.
 
@@ -187,9 +212,10 @@ class DiscoConfig(GRPOConfig):
         default=8, metadata={"help": "Completions sampled per question (paper: 8)."}
     )
     vllm_importance_sampling_correction: bool = field(
-        default=False,
-        metadata={"help": "GRPO-side correction for vLLM/trainer mismatch; DisCO ignores it (the old policy is "
-                  "recomputed by the trainer), so it is off to save a forward pass."},
+        default=True,
+        metadata={"help": "Reweight vLLM's samples toward pi_old (its kernels, dtype and sampler are not the "
+                  "trainer's) in DisCO's class means and KL estimate, by vllm_importance_sampling_mode within "
+                  "[vllm_importance_sampling_clip_min, _clip_max] (docs/method.md). On by default, as in TRL."},
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -202,6 +228,19 @@ class DiscoConfig(GRPOConfig):
         metadata={"help": "Drop questions whose completions are all positive or all negative (they add 0 to the "
                   "objective) from the micro-batches: the same discriminative gradient for less compute. The KL trust "
                   "region is then estimated on the kept questions' tokens. Off: the paper's exact objective."},
+    )
+
+    fill_informative_questions: bool = field(
+        default=False,
+        metadata={"help": "Dynamic sampling: generate more prompts, round after round, until each generation batch "
+                  "holds its nominal number of questions with both right and wrong completions (or "
+                  "max_generation_rounds ran out); the surplus is dropped. Needs max_steps. Off: the paper's "
+                  "batches."},
+    )
+    max_generation_rounds: int | None = field(
+        default=None,
+        metadata={"help": "With fill_informative_questions: the most generation rounds per batch, the first included "
+                  f"(default {DEFAULT_GENERATION_ROUNDS}, as verl's DAPO recipes' max_num_gen_batches)."},
     )
 
     def __post_init__(self):
@@ -219,6 +258,7 @@ class DiscoConfig(GRPOConfig):
         check_whole_groups(self)  # again, with the steps_per_generation derived from generation_batch_size
         check_deepspeed_geometry(self)  # a DeepSpeed config that batches otherwise would split groups silently
         self._check_skipping_layout()
+        self._check_filling()
 
     def _check_disco_fields(self) -> None:
         if self.score_type not in SCORE_TYPES:
@@ -236,9 +276,11 @@ class DiscoConfig(GRPOConfig):
             raise ValueError(
                 f"DiscoConfig.disco_variant={self.disco_variant!r} is unknown; use 'dro' (DisCO) or 'basic' (DisCO-b)."
             )
+        self._check_importance_sampling()
         if self.tau is None:
             self.tau = DEFAULT_TAU[self.score_type]
         self.tau = check_tau(self.tau, "DiscoConfig.tau")
+        check_float32_range("tau", self.tau, "the paper uses 10 for log_l and 1 for l_ratio.")
         if not (math.isfinite(self.kl_delta) and self.kl_delta >= 0):
             raise ValueError(
                 f"DiscoConfig.kl_delta must be >= 0 and finite (got {self.kl_delta}); the paper uses 1e-4. To turn "
@@ -248,6 +290,28 @@ class DiscoConfig(GRPOConfig):
             raise ValueError(
                 f"DiscoConfig.kl_beta must be >= 0 and finite (got {self.kl_beta}); the paper uses 1e3 (0 turns "
                 "the KL penalty off)."
+            )
+        check_float32_range("kl_delta", self.kl_delta, "the paper uses 1e-4 (0: no slack).")
+        check_float32_range("kl_beta", self.kl_beta, "the paper uses 1e3 (0 turns the KL penalty off).")
+
+    def _check_importance_sampling(self) -> None:
+        mode, clip_max = self.vllm_importance_sampling_mode, self.vllm_importance_sampling_clip_max
+        if getattr(self, "vllm_importance_sampling_cap", None) is not None:  # TRL's deprecated name for clip_max
+            clip_max = self.vllm_importance_sampling_cap
+        if mode not in IS_MODES:
+            raise ValueError(
+                f"DiscoConfig.vllm_importance_sampling_mode={mode!r} is unknown; use one of {IS_MODES} "
+                "(docs/method.md says what each means for DisCO)."
+            )
+        for name in ("vllm_importance_sampling_clip_min", "vllm_importance_sampling_clip_max",
+                     "vllm_importance_sampling_cap"):
+            value = getattr(self, name, None)
+            if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
+                raise ValueError(f"DiscoConfig.{name}={value!r} must be a finite number or None (no bound).")
+        if clip_max is not None and clip_max <= 0:
+            raise ValueError(
+                f"DiscoConfig.vllm_importance_sampling_clip_max={clip_max!r} would drop (or zero) the weight of every "
+                "completion: importance ratios are > 0. Use a bound above 1 (TRL's default is 3.0) or None."
             )
 
     def _check_training_values(self) -> None:
@@ -336,4 +400,35 @@ class DiscoConfig(GRPOConfig):
                 f"steps_per_generation={self.steps_per_generation} must be a multiple of gradient_accumulation_steps="
                 f"{self.gradient_accumulation_steps}: set steps_per_generation to a multiple of "
                 f"{self.gradient_accumulation_steps} (or leave it unset), or turn the option off."
+            )
+
+    def _check_filling(self) -> None:
+        """fill_informative_questions counts training in optimizer steps and draws dataset rows itself."""
+        rounds = self.max_generation_rounds
+        if not self.fill_informative_questions:
+            if rounds is not None:
+                raise ValueError(
+                    f"DiscoConfig.max_generation_rounds={rounds} is used only with fill_informative_questions=True: "
+                    "turn that on, or remove max_generation_rounds."
+                )
+            return
+        if rounds is None:
+            self.max_generation_rounds = rounds = DEFAULT_GENERATION_ROUNDS
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(
+                f"DiscoConfig.max_generation_rounds={rounds!r} must be a whole number >= 1 (generation rounds per "
+                f"batch, the first included; 1 generates once, as without filling; default "
+                f"{DEFAULT_GENERATION_ROUNDS})."
+            )
+        if self.max_steps <= 0:
+            raise ValueError(
+                f"DiscoConfig.fill_informative_questions=True needs max_steps (the number of optimizer updates; got "
+                f"{self.max_steps}): each update may draw up to max_generation_rounds generation batches of prompts, "
+                "so num_train_epochs would no longer count passes over the data. Set max_steps."
+            )
+        if self.remove_unused_columns:
+            raise ValueError(
+                "DiscoConfig.fill_informative_questions=True with remove_unused_columns=True: the extra rounds read "
+                "the training set's rows as they are, with every column the reward functions use. Set "
+                "remove_unused_columns=False (GRPOConfig's default)."
             )

@@ -15,6 +15,9 @@ per-completion tensors are (B,). *Labels* are the paper's binary reward, decided
   the questions of a mini-batch exactly as G_1 in Algorithm 1 (no per-question weight: no difficulty bias).
 * :func:`token_mean_kl` -- the token estimate of KL(pi_old || pi_theta) of Algorithm 1, step d.i (or the
   non-negative k3 estimate, `kl_estimator="k3"`).
+* :func:`sampling_correction` / :func:`question_log_weights` -- importance weights for completions sampled by another
+  engine than pi_old (vLLM: its kernels, dtype and sampler are not the trainer's), in TRL's four modes, which the
+  score, the objective and the KL estimate above accept (docs/method.md gives the equations and the trade-offs).
 * :func:`kl_hinge_penalty` -- the squared hinge beta * [KL - delta]_+^2 enforcing the trust region (Eq. 8/11, G_2).
 * :func:`negative_weights` -- how the DRO term spreads each question's push-down over its negatives (a diagnostic).
 * :func:`disco_loss` -- what an optimizer step minimises: -J plus the penalty, with the scaling that makes the parts
@@ -101,7 +104,8 @@ def mixed_questions(labels: torch.Tensor, group_ids: torch.Tensor) -> torch.Tens
 
 
 def sequence_scores(
-    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor | None, mask: torch.Tensor, *, score_type: str
+    per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor | None, mask: torch.Tensor, *, score_type: str,
+    token_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Scoring function s_theta(o, q) of each completion, shape (B,).
 
@@ -111,6 +115,9 @@ def sequence_scores(
       exp(per_token_logps - old_per_token_logps). Not clipped (unlike GRPO's surrogate).
 
     A row whose mask is empty (a fully padded or fully masked completion) scores 0, not NaN, and gets no gradient.
+
+    `token_weights` (B, T), optional: each token's term is multiplied by its weight before the mean (the token modes
+    of `sampling_correction`: rho_t = pi_old/pi_vLLM of the token), s = 1/|o| sum_t rho_t f_t. None: all 1.
     """
     if score_type not in SCORE_TYPES:
         raise ValueError(f"Unknown `score_type`={score_type!r}; expected one of {SCORE_TYPES}.")
@@ -126,6 +133,9 @@ def sequence_scores(
         _check_same_shape("per_token_logps", per_token_logps, "old_per_token_logps", old_per_token_logps)
         # Padded positions may hold arbitrary log-probs: zero the exponent there so exp() cannot overflow.
         values = torch.exp((per_token_logps - old_per_token_logps) * mask)
+    if token_weights is not None:
+        _check_same_shape("per_token_logps", per_token_logps, "token_weights", token_weights)
+        values = values * token_weights.to(values.dtype).detach()
     return (values * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
 
 
@@ -145,7 +155,7 @@ def _check_objective_inputs(scores, labels, group_ids, variant, tau, num_questio
 
 def discriminative_objective(
     scores: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tensor, *, variant: str = "dro", tau: float = 10.0,
-    num_questions: int | None = None,
+    num_questions: int | None = None, log_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""The discriminative objective to MAXIMISE, a scalar (the true value, safe to log as is).
 
@@ -157,22 +167,36 @@ def discriminative_objective(
     exp(s(o')/tau) )
 
     (Eq. 10 is -E_{o+} tau log E_{o-} exp((s(o') - s(o))/tau); the s(o) term leaves the log unchanged, giving the
-    form above.) The log-mean-exp is computed stably per question (a segmented logsumexp). As tau -> infinity the
-    DRO term tends to the plain mean, i.e. DisCO tends to DisCO-b.
+    form above.) The term tau * log-mean-exp is computed stably per question, for every tau a float can hold
+    (`_tau_log_mean_exp`): exact to float precision whether tau is tiny or huge. As tau -> infinity the DRO term tends
+    to the plain mean, i.e. DisCO tends to DisCO-b.
 
     The result is (1/num_questions) * sum_q J_q, matching G_1 of Algorithm 1: every question counts once, without
     GRPO's per-question weight sqrt(p_q(1-p_q)) (the difficulty bias). Questions with only positives or only
     negatives contribute 0 but still count in `num_questions`, which defaults to the number of distinct group ids.
     Pass the mini-batch's question count when the function sees only part of it (one micro-batch, one process) so
     that the parts add up to the mini-batch objective. Completions labelled NaN are ignored.
+
+    `log_weights` (B,), optional: log w(o) of importance weights (`sampling_correction`: completions sampled by
+    another engine than pi_old). Every class mean then becomes self-normalised within its class of its question,
+    mean_{S_q^+} s -> sum_{S_q^+} w s / sum_{S_q^+} w, and the DRO term tau log (sum_{S_q^-} w exp(s/tau) /
+    sum_{S_q^-} w); a constant added to a question's log-weights changes nothing. A completion of weight 0 (log
+    -inf) is in neither class. The weights carry no gradient. None: the paper's equal weights.
     """
     _check_objective_inputs(scores, labels, group_ids, variant, tau, num_questions)
     if scores.numel() == 0:
         return scores.sum() * 0.0
     labels = labels.to(scores.device)
+    if log_weights is not None:
+        _check_same_shape("scores", scores, "log_weights", log_weights)
+        log_weights = log_weights.to(scores.device, scores.dtype).detach()
+        labels = torch.where(torch.isfinite(log_weights), labels, torch.full_like(labels, math.nan))
     counts = question_counts(labels, group_ids, dtype=scores.dtype)
     num_questions = num_questions or max(counts.positives.numel(), 1)
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
+    if log_weights is not None:
+        pos_mean, neg_term = _weighted_class_terms(scores, labels, counts, log_weights, variant, tau)
+        return torch.where(counts.mixed, pos_mean - neg_term, zero).sum() / num_questions
 
     def question_sum(values: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(counts.positives).index_add(0, counts.index, values)
@@ -181,40 +205,199 @@ def discriminative_objective(
     if variant == "basic":
         neg_term = question_sum(torch.where(labels == 0, scores, zero)) / counts.negatives.clamp(min=1.0)
     else:
-        neg_term = tau * _log_mean_exp_of_negatives(scores / tau, labels == 0, counts, question_sum)
+        neg_term = _tau_log_mean_exp(scores, labels == 0, counts, tau)
     return torch.where(counts.mixed, pos_mean - neg_term, zero).sum() / num_questions
 
 
+def _weighted_class_terms(scores, labels, counts: QuestionCounts, log_weights, variant: str, tau: float):
+    """Per question: the weighted mean score of the positives, and the weighted mean (basic) or tau * log-mean-exp
+    (dro) of the negatives' scores, each self-normalised within its class."""
+    num_questions = counts.positives.numel()
+    positive, negative = labels == 1, labels == 0
+
+    def class_mean(member: torch.Tensor) -> torch.Tensor:
+        weights = _segment_softmax(log_weights, member, counts.index, num_questions)
+        weighted = weights * torch.where(member, scores, 0.0)
+        return torch.zeros_like(counts.positives).index_add(0, counts.index, weighted)
+
+    if variant == "basic":
+        return class_mean(positive), class_mean(negative)
+    return class_mean(positive), _weighted_tau_log_mean_exp(scores, negative, counts, tau, log_weights)
+
+
+def _weighted_tau_log_mean_exp(scores, negative, counts: QuestionCounts, tau: float, log_weights):
+    """Per question, tau * log (sum_{negatives} w exp(s / tau) / sum_{negatives} w), exact for every tau > 0, as
+    `_tau_log_mean_exp`: m + tau * log sum a exp((s - m) / tau) in float64, with a = w / sum w over the negatives and
+    m = sum a s their weighted mean."""
+    s, log_w = scores.double(), log_weights.double()
+    num_questions = counts.negatives.numel()
+    a = _segment_softmax(log_w, negative, counts.index, num_questions)
+    mean = torch.zeros(num_questions, dtype=s.dtype, device=s.device).index_add(
+        0, counts.index, a * torch.where(negative, s, 0.0))
+    d = (s - mean[counts.index]) / tau
+    log_mean = (_segment_logsumexp(d + log_w, negative, counts.index, num_questions)
+                - _segment_logsumexp(log_w, negative, counts.index, num_questions))
+    return (mean + tau * log_mean).to(scores.dtype)
+
+
+def _segment_logsumexp(values: torch.Tensor, member: torch.Tensor, index: torch.Tensor, num_segments: int):
+    """(num_segments,): log sum over the member rows of each segment of exp(values), shifted by the segment's max for
+    stability; a segment without members gets log(tiny), a large negative number, not -inf."""
+    values = torch.where(member, values, torch.full_like(values, -math.inf))
+    top = torch.full((num_segments,), -math.inf, dtype=values.dtype, device=values.device)
+    top = top.scatter_reduce(0, index, values, reduce="amax")
+    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()
+    total = torch.zeros_like(top).index_add(0, index, torch.exp(values - shift[index]))
+    return shift + torch.log(total.clamp(min=torch.finfo(values.dtype).tiny))
+
+
+def _segment_softmax(values: torch.Tensor, member: torch.Tensor, index: torch.Tensor, num_segments: int):
+    """(B,): exp(values) normalised over the member rows of each segment; 0 outside the members."""
+    lse = _segment_logsumexp(values, member, index, num_segments)
+    return torch.exp(torch.where(member, values, torch.full_like(values, -math.inf)) - lse[index])
+
+
 def negative_weights(
-    scores: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tensor, *, tau: float, variant: str = "dro"
+    scores: torch.Tensor, labels: torch.Tensor, group_ids: torch.Tensor, *, tau: float, variant: str = "dro",
+    log_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""How the objective spreads a question's push-down over its negatives, shape (B,): the gradient of J_q's
     negative term with respect to s(o'), 0 on positives and unlabelled rows.
 
     DisCO (`variant="dro"`, Eq. 10): w(o') = softmax(s/tau) over the question's negatives. A small tau puts nearly all
     the weight on the highest-scoring negatives; a large one spreads it evenly. DisCO-b (`"basic"`, Eq. 7): 1/|S_q^-|.
+    With importance weights (`log_weights`, as in `discriminative_objective`): softmax(s/tau + log w), or w / sum w.
     """
     check_tau(tau, "`tau`")
+    labels = labels.to(scores.device)
+    if log_weights is not None:
+        log_weights = log_weights.to(scores.device).detach()
+        labels = torch.where(torch.isfinite(log_weights), labels, torch.full_like(labels, math.nan))
     counts = question_counts(labels, group_ids, dtype=scores.dtype)
     negative = labels.to(scores.device) == 0
+    if log_weights is not None:  # float64: s / tau cannot overflow
+        values = log_weights.double() + (0.0 if variant == "basic" else scores.detach().double() / tau)
+        return _segment_softmax(values, negative, counts.index, counts.negatives.numel()).to(scores.dtype)
     if variant == "basic":
         return negative.to(scores.dtype) / counts.negatives.clamp(min=1.0)[counts.index]
-    z = torch.where(negative, scores.detach() / tau, torch.full_like(scores, -math.inf))
-    question_max = torch.full_like(counts.negatives, -math.inf).scatter_reduce(0, counts.index, z, reduce="amax")
+    z = torch.where(negative, scores.detach().double() / tau, -math.inf)  # float64: s / tau cannot overflow
+    totals = counts.negatives.double()
+    question_max = torch.full_like(totals, -math.inf).scatter_reduce(0, counts.index, z, reduce="amax")
     shift = torch.where(torch.isfinite(question_max), question_max, torch.zeros_like(question_max))
     exp = torch.exp(z - shift[counts.index])
-    totals = torch.zeros_like(counts.negatives).index_add(0, counts.index, exp)
-    return exp / totals[counts.index].clamp(min=torch.finfo(scores.dtype).tiny)
+    totals = torch.zeros_like(totals).index_add(0, counts.index, exp)
+    return (exp / totals[counts.index].clamp(min=torch.finfo(totals.dtype).tiny)).to(scores.dtype)
 
 
-def _log_mean_exp_of_negatives(z: torch.Tensor, negative: torch.Tensor, counts: QuestionCounts, question_sum):
-    """Per question, log mean_{negatives} exp(z), shifted by the question's max for stability."""
-    z = torch.where(negative, z, torch.full_like(z, -math.inf))
-    question_max = torch.full_like(counts.negatives, -math.inf).scatter_reduce(0, counts.index, z, reduce="amax")
+def _tau_log_mean_exp(scores: torch.Tensor, negative: torch.Tensor, counts: QuestionCounts, tau: float):
+    """Per question, tau * log mean_{negatives} exp(s / tau), exact for every tau > 0 a float32 can hold.
+
+    Computed as m + tau * log mean exp(d), with m the negatives' mean score and d = (s - m) / tau, in float64: for a
+    huge tau the correction is tiny and the result is the mean itself (the naive form rounds every exp(s/tau) to 1 and
+    returns the largest score), for a tiny tau d is large but cannot overflow float64 (|s| / tau <= 3.4e38 / 1.2e-38),
+    and log mean exp(d) is shifted by its max. The gradient is the same softmax(s / tau) over the negatives.
+    """
+    s = scores.double()
+    n = counts.negatives.double()
+    mean = torch.zeros_like(n).index_add(0, counts.index, torch.where(negative, s, 0.0)) / n.clamp(min=1.0)
+    d = torch.where(negative, (s - mean[counts.index]) / tau, -math.inf)
+    question_max = torch.full_like(n, -math.inf).scatter_reduce(0, counts.index, d, reduce="amax")
     shift = torch.where(torch.isfinite(question_max), question_max, torch.zeros_like(question_max)).detach()
-    sum_exp = question_sum(torch.exp(z - shift[counts.index]))  # exp(-inf) = 0 on non-negatives
-    tiny = torch.finfo(z.dtype).tiny
-    return shift + torch.log(sum_exp.clamp(min=tiny)) - torch.log(counts.negatives.clamp(min=1.0))
+    sum_exp = torch.zeros_like(n).index_add(0, counts.index, torch.exp(d - shift[counts.index]))  # 0 off negatives
+    log_mean = shift + torch.log(sum_exp.clamp(min=torch.finfo(s.dtype).tiny)) - torch.log(n.clamp(min=1.0))
+    return (mean + tau * log_mean).to(scores.dtype)
+
+
+# ---------------------------------------------------------------------------- samples drawn by another engine (vLLM)
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+class SamplingCorrection(NamedTuple):
+    """How completions sampled by another engine than the trainer (vLLM) are reweighted toward pi_old."""
+
+    mask: torch.Tensor  # (B, T) the loss mask less the tokens (token_mask) or completions (sequence_mask) dropped
+    token_weights: torch.Tensor  # (B, T) rho_t, each token's bounded ratio (token modes); 1 in sequence modes
+    log_weights: torch.Tensor  # (B,) log w(o), each completion's bounded ratio (sequence modes); 0 in token modes;
+    # -inf for a completion with no token left (in neither class)
+
+
+def sampling_log_ratios(
+    old_per_token_logps: torch.Tensor, sampling_per_token_logps: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """(B, T): log pi_old - log pi_sampler of each completion token; 0 on padding and, as in TRL, where the sampler
+    reported no log-prob (NaN)."""
+    _check_same_shape("old_per_token_logps", old_per_token_logps, "sampling_per_token_logps", sampling_per_token_logps)
+    _check_same_shape("old_per_token_logps", old_per_token_logps, "mask", mask)
+    dtype = torch.promote_types(old_per_token_logps.dtype, torch.float32)  # bf16 log-probs are summed in float32
+    old, sampling = old_per_token_logps.detach().to(dtype), sampling_per_token_logps.detach().to(dtype)
+    return torch.nan_to_num((old - sampling) * mask.to(dtype), nan=0.0)
+
+
+def log_bounds(clip_min: float | None, clip_max: float | None) -> tuple[float, float]:
+    """[log clip_min, log clip_max], None (or a clip_min <= 0) meaning unbounded."""
+    low = math.log(clip_min) if clip_min is not None and clip_min > 0 else -math.inf
+    return low, math.log(clip_max) if clip_max is not None else math.inf
+
+
+def _bound(log_ratio: torch.Tensor, truncate: bool, low: float, high: float):
+    """(the bounded log-ratio, which entries are kept): truncate clamps to [low, high]; mask drops what is outside."""
+    if truncate:
+        return log_ratio.clamp(min=low, max=high), torch.ones_like(log_ratio, dtype=torch.bool)
+    return log_ratio, (log_ratio >= low) & (log_ratio <= high)
+
+
+def sampling_correction(
+    old_per_token_logps: torch.Tensor, sampling_per_token_logps: torch.Tensor, mask: torch.Tensor, *, mode: str,
+    clip_min: float | None = None, clip_max: float | None = 3.0,
+) -> SamplingCorrection:
+    r"""Importance weights that turn averages over completions sampled by pi_vLLM into averages under pi_old.
+
+    With d_t = log pi_old(o_t) - log pi_vLLM(o_t) on each completion token (`sampling_log_ratios`) and the bounds
+    [C_min, C_max] = [clip_min, clip_max] (None: unbounded), TRL's four modes mean, for DisCO:
+
+    * ``token_truncate``: rho_t = clamp(exp(d_t), C_min, C_max) multiplies each token's term in the score
+      (`sequence_scores`) and in the KL estimate (`token_kl_terms`).
+    * ``token_mask``: rho_t = exp(d_t), and a token whose ratio is outside the bounds leaves the loss mask (it counts
+      neither in its completion's mean nor in the KL's; a completion left with no token is in neither class).
+    * ``sequence_truncate``: w(o) = clamp(exp(sum_t d_t), C_min, C_max) weighs the completion in its class mean
+      (`discriminative_objective`) and in the KL estimate.
+    * ``sequence_mask``: w(o) = exp(sum_t d_t); a completion outside the bounds is dropped: neither positive nor
+      negative, and none of its tokens in the KL.
+
+    Returned in log space (`log_weights`), so that an unbounded sequence ratio cannot overflow; the weights carry no
+    gradient.
+    """
+    if mode not in IS_MODES:
+        raise ValueError(f"Unknown importance sampling `mode`={mode!r}; expected one of {IS_MODES}.")
+    log_ratio = sampling_log_ratios(old_per_token_logps, sampling_per_token_logps, mask)
+    mask = mask.to(log_ratio.dtype)
+    low, high = log_bounds(clip_min, clip_max)
+    truncate = mode.endswith("_truncate")
+    if mode.startswith("token_"):
+        bounded, kept = _bound(log_ratio, truncate, low, high)
+        mask = mask * kept
+        token_weights, log_weights = torch.exp(bounded) * mask, torch.zeros_like(mask[:, 0])
+    else:
+        log_weights, kept = _bound(log_ratio.sum(dim=-1), truncate, low, high)
+        mask, token_weights = mask * kept[:, None], torch.ones_like(mask)
+    log_weights = torch.where(mask.sum(dim=-1) > 0, log_weights, torch.full_like(log_weights, -math.inf))
+    return SamplingCorrection(mask, token_weights, log_weights)
+
+
+def question_log_weights(log_weights: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    r"""log w~(o) = log w(o) - log mean_{o' in q, w(o') > 0} w(o'): each question's weights rescaled to a mean of 1
+    over its kept completions (those of finite log-weight). The class means do not change (they are self-normalised);
+    the KL estimate then counts every question's tokens as much as without weights, and w~ <= |q| cannot overflow."""
+    _check_same_shape("log_weights", log_weights, "group_ids", group_ids)
+    if log_weights.numel() == 0:
+        return log_weights
+    _, index = torch.unique(group_ids, return_inverse=True)
+    num_questions = int(index.max()) + 1
+    kept = torch.isfinite(log_weights)
+    kept_count = torch.zeros(num_questions, dtype=log_weights.dtype, device=log_weights.device)
+    kept_count = kept_count.index_add(0, index, kept.to(log_weights.dtype))
+    log_sum = _segment_logsumexp(log_weights, kept, index, num_questions)
+    return log_weights - log_sum[index] + torch.log(kept_count.clamp(min=1.0))[index]
 
 
 KL_ESTIMATORS = ("log_ratio", "k3")
@@ -222,7 +405,8 @@ KL_ESTIMATORS = ("log_ratio", "k3")
 
 def token_kl_terms(
     per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor, *,
-    estimator: str = "log_ratio",
+    estimator: str = "log_ratio", token_weights: torch.Tensor | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""(sum over the masked tokens of the per-token KL estimate, number of masked tokens): the two parts of the token
     KL estimate, for estimates that span several processes (sum each part over them, then divide).
@@ -234,6 +418,11 @@ def token_kl_terms(
       batch's mean scatters around the true KL, below zero about as often as above it near the trust region.
     * ``estimator="k3"``: r - 1 - log r (J. Schulman's k3). Also unbiased (E_old[r] = 1), and >= 0 for every token,
       so its mean never falls below zero and scatters far less for a small KL (its terms are O((log r)^2)).
+
+    Importance weights (`sampling_correction`, for tokens sampled by another engine than pi_old), detached:
+    `token_weights` (B, T) multiply each token's term (token modes: rho_t); `sample_weights` (B,) weigh each
+    completion's tokens in the sum *and* in the count (sequence modes: w(o), normalised per question by
+    `question_log_weights`), giving sum_o w(o) sum_t rho_t k_t / sum_o w(o) |o|.
     """
     _check_same_shape("per_token_logps", per_token_logps, "old_per_token_logps", old_per_token_logps)
     _check_same_shape("per_token_logps", per_token_logps, "mask", mask)
@@ -242,6 +431,10 @@ def token_kl_terms(
     mask = mask.to(per_token_logps.dtype)
     log_ratio = (per_token_logps - old_per_token_logps) * mask  # zero on padding, where exp() must not overflow
     per_token = -log_ratio if estimator == "log_ratio" else torch.expm1(log_ratio) - log_ratio
+    if sample_weights is not None:
+        mask = mask * sample_weights.to(mask.dtype).detach()[:, None]
+    if token_weights is not None:
+        per_token = per_token * token_weights.to(per_token.dtype).detach()
     return (per_token * mask).sum(), mask.sum()
 
 

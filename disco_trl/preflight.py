@@ -1,10 +1,13 @@
 """What a run checks before it spends compute, and the lock that keeps one run per output folder.
 
 Checks on a run's inputs (each raises ValueError with one line naming the setting and the fix): the training set
-holds at least one generation batch (`check_dataset_size`), every LoRA target module exists in the model
-(`check_lora_targets`, on a model built on the meta device when the weights are not loaded yet), and every prompt
-fits the model's positions with room for max_completion_length tokens (`check_prompt_lengths`). The training script
-runs them before any weights load; `DiscoTrainer` runs them before training starts.
+holds at least one generation batch (`check_dataset_size`) and, to fill batches, can be indexed
+(`check_fill_dataset`), every LoRA target module exists in the model (`check_lora_targets`, on a model built on the
+meta device when the weights are not loaded yet), the tokenizer is not empty (`check_tokenizer`), and every prompt fits
+the model's positions with room for max_completion_length tokens (`check_prompt_lengths`; of a stream, an
+`IterableDataset`, the first `STREAM_PREFIX` prompts: `prompts_to_check`). The training script runs them before any
+weights load; `DiscoTrainer` runs them before training starts. A model's config is read in one place, `model_config`,
+as TRL reads it (revision, trust_remote_code).
 
 `FolderLock`: a training run (`DiscoTrainer.train`, the training script) or an evaluation (`disco-trl eval`) holds its
 output folder for as long as it runs, through a lock file in it (`.disco-lock`, JSON: host, pid, process start time,
@@ -17,6 +20,7 @@ seconds; the holder renews it every `HEARTBEAT_S` seconds from a daemon thread.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -26,9 +30,10 @@ import time
 import warnings
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate.utils import broadcast_object_list
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 
 LOCK_FILE = ".disco-lock"
@@ -195,6 +200,56 @@ def hold_folder(accelerator, folder, what: str):
 
 
 # ----------------------------------------------------------------------------------------------- inputs of a run
+def model_config(model: str, args, revision: str | None = None) -> PretrainedConfig:
+    """The config of a model path or Hub id, read as TRL loads the model: `args.model_init_kwargs`' `revision` and
+    `trust_remote_code` when set there, else `revision` and `args.trust_remote_code`. The one place DisCO reads a
+    model's config (the trainer's LoRA check, the vLLM checks, the training script)."""
+    init = getattr(args, "model_init_kwargs", None) or {}
+    trust = init.get("trust_remote_code", getattr(args, "trust_remote_code", False))
+    return AutoConfig.from_pretrained(model, revision=init.get("revision", revision), trust_remote_code=bool(trust))
+
+
+def check_model_tokenizer(model: str, args) -> None:
+    """`check_tokenizer` on the tokenizer TRL would load for a model path or Hub id (when none is given), read as
+    `model_config` reads the config; nothing when it cannot be read (TRL then says why)."""
+    init = getattr(args, "model_init_kwargs", None) or {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, revision=init.get("revision"),
+                                                  trust_remote_code=bool(getattr(args, "trust_remote_code", False)))
+    except (OSError, ValueError, TypeError):
+        return
+    check_tokenizer(tokenizer, f"model={model!r}")
+
+
+def check_tokenizer(tokenizer, source) -> None:
+    """ValueError when a tokenizer turns text into no tokens: transformers 5 builds such an empty tokenizer from a
+    model folder without tokenizer files, and the run would fail only at its first generation."""
+    try:
+        ids = tokenizer("1 + 1 = 2")["input_ids"]
+    except (TypeError, ValueError, KeyError):
+        ids = []
+    if not ids:
+        raise ValueError(
+            f"{source} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...): transformers builds an "
+            "empty tokenizer from it, which turns every prompt into no tokens. Save the tokenizer next to the model "
+            "(tokenizer.save_pretrained(path)), or point at a folder or Hub id that has one."
+        )
+
+
+STREAM_PREFIX = 256  # rows of a stream (IterableDataset) the checks look at
+
+
+def prompts_to_check(dataset) -> list | None:
+    """The prompts the checks look at: a Dataset's `prompt` column, the first STREAM_PREFIX prompts of a stream
+    (`IterableDataset`, which is never read to its end here), None when there is no prompt column."""
+    if isinstance(dataset, datasets.IterableDataset):
+        head = [row.get("prompt") for row in itertools.islice(iter(dataset), STREAM_PREFIX)]
+        return [p for p in head if p is not None] or None
+    if dataset is None or "prompt" not in (getattr(dataset, "column_names", None) or ()):
+        return None
+    return dataset["prompt"]
+
+
 def check_dataset_size(dataset, args) -> None:
     """ValueError when a (sized) training set holds fewer questions than one generation batch: no step would run."""
     if dataset is None or not hasattr(dataset, "__len__") or args.generation_batch_size is None:
@@ -206,6 +261,19 @@ def check_dataset_size(dataset, args) -> None:
             f"(generation_batch_size={args.generation_batch_size} / num_generations={args.num_generations}): the run "
             "would make no optimizer step. Use more questions, or a smaller generation batch (generation_batch_size, "
             "or per_device_train_batch_size x steps_per_generation x processes)."
+        )
+
+
+def check_fill_dataset(dataset) -> None:
+    """ValueError unless the training set can be drawn from by index (fill_informative_questions draws its rounds'
+    prompts itself, with a position saved in checkpoints)."""
+    if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset) or not (
+            hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        kind = "no train_dataset" if dataset is None else f"a {type(dataset).__name__}"
+        raise ValueError(
+            f"DiscoConfig.fill_informative_questions=True draws prompts from the training set by index, but got "
+            f"{kind}: pass a map-style dataset (datasets.Dataset; not a streaming IterableDataset), or set "
+            "fill_informative_questions=False."
         )
 
 

@@ -37,8 +37,8 @@ from .losses import mixed_questions
 
 
 # Keys cut along the prompt (left-padded: keep the last column) and along the completion (keep the first column).
-_PROMPT_KEYS = ("prompt_ids", "prompt_mask")
-_MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes", "image_sizes",
+PROMPT_KEYS = ("prompt_ids", "prompt_mask")
+MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes", "image_sizes",
                     "token_type_ids", "mm_token_type_ids", "image_position_ids", "num_images", "num_tiles")
 KEPT_MICRO_STEPS = "disco_kept_micro_steps"
 
@@ -57,7 +57,7 @@ def placeholder_batch(template: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif isinstance(value, list):
             out[key] = value[:1]
-        elif key in _PROMPT_KEYS:
+        elif key in PROMPT_KEYS:
             out[key] = value[:1, -1:]
         elif value.ndim >= 2 and value.size(1) == completion_length:
             out[key] = value[:1, :1]
@@ -91,7 +91,7 @@ def drop_uninformative_questions(micro_batches: list[dict[str, Any]], *, accumul
 
     Returns as many micro-batches as given: per optimizer step, the packed kept rows first, then placeholders. Each
     carries `disco_kept_micro_steps`, the number of the step's micro-steps that hold kept rows on some process."""
-    if any(key in micro_batches[0] for key in _MULTIMODAL_KEYS):
+    if any(key in micro_batches[0] for key in MULTIMODAL_KEYS):
         raise ValueError(
             "DiscoConfig.skip_uninformative_questions=True does not support multimodal batches (images) yet; set "
             "skip_uninformative_questions=False."

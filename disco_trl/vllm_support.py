@@ -1,4 +1,4 @@
-"""DisCO with vLLM: the checks before a vLLM run, and the one adaptation vLLM's CPU backend needs.
+"""DisCO with vLLM: the checks before a run, the one adaptation vLLM's CPU backend needs, and its samples' mismatch.
 
 Generation with vLLM is TRL's (`trl.generation.vllm_generation.VLLMGeneration`, colocate or server mode); DisCO adds
 nothing to it. This module holds what sits around it:
@@ -11,6 +11,16 @@ nothing to it. This module holds what sits around it:
 * `adapt_to_vllm_platform(trainer)`: on vLLM's CPU backend, in colocate mode, the weight push of TRL's
   `VLLMGeneration.sync_weights` goes through vLLM's layerwise reload (below). Called at the end of
   `DiscoTrainer.__init__`; it changes nothing on a GPU.
+* vLLM's samples are not pi_old's (its kernels, dtype and sampler are not the trainer's; docs/method.md, "vLLM's
+  samples are not pi_old's"). TRL hands every completion's sampling log-probs to the trainer
+  (`sampling_per_token_logps`, vLLM's `processed_logprobs`); with them `DiscoTrainer` measures the mismatch on every
+  generation batch where pi_old's log-probs exist anyway (`measure_mismatch`: at generation when TRL computes them,
+  otherwise from the first update's forward pass, whose log-probs are pi_old's), and, with
+  `vllm_importance_sampling_correction` (on by default, as in TRL), reweights the completions toward pi_old in the
+  class means and the KL estimate (`loss_view`; the math is `losses.sampling_correction`): in the loss of a
+  micro-batch holding whole questions, or, for questions larger than a micro-batch, in the split-group look-ahead,
+  which attaches each micro-batch's share (`attach_correction`). `warn_if_truncated_sampling` names top-p, top-k,
+  min-p and penalties, which make vLLM report another distribution's log-probs.
 
 Why the CPU adaptation. TRL pushes each parameter with `model_runner.model.load_weights([(name, tensor)])`. vLLM's CPU
 backend packs every linear layer's weight into a oneDNN (or sgl-kernel) handle once the model is loaded and replaces
@@ -39,9 +49,14 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
-from typing import Any
+import warnings
+from typing import Any, NamedTuple
 
-from transformers import AutoConfig
+import torch
+
+from . import metrics
+from .losses import SamplingCorrection, question_log_weights, sampling_correction
+from .preflight import model_config
 
 
 CPU_SETUP_HINT = "on a machine without a GPU, install vLLM's CPU build with `bash scripts/setup_vllm.sh`"
@@ -75,11 +90,11 @@ def on_vllm_cpu_platform() -> bool:
     return vllm_device_type() == "cpu"
 
 
-def _model_config(model: Any, trust_remote_code: bool):
+def _model_config(model: Any, args):
     if model is None:
         return None
     if isinstance(model, str):
-        return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        return model_config(model, args)
     return getattr(model, "config", None)
 
 
@@ -103,7 +118,7 @@ def head_dim_of(config) -> int | None:
 
 def _check_cpu_model(args, model) -> None:
     try:
-        config = _model_config(model, getattr(args, "trust_remote_code", False))
+        config = _model_config(model, args)
     except (OSError, ValueError):  # not a model folder (e.g. an adapter): TRL reports what it cannot load
         return
     supported = cpu_attention_head_sizes()
@@ -231,3 +246,127 @@ def adapt_to_vllm_platform(trainer) -> None:
 
     generation.sync_weights = sync_weights
     generation._disco_cpu_sync = True
+
+
+# Sampling settings under which vLLM's reported log-probs are not those of the trainer's pi_old (the full softmax at
+# the sampling temperature): name -> the value that changes nothing.
+_LOGPROB_CHANGING = {"top_p": 1.0, "top_k": 0, "min_p": None, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                     "frequency_penalty": 0.0}
+
+
+def truncated_sampling_settings(args) -> dict[str, Any]:
+    """The sampling settings of a vLLM run (its fields, or `generation_kwargs`, which override them) that make vLLM
+    sample from, and report the log-probs of, another distribution than the trainer's softmax at the temperature."""
+    settings = {name: getattr(args, name, neutral) for name, neutral in _LOGPROB_CHANGING.items()}
+    overrides = getattr(args, "generation_kwargs", None)
+    if isinstance(overrides, dict):
+        settings.update({k: v for k, v in overrides.items() if k in settings})
+    changed = {}
+    for name, value in settings.items():
+        neutral = _LOGPROB_CHANGING[name]
+        if value is None or value == neutral or (name == "top_k" and value == -1) or (name == "min_p" and value == 0):
+            continue
+        changed[name] = value
+    return changed
+
+
+def warn_if_truncated_sampling(args) -> None:
+    """Warn (once, when the trainer is built) that top-p/top-k/min-p or a penalty biases the sampling mismatch's
+    metrics and the correction, and why."""
+    if not getattr(args, "use_vllm", False):
+        return
+    changed = truncated_sampling_settings(args)
+    if not changed:
+        return
+    settings = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+    effect = ("the correction (vllm_importance_sampling_correction) then reweights toward completions made of "
+              "high-probability tokens: its weights estimate an expectation under the trainer's untruncated pi_old "
+              "restricted to what vLLM can sample, not under vLLM's truncated sampler" if
+              args.vllm_importance_sampling_correction else "the correction is off, so only the metrics are affected")
+    warnings.warn(
+        f"DisCO with vLLM and {settings}: vLLM samples from, and reports the log-probs of, its truncated or penalised "
+        "distribution, while pi_old is the trainer's full softmax at the temperature. On every sampled token "
+        "pi_old/pi_vLLM then also carries the probability the truncation removed (it is below 1), so the "
+        f"sampling/* metrics overstate vLLM's mismatch, and {effect}. For an unbiased measure and correction, sample "
+        "with top_p=1, top_k=0, no min_p and no penalty (docs/method.md, 'vLLM's samples are not pi_old's').",
+        stacklevel=3,
+    )
+
+
+# ------------------------------------------------------------------ vLLM's samples are not pi_old's
+SAMPLING_LOGPS = "sampling_per_token_logps"  # TRL's batch key for the sampler's (vLLM's) per-token log-probs
+# A micro-batch's correction as the split-group look-ahead attaches it (SamplingCorrection's fields, in order).
+CORRECTION_KEYS = ("disco_is_mask", "disco_is_token_weights", "disco_is_log_weights")
+
+
+class LossView(NamedTuple):
+    """What one micro-step's loss sees of its batch (`loss_view`)."""
+
+    mask: torch.Tensor  # (B, T) the tokens that count
+    labels: torch.Tensor  # (B,) 1 positive, 0 negative, NaN neither
+    token_weights: torch.Tensor | None  # (B, T) the sampling correction's per-token ratios (token modes)
+    log_weights: torch.Tensor | None  # (B,) its per-completion log-weights, normalised per question
+
+
+def take_over_sampling_correction(trainer) -> None:
+    """Called at the end of `DiscoTrainer.__init__`. DisCO measures vLLM's mismatch in every run and corrects it
+    itself, with DisCO's meaning of each mode (`loss_view`); left on, TRL's GRPO-side correction would spend a forward
+    pass on pi_old after every generation, even where the first update computes it anyway, and log the same metrics
+    again, so it is turned off on the trainer (the config keeps the user's setting). Warns once about sampling
+    settings that bias both (`warn_if_truncated_sampling`)."""
+    trainer.vllm_importance_sampling_correction = False
+    warn_if_truncated_sampling(trainer.args)
+
+
+def corrects(args, inputs) -> bool:
+    """Whether a batch's completions are reweighted: the sampler reported its log-probs, and the correction is on."""
+    return bool(args.vllm_importance_sampling_correction) and inputs.get(SAMPLING_LOGPS) is not None
+
+
+def new_correction(args, inputs, old_per_token_logps, mask) -> SamplingCorrection:
+    """The batch's correction from pi_old's log-probs, per the config (log-weights not yet normalised per question)."""
+    return sampling_correction(old_per_token_logps, inputs[SAMPLING_LOGPS], mask,
+                               mode=args.vllm_importance_sampling_mode,
+                               clip_min=args.vllm_importance_sampling_clip_min,
+                               clip_max=args.vllm_importance_sampling_clip_max)
+
+
+def attach_correction(batch: dict, correction: SamplingCorrection) -> None:
+    batch.update(zip(CORRECTION_KEYS, correction))
+
+
+def micro_batch_correction(args, inputs, old_per_token_logps, mask) -> SamplingCorrection | None:
+    """A micro-batch's correction: the look-ahead's (split groups, normalised over the step), or computed here from
+    pi_old's log-probs with its log-weights normalised per question (the micro-batch holds whole questions)."""
+    if CORRECTION_KEYS[0] in inputs:
+        return SamplingCorrection(*(inputs[k] for k in CORRECTION_KEYS))
+    if not corrects(args, inputs):
+        return None
+    correction = new_correction(args, inputs, old_per_token_logps, mask)
+    return correction._replace(log_weights=question_log_weights(correction.log_weights, inputs["disco_group_ids"]))
+
+
+def loss_view(args, inputs, old_per_token_logps, mask) -> LossView:
+    """The micro-batch's loss mask and labels, and the correction's weights when it applies: its dropped tokens leave
+    the mask, and a completion left without tokens is neither positive nor negative."""
+    labels = inputs["disco_labels"]
+    correction = micro_batch_correction(args, inputs, old_per_token_logps, mask)
+    if correction is None:
+        return LossView(mask, labels, None, None)
+    kept = torch.isfinite(correction.log_weights).to(labels.device)
+    return LossView(correction.mask, torch.where(kept, labels, torch.full_like(labels, torch.nan)),
+                    correction.token_weights, correction.log_weights)
+
+
+def measure_mismatch(args, accelerator, logged_metrics, inputs, old_per_token_logps, mask) -> None:
+    """Log how far the sampler's log-probs are from pi_old's on these completions, over all processes (one
+    all-gather); nothing when the sampler reported none (transformers generation)."""
+    sampling = inputs.get(SAMPLING_LOGPS)
+    if sampling is None:
+        return
+    stats = metrics.sampling_mismatch_stats(
+        old_per_token_logps, sampling, mask, mode=args.vllm_importance_sampling_mode,
+        clip_min=args.vllm_importance_sampling_clip_min, clip_max=args.vllm_importance_sampling_clip_max,
+    )
+    gathered = accelerator.gather(stats[None]) if accelerator.num_processes > 1 else stats[None]
+    metrics.log_sampling_mismatch(logged_metrics, gathered)

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${DISCO_VENV:-.venv}
 TORCH_REQ=${DISCO_TORCH:-torch==2.13.0}
+# setuptools announces every editable install with a boxed warning ("Editable installation."), which pip passes on
+# even with -q; it is not an error, so it is not shown.
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PY" -m venv "$VENV"

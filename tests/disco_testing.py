@@ -4,6 +4,7 @@ are a fixed function of (prompt, sample index) so that different batch layouts s
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from disco_trl import DiscoConfig, DiscoTrainer
+from disco_trl.filling import question_signal
 from disco_trl.toy import build_tiny_qwen2, build_tokenizer, instantiate
 
 
@@ -52,6 +54,26 @@ def tiny_model_and_tokenizer(seed: int = 0, dtype=torch.float64, arch: str = "qw
     return model.to(dtype), tokenizer
 
 
+class ScriptedGenerator:
+    """Stands in for `disco-trl eval`'s transformers generator (monkeypatch `disco_trl.eval.run.make_generator`):
+    completions come from a table, so the metrics are known exactly."""
+
+    name = "transformers"
+
+    def __init__(self, answers, batch_size=64):
+        self.answers = answers  # problem text -> list of completions, consumed in order
+        self.batch_size = batch_size
+        self.prompts_seen = []
+
+    def generate(self, prompts, **kwargs):
+        self.prompts_seen += prompts
+        out = []
+        for prompt in prompts:
+            key = next(k for k in self.answers if k in prompt)
+            out.append((self.answers[key].pop(0), 5, "stop"))
+        return out
+
+
 def prompt_dataset(n: int = 24, conversational: bool = False) -> Dataset:
     prompts = [f"Q{i}: {i} + {2 * i} =" for i in range(n)]
     if conversational:
@@ -76,23 +98,37 @@ def half_informative_reward(completions, prompts, **kwargs):
     return [r if _question_number(p) % 2 == 0 else 0.0 for r, p in zip(rewards, prompts)]
 
 
+def tenth_informative_reward(completions, prompts, **kwargs):
+    """parity_reward on questions whose number is a multiple of 10; 0 on the others (a pool where about 10% of the
+    questions can carry signal)."""
+    rewards = parity_reward(completions)
+    return [r if _question_number(p) % 10 == 0 else 0.0 for r, p in zip(rewards, prompts)]
+
+
 def first_step_reward(completions, trainer_state=None, **kwargs):
     """parity_reward for the generation of the first optimizer step, 0 afterwards (nothing left to learn)."""
     step = trainer_state.global_step if trainer_state is not None else 0
     return parity_reward(completions) if step == 0 else [0.0] * len(completions)
 
 
-REWARDS = {"parity": parity_reward, "half_informative": half_informative_reward, "first_step": first_step_reward}
+REWARDS = {"parity": parity_reward, "half_informative": half_informative_reward, "first_step": first_step_reward,
+           "tenth_informative": tenth_informative_reward}
 
 
 class FixedGenerationTrainer(DiscoTrainer):
-    """Completions depend only on the prompt tokens and on which of the group's samples this is."""
+    """Completions depend only on the prompt tokens and on which of the group's samples this is. With
+    `sampling_spread` > 0 the generation also reports the "sampler's" log-probs, as vLLM does: the uniform
+    -log(vocabulary) plus a fixed offset in [-spread, spread] per token, a known sampler that is not pi_old."""
 
     max_len = 6
+    sampling_spread = 0.0
+
+    def _sampled_by_vllm(self) -> bool:
+        return self.sampling_spread > 0  # the generation plays vLLM's role
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         seen: dict[tuple, int] = {}
-        completion_ids = []
+        completion_ids, logprobs = [], []
         vocab = len(self.processing_class)
         eos = self.processing_class.eos_token_id
         for ids in prompt_ids:
@@ -105,7 +141,9 @@ class FixedGenerationTrainer(DiscoTrainer):
             if torch.rand(1, generator=g).item() < 0.5:
                 tokens[-1] = eos
             completion_ids.append(tokens)
-        return completion_ids, None
+            offsets = self.sampling_spread * (2 * torch.rand(length, generator=g, dtype=torch.float64) - 1)
+            logprobs.append((offsets - math.log(vocab)).tolist())
+        return completion_ids, logprobs if self.sampling_spread > 0 else None
 
 
 class CaptureGrads(TrainerCallback):
@@ -158,10 +196,19 @@ class RecordingTrainer(FixedGenerationTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.micro_inputs: list[dict] = []
+        self.rounds: list[dict] = []  # each generation as scored: its questions' numbers and which carry signal
+
+    def _score_generation(self, inputs):
+        output = super()._score_generation(inputs)
+        if self.model.training:
+            texts = self.processing_class.batch_decode(output["prompt_ids"][::GROUP], skip_special_tokens=True)
+            self.rounds.append({"step": self.state.global_step, "questions": [_question_number(t) for t in texts],
+                                "signal": question_signal(output["disco_labels"], GROUP).tolist()})
+        return output
 
     def _compute_loss(self, model, inputs):
-        keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-        record = {k: inputs[k].detach().clone() for k in keep}
+        keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "sampling_per_token_logps")
+        record = {k: inputs[k].detach().clone() for k in keep if k in inputs}
         record["step"] = self.state.global_step
         self.micro_inputs.append(record)
         return super()._compute_loss(model, inputs)
@@ -178,9 +225,11 @@ class CaptureParamsAndGrads(CaptureGrads):
 
 
 def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_steps=1, arch="qwen2", reward="parity",
-               **config):
+               num_prompts=24, sampling_spread=0.0, **config):
     """Train `max_steps` optimizer steps with fixed generations. Returns what the reference needs (this process).
-    `arch` names the tiny model's architecture, `reward` one of REWARDS."""
+    `arch` names the tiny model's architecture, `reward` one of REWARDS; the training set has `num_prompts`
+    questions; `sampling_spread` > 0: the generation reports sampler log-probs that are not pi_old's
+    (FixedGenerationTrainer)."""
     model, tokenizer = tiny_model_and_tokenizer(arch=arch)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = layout_config(tmp_path, per_device, accumulation, steps_per_generation, max_steps=max_steps, **config)
@@ -189,16 +238,18 @@ def run_layout(tmp_path, per_device, accumulation, steps_per_generation, max_ste
         model=model,
         reward_funcs=REWARDS[reward],
         args=args,
-        train_dataset=prompt_dataset(),
+        train_dataset=prompt_dataset(num_prompts),
         processing_class=tokenizer,
         callbacks=[capture],
     )
+    trainer.sampling_spread = sampling_spread
     trainer.train()
     return {
         "initial": initial,
         "grads": capture.grads,
         "params": capture.params,
         "micro_inputs": trainer.micro_inputs,
+        "rounds": trainer.rounds,
         "log_history": trainer.state.log_history,
         "rank": trainer.accelerator.process_index,
     }
@@ -231,3 +282,22 @@ def torchrun_layout(tmp_path, per_device, accumulation, spg, max_steps, **config
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+# --------------------------------------------------------------------------------------------------- demo starts
+def tiny_start(folder, seed: int = 0, **extra) -> str:
+    """A tiny demo start (1 layer, hidden 32, 6 SFT steps; seconds) written as a start folder, like the shipped one
+    (`disco_trl.demo.shipped.write_start`); `extra` goes into its record (e.g. `start_eval`). Returns the folder."""
+    from disco_trl.demo.shipped import write_start
+    from disco_trl.demo.warmstart import build_warm_started
+
+    model, tokenizer, build = build_warm_started(tiny_start_config(seed), log=None)
+    write_start(model, tokenizer, build, folder, **extra)
+    return str(folder)
+
+
+def tiny_start_config(seed: int = 0):
+    from disco_trl.demo.warmstart import WarmStartConfig
+
+    return WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                           intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2, seed=seed)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 from disco_testing import (
+    REWARDS,
     RecordingTrainer,
     layout_config,
     leave_together,
-    parity_reward,
     prompt_dataset,
     tiny_model_and_tokenizer,
 )
@@ -62,14 +62,17 @@ def without_launcher_deepspeed_settings():
 
 
 def make_trainer(out: Path, case: dict, callbacks=(), peft_config=None):
-    config = {k: v for k, v in case.items() if k not in ("name", "kind", "layout", "save_model", "stop_at")}
+    config = {k: v for k, v in case.items() if k not in ("name", "kind", "layout", "save_model", "stop_at", "reward",
+                                                         "num_prompts", "sampling_spread")}
     config.setdefault("optim", "sgd")
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     args = layout_config(out, *case["layout"], **config)
     trainer = RecordingTrainer(
-        model=model, reward_funcs=parity_reward, args=args, train_dataset=prompt_dataset(), processing_class=tokenizer,
+        model=model, reward_funcs=REWARDS[case.get("reward", "parity")], args=args,
+        train_dataset=prompt_dataset(case.get("num_prompts", 24)), processing_class=tokenizer,
         callbacks=list(callbacks), peft_config=peft_config,
     )
+    trainer.sampling_spread = case.get("sampling_spread", 0.0)  # sampler log-probs that are not pi_old's
     return trainer, model
 
 
@@ -97,6 +100,7 @@ def run_layout_case(out: Path, case: dict) -> dict:
         "params": [initial] + capture.after_step[:-1],  # before each step, as in disco_testing.run_layout
         "final": capture.after_step[-1],
         "micro_inputs": trainer.micro_inputs,
+        "rounds": trainer.rounds,
         "log_history": trainer.state.log_history,
         "rank": trainer.accelerator.process_index,
         **engine_facts(trainer),

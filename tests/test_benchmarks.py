@@ -270,3 +270,34 @@ def test_performance_doc_tables_are_the_committed_measurement():
         assert row in doc, row
     assert result["command"].split("--output-dir")[0].strip().removeprefix("python ") in doc
     assert result["machine"]["torch"] in doc and result["machine"]["trl"] in doc
+
+
+def test_vllm_mismatch_report_is_the_definitions():
+    """benchmarks/vllm_mismatch.py's report (its sampling and scoring need vLLM and a model; the arithmetic does not):
+    d = log pi_old - log pi_vLLM per token, D = sum_t d per completion, on two questions of two completions."""
+    import argparse
+
+    import vllm_mismatch
+
+    old = [torch.tensor([-1.0, -2.0]), torch.tensor([-1.0]), torch.tensor([-0.5, -0.5, -0.5]), torch.tensor([-3.0])]
+    d = [[0.5, -0.25], [1.5], [0.0, 0.0, 0.0], [-0.1]]
+    rows = [([7], [1] * len(o), (o - torch.tensor(x)).tolist()) for o, x in zip(old, d)]
+    args = argparse.Namespace(model="m", data=None, num_prompts=2, num_generations=2, temperature=0.6, top_p=1.0,
+                              top_k=0, vllm_dtype="auto", trainer_dtype="float32", clip_min=None, clip_max=3.0,
+                              max_completion_length=3)
+    result = vllm_mismatch.report(args, rows, [o.double() for o in old], sampling_seconds=1.0)
+    flat = [x for row in d for x in row]
+    assert result["per_token"]["tokens"] == 7
+    assert result["per_token"]["abs_difference"]["mean"] == pytest.approx(sum(map(abs, flat)) / 7)
+    assert result["per_token"]["abs_difference"]["max"] == pytest.approx(1.5)
+    assert result["per_token"]["kl_vllm_old_k3"] == pytest.approx(sum(math.expm1(x) - x for x in flat) / 7)
+    assert result["per_token"]["frac_tokens_outside_bounds"] == pytest.approx(1 / 7)  # e^1.5 > 3
+    ratios = [math.exp(sum(x)) for x in d]
+    assert result["per_completion"]["ratio"]["max"] == pytest.approx(max(ratios))
+    assert result["per_completion"]["frac_outside_bounds"] == pytest.approx(1 / 4)
+    first = torch.softmax(torch.tensor([0.25, 1.5]), 0)  # the first question's normalised ratios
+    second = torch.softmax(torch.tensor([0.0, -0.1]), 0)
+    ess = (1 / (first**2).sum() / 2 + 1 / (second**2).sum() / 2) / 2
+    assert result["per_completion"]["ess_fraction_per_question"] == pytest.approx(float(ess))
+    assert result["logged_metrics"]["sampling/frac_outside_bounds"] == pytest.approx(1 / 4)
+    assert sum(b["per_completion"]["completions"] for b in result["by_length_quartile"]) == 4

@@ -11,8 +11,11 @@ import errno
 import json
 import re
 import shutil
+import struct
 import subprocess
 import warnings
+import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,14 +26,20 @@ from transformers.trainer_callback import TrainerState
 
 from disco_trl.checkpoints import (
     CheckpointError,
+    DamagedState,
     DiskFullError,
     ResumeWarning,
+    RunFinished,
     full_disk_error,
     incomplete_reasons,
     last_complete_checkpoint,
+    load_rank_state,
+    refuse_finished_run,
+    save_rank_state,
     state_path,
 )
 from disco_trl.checkpoints import state as state_module
+from disco_trl.geometry import BatchGeometry
 from disco_trl.scripts import train as train_script
 
 
@@ -93,7 +102,8 @@ def test_resume_last_skips_the_checkpoint_a_kill_cut_short_and_stays_bit_exact(r
 
 def test_script_resume_last_picks_the_newest_complete_checkpoint(run_dir, tmp_path):
     # as make_trainer's: the batch settings and the sampling temperature
-    same_batches = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--temperature", "1.0"]
+    same_batches = ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--temperature", "1.0",
+                    "--max_steps", str(STEPS), "--seed", "5"]
     _, args, _ = parse(tiny_run_args(tmp_path / "model", tmp_path / "data.jsonl", run_dir, *same_batches,
                                      "--resume_from_checkpoint", "last"))
     with pytest.warns(ResumeWarning, match="skipping checkpoint-3"):
@@ -101,24 +111,134 @@ def test_script_resume_last_picks_the_newest_complete_checkpoint(run_dir, tmp_pa
     assert args.resume_from_checkpoint == str(run_dir / "checkpoint-2")
 
 
-@pytest.mark.parametrize("damage,reason", [
-    ("trainer_state", "no trainer_state.json"),
-    ("weights", "truncated weights ['model.safetensors']"),
-    ("disco_state", "no DisCO state (disco_state_rank*.pt)"),
-])
-def test_what_makes_a_checkpoint_incomplete(run_dir, damage, reason):
+def flip_bytes_in_largest_record(path):
+    """Flip a few bits in the middle of the largest tensor of a torch (zip) file: its structure stays readable."""
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length + info.file_size // 2
+    for i in range(start, start + 4):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+class RunsCode:
+    """A pickled object whose loading runs code (here: writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+DAMAGES = {  # what is done to checkpoint-2, and the reason `last` gives for skipping it
+    "trainer_state": ("no trainer_state.json", lambda f: (f / "trainer_state.json").unlink()),
+    "weights": ("truncated weights ['model.safetensors']",
+                lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-100])),
+    "disco_state": ("no DisCO state (disco_state_rank*.pt)", lambda f: (f / "disco_state_rank0.pt").unlink()),
+    # transformers loads optimizer.pt only when scheduler.pt is there too: Adam would silently restart from zero
+    "scheduler": ("no scheduler.pt", lambda f: (f / "scheduler.pt").unlink()),
+    "rng_state": ("no rng_state.pth", lambda f: (f / "rng_state.pth").unlink()),  # transformers: info level only
+    "optimizer": ("no optimizer.pt", lambda f: (f / "optimizer.pt").unlink()),
+    "optimizer_truncated": ("optimizer.pt is damaged (truncated or corrupt)",
+                            lambda f: (f / "optimizer.pt").write_bytes((f / "optimizer.pt").read_bytes()[:-200])),
+    "rng_state_flipped": ("rng_state.pth is damaged", lambda f: flip_bytes_in_largest_record(f / "rng_state.pth")),
+    "disco_state_flipped": ("disco_state_rank0.pt is damaged",
+                            lambda f: flip_bytes_in_largest_record(f / "disco_state_rank0.pt")),
+    "disco_state_rewritten": ("disco_state_rank0.pt is damaged (its checksum does not match its contents)",
+                              lambda f: rewrite_old_logps(f / "disco_state_rank0.pt")),
+}
+
+
+def rewrite_old_logps(path):
+    """DisCO's state with other old-policy log-probs, written as a whole file (so its CRCs match): only the checksum
+    can tell."""
+    state = torch.load(path, weights_only=True)
+    batch = next(b for b in state["buffered_inputs"] if b.get("old_per_token_logps") is not None)
+    batch["old_per_token_logps"] = batch["old_per_token_logps"] - 2.0
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_what_makes_a_checkpoint_incomplete(run_dir, damage):
     folder = run_dir / "checkpoint-2"
-    if damage == "trainer_state":
-        (folder / "trainer_state.json").unlink()
-    elif damage == "weights":
-        weights = folder / "model.safetensors"
-        weights.write_bytes(weights.read_bytes()[:-100])
-    else:
-        (folder / "disco_state_rank0.pt").unlink()
+    reason, do = DAMAGES[damage]
+    do(folder)
     with pytest.warns(ResumeWarning) as record:
         assert last_complete_checkpoint(str(run_dir), world_size=1) == str(run_dir / "checkpoint-1")
+    assert incomplete_reasons(str(run_dir / "checkpoint-1"), world_size=1) == []
     messages = [str(w.message) for w in record]
     assert any("skipping checkpoint-2" in m and reason in m for m in messages), messages
+
+
+@pytest.mark.parametrize("damage", ["scheduler", "rng_state", "optimizer", "optimizer_truncated",
+                                    "disco_state_flipped", "disco_state_rewritten"])
+def test_an_explicit_incomplete_checkpoint_is_refused_naming_the_file(run_dir, damage):
+    folder = run_dir / "checkpoint-2"
+    reason, do = DAMAGES[damage]
+    do(folder)
+    trainer = make_trainer(run_dir, save_steps=1, max_steps=STEPS)
+    with pytest.raises(CheckpointError) as err:
+        trainer.train(resume_from_checkpoint=str(folder))
+    message = str(err.value)
+    assert f"resume_from_checkpoint='{folder}' is incomplete (" in message and reason in message
+    assert "finished run" not in message and "\n" not in message
+    assert trainer.state.global_step == 0
+
+
+def test_the_script_names_a_missing_optimizer_state_not_a_finished_run(run_dir, tmp_path, capsys):
+    (run_dir / "checkpoint-2" / "optimizer.pt").unlink()
+    args = tiny_run_args(tmp_path / "no-model", tmp_path / "data.jsonl", run_dir, "--max_steps", str(STEPS),
+                         "--resume_from_checkpoint", str(run_dir / "checkpoint-2"))
+    code, _, err = run_main(args, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "is incomplete (no optimizer.pt)" in err and "finished run" not in err
+
+
+@pytest.mark.parametrize("damage", ["optimizer_truncated", "disco_state_rewritten"])
+def test_resume_last_falls_back_past_a_damaged_checkpoint_and_stays_bit_exact(run_dir, straight_parameters, damage):
+    """A truncated optimizer state crashed the resume with a torch traceback; DisCO's state with flipped bits trained
+    on garbage (disco/kl -2.35 instead of 0.0003). `last` now resumes from checkpoint-1, as if checkpoint-2 was never
+    written."""
+    reason, do = DAMAGES[damage]
+    do(run_dir / "checkpoint-2")
+    resumed = make_trainer(run_dir, save_strategy="no", max_steps=STEPS)
+    with pytest.warns(ResumeWarning, match=rf"skipping checkpoint-2, which is incomplete \(.*{re.escape(reason)}"):
+        resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == STEPS
+    assert_same_parameters(resumed.model, straight_parameters)
+
+
+def test_a_pickled_payload_in_discos_state_is_refused_and_never_run(run_dir, tmp_path):
+    """DisCO's state is read with torch.load(weights_only=True): a state file holding an object whose loading would
+    run code (a checkpoint from someone else) is refused, and the code does not run."""
+    marker = tmp_path / "code-ran"
+    folder = run_dir / "checkpoint-2"
+    state = torch.load(state_path(str(folder), 0), weights_only=True)
+    torch.save(dict(state, step=RunsCode(marker)), state_path(str(folder), 0))
+    with pytest.raises(DamagedState, match=r"disco_state_rank0.pt holds more than plain data \(it names \w+\).*"
+                                           r"could run code"):
+        load_rank_state(str(folder), 0)
+    with pytest.raises(CheckpointError, match=r"is incomplete \(disco_state_rank0.pt holds more than plain data"):
+        make_trainer(run_dir, max_steps=STEPS).train(resume_from_checkpoint=str(folder))
+    with pytest.warns(ResumeWarning, match=r"skipping checkpoint-2, .*holds more than plain data"):
+        assert last_complete_checkpoint(str(run_dir), world_size=1) == str(run_dir / "checkpoint-1")
+    assert not marker.exists()
+    torch.load(state_path(str(folder), 0), weights_only=False)  # what loading it used to do
+    assert marker.read_text() == "code ran"
+
+
+def test_discos_state_holds_only_plain_data_and_refuses_anything_else(tmp_path):
+    geometry = BatchGeometry(num_processes=1, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                             steps_per_generation=1, num_generations=4, generation_batch_size=4)
+    save_rank_state(str(tmp_path), 0, 3, [{"completion_ids": torch.ones(4, 2, dtype=torch.long)}], geometry,
+                    {"lr_scheduler_type": "constant"}, sampler={"position": 7, "order": [3, 1, 2]})
+    state = load_rank_state(str(tmp_path), 0)
+    assert state["step"] == 3 and state["sampler"] == {"position": 7, "order": [3, 1, 2]} and state["format"] == 2
+    with pytest.raises(TypeError, match="may hold only dicts, lists, tuples, str, int, float, bool, None and tensors"):
+        save_rank_state(str(tmp_path), 1, 3, [], geometry, sampler=RunsCode(tmp_path / "x"))
 
 
 def test_last_with_no_complete_checkpoint_is_refused_with_the_reasons(run_dir):
@@ -155,10 +275,10 @@ def test_resume_without_discos_state_warns_that_it_is_not_bit_exact(run_dir, str
 @pytest.mark.parametrize("legacy", [False, True], ids=["geometry-saved", "legacy-state"])
 def test_resume_with_another_steps_per_generation_is_refused_with_both_values(run_dir, legacy):
     checkpoint = run_dir / "checkpoint-1"
-    if legacy:  # a state file written before DisCO recorded the geometry: the buffer itself tells
+    if legacy:  # a state file written before DisCO recorded the geometry (or a checksum): the buffer itself tells
         path = state_path(str(checkpoint), 0)
-        state = torch.load(path, weights_only=False)
-        del state["geometry"]
+        state = torch.load(path, weights_only=True)
+        del state["geometry"], state["checksum"]
         torch.save(state, path)
     trainer = make_trainer(run_dir, save_steps=1, max_steps=STEPS, steps_per_generation=4)
     with pytest.raises(CheckpointError, match=r"checkpoint-1 was saved with steps_per_generation=2, but this run has "
@@ -203,7 +323,7 @@ def test_script_refuses_a_new_run_or_other_batches_over_earlier_checkpoints_befo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResumeWarning)
         code, _, err = run_main(tiny_run_args(tmp_path / "no-model", tmp_path / "data.jsonl", run_dir,
-                                              "--resume_from_checkpoint", "last"), capsys)
+                                              "--resume_from_checkpoint", "last", "--max_steps", str(STEPS)), capsys)
     # resuming passes that check, but this command's batches are not the checkpoint's (F, through the script)
     assert code == 2 and "checkpoint-2 was saved with per_device_train_batch_size=8, gradient_accumulation_steps=1, " \
         "steps_per_generation=2, but this run has per_device_train_batch_size=4, gradient_accumulation_steps=2, " \
@@ -264,3 +384,26 @@ def test_only_a_failed_write_is_told_as_a_full_disk(tmp_path, monkeypatch, error
     monkeypatch.setattr(state_module.shutil, "disk_usage", lambda path: SimpleNamespace(free=1024))
     full = full_disk_error(str(tmp_path / "run"), trainer, error)
     assert isinstance(full, DiskFullError) if named else full is None
+
+
+def test_a_finished_run_is_not_resumed_past_its_end_from_python(run_dir, tmp_path):
+    """checkpoint-2 is the newest complete one: for a run of max_steps=2 the run is done, and train() says so
+    (RunFinished) before anything loads or is written, instead of training a step past the end."""
+    before = sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*"))
+    trainer = make_trainer(run_dir, save_steps=1, max_steps=2)
+    with pytest.raises(RunFinished, match=r"^already finished at step 2 \(.*checkpoint-2/trainer_state.json records "
+                                          r"global_step 2, and this run stops at max_steps=2\)"):
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 0
+    assert sorted((p.relative_to(run_dir), p.stat().st_mtime_ns) for p in run_dir.rglob("*")) == before
+
+
+@pytest.mark.parametrize("epoch,finished", [(1.0, True), (0.5, False)])
+def test_an_epoch_based_run_is_finished_when_its_epochs_are_done(tmp_path, epoch, finished):
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 6, "epoch": epoch}))
+    args = SimpleNamespace(max_steps=-1, num_train_epochs=1.0)
+    if finished:
+        with pytest.raises(RunFinished, match=r"already finished at step 6 .*num_train_epochs=1.0"):
+            refuse_finished_run(args, str(tmp_path))
+    else:
+        refuse_finished_run(args, str(tmp_path))

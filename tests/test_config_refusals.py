@@ -32,6 +32,12 @@ REFUSED = [
     ("kl_delta", INF, "DiscoConfig.kl_delta must be >= 0 and finite (got inf)"),
     ("kl_beta", INF, "DiscoConfig.kl_beta must be >= 0 and finite (got inf)"),
     ("kl_beta", NAN, "DiscoConfig.kl_beta must be >= 0 and finite (got nan)"),
+    # finite in Python, but 0 or inf in the float32 the objective is computed in: NaN weights
+    ("tau", 1e39, "DiscoConfig.tau=1e+39 is outside what float32 training can represent"),
+    ("tau", 1e-46, "DiscoConfig.tau=1e-46 is outside what float32 training can represent"),
+    ("tau", 1e-40, "DiscoConfig.tau=1e-40 is outside"),  # float32 subnormal: s / tau overflows
+    ("kl_beta", 1e39, "DiscoConfig.kl_beta=1e+39 is outside what float32 training can represent"),
+    ("kl_delta", 1e-40, "DiscoConfig.kl_delta=1e-40 is outside"),
     ("learning_rate", -1.0, "DiscoConfig.learning_rate=-1.0 must be a finite number >= 0"),
     ("learning_rate", INF, "DiscoConfig.learning_rate=inf"),
     ("temperature", 0.0, "DiscoConfig.temperature=0.0: DisCO samples its completions"),
@@ -57,7 +63,8 @@ def test_config_refuses_a_value_that_would_fail_after_the_model_loads(tmp_path, 
 
 
 @pytest.mark.parametrize("name,value", [("max_steps", -1), ("max_steps", 3), ("learning_rate", 0.0),
-                                        ("kl_beta", 0.0), ("kl_delta", 0.0), ("temperature", 1e-3)])
+                                        ("kl_beta", 0.0), ("kl_delta", 0.0), ("temperature", 1e-3), ("tau", 1e8),
+                                        ("tau", 1.2e-38), ("kl_beta", 3e38)])
 def test_config_accepts_the_limits(tmp_path, name, value):
     assert getattr(config(tmp_path, **{name: value}), name) == value
 
@@ -65,6 +72,8 @@ def test_config_accepts_the_limits(tmp_path, name, value):
 @pytest.mark.parametrize("flag,value,message", [
     ("--learning_rate", "-1", "DiscoConfig.learning_rate=-1.0 must be a finite number >= 0"),
     ("--tau", "inf", "DiscoConfig.tau must be > 0 and finite (got inf)"),
+    ("--tau", "1e39", "DiscoConfig.tau=1e+39 is outside what float32 training can represent"),
+    ("--kl_beta", "1e39", "DiscoConfig.kl_beta=1e+39 is outside what float32 training can represent"),
     ("--temperature", "0", "DiscoConfig.temperature=0.0"),
     ("--max_steps", "0", "DiscoConfig.max_steps=0"),
     ("--max_completion_length", "0", "DiscoConfig.max_completion_length=0"),
@@ -161,6 +170,11 @@ BAD_SCRIPT_SETTINGS = [
     (["--resume_from_checkpoint", "RUN_FOLDER"], "is a run's output folder, not a checkpoint"),
     (["--resume_from_checkpoint", "SAVED_MODEL"], "holds a saved model but no optimizer state"),
     (["FOLDER_IN_USE"], "is in use by a training run (test holder)"),
+    # transformers 5 builds an empty tokenizer from such a folder: the run failed at its first generation
+    (["NO_TOKENIZER"], "has no tokenizer files (tokenizer.json, tokenizer_config.json, ...)"),
+    # TRL calls rewards with keywords (prompts, completion_ids, ... and the columns): a TypeError after generating
+    (["--reward_funcs", "test_config_refusals.reward_without_kwargs"],
+     "Reward function `reward_without_kwargs` does not accept the keyword argument(s) ['prompts', 'completion_ids'"),
     (["--config"], "--config needs the path of a YAML recipe"),
 ]
 
@@ -169,9 +183,14 @@ BAD_SCRIPT_SETTINGS = [
                          ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_each_bad_setting_is_one_line_and_exit_2_before_the_model_loads(
         unloadable_model_dir, math_jsonl, long_prompt_jsonl, tmp_path, capsys, extra, message):
-    out, data, holder = tmp_path / "out", math_jsonl, None
+    out, data, holder, model = tmp_path / "out", math_jsonl, None, unloadable_model_dir
     if extra == ["LONG_PROMPTS"]:
         extra, data = [], long_prompt_jsonl
+    if extra == ["NO_TOKENIZER"]:  # the model's config and weights, without its tokenizer's files
+        extra, model = [], tmp_path / "no-tokenizer"
+        model.mkdir()
+        for name in ("config.json", "generation_config.json", "model.safetensors"):
+            shutil.copy(unloadable_model_dir / name, model / name)
     if extra == ["FOLDER_IN_USE"]:
         extra, holder = [], _holding(out)
     (tmp_path / "broken.yaml").write_text("learning_rate: [1e-6\n")
@@ -182,8 +201,7 @@ def test_each_bad_setting_is_one_line_and_exit_2_before_the_model_loads(
     names = {"MISSING": str(tmp_path / "missing.yaml"), "BROKEN": str(tmp_path / "broken.yaml"),
              "RUN_FOLDER": str(tmp_path / "earlier"), "SAVED_MODEL": str(saved)}
     try:
-        code, _, err = run_main(tiny_run_args(unloadable_model_dir, data, out, *[names.get(a, a) for a in extra]),
-                                capsys)
+        code, _, err = run_main(tiny_run_args(model, data, out, *[names.get(a, a) for a in extra]), capsys)
     finally:
         if holder is not None:
             holder.kill()
@@ -191,6 +209,10 @@ def test_each_bad_setting_is_one_line_and_exit_2_before_the_model_loads(
     assert err.startswith("disco-trl train: error: ") and message in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert holder is not None or not out.exists()
+
+
+def reward_without_kwargs(completions):  # TRL's reward signature needs **kwargs
+    return [0.0 for _ in completions]
 
 
 def test_the_script_refuses_an_infinite_reward_in_one_line(tiny_model_dir, math_jsonl, tmp_path, capsys):
@@ -237,3 +259,13 @@ def test_trainer_refuses_a_prompt_longer_than_the_model_takes(tmp_path):
                                     with_indices=True)
     with pytest.raises(ValueError, match="1 of 8 prompts do not fit the model with max_completion_length=8"):
         _trainer(tmp_path, dataset)
+
+
+def test_trainer_refuses_a_model_folder_without_tokenizer_files_before_its_weights_load(unloadable_model_dir,
+                                                                                        tmp_path):
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):  # garbage weights: loading them would fail otherwise
+        shutil.copy(unloadable_model_dir / name, folder / name)
+    with pytest.raises(ValueError, match=r"model='.*no-tokenizer' has no tokenizer files"):
+        DiscoTrainer(str(folder), parity_reward, short_run_config(tmp_path / "out"), prompt_dataset())

@@ -31,6 +31,19 @@ def test_prompt_template_is_the_papers():
     assert with_system == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q" + SUFFIX}]
 
 
+@pytest.mark.parametrize("problem", [
+    "What is 1+1?" + SUFFIX,
+    "What is 1+1?" + SUFFIX.rstrip("."),  # without the final full stop
+    "What is 1+1?\n\nlet's think step by step and output the final answer within \\boxed{}.  ",  # other spacing, case
+])
+def test_a_problem_that_already_ends_with_the_instruction_does_not_get_it_twice(problem, tmp_path):
+    assert format_prompt(problem, conversational=False) == problem.strip()
+    data_file = tmp_path / "with_instruction.jsonl"
+    data_file.write_text(json.dumps({"problem": problem, "answer": "2"}) + "\n")
+    (row,) = load_math_dataset(str(data_file))
+    assert row["prompt"][-1]["content"].lower().count("let's think step by step") == 1
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [

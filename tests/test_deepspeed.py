@@ -25,8 +25,8 @@ pytest.importorskip(
     "deepspeed", reason="DeepSpeed is not installed: `pip install -e '.[deepspeed]'` (scripts/setup_env.sh does)"
 )
 
-from disco_testing import tiny_model_and_tokenizer  # noqa: E402
-from test_split_invariance import reference_gradient  # noqa: E402
+from disco_testing import REWARDS, tiny_model_and_tokenizer  # noqa: E402
+from test_split_invariance import corrected, reference_gradient, sampling_settings  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,9 +51,17 @@ LAYOUTS = {
     # both: split groups whose second update's look-ahead scores under the updated (partitioned) parameters
     "split_groups_off_policy": dict(layout=[2, 4, 8], max_steps=2, score_type="l_ratio", disco_variant="basic",
                                     kl_delta=0.0, seed=0),
+    # the same with sampler log-probs that are not pi_old's (vLLM's role) and the sampling correction, which drops
+    # about 40% of the completions (test_split_invariance.corrected)
+    "corrected_split_groups_off_policy": dict(layout=[2, 4, 8], max_steps=2, score_type="log_l", disco_variant="dro",
+                                              kl_delta=0.0, seed=0, **corrected("sequence_mask")),
+    # fill_informative_questions: extra generation rounds (ZeRO-3 gathers the parameters for each) until each process
+    # holds its 2 questions with signal; 2 updates per generation, the second off-policy
+    "filled": dict(layout=[4, 2, 4], max_steps=2, score_type="log_l", disco_variant="dro", kl_delta=0.0,
+                   fill_informative_questions=True, reward="half_informative", num_prompts=200),
 }
 # ZeRO-2 keeps full parameters, so the combined case (look-ahead on partitioned parameters) is ZeRO-3's alone
-ZERO2_LAYOUTS = ["whole_groups", "split_groups", "updates_per_generation"]
+ZERO2_LAYOUTS = ["whole_groups", "split_groups", "updates_per_generation"]  # (filling: under ZeRO-3)
 ZERO2_CASES = [dict(name=n, kind="layout", learning_rate=LR, **LAYOUTS[n]) for n in ZERO2_LAYOUTS]
 ZERO2_CASES.append(dict(name="geometry", kind="geometry"))
 ZERO3_CASES = [dict(name=n, kind="layout", learning_rate=LR, save_model=n == "whole_groups", **c)
@@ -127,8 +135,10 @@ def check_exact(records, case):
     steps = case.get("max_steps", 1)
     assert len(rank0["params"]) == steps
     for step in range(steps):
+        sampling = sampling_settings(case["vllm_importance_sampling_mode"]) if "sampling_spread" in case else None
         grad, n_questions = reference_gradient(records, step, accumulation=layout[1], variant=case["disco_variant"],
-                                               delta=kwargs.get("kl_delta", 1e-4), score_type=kwargs["score_type"])
+                                               delta=kwargs.get("kl_delta", 1e-4), score_type=kwargs["score_type"],
+                                               sampling=sampling, reward=REWARDS[case.get("reward", "parity")])
         assert n_questions == layout[0] * layout[1] * 2 // 4
         after = rank0["params"][step + 1] if step + 1 < steps else rank0["final"]
         assert_update_is_reference(rank0["params"][step], after, grad, LR)
@@ -155,6 +165,21 @@ def test_zero2_updates_equal_the_reference(zero2, name):
 def test_zero3_updates_equal_the_reference(zero3, name):
     assert zero3[name][0]["zero_stage"] == 3
     check_exact(zero3[name], next(c for c in ZERO3_CASES if c["name"] == name))
+
+
+@pytest.mark.slow
+def test_zero3_fills_each_process_share_over_extra_rounds(zero3):
+    """Both processes ran the same extra generation rounds (each one gathering the ZeRO-3 partitions) and filled
+    their shares; the two updates themselves are checked against the reference above."""
+    logged = [[h["disco/fill/rounds"] for h in r["log_history"] if "disco/fill/rounds" in h] for r in zero3["filled"]]
+    assert logged[0] == logged[1] and max(logged[0]) > 1
+    # per process, its informative questions found in each round of the batch (its share: 4 questions): enough in
+    # all rounds, not before the last on some process (the rounds stop when every share is full)
+    found = [[sum(r["signal"]) for r in record["rounds"] if r["step"] == 0] for record in zero3["filled"]]
+    assert all(len(f) == logged[0][0] and sum(f) >= 4 for f in found)
+    assert any(sum(f[:-1]) < 4 for f in found)
+    logs = zero3["filled"][0]["log_history"]
+    assert [h["disco/fill/out_of_rounds"] for h in logs if "disco/fill/rounds" in h] == [0.0]
 
 
 @pytest.mark.slow
@@ -190,6 +215,30 @@ def check_resume(records):
 @pytest.mark.slow
 def test_zero3_resume_mid_generation_matches_uninterrupted_run(zero3):
     check_resume(zero3["resume"])
+
+
+@pytest.mark.slow
+def test_a_deepspeed_checkpoint_is_complete_only_with_every_file_its_resume_reads(zero3, tmp_path):
+    """The resume case's checkpoint in DeepSpeed's layout (`latest`, global_step1/ with each rank's optimizer state)
+    is complete for its 2 processes; without a rank's optimizer state, without `latest`, with a model state cut short
+    or without a process's RNG state it is not, and each reason is named."""
+    from disco_trl.checkpoints import incomplete_reasons
+
+    checkpoint = zero3["_dir"] / "resume" / "resumed" / "checkpoint-1"
+    assert incomplete_reasons(str(checkpoint), world_size=2) == []
+    damages = {
+        "holds the optimizer states of 1 processes, this run has 2":
+            lambda c: next((c / "global_step1").glob("*rank_1*optim_states.pt")).unlink(),
+        "no DeepSpeed `latest` file": lambda c: (c / "latest").unlink(),
+        "model_states.pt is damaged (truncated or corrupt)":
+            lambda c: [p.write_bytes(p.read_bytes()[:-64]) for p in (c / "global_step1").glob("*model_states.pt")],
+        "no rng_state_1.pth": lambda c: (c / "rng_state_1.pth").unlink(),
+    }
+    for reason, damage in damages.items():
+        copy = tmp_path / reason[:12].replace(" ", "_") / "checkpoint-1"
+        shutil.copytree(checkpoint, copy)
+        damage(copy)
+        assert any(reason in r for r in incomplete_reasons(str(copy), world_size=2)), reason
 
 
 @pytest.mark.slow

@@ -1,21 +1,20 @@
-"""The CPU demo: generated task, warm start + cache, held-out Pass@1, `disco-trl demo --quick`, `disco-trl compare`."""
+"""The CPU demo: generated task, warm start, the shipped start (fingerprint, damage, rebuild and compare), held-out
+Pass@1, `disco-trl demo --quick`, `disco-trl compare`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import random
+import shutil
 
 import pytest
 import torch
+from disco_testing import tiny_start, tiny_start_config
 
-from disco_trl.demo import task
+from disco_trl.demo import shipped, task
 from disco_trl.demo import warmstart as ws
 from disco_trl.rewards import boxed_math_reward
-
-
-TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                          intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2)
 
 
 # --------------------------------------------------------------------------------------------------- the task
@@ -129,24 +128,115 @@ def test_supervised_warm_start_lowers_the_loss():
     assert sum(p.numel() for p in model.parameters()) == info["num_parameters"]
 
 
-def test_warm_start_is_cached_and_reloaded(tmp_path):
-    model, tok, info = ws.load_or_build(TINY, cache_dir=tmp_path, log=None)
-    assert info["cached"] is False and os.path.isfile(os.path.join(info["path"], "warmstart.json"))
-    model2, tok2, info2 = ws.load_or_build(TINY, cache_dir=tmp_path, log=None)
-    assert info2["cached"] is True and info2["path"] == info["path"]
-    for (name, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+def test_a_start_folder_reloads_bit_for_bit_and_its_fingerprint_is_its_content(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok, build = ws.build_warm_started(tiny_start_config(), log=None)
+    record = shipped.write_start(model, tok, build, tmp_path / "a")
+    assert shipped.verify(tmp_path / "a") == record and record["build"]["config"]["hidden_size"] == 32
+    assert set(record["files"]) >= {"model.safetensors", "tokenizer.json", "config.json"}
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
-    assert tok2("12+3")["input_ids"] == tok("12+3")["input_ids"]
-    other = ws.WarmStartConfig(**{**TINY.__dict__, "sft_steps": 7})
-    assert other.key() != TINY.key()
+    assert AutoTokenizer.from_pretrained(tmp_path / "a")("12+3")["input_ids"] == tok("12+3")["input_ids"]
+    # The same content on another path has the same key; another model has another.
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert shipped.model_key(tmp_path / "b") == shipped.model_key(tmp_path / "a") == f"start-{record['fingerprint']}"
+    assert shipped.fingerprint(tiny_start(tmp_path / "c", seed=1)) != record["fingerprint"]
     with pytest.raises(ValueError, match="hidden_size"):
         ws.WarmStartConfig(hidden_size=30, num_attention_heads=4).validate()
+
+
+def test_the_shipped_start_is_verified_and_loads():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, record = shipped.shipped_start()
+    assert shipped.fingerprint(path) == record["fingerprint"]
+    assert sum((shipped.SHIPPED_DIR / name).stat().st_size for name in record["files"]) < 5_000_000
+    assert record["build"]["config"] == dataclasses.asdict(ws.WarmStartConfig())  # built with the default settings
+    assert record["environment"]["libraries"]["torch"] and record["start_eval"]["questions"] == 100
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert sum(p.numel() for p in model.parameters()) == record["build"]["num_parameters"]
+    assert len(AutoTokenizer.from_pretrained(path)) == record["build"]["vocab_size"]
+
+
+def _damaged_copy(tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shipped.SHIPPED_DIR, damaged)
+    data = bytearray((damaged / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    (damaged / "model.safetensors").write_bytes(bytes(data))
+    return damaged
+
+
+def test_a_damaged_start_is_refused_loudly_before_any_work(tmp_path, monkeypatch, capsys):
+    from disco_trl.cli import main as cli_main
+
+    damaged = _damaged_copy(tmp_path)
+    with pytest.raises(shipped.DamagedStart, match="model.safetensors does not match its recorded sha256"):
+        shipped.verify(damaged)
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", damaged)  # as if the installed package's file were damaged
+    for argv in (["demo"], ["compare"], ["study", "--quick"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main([*argv, "--output-dir", str(tmp_path / "out")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "is damaged: model.safetensors does not match" in err and "disco-trl demo --rebuild-start" in err
+    (damaged / "tokenizer.json").unlink()
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--start-model", str(damaged), "--check-start"])
+    assert "--start-model: the start model in" in capsys.readouterr().err
+
+
+def test_rebuild_and_compare_matches_on_the_same_machine_and_measures_a_difference(tmp_path, capsys):
+    from disco_trl.demo.experiment import RunSettings
+    from disco_trl.demo.rebuild import rebuild_and_compare
+
+    settings = RunSettings(eval_questions=4, eval_samples=2, max_completion_length=8)
+    reference = tiny_start(tmp_path / "reference")
+    same = rebuild_and_compare(tiny_start_config(), str(tmp_path / "out" / "rebuilt"), reference, settings,
+                               log=print)
+    assert same["match"] and same["tokenizer"] == "identical file" and same["weights"] is None
+    assert "[rebuild] MATCH" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "rebuild_report.json").read_text())["match"] is True
+    assert shipped.verify(tmp_path / "out" / "rebuilt")["start_eval"]["num_samples"] == 2
+
+    other = tiny_start(tmp_path / "other", seed=1)  # another SFT: the comparison says how far
+    far = rebuild_and_compare(tiny_start_config(), str(tmp_path / "again"), other, settings, log=print)
+    printed = capsys.readouterr().out
+    assert not far["match"] and far["weights"]["max_abs"] > 0 and "[rebuild] DIFFERENT" in printed
+    assert far["sft_final_loss"]["rebuilt"] == same["sft_final_loss"]["rebuilt"] != far["sft_final_loss"]["reference"]
+    assert "largest |difference|" in printed and "SFT loss (rebuilt / reference)" in printed
+
+
+def test_the_rebuild_flag_builds_beside_the_output_and_compares(tmp_path, monkeypatch, capsys):
+    from disco_trl.cli import main as cli_main
+    from disco_trl.demo import run
+
+    monkeypatch.setattr(run, "WarmStartConfig", tiny_start_config)  # the default recipe takes minutes
+    reference = tiny_start(tmp_path / "reference")
+    argv = ["demo", "--rebuild-start", "--start-model", reference, "--output-dir", str(tmp_path / "out"),
+            "--eval-questions", "4", "--eval-samples", "1"]
+    assert cli_main(argv) == 0
+    assert "[rebuild] MATCH" in capsys.readouterr().out
+    assert shipped.fingerprint(tmp_path / "out" / "rebuilt-start") == shipped.fingerprint(reference)
+
+
+def test_check_start_measures_the_start_beside_its_record(tmp_path, capsys):
+    from disco_trl.cli import main as cli_main
+
+    start = tiny_start(tmp_path / "start")
+    argv = ["demo", "--check-start", "--start-model", start, "--eval-questions", "4", "--eval-samples", "2"]
+    assert cli_main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"fingerprint {shipped.fingerprint(start)}" in out and "held-out Pass@1 measured now: " in out
+    assert "4 test questions x 2 samples, T=0.6, sampling seed 1" in out
 
 
 def test_pass_at_1_is_the_mean_over_questions_of_the_correct_fraction(tmp_path):
     from disco_trl.demo.evaluate import evaluate_pass_at_1
 
-    model, tok, _ = ws.load_or_build(TINY, cache_dir=tmp_path, log=None)
+    model, tok, _ = ws.build_warm_started(tiny_start_config(), log=None)
     problems = ws.eval_problems(4)
     calls = []
 
@@ -168,9 +258,11 @@ def test_demo_quick_measures_accuracy_and_writes_the_plot(tmp_path, capsys):
     from disco_trl.cli import main as cli_main
 
     out = tmp_path / "out"
-    assert cli_main(["demo", "--quick", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert cli_main(["demo", "--quick", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "held-out Pass@1" in printed and "training reward" in printed
+    assert f"start: the shipped model (fingerprint {shipped.shipped_start()[1]['fingerprint']}" in printed
+    assert "[warm-start]" not in printed  # no supervised warm start runs
 
     result = json.loads((out / "demo_results.json").read_text())
     assert 0.0 <= result["pass@1_before"] <= 1.0 and 0.0 <= result["pass@1_after"] <= 1.0
@@ -232,7 +324,7 @@ def test_compare_quick_writes_table_json_plot_and_resumes(tmp_path, capsys):
     from disco_trl.demo.compare import main
 
     argv = ["--quick", "--methods", "disco,dapo", "--seeds", "0", "--lr-sweep", "1e-4,1e-3", "--steps", "4",
-            "--output-dir", str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "cache")]
+            "--output-dir", str(tmp_path / "cmp")]
     assert main(argv) == 0
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert set(results["summary"]) == {"disco", "dapo"}
@@ -252,8 +344,7 @@ def test_compare_quick_writes_table_json_plot_and_resumes(tmp_path, capsys):
     assert capsys.readouterr().out.count("reusing the finished run") == 6
 
     # Another comparison sharing the runs folder: a new output folder, the same runs reused.
-    shared = [*argv[:-4], "--output-dir", str(tmp_path / "cmp2"), "--runs-dir", str(tmp_path / "cmp" / "runs"),
-              "--cache-dir", str(tmp_path / "cache")]
+    shared = [*argv[:-2], "--output-dir", str(tmp_path / "cmp2"), "--runs-dir", str(tmp_path / "cmp" / "runs")]
     assert main(shared) == 0
     assert capsys.readouterr().out.count("reusing the finished run") == 6
     assert "| DisCO (log-L) |" in (tmp_path / "cmp2" / "results.md").read_text()
@@ -268,12 +359,22 @@ def test_one_registry_each_name_one_method(tmp_path):
 
     from disco_trl import DiscoConfig, DiscoTrainer
     from disco_trl.demo.experiment import RunSettings, build_args
-    from disco_trl.demo.methods import BENCHMARK_METHODS, DEMO_METHODS, METHODS, build_config, trainer_class
+    from disco_trl.demo.methods import (
+        BENCHMARK_METHODS,
+        DEMO_METHODS,
+        FILL_METHODS,
+        METHODS,
+        build_config,
+        trainer_class,
+    )
 
     expected = {
         "disco": (DiscoConfig, {"score_type": "log_l", "disco_variant": "dro"}),
         "disco-lratio": (DiscoConfig, {"score_type": "l_ratio", "disco_variant": "dro"}),
         "disco-b": (DiscoConfig, {"score_type": "log_l", "disco_variant": "basic"}),
+        "disco-skip": (DiscoConfig, {"score_type": "log_l", "skip_uninformative_questions": True}),
+        "disco-fill": (DiscoConfig, {"score_type": "log_l", "fill_informative_questions": True,
+                                     "max_generation_rounds": 10}),
         "grpo": (GRPOConfig, {"loss_type": "grpo", "beta": 0.001}),
         "dr_grpo": (GRPOConfig, {"loss_type": "dr_grpo", "beta": 0.0, "scale_rewards": "none"}),
         "dapo": (GRPOConfig, {"loss_type": "dapo", "beta": 0.0, "epsilon_high": 0.28}),
@@ -281,8 +382,9 @@ def test_one_registry_each_name_one_method(tmp_path):
         "trl-default-ref-kl": (GRPOConfig, {"loss_type": "dapo", "beta": 0.04}),
         "grpo-beta0": (GRPOConfig, {"loss_type": "grpo", "beta": 0.0}),
     }
-    assert set(METHODS) == set(expected) and set(DEMO_METHODS) | set(BENCHMARK_METHODS) == set(METHODS)
-    common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    assert set(METHODS) == set(expected)
+    assert set(DEMO_METHODS) | set(BENCHMARK_METHODS) | set(FILL_METHODS) == set(METHODS)
+    common = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=10)
     for name, (config_class, fields) in expected.items():
         config = build_config(name, common)
         assert type(config) is config_class, name

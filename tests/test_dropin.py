@@ -119,7 +119,8 @@ def _train_with_rollout(tmp_path, env_tokens):
 def test_env_mask_tokens_count_in_neither_scores_nor_kl(tmp_path, monkeypatch):
     """Appending environment tokens (env_mask 0) after the model's tokens changes nothing: not the scores and
     gradients (both steps), not the KL estimate of the second, off-policy step (its value depends on which tokens
-    are averaged: random completions make it negative here, so the hinge stays off)."""
+    are averaged: random completions make it negative here, so the hinge stays off). The rollout's placeholder
+    log-probs (0.0, without vLLM) are neither measured nor corrected against: the correction is vLLM's."""
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     with_env, logs_env = _train_with_rollout(tmp_path / "env", env_tokens=5)
     plain, logs_plain = _train_with_rollout(tmp_path / "plain", env_tokens=0)
@@ -130,6 +131,7 @@ def test_env_mask_tokens_count_in_neither_scores_nor_kl(tmp_path, monkeypatch):
     kl_env = [e["disco/kl"] for e in logs_env if "disco/kl" in e]
     kl_plain = [e["disco/kl"] for e in logs_plain if "disco/kl" in e]
     assert kl_env == pytest.approx(kl_plain, rel=1e-9) and abs(kl_env[-1]) > 1e-3
+    assert not any(key.startswith("sampling/") for entry in logs_env for key in entry)
 
 
 class CountingGenerations(DiscoTrainer):
@@ -150,3 +152,40 @@ def test_num_iterations_reuses_each_generation_batch(tmp_path):
     assert CountingGenerations.generations == 2
     kls = [e["disco/kl"] for e in trainer.state.log_history if "disco/kl" in e]
     assert kls[0] == 0.0 and kls[2] == 0.0 and kls[1] != 0.0 and kls[3] != 0.0
+
+
+def test_train_with_iterable_dataset(tmp_path):
+    """TRL's test_train_with_iterable_dataset, with DisCO: a streaming dataset (`load_dataset(..., streaming=True)`,
+    no length, so max_steps is set) trains as it does with GRPOTrainer."""
+    from datasets import load_dataset
+
+    data = tmp_path / "prompts.jsonl"
+    prompt_dataset().to_json(str(data))
+    stream = load_dataset("json", data_files=str(data), split="train", streaming=True)
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    trainer = DiscoTrainer(model, parity_reward, short_run_config(tmp_path / "out", max_steps=2), stream,
+                           processing_class=tokenizer)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 2 and trainer.state.log_history[-1]["train_loss"] is not None
+    assert any(not torch.equal(p, trainer.model.get_parameter(n)) for n, p in before.items())
+
+
+def test_checks_on_a_stream_read_a_bounded_prefix_of_it(tmp_path):
+    """The checks before training (prompt lengths, reward signatures) look at the first rows of a stream at most: a
+    stream of a million rows is not read to its end when the trainer is built."""
+    from datasets import IterableDataset
+
+    from disco_trl.preflight import STREAM_PREFIX
+
+    read = []
+
+    def rows():
+        for i in range(10**6):
+            read.append(i)
+            yield {"prompt": f"Q{i % 24}: {i % 24} + {2 * (i % 24)} =", "solution": str(3 * (i % 24))}
+
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    DiscoTrainer(model, parity_reward, short_run_config(tmp_path, max_steps=2), IterableDataset.from_generator(rows),
+                 processing_class=tokenizer)
+    assert 0 < len(read) <= STREAM_PREFIX

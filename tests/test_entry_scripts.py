@@ -58,6 +58,7 @@ def test_entry_scripts_use_the_venv_from_disco_venv(tmp_path, script, program, e
         ruff, command = lines[0].split()[:2]
         assert (repo / ruff).resolve() == (expected / "bin" / "ruff").resolve() and command == "check", result.stdout
         assert Path(lines[2].split()[0]) == repo / ".venv-vllm" / "bin" / "python" and "-m vllm" in lines[2]
+        assert lines[3:] == ["[test] exit status 0 (main suite 0, vLLM tests 0)"]  # the last line: nothing after it
 
 
 @pytest.mark.parametrize("script", ["run.sh", "test.sh"])

@@ -18,6 +18,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from disco_testing import ScriptedGenerator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from disco_trl.eval import cli as eval_cli
@@ -143,25 +144,6 @@ def test_pipeline_on_all_six_benchmarks_with_a_tiny_model(tiny, tmp_path, capsys
     assert "eval problems" in err and "12/12" in err
 
 
-class _Scripted:
-    """Stands in for the transformers generator: answers come from a table, so the metrics are known exactly."""
-
-    name = "transformers"
-
-    def __init__(self, answers, batch_size=64):
-        self.answers = answers  # problem text -> list of completions, consumed in order
-        self.batch_size = batch_size
-        self.prompts_seen = []
-
-    def generate(self, prompts, **kwargs):
-        self.prompts_seen += prompts
-        out = []
-        for prompt in prompts:
-            key = next(k for k in self.answers if k in prompt)
-            out.append((self.answers[key].pop(0), 5, "stop"))
-        return out
-
-
 def _toy_benchmark():
     return datasets.Dataset.from_dict(
         {"prompt": ["Q: 2+2?", "Q: half of 1?"], "solution": ["4", "\\frac{1}{2}"], "problem": ["2+2?", "half of 1?"]}
@@ -170,7 +152,7 @@ def _toy_benchmark():
 
 def test_metrics_are_exact_with_scripted_completions(tiny, tmp_path, monkeypatch):
     model, tokenizer = tiny
-    scripted = _Scripted({
+    scripted = ScriptedGenerator({
         # 3 of 4 correct
         "2+2?": [r"\boxed{4}", r"<think>\boxed{4}</think>", r"<think>\boxed{5}</think> \boxed{4}", r"\boxed{4.0}"],
         "half of 1?": [r"\boxed{0.5}", "no box", r"\boxed{2}", r"\boxed{1/3}"],  # 1 of 4 correct
@@ -595,3 +577,38 @@ def test_damaged_lines_are_dropped_once_and_generated_again(tiny, tmp_path):
         warnings.simplefilter("always")
         assert evaluate(model, bench, **run)["timing"]["samples_generated"] == 0
     assert not [w for w in caught if "samples.jsonl" in str(w.message)]  # repaired once: the next run is silent
+
+
+def test_two_benchmark_files_of_the_same_name_are_named_apart(tiny, tmp_path):
+    """Hub files are often all called test.jsonl: the second no longer replaces the first in results.json."""
+    model, tokenizer = tiny
+    files = []
+    for version, n in (("v1", 2), ("v2", 3)):
+        (tmp_path / version).mkdir()
+        files.append(_tiny_benchmark_file(tmp_path / version, n=n).rename(tmp_path / version / "test.jsonl"))
+    results = evaluate(model, [str(f) for f in files], tokenizer=tokenizer, num_samples=1, max_new_tokens=2,
+                       output_dir=tmp_path / "out", progress=False)
+    assert {k: v["num_problems"] for k, v in results["benchmarks"].items()} == {"v1/test": 2, "v2/test": 3}
+    assert set(_results(tmp_path / "out")["benchmarks"]) == {"v1/test", "v2/test"}
+    with pytest.raises(ValueError, match=r"the benchmark 'test' is given more than once"):
+        evaluate(model, [str(files[0]), str(files[0])], tokenizer=tokenizer, num_samples=1)
+
+
+def test_a_model_folder_without_tokenizer_files_is_refused_before_its_weights_load(tiny_model_dir, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """transformers 5 builds an empty tokenizer from such a folder; generation then failed with "cannot reshape tensor
+    of 0 elements"."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, bare / name)
+    (bare / "model.safetensors").write_bytes(b"garbage: loading these weights would end in a traceback")
+    line = _one_line_error(capsys, ["--model", str(bare), "--benchmarks", str(_tiny_benchmark_file(tmp_path)),
+                                    "--output-dir", str(tmp_path / "o"), "--no-progress"])
+    assert line.startswith(f"disco-trl eval: error: model folder '{bare}' has no tokenizer files")
+    assert not (tmp_path / "o").exists()
+    # its tokenizer given separately: fine (the check passes; the garbage weights then fail to load)
+    with pytest.raises(Exception, match="(?i)safetensors|header|deserializ") as err:
+        evaluate(str(bare), [str(_tiny_benchmark_file(tmp_path))], tokenizer=str(tiny_model_dir), num_samples=1,
+                 max_new_tokens=2, backend="transformers", progress=False)
+    assert "tokenizer files" not in str(err.value)

@@ -1,11 +1,13 @@
 """disco_trl.losses against the plain loop references in tests/reference.py: values and gradients."""
 
+import collections
 import math
 
 import pytest
 import torch
 from reference import ref_kl_hinge, ref_objective, ref_scores
 
+from disco_trl import metrics
 from disco_trl.losses import (
     KL_ESTIMATORS,
     disco_loss,
@@ -284,3 +286,62 @@ def test_negative_weights_are_the_softmax_over_each_questions_negatives():
     assert float(basic[labels != 0].abs().sum()) == 0.0
     uniform = negative_weights(scores, labels, groups, tau=1e6)[labels == 0]
     torch.testing.assert_close(uniform, equal, rtol=1e-5, atol=1e-6)  # tau -> infinity: DRO tends to DisCO-b
+
+
+def _exact_dro(scores, labels, tau):
+    """One question's DRO objective in 60-digit decimals, the log-mean-exp shifted by its max (no overflow)."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 60
+        values = [Decimal(float(s)) for s in scores]
+        pos = [v for v, lab in zip(values, labels) if lab == 1]
+        neg = [v for v, lab in zip(values, labels) if lab == 0]
+        t = Decimal(tau)
+        top = max(neg)
+        lme = top + t * (sum(((v - top) / t).exp() for v in neg) / len(neg)).ln()
+        return float(sum(pos) / len(pos) - lme)
+
+
+@pytest.mark.parametrize("tau", [1.2e-38, 1e-30, 1e-3, 1.0, 10.0, 1e6, 1e8, 1e20, 3e38])
+def test_dro_objective_is_exact_in_float32_for_every_tau_float32_holds(tau):
+    """Training computes the objective in float32: its value (what disco/objective logs) is exact to float32 precision
+    for a tiny or a huge tau, and the negatives' gradient is their softmax(s / tau) weights, never NaN or all zero."""
+    scores = torch.tensor([-0.5, -1.0, -2.0, -0.7, -3.0, -0.1], dtype=torch.float32, requires_grad=True)
+    labels = torch.tensor([1.0, 0, 0, 1, 0, 0], dtype=torch.float32)
+    group_ids = torch.zeros(6, dtype=torch.long)
+    value = discriminative_objective(scores, labels, group_ids, tau=tau)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(_exact_dro(scores.detach(), labels, tau), abs=1e-6)
+    (grad,) = torch.autograd.grad(value, scores)
+    weights = negative_weights(scores.detach(), labels, group_ids, tau=tau)
+    torch.testing.assert_close(-grad[labels == 0], weights[labels == 0])
+    assert torch.isfinite(grad).all() and grad[labels == 0].sum().item() == pytest.approx(-1.0)
+    if tau < 1e-20:  # all the push-down on the hardest negative
+        assert grad[5].item() == pytest.approx(-1.0)
+
+
+def test_negative_weight_stats_cover_the_mixed_questions_with_two_negatives_or_more():
+    """A question with one negative (ESS 1 whatever tau) and one without a positive are left out of the logged means;
+    the logged count says how many questions the means cover."""
+    scores = torch.tensor([-1.0, -0.1, -0.2, -0.9, -1.0, -0.3, -0.5, -0.6, -0.7, -0.8, -1.0, -1.0, -0.1, -0.4],
+                          dtype=torch.float64)
+    labels = torch.tensor([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])  # 3 negatives, 1, none mixed (all wrong), 2
+    tau = 0.1
+    expected_ess, expected_max = 0.0, 0.0
+    for negatives in (scores[1:4], scores[12:14]):
+        w = torch.softmax(negatives / tau, dim=0)
+        expected_ess += float(1.0 / (w**2).sum() / len(w))
+        expected_max += float(w.max())
+    totals = metrics.negative_weight_stats(scores, labels, groups, tau)
+    assert totals.tolist() == pytest.approx([expected_ess, expected_max, 2.0], rel=1e-6)
+    assert 0.5 < expected_ess < 1.9  # the DRO weights are far from equal at this tau
+    basic = metrics.negative_weight_stats(scores, labels, groups, tau, variant="basic")
+    assert basic.tolist() == pytest.approx([2.0, 1 / 3 + 1 / 2, 2.0])  # DisCO-b: ESS fraction 1, max weight 1/n
+    logged = collections.defaultdict(list)
+    metrics.log_negative_weights(logged, totals)
+    assert logged["disco/neg_weight_ess"] == pytest.approx([expected_ess / 2])
+    assert logged["disco/neg_weight_groups"] == [2.0]
+    metrics.log_negative_weights(logged, metrics.negative_weight_stats(scores[4:6], labels[4:6], groups[4:6], tau))
+    assert len(logged["disco/neg_weight_ess"]) == 1  # a single negative: nothing to report

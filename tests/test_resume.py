@@ -7,6 +7,7 @@ buffered completions, the micro-step counter and the RNG state must all survive 
 import logging
 import re
 import shutil
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,7 @@ from test_scripts import run_main, tiny_run_args
 from transformers import TrainerCallback
 
 from disco_trl import DiscoTrainer
-from disco_trl.checkpoints import CheckpointError
+from disco_trl.checkpoints import CheckpointError, ResumeWarning
 from disco_trl.checkpoints.state import apply_changed_settings
 
 
@@ -29,7 +30,7 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def make_trainer(output_dir, callbacks=(), **overrides):
+def make_trainer(output_dir, callbacks=(), train_dataset=None, **overrides):
     model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
     # short_run_config's run, longer, with a checkpoint every 3 steps
     settings = dict(max_steps=6, save_strategy="steps", save_steps=3, seed=5)
@@ -38,7 +39,7 @@ def make_trainer(output_dir, callbacks=(), **overrides):
         model=model,
         reward_funcs=parity_reward,
         args=args,
-        train_dataset=prompt_dataset(),
+        train_dataset=prompt_dataset() if train_dataset is None else train_dataset,
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
@@ -99,6 +100,7 @@ def test_a_new_learning_rate_on_resume_is_applied_and_reported(interrupted_run, 
     ("score_type", "l_ratio", "score_type: 'log_l' -> 'l_ratio'"),  # its default tau would change too
     ("temperature", 0.6, "temperature: 1.0 -> 0.6"),  # the buffered batch's pi_old log-probs are at 1.0
     ("reward_weights", [2.0], "reward_weights: None -> [2.0]"),  # which completions are positives
+    ("seed", 6, "seed: 5 -> 6"),  # the sampler's order mid-epoch: some questions twice, others never
 ])
 def test_a_resume_that_would_change_the_method_is_refused(interrupted_run, tmp_path, name, value, listed):
     run = _resumed_copy(interrupted_run, tmp_path)
@@ -106,6 +108,31 @@ def test_a_resume_that_would_change_the_method_is_refused(interrupted_run, tmp_p
     with pytest.raises(CheckpointError, match=re.escape(f"cannot change ({listed})")):
         resumed.train(resume_from_checkpoint=True)
     assert resumed.state.global_step == 0
+
+
+def test_another_training_set_on_resume_is_named_from_its_fingerprint(interrupted_run, tmp_path):
+    run = _resumed_copy(interrupted_run, tmp_path)
+    other = prompt_dataset().map(lambda row: {"prompt": row["prompt"].replace("=", "= ?")})
+    resumed = make_trainer(run, train_dataset=other)
+    with pytest.warns(ResumeWarning, match=r"on another training set than the one it was trained on \(24 rows, other "
+                                           r"prompts\)"):
+        resumed.train(resume_from_checkpoint=True)
+    # the same training set, rebuilt: no warning
+    resumed = make_trainer(_resumed_copy(interrupted_run, tmp_path / "same"), train_dataset=prompt_dataset())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResumeWarning)
+        resumed.train(resume_from_checkpoint=True)
+
+
+def test_logging_steps_given_on_resume_is_honoured_and_reported(interrupted_run, tmp_path, caplog):
+    """Trainer restores logging_steps (and eval_steps, save_steps) from the checkpoint, replacing the value given."""
+    run = _resumed_copy(interrupted_run, tmp_path)
+    resumed = make_trainer(run, logging_steps=2)
+    with caplog.at_level(logging.WARNING):
+        resumed.train(resume_from_checkpoint=True)
+    assert "Resumed with changed settings" in caplog.text and "logging_steps 1 -> 2" in caplog.text
+    logged = [e["step"] for e in resumed.state.log_history if "disco/objective" in e]
+    assert logged == [1, 2, 3, 4, 6]  # every step before the interruption, every second one after
 
 
 def test_a_learning_rate_resumed_from_zero_becomes_the_new_rate():
@@ -126,7 +153,8 @@ def test_the_script_refuses_a_method_change_on_resume_in_one_line(interrupted_ru
     run = _resumed_copy(interrupted_run, tmp_path)
     args = tiny_run_args(tiny_model_dir, math_jsonl, run, "--per_device_train_batch_size", "8",
                          "--gradient_accumulation_steps", "1", "--temperature", "1.0",
-                         "--resume_from_checkpoint", "last", "--disco_variant", "basic")
+                         "--resume_from_checkpoint", "last", "--disco_variant", "basic", "--max_steps", "6",
+                         "--seed", "5")
     code, _, err = run_main(args, capsys)
     assert code == 2 and err.count("\n") == 1
     assert "cannot change (disco_variant: 'dro' -> 'basic')" in err

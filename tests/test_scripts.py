@@ -461,3 +461,45 @@ def test_files_named_in_the_training_docs_exist():
     assert len(named) >= 10
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, f"docs/training.md names files that do not exist: {missing}"
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_finished_run_requeued_with_resume_last_exits_0_and_touches_nothing(tiny_model_dir, math_jsonl, tmp_path,
+                                                                                capsys):
+    """recipes/slurm requeues a job with --resume_from_checkpoint last: a run that already finished must not train a
+    step past max_steps and overwrite its final model (with save_total_limit 1, the only copy)."""
+    out = tmp_path / "finished"
+    command = tiny_run_args(tiny_model_dir, math_jsonl, out, "--save_strategy", "steps", "--save_steps", "1",
+                            "--save_total_limit", "1", "--reward_funcs", f"{__name__}.hash_reward")
+    code, _, err = run_main(command, capsys)
+    assert code == 0, err
+    before = _snapshot(out)
+    for resume in ("last", str(out / "checkpoint-2")):
+        code, stdout, err = run_main(command + ["--resume_from_checkpoint", resume], capsys)
+        assert code == 0, err
+        assert stdout.count("\n") == 1 and stdout.startswith("disco-trl train: already finished at step 2 (")
+        assert "max_steps=2" in stdout and err == ""
+        assert _snapshot(out) == before  # nothing written, nothing deleted
+    # the final model alone says so too (its checkpoints gone)
+    shutil.rmtree(out / "checkpoint-2")
+    code, stdout, _ = run_main(command + ["--resume_from_checkpoint", "last"], capsys)
+    assert code == 0 and "already finished at step 2" in stdout
+
+
+def test_a_non_finite_loss_stops_the_script_before_anything_is_saved(tiny_model_dir, math_jsonl, tmp_path, capsys):
+    """learning_rate 1e30: the first update sends the weights to ~1e30, the second micro-batch's loss is NaN. The run
+    stops there with one line (exit 1), and neither a checkpoint nor the final model is written from then on."""
+    out = tmp_path / "nan"
+    command = tiny_run_args(tiny_model_dir, math_jsonl, out, "--learning_rate", "1e30", "--save_strategy", "steps",
+                            "--save_steps", "1", "--reward_funcs", f"{__name__}.hash_reward")
+    code, _, err = run_main(command, capsys)
+    assert code == 1
+    *_, last = re.split(r"[\r\n]", err.rstrip("\n"))
+    assert last.startswith("disco-trl train: error: Training stopped at step 2: the loss is not finite"), err
+    assert "the last checkpoint, checkpoint-1, is intact" in last and "Traceback" not in err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert not (out / "model.safetensors").exists() and not (out / "trainer_state.json").exists()

@@ -6,23 +6,22 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 import statistics
 
 import pytest
 import torch
+from disco_testing import tiny_start
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from disco_trl.demo import experiment, options, task
+from disco_trl.demo import experiment, task
 from disco_trl.demo import warmstart as ws
 from disco_trl.demo.exact_kl import ExactKLDiscoTrainer, ExactKLGRPOTrainer, kl_terms
 from disco_trl.demo.experiment import RunSettings, build_trainer, recording_reward, training_questions
-from disco_trl.demo.study import plan, stats
+from disco_trl.demo.study import plan, report, stats
 from disco_trl.demo.study.cost import MEASURED, estimate_cost, run_cost
 from disco_trl.demo.study.report import mechanism_checks
-
-
-TINY = ws.WarmStartConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                          intermediate_size=64, sft_steps=6, sft_batch_size=8, sft_warmup_steps=2)
 
 
 def length_reward(completions, solution, **kwargs):
@@ -34,9 +33,7 @@ def length_reward(completions, solution, **kwargs):
 @pytest.fixture
 def tiny_model(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "reward_function", lambda: length_reward)
-    monkeypatch.setattr(options, "warmstart_config", lambda quick: TINY)
-    _, _, info = ws.load_or_build(TINY, cache_dir=tmp_path / "cache", log=None)
-    return info["path"]
+    return tiny_start(tmp_path / "start")
 
 
 # --------------------------------------------------------------------------------------------------- statistics
@@ -69,6 +66,36 @@ def test_paired_differences_interval_and_p_value():
     assert small["t"] == pytest.approx(t) and small["p"] == pytest.approx(1 - t / (2 + t * t) ** 0.5)
     assert small["p"] == pytest.approx(0.0742, abs=1e-4)
     assert math.isnan(stats.paired({0: 1.0}, {0: 0.5})["p"]) and stats.paired({0: 1.0}, {1: 1.0}) is None
+
+
+def test_seeds_for_a_difference_is_the_fewest_whose_detectable_difference_is_small_enough():
+    assert stats.detectable(1.0, 30) == pytest.approx((2.0452 + 0.8538) / 30 ** 0.5, rel=1e-3)
+    n = stats.seeds_for(0.5, 0.98)
+    assert stats.detectable(0.98, n) <= 0.5 < stats.detectable(0.98, n - 1) and n == 33
+    assert stats.seeds_for(10.0, 0.0) == 2
+    with pytest.raises(ValueError, match="difference > 0"):
+        stats.seeds_for(0.0, 1.0)
+
+
+def test_the_audit_recomputes_what_the_docs_say_about_study_v2(tmp_path):
+    """The numbers docs/study.md and comparison.md quote beyond v2's tables, from the committed results.json files;
+    the reports render again from them unchanged."""
+    from disco_trl.demo.study import audit, markdown
+
+    study = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "study")
+    text = "\n".join(audit.v2_dro(study) + audit.v2_trust_region(study) + audit.v2_long(study))
+    for quoted in ("basic 1.00000 / 0.399", "tau0.1 0.88045 / 0.476", "2.36-2.52 negatives per positive",
+                   "32 seeds detect 0.5 points", "paired SD 3.55-3.77, smallest difference detectable 5.90-6.27",
+                   "= 0.076", "= 5.29: 70x", "CPU s per run: 335.6-369.4", "+72%", "10 seeds would detect 1.48-2.59",
+                   "low at step 160, step 160 -> 640: +0.57", "low at step 160, step 160 -> 640: +1.49"):
+        assert quoted in text, quoted
+    for name in ("dro", "long"):
+        shutil.copytree(os.path.join(study, name), tmp_path / name)
+    assert markdown.main([str(tmp_path)]) == 0
+    for name in ("dro", "long"):
+        with open(os.path.join(study, name, "results.md")) as committed:
+            assert (tmp_path / name / "results.md").read_text() == committed.read()
+    assert "another machine" in (tmp_path / "results.md").read_text()  # C's own warm start, disclosed in the index
 
 
 def test_holm_adjusts_step_down_and_keeps_order():
@@ -107,7 +134,8 @@ def test_descriptive_checks_follow_the_preregistered_thresholds():
     scale = plan.Scale()
     dro = {"tau0.1": {"neg_weight_ess": 0.87}, "tau1": {"neg_weight_ess": 0.99}, "basic": {"neg_weight_ess": 0.99}}
     assert mechanism_checks(plan.experiment("dro", scale), dro) == {
-        "tau0.1": {"neg_weight_ess": 0.87, "active": True}, "tau1": {"neg_weight_ess": 0.99, "active": False}}
+        "tau0.1": {"neg_weight_ess": 0.87, "neg_weight_groups": None, "active": True},
+        "tau1": {"neg_weight_ess": 0.99, "neg_weight_groups": None, "active": False}}
     tr = {"hinge-3e-05": {"kl": {"frac_hinge_decision_wrong": 0.4}},
           "hinge-0.0001": {"kl": {"frac_hinge_decision_wrong": 0.1}}, "off-3e-05": {"kl": {}}}
     checks = mechanism_checks(plan.experiment("trust-region", scale), tr)
@@ -120,6 +148,42 @@ def test_descriptive_checks_follow_the_preregistered_thresholds():
     assert mechanism_checks(plan.experiment("long", scale), long)["clipping_binds"] is True
     long["disco-b"]["runs"][0]["entropy"] = "explodes"
     assert mechanism_checks(plan.experiment("long", scale), long)["steadier_entropy"] is False
+
+
+def test_the_dro_weights_of_a_run_weigh_each_group_with_two_negatives_once():
+    log = [{"step": 1, "disco/neg_weight_ess": 0.5, "disco/neg_weight_max": 0.9, "disco/neg_weight_groups": 1.0},
+           {"step": 2, "disco/neg_weight_ess": 0.8, "disco/neg_weight_max": 0.6, "disco/neg_weight_groups": 3.0},
+           {"step": 3}]  # a step without a group of two negatives logs nothing
+    out = report.negative_weights({"log_history": log})
+    assert out == pytest.approx({"neg_weight_groups": 4.0, "neg_weight_ess": (0.5 + 3 * 0.8) / 4,
+                                 "neg_weight_max": (0.9 + 3 * 0.6) / 4})
+    older = [{k: v for k, v in e.items() if k != "disco/neg_weight_groups"} for e in log]  # runs before the count
+    assert report.negative_weights({"log_history": older}) == pytest.approx(
+        {"neg_weight_groups": None, "neg_weight_ess": 0.65, "neg_weight_max": 0.75})
+
+
+def test_an_experiments_cost_counts_runs_starts_calibration_and_its_wall_time():
+    runs = [{"cpu_seconds": 100.0, "started_at": 1000.0, "finished_at": 1110.0, "process": 7, "torch_threads": 1,
+             "load_average": 2.1},
+            {"cpu_seconds": 90.0, "started_at": 1005.0, "finished_at": 1120.0, "process": 8, "torch_threads": 1,
+             "load_average": 1.9}]
+    calibration = {"delta": 3e-5, "cpu_seconds": 50.0, "started_at": 940.0, "finished_at": 995.0}
+    cost = report.cost_summary(runs, calibration, [{"cpu_seconds": 12.5}, {"cpu_seconds": 12.0}])
+    assert cost == {"runs_cpu_seconds": 190.0, "starts": 2, "starts_cpu_seconds": 24.5,
+                    "calibration_cpu_seconds": 50.0, "wall_seconds": 180.0, "processes": 2, "torch_threads": [1],
+                    "load_average_max": 2.1}
+    assert report.cost_summary([{"cpu_seconds": 5.0}], None, [])["wall_seconds"] is None  # older runs: no times
+
+
+def test_the_powered_dro_experiment_checks_that_its_groups_were_heavily_imbalanced():
+    exp = plan.experiment("dro-powered", plan.Scale())
+    arms = {"tau0.03": {"neg_weight_ess": 0.62, "neg_weight_groups": 310.0, "neg_per_pos_mixed_first": 4.6},
+            "basic": {"neg_weight_ess": 1.0, "neg_weight_groups": 305.0, "neg_per_pos_mixed_first": 4.4}}
+    checks = mechanism_checks(exp, arms)
+    assert checks["tau0.03"] == {"neg_weight_ess": 0.62, "neg_weight_groups": 310.0, "active": True}
+    assert checks["imbalance"]["heavy"] is True and "basic" not in checks
+    arms["basic"]["neg_per_pos_mixed_first"] = 3.9
+    assert mechanism_checks(exp, arms)["imbalance"]["heavy"] is False
 
 
 # --------------------------------------------------------------------------------------------------- the plan
@@ -140,6 +204,15 @@ def test_the_preregistered_plan():
     long = plan.jobs(plan.experiment("long", scale), scale, delta)
     assert len(long) == 12 and {s.method for s, _ in long} == {"disco", "disco-b", "grpo", "dapo"}
     assert {(s.max_steps, s.eval_every, s.train_pool, s.seed < 3) for s, _ in long} == {(640, 160, 256, True)}
+    powered = plan.jobs(plan.experiment("dro-powered", scale), scale, delta)
+    assert len(powered) == 64 and {s.seed for s, _ in powered} == set(range(32))
+    assert {(s.method, s.tau) for s, _ in powered} == {("disco", 0.03), ("disco-b", None)}
+    assert {(s.max_steps, s.learning_rate, s.kl_delta, tuple(s.train_difficulties), tuple(s.eval_difficulties))
+            for s, _ in powered} == {(320, 1e-5, delta, (4,), (4,))}
+    assert plan.experiment("dro-powered", scale).margin == 0.006
+    cal, tag = plan.calibration_job(plan.experiment("dro-powered", scale), scale)
+    assert tag == "calibration-ops4" and tuple(cal.train_difficulties) == tuple(cal.eval_difficulties) == (4,)
+    assert plan.calibration_job(plan.experiment("dro", scale), scale)[1] == "calibration"
     every = [s for s, _ in dro + tr + long]
     assert {(s.updates_per_generation, s.questions_per_generation, s.eval_questions, s.eval_samples, s.exact_kl,
              s.eval_split, tuple(s.train_difficulties)) for s in every} == {(8, 16, 100, 32, True, "test", (2, 3, 4))}
@@ -154,6 +227,7 @@ def test_the_preregistered_plan():
                                                               "tau 0.1 - DisCO-b", "tau 0.03 - DisCO-b"]
     assert len([n for n, primary in names["trust-region"] if primary]) == 4
     assert [n for n, _ in names["long"]] == ["DisCO - GRPO", "DisCO - DAPO", "DisCO - DisCO-b"]
+    assert names["dro-powered"] == [("tau 0.03 - DisCO-b", True)]
     with pytest.raises(ValueError, match="needs delta"):
         plan.jobs(plan.experiment("dro", scale), scale, None)
     assert len(plan.jobs(plan.experiment("trust-region", scale), scale, None, with_delta=False)) == 10
@@ -183,7 +257,8 @@ def test_cost_estimate_counts_every_run_once():
     assert run_cost(settings, MEASURED) == pytest.approx(expected)
     table = estimate_cost(list(plan.EXPERIMENTS), scale)
     rows = {line.split()[0]: line.split() for line in table.splitlines()[1:-1]}
-    assert (rows["dro"][1], rows["trust-region"][1], rows["long"][1], rows["starts"][1]) == ("30", "30", "12", "5")
+    assert [rows[name][1] for name in plan.EXPERIMENTS] == ["30", "30", "12", "64"]
+    assert (rows["calibration"][1], rows["starts"][1]) == ("2", "37")  # per mix: 5 seeds of A-C, 32 of E
 
 
 def test_a_fixed_pool_is_drawn_once_and_repeated(tiny_model, tmp_path):
@@ -314,20 +389,30 @@ def test_tiny_study_runs_every_experiment_records_diagnostics_and_resumes(tiny_m
     from disco_trl.cli import main
 
     out = tmp_path / "study"
-    argv = ["study", "--quick", "--experiment", "all", "--seeds", "0", "--long-seeds", "0", "--output-dir", str(out),
-            "--cache-dir", str(tmp_path / "cache")]
+    argv = ["study", "--quick", "--experiment", "all", "--seeds", "0", "--long-seeds", "0", "--powered-seeds", "0",
+            "--output-dir", str(out), "--start-model", tiny_model]
     assert main(argv) == 0
     runs = sorted(p.name for p in (out / "runs").glob("*.json"))
-    assert len(runs) == 1 + 6 + 6 + 4 and "calibration-disco-lr1e-05-seed100.json" in runs
-    assert len(list((out / "runs" / "starts").glob("start-test-seed0-*.json"))) == 1  # one start for seed 0
-    for name, arms in (("dro", 6), ("trust-region", 6), ("long", 4)):
+    assert len(runs) == 2 + 6 + 6 + 4 + 2 and "calibration-disco-lr1e-05-seed100.json" in runs
+    assert "calibration-ops4-disco-lr1e-05-seed100.json" in runs  # E's delta from its own mix
+    assert len(list((out / "runs" / "starts").glob("start-test-seed0-*.json"))) == 2  # seed 0 on each mix
+    for name, arms in (("dro", 6), ("trust-region", 6), ("long", 4), ("dro-powered", 2)):
         results = json.loads((out / name / "results.json").read_text())
-        assert results["design"].startswith("study v2") and len(results["arms"]) == arms
+        assert results["design"].startswith("study v3" if name == "dro-powered" else "study v2")
+        assert len(results["arms"]) == arms
         assert results["calibration"]["delta"] > 0 and (out / name / "gains.png").read_bytes()[:4] == b"\x89PNG"
         for arm in results["arms"].values():
             assert arm["kl"]["exact_median"] >= 0 and arm["runs"][0]["start"] == arm["start"]
     dro = json.loads((out / "dro" / "results.json").read_text())
     assert 0 < dro["arms"]["tau0.03"]["neg_weight_ess"] <= dro["arms"]["tau10"]["neg_weight_ess"] <= 1.0
+    powered = json.loads((out / "dro-powered" / "results.json").read_text())
+    assert powered["meta"]["neg_weight_groups"] == ">=2 negatives" and powered["arms"]["basic"]["neg_weight_ess"] == \
+        pytest.approx(1.0) and powered["arms"]["tau0.03"]["neg_weight_groups"] > 0
+    assert powered["calibration"]["rule"].endswith("on 4-operation questions")
+    cost = powered["meta"]["cost"]
+    assert cost["starts"] == 1 and cost["wall_seconds"] > 0 and cost["processes"] == 1 and cost["runs_cpu_seconds"] > 0
+    text = (out / "dro-powered" / "results.md").read_text()
+    assert "Cost: " in text and "Heavy imbalance" in text and "groups with >= 2 negatives per run" in text
     assert (out / "dro" / "weights.png").exists() and (out / "long" / "dynamics.png").exists()
     record = json.loads((out / "runs" / "long-dapo-dapo-lr3e-05-seed0.json").read_text())
     steps = [e for e in record["log_history"] if "loss" in e]

@@ -164,6 +164,80 @@ def test_missing_reward_column_is_refused_before_training(tmp_path):
                      train_dataset=dataset, processing_class=tokenizer)
 
 
+def reward_of_completions_only(completions):
+    return [0.0] * len(completions)
+
+
+def reward_reading_prompt(prompt, completions, **kwargs):  # TRL passes the prompts as `prompts`
+    return [0.0] * len(completions)
+
+
+async def async_reward_without_kwargs(completions, prompts, completion_ids, trainer_state, log_extra, log_metric):
+    return [0.0] * len(completions)  # every keyword TRL passes but the dataset's `solution` column
+
+
+@pytest.mark.parametrize("reward, message", [
+    (reward_of_completions_only,
+     r"`reward_of_completions_only` does not accept the keyword argument\(s\) \['prompts', 'completion_ids', "
+     r"'trainer_state', 'log_extra', 'log_metric', 'solution'\].*\*\*kwargs"),
+    (reward_reading_prompt,
+     r"`reward_reading_prompt` needs the dataset column\(s\) \['prompt'\].*passes the prompts as `prompts`"),
+    (async_reward_without_kwargs,
+     r"`async_reward_without_kwargs` does not accept the keyword argument\(s\) \['solution'\]"),
+])
+def test_a_reward_that_cannot_take_trls_keywords_is_refused_before_training(tmp_path, reward, message):
+    model, tokenizer = tiny_model_and_tokenizer(dtype=torch.float32)
+    with pytest.raises(ValueError, match=message):
+        DiscoTrainer(model=model, reward_funcs=[reward], args=short_run_config(tmp_path),
+                     train_dataset=prompt_dataset(), processing_class=tokenizer)
+
+
+@pytest.fixture
+def remote_code_model(tiny_model_dir, tmp_path):
+    """A local stand-in for a Hub model whose config needs remote code: config.json's auto_map points at a
+    configuration_*.py in the folder, which transformers runs only with trust_remote_code."""
+    import json
+    import shutil
+
+    path = tmp_path / "remote-code-model"
+    shutil.copytree(tiny_model_dir, path)
+    (path / "configuration_stand_in.py").write_text(
+        "from transformers import Qwen2Config\n\n\n"
+        "class StandInConfig(Qwen2Config):\n    model_type = 'disco_stand_in'\n"
+    )
+    config = json.loads((path / "config.json").read_text())
+    config.update(model_type="disco_stand_in", auto_map={"AutoConfig": "configuration_stand_in.StandInConfig"})
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_one_helper_reads_a_remote_code_config_as_trl_loads_the_model(remote_code_model, tmp_path):
+    """trust_remote_code from the arguments (or model_init_kwargs, which win, as when TRL loads the model) reaches the
+    one place DisCO reads a model's config: the trainer's LoRA check, the vLLM checks and the script's checks."""
+    from trl import ModelConfig
+
+    from disco_trl.preflight import model_config
+    from disco_trl.scripts.checks import ScriptError, check_model
+    from disco_trl.trainer import _model_or_config
+    from disco_trl.vllm_support import _model_config
+
+    path = str(remote_code_model)
+    untrusted = short_run_config(tmp_path)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        model_config(path, untrusted)
+    for args in (short_run_config(tmp_path, trust_remote_code=True),
+                 short_run_config(tmp_path, model_init_kwargs={"trust_remote_code": True})):
+        for read in (model_config, _model_or_config, _model_config):
+            assert type(read(path, args)).__name__ == "StandInConfig", read
+        assert type(check_model(ModelConfig(model_name_or_path=path), args)).__name__ == "StandInConfig"
+    with pytest.raises(ScriptError, match="could not be resolved from its config.json.*trust_remote_code"):
+        check_model(ModelConfig(model_name_or_path=path), untrusted)
+    # model_init_kwargs win over the argument, as in TRL's own model loading
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        model_config(path, short_run_config(tmp_path, trust_remote_code=True,
+                                            model_init_kwargs={"trust_remote_code": False}))
+
+
 @pytest.mark.parametrize("variant, tau, low, high", [("dro", 1e6, 0.999, 1.0), ("dro", 0.05, 0.0, 0.999),
                                                      ("basic", 0.05, 0.999999, 1.000001)])
 def test_the_dro_weights_of_the_negatives_are_logged(tmp_path, variant, tau, low, high):

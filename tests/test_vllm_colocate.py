@@ -9,7 +9,8 @@ Each run below trains once (module fixture: one vLLM engine per run) and is chec
 * the completions arrive in TRL's group layout (num_generations consecutive rows per question);
 * the gradient of every optimizer step on vLLM's completions equals tests/test_split_invariance.reference_gradient
   (a fresh float64 model, a plain loop over questions, rewards recomputed from the decoded completions), including
-  off-policy steps with a live KL hinge, and groups spread over several micro-steps.
+  off-policy steps with a live KL hinge, and groups spread over several micro-steps, with the default sampling
+  correction (vLLM's samples reweighted toward pi_old) in the reference too.
 """
 
 import math
@@ -27,6 +28,7 @@ from vllm_testing import (  # noqa: E402
     load_model,
     parity_reward,
     run_vllm,
+    sampling_settings,
     session_model_dir,
     vllm_and_expected,
 )
@@ -142,7 +144,8 @@ def test_vllm_gradient_matches_the_reference(runs, float64_reference_model):
     for step in range(4):
         old = result["params"][step - step % 2]  # pi_old: the parameters at the generation of this step's batch
         expected, n_questions = reference_gradient([result], step, accumulation=1, score_type="l_ratio",
-                                                   delta=0.0, old_params=old, reward=parity_reward)
+                                                   delta=0.0, old_params=old, reward=parity_reward,
+                                                   sampling=sampling_settings())
         assert n_questions == 2
         assert_grads_close(result["grads"][step], expected, rtol=hinge_rtol(step_kl(result, step)))
 
@@ -154,6 +157,7 @@ def test_vllm_split_groups_and_several_updates_per_generation(runs, float64_refe
     for step in range(4):
         old = result["params"][step - step % 2]
         expected, n_questions = reference_gradient([result], step, accumulation=4, score_type="log_l",
-                                                   delta=0.0, old_params=old, reward=parity_reward)
+                                                   delta=0.0, old_params=old, reward=parity_reward,
+                                                   sampling=sampling_settings())
         assert n_questions == 2
         assert_grads_close(result["grads"][step], expected, rtol=hinge_rtol(step_kl(result, step)))

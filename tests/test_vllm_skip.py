@@ -17,7 +17,7 @@ require_vllm()
 import test_split_invariance  # noqa: E402
 from disco_testing import half_informative_reward  # noqa: E402
 from test_split_invariance import assert_grads_close, reference_gradient  # noqa: E402
-from vllm_testing import load_model, run_vllm, session_model_dir  # noqa: E402
+from vllm_testing import load_model, run_vllm, sampling_settings, session_model_dir  # noqa: E402
 
 
 pytestmark = pytest.mark.vllm
@@ -82,7 +82,7 @@ def test_vllm_skip_gradient_matches_the_reference(skip_run, model_dir, monkeypat
         old = skip_run["params"][step - step % (SPG // ACCUMULATION)]
         expected, n_kept = reference_gradient([skip_run], step, accumulation=ACCUMULATION, delta=0.0, old_params=old,
                                               num_questions=PER_DEVICE * ACCUMULATION // GROUP,
-                                              reward=half_informative_reward)
+                                              reward=half_informative_reward, sampling=sampling_settings())
         if n_kept == 0:  # nothing to learn in this step: no update at all (not even AdamW's momentum step)
             after = skip_run["params"][step + 1] if step + 1 < STEPS else skip_run["final"]
             assert all(torch.equal(after[n], p) for n, p in skip_run["params"][step].items())

@@ -193,6 +193,18 @@ class SyncProbe:
         })
 
 
+RECORDED = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "disco_labels", "disco_group_ids",
+            "sampling_per_token_logps")
+
+
+def sampling_settings(**config) -> dict:
+    """The sampling correction's settings (the `sampling` of tests/test_split_invariance.reference_gradient) of a
+    DiscoConfig built with `config` (DiscoConfig's defaults otherwise: TRL's)."""
+    args = DiscoConfig(output_dir="unused", use_cpu=True, **config)
+    return dict(mode=args.vllm_importance_sampling_mode, clip_min=args.vllm_importance_sampling_clip_min,
+                clip_max=args.vllm_importance_sampling_clip_max)
+
+
 class VLLMRecordingTrainer(DiscoTrainer):
     """DiscoTrainer generating with vLLM that records, for each micro-step, the tensors its loss saw, and each
     generation batch as scored (before DisCO's shuffling and, with skip_uninformative_questions, dropping)."""
@@ -204,13 +216,12 @@ class VLLMRecordingTrainer(DiscoTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "disco_labels", "disco_group_ids")
-        self.generations.append({k: output[k].detach().clone() for k in keep} | {"step": self.state.global_step})
+        self.generations.append({k: output[k].detach().clone() for k in RECORDED if k in output}
+                                | {"step": self.state.global_step})
         return output
 
     def _compute_loss(self, model, inputs):
-        keep = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "disco_labels", "disco_group_ids")
-        record = {k: inputs[k].detach().clone() for k in keep}
+        record = {k: inputs[k].detach().clone() for k in RECORDED if k in inputs}
         record["step"] = self.state.global_step
         self.micro_inputs.append(record)
         return super()._compute_loss(model, inputs)
@@ -234,16 +245,17 @@ def vllm_config(tmp_path, per_device, accumulation, steps_per_generation, **over
 
 
 def run_vllm(tmp_path, model_dir, per_device, accumulation, steps_per_generation, *, reward=parity_reward,
-             dtype=torch.float64, peft_config=None, after_training=None, **config) -> dict:
+             dtype=torch.float64, peft_config=None, after_training=None, num_prompts=24, **config) -> dict:
     """Train with vLLM colocated; returns what the checks need (as disco_testing.run_layout, plus the syncs).
-    `after_training(trainer)` runs before the trainer (and its vLLM engine) is dropped."""
+    `after_training(trainer)` runs before the trainer (and its vLLM engine) is dropped; the training set has
+    `num_prompts` questions."""
     from disco_testing import CaptureParamsAndGrads
 
     model, tokenizer = load_model(model_dir, dtype)
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     capture = CaptureParamsAndGrads()
     trainer = VLLMRecordingTrainer(
-        model=model, reward_funcs=reward, processing_class=tokenizer, train_dataset=prompt_dataset(),
+        model=model, reward_funcs=reward, processing_class=tokenizer, train_dataset=prompt_dataset(num_prompts),
         args=vllm_config(tmp_path, per_device, accumulation, steps_per_generation, **config),
         peft_config=peft_config, callbacks=[capture],
     )

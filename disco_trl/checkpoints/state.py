@@ -1,33 +1,35 @@
-"""DisCO's state in a checkpoint: what `DiscoTrainer` saves with each one (one file per process), how it is
+"""DisCO's state in a checkpoint: when `DiscoTrainer` saves it (one file per process, `state_file`), how it is
 restored, and what a resumed run does with settings changed since (see `disco_trl.checkpoints`)."""
 
 from __future__ import annotations
 
+import enum
 import errno
 import os
 import shutil
 import warnings
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..geometry import BatchGeometry
+from .state_file import (
+    STATE_FILE,
+    CheckpointError,
+    dataset_change_warning,
+    dataset_fingerprint,
+    load_rank_state,
+    save_rank_state,
+    state_path,
+)
 
 
 logger = logging.get_logger(__name__)
 
 
-STATE_FILE = "disco_state_rank{}.pt"
-
-
 TRAINER_STATE_FILE = "trainer_state.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint problem found before training starts. The message (one line) says what to do."""
 
 
 class DiskFullError(OSError):
@@ -38,23 +40,17 @@ class ResumeWarning(UserWarning):
     """A resumed run that will not continue exactly where the interrupted one stopped, or a skipped checkpoint."""
 
 
-# ------------------------------------------------------------------------------------------------- DisCO's state
-def state_path(folder: str, rank: int) -> str:
-    return os.path.join(folder, STATE_FILE.format(rank))
+class RunFinished(Exception):
+    """`resume_from_checkpoint` names a run that already reached its end (max_steps, or num_train_epochs). The message
+    (one line, starting with "already finished at step N") says so; nothing is loaded or written."""
 
-
-def save_rank_state(folder: str, rank: int, step: int, buffered_inputs, geometry: BatchGeometry,
-                    settings: dict | None = None) -> None:
-    """Write this process's state atomically (a temporary file renamed), so that a present file is a whole one."""
-    os.makedirs(folder, exist_ok=True)
-    path = state_path(folder, rank)
-    state = {"step": step, "buffered_inputs": buffered_inputs, "geometry": geometry.checkpoint_fields(),
-             "settings": settings}
-    try:
-        torch.save(state, path + ".tmp")
-    except (OSError, RuntimeError) as err:  # torch's writer says "basic_ios::clear: iostream error" on a full disk
-        raise OSError(f"could not write {path}: {err}{_free_space_note(folder)}") from err
-    os.replace(path + ".tmp", path)
+    def __init__(self, step: int, where: str, limit: str):
+        super().__init__(
+            f"already finished at step {step} ({where} records global_step {step}, and this run stops at {limit}): "
+            "nothing to resume, nothing was changed. To train longer, raise max_steps (or num_train_epochs); to start "
+            "over, pass --overwrite_output_dir (overwrite_output_dir=True)."
+        )
+        self.step = step
 
 
 def checkpoint_size_lower_bound(trainer) -> int:
@@ -108,32 +104,46 @@ def check_free_space(folder: str, trainer) -> None:
         raise error
 
 
-def _free_space_note(folder: str) -> str:
-    free = shutil.disk_usage(folder).free
-    return f" ({free / 2**20:.0f} MiB free on the disk of {folder}: the disk is full)" if free < 64 * 2**20 else ""
-
-
 # ------------------------------------------------------------------------------------- settings changed on resume
 # What a resumed run does with a setting changed since the checkpoint. Refused: the method, which completions are
-# positives, or the buffered generation batch (cut by the batch settings, its pi_old log-probabilities taken at the
-# sampling temperature) would change mid-run. Honoured (and reported once): the optimizer's hyperparameters (written
-# into the restored optimizer, whose saved state would otherwise keep the old values), DisCO's objective weights and
-# the other sampling settings (read from the arguments at every step / generation).
+# positives, the buffered generation batch (cut by the batch settings, its pi_old log-probabilities taken at the
+# sampling temperature) or the order of the training data (the sampler's seed and shuffling: a new seed mid-epoch
+# trains some questions twice and others never) would change mid-run. Honoured (and reported once): the optimizer's
+# hyperparameters (written into the restored optimizer, whose saved state would otherwise keep the old values), DisCO's
+# objective weights and the other sampling settings (read from the arguments at every step / generation), and the
+# logging, eval and save intervals (which Trainer would otherwise take from the checkpoint's trainer_state.json).
 REFUSED_ON_RESUME = ("score_type", "disco_variant", "reward_threshold", "reward_weights",
                      "multi_objective_aggregation", "mask_truncated_completions", "skip_uninformative_questions",
-                     "lr_scheduler_type", "optim", "kl_penalty", "temperature")
+                     "lr_scheduler_type", "optim", "kl_penalty", "temperature", "seed", "shuffle_dataset",
+                     "fill_informative_questions")
 
 
 OPTIMIZER_SETTINGS = {"learning_rate": "lr", "weight_decay": "weight_decay", "adam_epsilon": "eps"}
 
 
 HONOURED_ON_RESUME = (*OPTIMIZER_SETTINGS, "adam_beta1", "adam_beta2", "tau", "kl_delta", "kl_beta", "kl_estimator",
-                      "top_p", "top_k", "min_p", "repetition_penalty", "generation_kwargs", "max_completion_length")
+                      "top_p", "top_k", "min_p", "repetition_penalty", "generation_kwargs", "max_completion_length",
+                      "max_generation_rounds")
+
+
+def _plain(value):
+    """A setting as plain data (an enum such as transformers' SchedulerType as its value), which the state file
+    can hold."""
+    if isinstance(value, enum.Enum):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    for kind in (bool, int, float, str):  # a subclass (numpy's float64...) as the plain type
+        if isinstance(value, kind):
+            return kind(value)
+    return None if value is None else repr(value)  # anything else (a dtype, an object): compared by its text
 
 
 def run_settings(args) -> dict:
-    """The settings a checkpoint records, to compare with a run that resumes from it."""
-    return {name: getattr(args, name, None) for name in REFUSED_ON_RESUME + HONOURED_ON_RESUME}
+    """The settings a checkpoint records (plain data), to compare with a run that resumes from it."""
+    return {name: _plain(getattr(args, name, None)) for name in REFUSED_ON_RESUME + HONOURED_ON_RESUME}
 
 
 def changed_settings(checkpoint: str, saved: dict | None, args) -> dict[str, tuple]:
@@ -147,7 +157,9 @@ def changed_settings(checkpoint: str, saved: dict | None, args) -> dict[str, tup
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
         raise CheckpointError(
             f"{checkpoint} was trained with other settings that a resumed run cannot change ({listed}): they decide "
-            "the method, the positives, or the buffered generation batch (its cut, its sampling temperature). Resume "
+            "the method, the positives, the buffered generation batch (its cut, its sampling temperature) or the "
+            "order of the training data (seed, shuffle_dataset: a new order mid-epoch trains some questions twice and "
+            "others never). Resume "
             f"with the checkpoint's values, or start a new run from its weights (model_name_or_path={checkpoint}) in "
             "another output_dir."
         )
@@ -182,15 +194,6 @@ def _rescaling(old: float, new: float):
     return lambda lr: new
 
 
-def load_rank_state(folder: str, rank: int, device=None, mmap: bool = False) -> dict | None:
-    path = state_path(folder, rank)
-    if not os.path.exists(path):
-        return None
-    # DeepSpeed's CPU accelerator says cpu:0, which torch.load cannot map to
-    device = "cpu" if device is None or torch.device(device).type == "cpu" else device
-    return torch.load(path, map_location=device, weights_only=False, mmap=mmap)
-
-
 def check_geometry(checkpoint: str, state: dict, geometry: BatchGeometry) -> None:
     """Refuse a saved buffer cut with other batch settings than this run's (an IndexError would follow, or worse)."""
     current = geometry.checkpoint_fields()
@@ -211,6 +214,18 @@ def check_geometry(checkpoint: str, state: dict, geometry: BatchGeometry) -> Non
             "not fit this run's batches. Resume with the checkpoint's settings, or start a new "
             f"run from its weights (model_name_or_path={checkpoint}) in another output_dir."
         )
+
+
+STEP_INTERVALS = ("logging_steps", "eval_steps", "save_steps")
+
+
+def honour_step_intervals(args, state) -> dict[str, tuple]:
+    """Trainer restores logging_steps, eval_steps and save_steps from the checkpoint's trainer_state.json, silently
+    replacing the ones this run was given: put this run's back. Returns {name: (checkpoint's, this run's)} changed."""
+    before = {name: getattr(state, name, None) for name in STEP_INTERVALS}
+    state.compute_steps(args, state.max_steps)
+    return {name: (before[name], getattr(state, name)) for name in STEP_INTERVALS
+            if before[name] is not None and before[name] != getattr(state, name)}
 
 
 def missing_state_warning(checkpoint: str, rank: int) -> str:
@@ -235,6 +250,7 @@ class DiscoStateCallback(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
         self.resume_from: str | None = None
+        self._fingerprint: dict | None = None  # of the training set, computed once per run (at the first save)
 
     def _folder(self, args, state) -> str:
         return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
@@ -243,8 +259,12 @@ class DiscoStateCallback(TrainerCallback):
         trainer = self.trainer
         check_free_space(self._folder(args, state), trainer)
         geometry = BatchGeometry.from_args(args, trainer.accelerator.num_processes)
+        if self._fingerprint is None:
+            self._fingerprint = dataset_fingerprint(trainer.train_dataset) or {}
+        filler = getattr(trainer, "batch_filler", None)
         save_rank_state(self._folder(args, state), trainer.accelerator.process_index, trainer._step,
-                        trainer._buffered_inputs, geometry, run_settings(args))
+                        trainer._buffered_inputs, geometry, run_settings(args), dataset=self._fingerprint or None,
+                        prompt_stream=None if filler is None else filler.state_dict())
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:
@@ -261,18 +281,29 @@ class DiscoStateCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.resume_from is not None:
-            self._restore(self.resume_from)
+            changed = honour_step_intervals(args, state)
+            self._restore(self.resume_from, changed)
 
-    def _restore(self, checkpoint: str) -> None:
+    def _restore(self, checkpoint: str, changed: dict[str, tuple]) -> None:
         trainer = self.trainer
         rank = trainer.accelerator.process_index
         saved = load_rank_state(checkpoint, rank, trainer.accelerator.device)
         if saved is None:  # a checkpoint of another trainer: TRL's behaviour (regenerate) applies
             warnings.warn(missing_state_warning(checkpoint, rank), ResumeWarning, stacklevel=2)
-            return
-        check_geometry(checkpoint, saved, BatchGeometry.from_args(trainer.args, trainer.accelerator.num_processes))
-        changed = changed_settings(checkpoint, saved.get("settings"), trainer.args)
+        else:
+            if "checksum" not in saved:
+                warnings.warn(f"{state_path(checkpoint, rank)} was written by an older disco-trl, without a checksum: "
+                              "it is read, but cannot be verified.", ResumeWarning, stacklevel=2)
+            check_geometry(checkpoint, saved, BatchGeometry.from_args(trainer.args, trainer.accelerator.num_processes))
+            changed = {**changed_settings(checkpoint, saved.get("settings"), trainer.args), **changed}
+            other_data = dataset_change_warning(checkpoint, saved.get("dataset"),
+                                                dataset_fingerprint(trainer.train_dataset))
+            if other_data:
+                warnings.warn(other_data, ResumeWarning, stacklevel=2)
+            trainer._step = saved["step"]
+            trainer._buffered_inputs = saved["buffered_inputs"]
+            filler = getattr(trainer, "batch_filler", None)
+            if filler is not None:
+                filler.load_state_dict(saved.get("prompt_stream"))
         if changed:
             apply_changed_settings(trainer, changed)
-        trainer._step = saved["step"]
-        trainer._buffered_inputs = saved["buffered_inputs"]

@@ -33,8 +33,10 @@ def format_prompt(
 ) -> list[dict[str, str]] | str:
     """The paper's prompt for one problem, as chat messages or plain text (the messages' contents, one paragraph
     each). `context`: the turns that come before the problem (a chat dataset's system message...). A `system_prompt`
-    goes first; ValueError when `context` has a system message of its own that differs from it."""
-    text = template.replace("{problem}", problem.strip())
+    goes first; ValueError when `context` has a system message of its own that differs from it. A problem that
+    already starts or ends with the template's text around ``{problem}`` (a dataset that ships the paper's
+    instruction) does not get it a second time."""
+    text = apply_template(problem, template)
     turns = [{"role": m["role"], "content": m["content"]} for m in context]
     systems = [t["content"] for t in turns if t["role"] == "system"]
     if system_prompt is not None and any(s != system_prompt for s in systems):
@@ -49,6 +51,22 @@ def format_prompt(
     if not conversational:
         return "\n\n".join([t["content"] for t in turns] + [text])
     return turns + [{"role": "user", "content": text}]
+
+
+def _squeezed(text: str) -> str:
+    return " ".join(text.split()).rstrip(".").lower()
+
+
+def apply_template(problem: str, template: str = PROMPT_TEMPLATE) -> str:
+    """`template` with ``{problem}`` replaced by the problem, leaving out the text before or after ``{problem}``
+    when the problem already starts or ends with it (compared without case, repeated spaces or a final full stop)."""
+    before, _, after = template.partition("{problem}")
+    text = problem.strip()
+    if _squeezed(after) and _squeezed(text).endswith(_squeezed(after)):
+        after = ""
+    if _squeezed(before) and _squeezed(text).startswith(_squeezed(before)):
+        before = ""
+    return f"{before}{text}{after}"
 
 
 # --------------------------------------------------------------------------------------------------------------------

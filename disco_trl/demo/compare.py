@@ -1,20 +1,28 @@
 """`disco-trl compare`: the paper's comparison in miniature, on the demo task.
 
-Same task, warm-started model, seeds, geometry, sampling and step budget for every method: DisCO (log-L and
-L-ratio), DisCO-b, and TRL's own GRPO, Dr. GRPO and DAPO losses (see `disco_trl.demo.methods`). Writes, in
-`--output-dir`:
+Same task, starting model (the shipped start, `shipped.py`), seeds, geometry, sampling and step budget for every
+method: DisCO (log-L and L-ratio), DisCO-b, and TRL's own GRPO, Dr. GRPO and DAPO losses (see
+`disco_trl.demo.methods`). Writes, in `--output-dir`:
 
 * `results.md` and `results.json`: held-out Pass@1 (mean, std, min-max over seeds) per method, per difficulty,
   final entropy and training reward, plus the learning-rate sweep when one was run;
 * `dynamics.png`: every method's training reward, entropy and held-out Pass@1 against step;
 * `runs/*.json`: one file per run (metrics per step), reused when the command is run again with the same settings,
-  so an interrupted comparison resumes where it stopped.
+  so an interrupted comparison resumes where it stopped;
+* with `--baseline METHOD`: in results.md/json, every other method against it paired by seed at equal optimizer
+  steps, training time and completions generated, and what each spent (`disco_trl.demo.efficiency`); and
+  `efficiency.png`, held-out Pass@1 against those three axes (evaluations every `--eval-every` steps).
 
 Learning rate, the same protocol for every method: either one `--learning-rate` for all, or `--lr-sweep a,b,c`:
 each method is trained at each rate with `--sweep-seed` and scored on the *validation* half of the held-out pool;
 its best rate is then used for the `--seeds` runs, which are scored on the *test* half (the reported numbers).
 
     disco-trl compare --lr-sweep 3e-5,1e-4,3e-4 --seeds 0,1,2 --output-dir docs/comparison
+
+Filling the batches with informative questions against plain DisCO and skipping (docs/comparison.md):
+
+    disco-trl compare --methods disco,disco-skip,disco-fill --baseline disco --seeds 0,1,2,3,4 --eval-every 20 \
+        --output-dir docs/comparison/fill
 """
 
 from __future__ import annotations
@@ -26,12 +34,11 @@ import statistics
 import sys
 import time
 
-from . import options
+from . import efficiency, options
 from .experiment import RunSettings, quiet_libraries
 from .methods import DEMO_METHODS, METHODS
 from .plots import plot_comparison, start_end
 from .runs import run_cached
-from .warmstart import load_or_build
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-seed", type=options.seed, default=100, help="seed of the sweep runs (default 100)")
     parser.add_argument("--output-dir", default="disco-compare-output",
                         help="where results.md, results.json, dynamics.png and runs/ go")
+    parser.add_argument("--baseline", type=options.method, default=None,
+                        help="one of --methods: compare every other method with it, paired by seed, at equal "
+                             "optimizer steps, training time and completions generated (needs --eval-every for the "
+                             "last two); adds efficiency.png")
     parser.add_argument("--runs-dir", default=None,
                         help="where the per-run files are kept and reused (default: OUTPUT_DIR/runs); point several "
                              "comparisons at one folder to share the runs they have in common")
@@ -161,7 +172,7 @@ def sweep_learning_rates(args, model_path: str, runs_dir: str) -> dict[str, dict
     return sweep
 
 
-def comparison_meta(args, argv, probe: RunSettings, summary: dict, info: dict, t0: float) -> dict:
+def comparison_meta(args, argv, probe: RunSettings, summary: dict, start: dict, t0: float) -> dict:
     command = "disco-trl compare " + " ".join(argv if argv is not None else sys.argv[1:])
     return {
         "command": command.strip(),
@@ -177,14 +188,37 @@ def comparison_meta(args, argv, probe: RunSettings, summary: dict, info: dict, t
         "disco": {"tau": probe.tau if probe.tau is not None else "paper default (10 log-L, 1 L-ratio)",
                   "kl_delta": probe.kl_delta, "kl_beta": probe.kl_beta},
         "pass@1_start": statistics.fmean(s["pass@1_before"] for s in summary.values()),
-        "warmstart": {k: info[k] for k in ("config", "num_parameters", "vocab_size", "sft_final_loss")},
+        "start": start,
         "wall_seconds": round(time.time() - t0, 1),
     }
+
+
+def write_results(args, runs_by_method: dict[str, list[dict]], summary: dict, sweep: dict | None, meta: dict,
+                  probe: RunSettings) -> str:
+    """results.json and results.md (with `--baseline`: the paired comparison at equal budgets and efficiency.png);
+    returns the Markdown."""
+    text, paired = markdown(summary, sweep, meta), None
+    if args.baseline:
+        paired = {"baseline": args.baseline, "paired": efficiency.paired_at_budgets(runs_by_method, args.baseline),
+                  "cost": efficiency.cost(runs_by_method)}
+        labels = {m: METHODS[m].label for m in args.methods}
+        text += "\n".join(efficiency.markdown(paired["paired"], paired["cost"], labels, args.baseline)) + "\n"
+        efficiency.plot_efficiency(runs_by_method, labels, os.path.join(args.output_dir, "efficiency.png"),
+                                   f"Demo task, {probe.max_steps} steps, mean over seeds {args.seeds}")
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump({"meta": meta, "summary": summary, "against_baseline": paired,
+                   "sweep": {m: {f"{lr:g}": v for lr, v in per.items()} for m, per in (sweep or {}).items()}},
+                  f, indent=1)
+    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+        f.write(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.baseline is not None and args.baseline not in args.methods:
+        parser.error(f"--baseline {args.baseline} is not one of --methods {','.join(args.methods)}")
     base_lr = args.learning_rate if args.learning_rate is not None else RunSettings().learning_rate
     try:
         probe = options.settings_from_args(args, args.methods[0], args.seeds[0], base_lr)
@@ -194,33 +228,28 @@ def main(argv: list[str] | None = None) -> int:
     options.make_output_dir(parser, args.output_dir)
     options.make_output_dir(parser, runs_dir, "--runs-dir")
 
+    model_path, start = options.start_model(parser, args)
     quiet_libraries()
     t0 = time.time()
-    _, _, info = load_or_build(options.warmstart_config(args.quick), cache_dir=args.cache_dir)
     n_sweep = len(args.methods) * len(args.lr_sweep or [])
     print(f"[compare] {len(args.methods)} methods x {len(args.seeds)} seeds, {probe.max_steps} steps each"
           + (f", after a sweep of {n_sweep} runs" if n_sweep else ""), flush=True)
-    sweep = sweep_learning_rates(args, info["path"], runs_dir) if args.lr_sweep else None
+    sweep = sweep_learning_rates(args, model_path, runs_dir) if args.lr_sweep else None
     lr_by_method = {m: best_rate(sweep[m]) if sweep else base_lr for m in args.methods}
     runs_by_method: dict[str, list[dict]] = {m: [] for m in args.methods}
     for seed in args.seeds:  # seed-major: a partial comparison still covers every method
         for method in args.methods:
             settings = options.settings_from_args(args, method, seed, lr_by_method[method])
-            runs_by_method[method].append(run_cached(settings, info["path"], runs_dir, "final"))
+            runs_by_method[method].append(run_cached(settings, model_path, runs_dir, "final"))
 
     summary = summarize(runs_by_method, lr_by_method)
-    meta = comparison_meta(args, argv, probe, summary, info, t0)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump({"meta": meta, "summary": summary,
-                   "sweep": {m: {f"{lr:g}": v for lr, v in per.items()} for m, per in (sweep or {}).items()}},
-                  f, indent=1)
-    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
-        f.write(markdown(summary, sweep, meta))
+    meta = comparison_meta(args, argv, probe, summary, start, t0)
+    text = write_results(args, runs_by_method, summary, sweep, meta, probe)
     plot_comparison(runs_by_method, {m: f"{METHODS[m].label} (lr {lr_by_method[m]:g})" for m in args.methods},
                     os.path.join(args.output_dir, "dynamics.png"),
                     f"Demo task, {probe.max_steps} steps, mean over seeds {args.seeds} (band: min-max)")
     print()
-    print(markdown(summary, sweep, meta))
+    print(text)
     print(f"[compare] wrote {args.output_dir}/results.md, results.json, dynamics.png in {meta['wall_seconds']:.0f}s")
     return 0
 

@@ -1,8 +1,8 @@
 """One RL run on the demo task, shared by `disco-trl demo` (run.py), `compare`, `study` and the benchmarks.
 
-`run_method(...)` loads the warm-started model from its cache path (the same `from_pretrained` path a real run
-uses), evaluates held-out Pass@1, trains with one method of the registry (`disco_trl.demo.methods`: DisCO or one of
-TRL's GRPO-family losses) under the same geometry, and evaluates again.
+`run_method(...)` loads the starting model from its folder (normally the shipped start, `shipped.py`; the same
+`from_pretrained` path a real run uses), evaluates held-out Pass@1, trains with one method of the registry
+(`disco_trl.demo.methods`: DisCO or one of TRL's GRPO-family losses) under the same geometry, and evaluates again.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from ..rewards import boxed_math_reward
 from . import task
 from .evaluate import evaluate_pass_at_1
 from .exact_kl import exact_kl_trainer
-from .methods import DISCO_METHODS, METHODS, build_config, trainer_class
+from .methods import DISCO_METHODS, METHODS, build_config, fills, trainer_class
+from .shipped import model_key
 from .warmstart import eval_problems, train_problems
 
 
@@ -56,6 +57,8 @@ class RunSettings:
     kl_beta: float = 1e3
     disable_tqdm: bool = False
     skip_uninformative_questions: bool = False  # DisCO only: train on questions with both right and wrong answers
+    fill_informative_questions: bool = False  # DisCO only: generation rounds until each batch is full of those
+    max_generation_rounds: int = 10  # with filling (this option or a method that fills): rounds per batch at most
     kl_penalty: str = "squared_hinge"  # DisCO only: the paper's squared hinge, or "linear" (kl_beta * KL, fixed)
     kl_estimator: str = "log_ratio"  # DisCO only: the paper's token estimate of the KL, or "k3"
     train_pool: int = 0  # 0: fresh training questions; N: a fixed pool of N questions, repeated (epochs)
@@ -103,12 +106,14 @@ class RunSettings:
 
     def _validate_disco_options(self) -> None:
         if self.method not in DISCO_METHODS:
-            for name in ("skip_uninformative_questions", "kl_penalty", "kl_estimator"):
+            for name in ("skip_uninformative_questions", "fill_informative_questions", "kl_penalty", "kl_estimator"):
                 if getattr(self, name) != getattr(RunSettings, name):
                     raise ValueError(f"{name} is a DisCO option; method={self.method!r} is not DisCO.")
         if self.kl_penalty not in KL_PENALTIES or self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_penalty must be one of {KL_PENALTIES} and kl_estimator one of {KL_ESTIMATORS}; "
                              f"got {self.kl_penalty!r} and {self.kl_estimator!r}.")
+        if self.max_generation_rounds < 1:
+            raise ValueError(f"max_generation_rounds must be >= 1, got {self.max_generation_rounds}.")
         if self.train_pool < 0 or self.train_pool % self.questions_per_generation:
             raise ValueError(f"train_pool must be 0 (fresh questions) or a multiple of questions_per_generation="
                              f"{self.questions_per_generation}, got {self.train_pool}.")
@@ -154,8 +159,15 @@ def build_args(settings: RunSettings, output_dir: str, **overrides):
     if settings.method in DISCO_METHODS:
         common.update(kl_delta=settings.kl_delta, kl_beta=settings.kl_beta, tau=settings.tau,
                       skip_uninformative_questions=settings.skip_uninformative_questions,
+                      fill_informative_questions=settings.fill_informative_questions,
+                      max_generation_rounds=settings.max_generation_rounds if filling(settings) else None,
                       kl_penalty=settings.kl_penalty, kl_estimator=settings.kl_estimator)
     return build_config(settings.method, common, **overrides)
+
+
+def filling(settings: RunSettings) -> bool:
+    """Whether the run fills its batches (`fill_informative_questions`, set or implied by its method)."""
+    return settings.method in DISCO_METHODS and (settings.fill_informative_questions or fills(settings.method))
 
 
 def quiet_libraries() -> None:
@@ -164,9 +176,16 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()  # weight loading/saving bars (the trainer's own progress bar stays)
     for name in ("trl", "accelerate", "datasets", "math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    deepspeed = logging.getLogger("DeepSpeed")  # its "Setting accelerator to CPU" line; deepspeed resets the level
+    if errors_only not in deepspeed.filters:  # when it is imported, so a filter (which stays) does it
+        deepspeed.addFilter(errors_only)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 class LiveMetricsProgress(ProgressCallback):
@@ -191,30 +210,40 @@ def recording_reward(reward_fn, num_generations: int, updates_per_generation: in
     """`reward_fn`, also recording how the positives fall in each generation batch (the same statistic for every
     method, so the GRPO family's groups can be compared with DisCO's): per batch, the fraction of groups that are
     mixed / all wrong / all right, the mean number of negatives per positive over mixed groups, and how many groups
-    have k = 0..G positives. The trainers score a generation batch in one call, the G completions of a prompt
-    consecutive."""
+    have k = 0..G positives, and how many completions the batch generated. The trainers score a generation (each
+    round of a filled batch) in one call, the G completions of a prompt consecutive."""
 
     @functools.wraps(reward_fn)
-    def record(*args, completions, **kwargs):
+    def record(*args, completions, trainer_state=None, **kwargs):
+        if trainer_state is not None:
+            kwargs["trainer_state"] = trainer_state
         rewards = reward_fn(*args, completions=completions, **kwargs)
-        values = torch.tensor([0.0 if r is None else float(r) for r in rewards])
-        if len(values) % num_generations == 0 and len(values):
-            # the paper's labels (the demo's rewards are 0/1), counted per question as DisCO counts them
-            labels = completion_labels(values, torch.ones_like(values, dtype=torch.bool), threshold=0.5)
-            counts = question_counts(labels, torch.arange(len(values)) // num_generations)
-            positives = [int(k) for k in counts.positives]
-            mixed = [k for k, m in zip(positives, counts.mixed.tolist()) if m]
-            history.append({
-                "step": len(history) * updates_per_generation,
-                "frac_mixed": len(mixed) / len(positives),
-                "frac_all_wrong": sum(k == 0 for k in positives) / len(positives),
-                "frac_all_right": sum(k == num_generations for k in positives) / len(positives),
-                "neg_per_pos_mixed": (sum((num_generations - k) / k for k in mixed) / len(mixed)) if mixed else None,
-                "positives_histogram": [sum(k == j for k in positives) for j in range(num_generations + 1)],
-            })
+        if len(rewards) % num_generations == 0 and len(rewards):
+            step = len(history) * updates_per_generation if trainer_state is None else trainer_state.global_step
+            history.append({"step": step, "completions": len(rewards), **group_statistics(rewards, num_generations)})
         return rewards
 
     return record
+
+
+def group_statistics(rewards: list, num_generations: int) -> dict:
+    """How a batch's groups (each question's `num_generations` consecutive completions) fall: the fraction mixed / all
+    wrong / all right, the mean number of negatives per positive over the mixed groups, the fraction of the mixed
+    groups with at least 2 negatives, and how many groups have k = 0..G positives. The paper's labels (the demo's
+    rewards are 0/1), counted per question as DisCO counts them."""
+    values = torch.tensor([0.0 if r is None else float(r) for r in rewards])
+    labels = completion_labels(values, torch.ones_like(values, dtype=torch.bool), threshold=0.5)
+    counts = question_counts(labels, torch.arange(len(values)) // num_generations)
+    positives = [int(k) for k in counts.positives]
+    mixed = [k for k, m in zip(positives, counts.mixed.tolist()) if m]
+    return {
+        "frac_mixed": len(mixed) / len(positives),
+        "frac_all_wrong": sum(k == 0 for k in positives) / len(positives),
+        "frac_all_right": sum(k == num_generations for k in positives) / len(positives),
+        "neg_per_pos_mixed": (sum((num_generations - k) / k for k in mixed) / len(mixed)) if mixed else None,
+        "frac_mixed_with_2_negatives": (sum(num_generations - k >= 2 for k in mixed) / len(mixed)) if mixed else None,
+        "positives_histogram": [sum(k == j for k in positives) for j in range(num_generations + 1)],
+    }
 
 
 def eval_kwargs(settings: RunSettings) -> dict:
@@ -223,26 +252,41 @@ def eval_kwargs(settings: RunSettings) -> dict:
                 max_new_tokens=settings.max_completion_length, seed=settings.seed + 1)
 
 
-def eval_point(step: int, evaluation: dict) -> dict:
-    """One point of a run's `eval_history`."""
+def eval_point(step: int, evaluation: dict, train_seconds: float = 0.0, completions: int = 0) -> dict:
+    """One point of a run's `eval_history`: held-out Pass@1 after `step` optimizer steps, `train_seconds` of training
+    (held-out evaluations left out) and `completions` generated."""
     return {"step": step, "pass@1": evaluation["pass@1"],
-            "pass@1_by_ops": {str(k): v for k, v in evaluation["pass@1_by_ops"].items()}}
+            "pass@1_by_ops": {str(k): v for k, v in evaluation["pass@1_by_ops"].items()},
+            "train_seconds": round(train_seconds, 2), "completions": completions}
 
 
 class HeldOutEval(TrainerCallback):
-    """Held-out Pass@1 every `settings.eval_every` optimizer steps during training, appended to `history`."""
+    """Held-out Pass@1 every `settings.eval_every` optimizer steps during training, appended to `history`, with the
+    training time so far (its own evaluations left out) and the completions generated so far (`group_history`)."""
 
-    def __init__(self, tokenizer, problems, reward_fn, settings: RunSettings, history: list):
+    def __init__(self, tokenizer, problems, reward_fn, settings: RunSettings, history: list, group_history: list):
         self.tokenizer, self.problems, self.reward_fn = tokenizer, problems, reward_fn
-        self.settings, self.history = settings, history
+        self.settings, self.history, self.group_history = settings, history, group_history
+        self.started, self.eval_seconds = time.perf_counter(), 0.0
+
+    def progress(self) -> tuple[float, int]:
+        """(seconds of training so far, evaluations left out; completions generated so far)."""
+        seconds = time.perf_counter() - self.started - self.eval_seconds
+        return seconds, sum(g.get("completions", 0) for g in self.group_history)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.eval_seconds = time.perf_counter(), 0.0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         every = self.settings.eval_every
         if every and state.global_step % every == 0 and state.global_step < self.settings.max_steps:
+            seconds, completions = self.progress()
+            start = time.perf_counter()
             result = evaluate_pass_at_1(model, self.tokenizer, self.problems, self.reward_fn,
                                         **eval_kwargs(self.settings))
-            self.history.append(eval_point(state.global_step, result))
+            self.history.append(eval_point(state.global_step, result, seconds, completions))
             model.train()
+            self.eval_seconds += time.perf_counter() - start
 
 
 _START_EVALS: dict[tuple, dict] = {}  # the starting model's evaluations, shared by the runs of one process
@@ -250,7 +294,7 @@ _START_EVALS: dict[tuple, dict] = {}  # the starting model's evaluations, shared
 
 def start_key(model_path: str, settings: RunSettings, split: str) -> dict:
     """What the warm start's held-out evaluation depends on (the same for every method and rate of a seed)."""
-    return {"model": os.path.basename(os.path.abspath(model_path)), "split": split,
+    return {"model": model_key(model_path), "split": split,
             "difficulties": list(settings.eval_difficulties), "questions": settings.eval_questions,
             **eval_kwargs(settings)}
 
@@ -274,10 +318,12 @@ def start_evaluation(settings: RunSettings, model_path: str, split: str) -> dict
 
 def training_questions(settings: RunSettings) -> int:
     """How many training questions a run draws: its fixed pool (repeated by the trainer, one epoch after another), or
-    one fresh question per question slot of the run (plus one generation batch of slack)."""
+    one fresh question per question slot of the run (plus one generation batch of slack), every slot of every
+    generation round when the run fills its batches (so that a filled run draws fresh questions too)."""
     if settings.train_pool:
         return settings.train_pool
-    return (settings.max_steps // settings.updates_per_generation + 1) * settings.questions_per_generation
+    rounds = settings.max_generation_rounds if filling(settings) else 1  # a filled batch draws up to this many
+    return (settings.max_steps // settings.updates_per_generation + 1) * settings.questions_per_generation * rounds
 
 
 def build_trainer(settings: RunSettings, model_path: str, output_dir: str, tokenizer, reward_fn, held_out,
@@ -294,7 +340,7 @@ def build_trainer(settings: RunSettings, model_path: str, output_dir: str, token
     trainer = (exact_kl_trainer(cls) if settings.exact_kl else cls)(
         model=model_path, reward_funcs=train_reward, args=build_args(settings, output_dir),
         train_dataset=Dataset.from_list(task.to_rl_rows(train_set)), processing_class=tokenizer,
-        callbacks=[HeldOutEval(tokenizer, held_out, reward_fn, settings, history)])
+        callbacks=[HeldOutEval(tokenizer, held_out, reward_fn, settings, history, group_history)])
     if settings.disable_tqdm:
         trainer.remove_callback(PrinterCallback)  # no per-step dicts on the console (the metrics are in the result)
     else:
@@ -330,9 +376,11 @@ def run_method(settings: RunSettings, model_path: str, output_dir: str, log=prin
     trainer.train()
     train_seconds = time.time() - train_start
 
+    held_out = next(c for c in trainer.callback_handler.callbacks if isinstance(c, HeldOutEval))
+    seconds, completions = held_out.progress()
     after = {s: evaluate_pass_at_1(trainer.model, tokenizer, problems[s], reward_fn, **eval_kwargs(settings))
              for s in splits}
-    history.append(eval_point(settings.max_steps, after[splits[0]]))
+    history.append(eval_point(settings.max_steps, after[splits[0]], seconds, completions))
     log(f"[{settings.method}] held-out Pass@1 after {settings.max_steps} steps: {after[splits[0]]['pass@1']:.3f}")
     also = splits[1] if len(splits) > 1 else None
     result = {

@@ -8,6 +8,9 @@ steps) is the caller's and the same for every method it compares.
 disco                  DisCO, log-L score, DRO objective (tau 10): `DiscoConfig(score_type="log_l")`
 disco-lratio           DisCO, L-ratio score, DRO objective (tau 1): `DiscoConfig(score_type="l_ratio")`
 disco-b                DisCO-b, log-L score, basic objective: `DiscoConfig(disco_variant="basic")`
+disco-skip             `disco`, trained only on questions with signal: `skip_uninformative_questions=True`
+disco-fill             `disco` with dynamic sampling: generation rounds until each batch holds its nominal number
+                       of questions with signal: `fill_informative_questions=True` (`--max-generation-rounds`)
 grpo                   TRL `GRPOConfig(loss_type="grpo", beta=0.001)`: group-std advantages, KL to the reference
 dr_grpo                TRL `GRPOConfig(loss_type="dr_grpo", scale_rewards="none")`
 dapo                   TRL `GRPOConfig(loss_type="dapo", epsilon_high=0.28)` (clip-higher; no dynamic sampling)
@@ -18,7 +21,8 @@ grpo-beta0             `loss_type="grpo"` at beta 0: the `grpo` loss without its
 =====================  =====================================================================================
 
 `DEMO_METHODS` are the paper's comparison (what `compare` and `study` run by default); `BENCHMARK_METHODS` are what
-`benchmarks/bench_disco.py` times by default. Every command accepts every name.
+`benchmarks/bench_disco.py` times by default; `FILL_METHODS` are the measurement of filling (docs/comparison.md).
+Every command accepts every name.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ METHODS: dict[str, Method] = {
                            "DiscoTrainer, L-ratio score, DRO objective"),
     "disco-b": Method("DisCO-b (log-L)", "disco", {"score_type": "log_l", "disco_variant": "basic"},
                       "DiscoTrainer, log-L score, basic objective (DisCO-b)"),
+    "disco-skip": Method("DisCO, skip uninformative", "disco",
+                         {"score_type": "log_l", "disco_variant": "dro", "skip_uninformative_questions": True},
+                         "DiscoTrainer, log-L score, DRO objective, skip_uninformative_questions=True"),
+    "disco-fill": Method("DisCO, fill (dynamic sampling)", "disco",
+                         {"score_type": "log_l", "disco_variant": "dro", "fill_informative_questions": True},
+                         "DiscoTrainer, log-L score, DRO objective, fill_informative_questions=True"),
     "grpo": Method("GRPO", "grpo", {"loss_type": "grpo", "beta": 0.001, "scale_rewards": "group", "epsilon": 0.2},
                    "GRPOTrainer, loss_type='grpo', KL to the reference model with beta=0.001"),
     "dr_grpo": Method("Dr. GRPO", "grpo",
@@ -64,7 +74,14 @@ METHODS: dict[str, Method] = {
 }
 DEMO_METHODS = ("disco", "disco-lratio", "disco-b", "grpo", "dr_grpo", "dapo")
 BENCHMARK_METHODS = ("trl-default", "grpo-beta0", "trl-default-ref-kl", "disco", "disco-lratio")
+FILL_METHODS = ("disco", "disco-skip", "disco-fill")
 DISCO_METHODS = tuple(name for name, m in METHODS.items() if m.trainer == "disco")
+
+
+def fills(name: str) -> bool:
+    """Whether method `name` fills its batches by itself (then it draws up to max_generation_rounds times the
+    prompts)."""
+    return bool(check_method(name).config.get("fill_informative_questions"))
 
 
 def check_method(name: str) -> Method:

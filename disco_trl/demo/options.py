@@ -1,5 +1,6 @@
 """The command-line options `disco-trl demo`, `compare` and `study` share: value parsers, the common flags, the
-`--quick` settings, and turning parsed flags into a run's `RunSettings`.
+`--quick` settings, the starting model (`--start-model`, default the shipped start), and turning parsed flags into a
+run's `RunSettings`.
 
 Value parsers for argparse's `type=`: `positive_int("--steps")` and friends name their flag in the error; `seed`,
 `learning_rate` and `method` parse one item and are wrapped in `comma_list` for flags that take several.
@@ -13,15 +14,13 @@ import os
 
 from .experiment import RunSettings
 from .methods import check_method
-from .warmstart import WarmStartConfig
+from .shipped import RECORD, DamagedStart, shipped_start, start_summary, verify
 
 
 DEMO_STEPS = 400  # the demo's default budget (the comparison uses RunSettings.max_steps per run)
 DEMO_EVAL_EVERY = 80  # held-out Pass@1 during training, for the plot
 
-# The --quick smoke run: a smaller model, a shorter warm start, a few steps, a small evaluation.
-QUICK_WARMSTART = WarmStartConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128, sft_steps=120,
-                                  sft_batch_size=32, sft_learning_rate=5e-3)
+# The --quick smoke run: the shipped start, a few steps, a small evaluation.
 QUICK = dict(steps=8, eval_questions=16, eval_samples=2, questions_per_generation=8)
 
 
@@ -118,17 +117,41 @@ def add_common_arguments(parser: argparse.ArgumentParser, defaults: RunSettings)
     add("--kl-beta", type=nonneg_float("--kl-beta"), default=defaults.kl_beta,
         help=f"DisCO's squared-hinge weight beta (DisCO methods only; default {defaults.kl_beta:g}, the paper's; 0 "
              "turns the KL constraint off)")
-    add("--cache-dir", default=None,
-        help="where the warm-started model is cached (default $DISCO_TRL_CACHE or ~/.cache/disco-trl)")
+    add_start_model_argument(parser)
     add("--skip-uninformative-questions", action="store_true",
         help="DisCO methods only: train only on questions with both right and wrong completions "
              "(DiscoConfig.skip_uninformative_questions; docs/method.md)")
+    add("--fill-informative-questions", action="store_true",
+        help="DisCO methods only: generation rounds until each batch holds its nominal number of questions with "
+             "signal (DiscoConfig.fill_informative_questions; docs/method.md); the method disco-fill has it on")
+    add("--max-generation-rounds", type=positive_int("--max-generation-rounds"),
+        default=defaults.max_generation_rounds,
+        help=f"with filling: generation rounds per batch at most, the first included (default "
+             f"{defaults.max_generation_rounds})")
     add("--quick", action="store_true",
-        help="a one-minute smoke run: tiny model, short warm start, few steps, small evaluation")
+        help="a smoke run of well under a minute: the same start, few steps, small evaluation")
 
 
-def warmstart_config(quick: bool) -> WarmStartConfig:
-    return QUICK_WARMSTART if quick else WarmStartConfig()
+def add_start_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start-model", default=None, metavar="FOLDER",
+                        help="the starting model: a save_pretrained folder of a model (safetensors) and its tokenizer "
+                             "(default: the start shipped with disco-trl, disco_trl/demo/shipped_start; docs/demo.md)")
+
+
+def start_model(parser: argparse.ArgumentParser, args) -> tuple[str, dict]:
+    """The starting model's folder and what results record about it (`shipped.start_summary`): `--start-model`, or
+    the shipped start. Its files are checked against its record when it has one; a missing or damaged start stops the
+    command with one line, before any weights load."""
+    try:
+        if args.start_model is None:
+            path, _ = shipped_start()
+        else:
+            path = args.start_model
+            if os.path.isfile(os.path.join(path, RECORD)):
+                verify(path)
+        return path, start_summary(path)
+    except DamagedStart as err:
+        parser.error(f"--start-model: {err}" if args.start_model else str(err))
 
 
 def settings_from_args(args, method: str, seed: int, learning_rate: float, *, default_steps: int | None = None,
@@ -154,6 +177,8 @@ def settings_from_args(args, method: str, seed: int, learning_rate: float, *, de
         kl_delta=args.kl_delta,
         kl_beta=args.kl_beta,
         skip_uninformative_questions=getattr(args, "skip_uninformative_questions", False),
+        fill_informative_questions=getattr(args, "fill_informative_questions", False),
+        max_generation_rounds=getattr(args, "max_generation_rounds", defaults.max_generation_rounds),
     )
     if settings.eval_questions > 100:
         raise ValueError(f"--eval-questions={settings.eval_questions}: at most 100 held-out questions are reserved.")

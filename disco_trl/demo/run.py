@@ -1,16 +1,19 @@
 """`disco-trl demo`: a real DisCO run on one CPU, end to end, in about ten minutes.
 
-1. Warm start (cached after the first run): a task tokenizer and a ~1M-parameter Qwen2-style model are built
-   locally and fine-tuned on worked solutions of generated arithmetic questions (1-4 operations), stopping early so
-   the model is right sometimes and wrong often, like the paper's distilled SFT starting points.
+1. The start: the ~1M-parameter Qwen2-style model and task tokenizer shipped with the package (`shipped.py`), built
+   once by `warmstart.py` (fine-tuned on worked solutions of generated arithmetic questions, 1-4 operations, by a
+   teacher that slips, so the model is right sometimes and wrong often, like the paper's distilled SFT starting
+   points). Every machine starts from the same model; its files are checked against their recorded fingerprint.
 2. Held-out Pass@1 (averaged over several samples per question) before training.
 3. DisCO training with `DiscoTrainer` (TRL's progress bar): 8 completions per question, several updates per
    generation batch (so the old-policy ratio and the KL hinge are exercised), constant learning rate.
 4. Held-out Pass@1 after training, a short table, and a PNG of reward, entropy and KL against step.
 
-    disco-trl demo                       # the default run (about 10 minutes on 2 cores, first time included)
-    disco-trl demo --quick               # a one-minute smoke run (tiny model, few steps)
+    disco-trl demo                       # the default run (minutes on 2 cores; docs/demo.md)
+    disco-trl demo --quick               # a smoke run (few steps, small evaluation)
     disco-trl demo --method grpo --steps 80 --seed 1 --output-dir out/
+    disco-trl demo --check-start         # verify the shipped start and measure its held-out Pass@1 (seconds)
+    disco-trl demo --rebuild-start       # build the start again (minutes) and say whether it matches the shipped one
     disco-trl demo --model smollm2       # the real-model demo (demo/real.py): DisCO vs GRPO on SmolLM2, vLLM, LoRA
 """
 
@@ -27,7 +30,9 @@ from .experiment import RunSettings, quiet_libraries, run_method
 from .methods import DISCO_METHODS, METHODS
 from .options import DEMO_EVAL_EVERY, DEMO_STEPS
 from .plots import kl_key, plot_run, start_end
-from .warmstart import load_or_build
+from .rebuild import REBUILT_FOLDER, check_start, rebuild_and_compare
+from .shipped import SHIPPED_DIR, DamagedStart, verify
+from .warmstart import WarmStartConfig
 
 
 DEFAULT_OUTPUT_DIR = "disco-demo-output"
@@ -37,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = RunSettings(max_steps=DEMO_STEPS)
     parser = argparse.ArgumentParser(
         prog="disco-trl demo",
-        description="A real DisCO training run on a generated arithmetic task, on CPU, offline: warm-start a tiny "
-                    "model (cached), measure held-out Pass@1, train, measure again, print a table and plot reward, "
-                    "entropy and KL against step.",
+        description="A real DisCO training run on a generated arithmetic task, on CPU, offline: from the tiny "
+                    "model shipped with disco-trl, measure held-out Pass@1, train, measure again, print a table and "
+                    "plot reward, entropy and KL against step.",
     )
     parser.add_argument("--model", choices=["toy", "smollm2"], default="toy",
                         help="toy: this demo (default); smollm2: the real-model demo, DisCO against GRPO on "
@@ -55,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
                         help=f"where the plot, results and final model go (default ./{DEFAULT_OUTPUT_DIR})")
     options.add_common_arguments(parser, defaults)
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--check-start", action="store_true",
+                       help="verify the start model's files against their fingerprint and measure its held-out "
+                            "Pass@1 with the demo's evaluation; train nothing")
+    start.add_argument("--rebuild-start", action="store_true",
+                       help=f"build the start model again with the project's code (minutes of CPU) into "
+                            f"OUTPUT_DIR/{REBUILT_FOLDER} and report whether it matches the shipped one; train "
+                            f"nothing")
     return parser
 
 
@@ -109,16 +122,25 @@ def main(argv: list[str] | None = None) -> int:
                                               default_steps=DEMO_STEPS, default_eval_every=DEMO_EVAL_EVERY)
     except ValueError as err:
         parser.error(str(err))
+    if args.rebuild_start:
+        options.make_output_dir(parser, args.output_dir)
+        return rebuild(args, settings)
+    model_path, start = options.start_model(parser, args)
+    if args.check_start:
+        quiet_libraries()
+        check_start(model_path, settings)
+        return 0
     options.make_output_dir(parser, args.output_dir)
     quiet_libraries()
     t0 = time.time()
     print(f"disco-trl demo: {METHODS[settings.method].label} on generated arithmetic (1-4 operations), CPU, offline.")
-    _, _, info = load_or_build(options.warmstart_config(args.quick), cache_dir=args.cache_dir)
+    print(f"[demo] start: {'the shipped model' if args.start_model is None else model_path} (fingerprint "
+          f"{start['fingerprint']}; no warm start to run)")
     print(f"[demo] training: {settings.max_steps} optimizer steps, {settings.questions_per_generation} questions x "
           f"{settings.num_generations} completions per generation batch, {settings.updates_per_generation} updates "
           f"per batch, lr {settings.learning_rate:g} (constant), temperature {settings.temperature}")
-    result = run_method(settings, info["path"], os.path.join(args.output_dir, "run"))
-    result["warmstart"] = info
+    result = run_method(settings, model_path, os.path.join(args.output_dir, "run"))
+    result["start"] = start
     plot_path = os.path.join(args.output_dir, "training_dynamics.png")
     plot_run(result["log_history"], plot_path,
              f"{METHODS[settings.method].label} on the demo task (seed {settings.seed})", result["eval_history"],
@@ -135,7 +157,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plot:    {plot_path}")
     print(f"results: {results_path}")
     print(f"model:   {os.path.join(args.output_dir, 'run', 'final_model')}")
-    print(f"total time {result['wall_seconds']:.0f}s (warm start {'cached' if info['cached'] else 'built now'})")
+    print(f"total time {result['wall_seconds']:.0f}s")
+    return 0
+
+
+def rebuild(args, settings) -> int:
+    """`--rebuild-start`: build the default start into OUTPUT_DIR/rebuilt-start and compare it with the shipped one
+    (or `--start-model`)."""
+    reference = args.start_model or str(SHIPPED_DIR)
+    quiet_libraries()
+    print(f"[rebuild] building the start model with the default WarmStartConfig (minutes of CPU), to compare with "
+          f"{reference}")
+    try:
+        verify(reference)
+    except DamagedStart as err:
+        print(f"[rebuild] the reference cannot be compared: {err}", file=sys.stderr)
+        reference = None
+    folder = os.path.join(args.output_dir, REBUILT_FOLDER)
+    rebuild_and_compare(WarmStartConfig(), folder, reference, settings)
+    print(f"[rebuild] the rebuilt start: {folder} (use it with --start-model {folder}; report: "
+          f"{os.path.join(args.output_dir, 'rebuild_report.json')})")
     return 0
 
 

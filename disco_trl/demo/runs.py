@@ -1,8 +1,9 @@
 """Run files: one JSON file per finished run, reused when a command asks for a run with the same settings.
 
 `compare` and `study` keep their runs in a folder (`--runs-dir`); a run is found again by its file name (tag, method,
-learning rate, seed) and its settings, so an interrupted command resumes where it stopped, and several processes
-running the same command on one folder split the work: a run's `.lock` file says which process is on it.
+learning rate, seed), its settings and its start's fingerprint (`shipped.model_key`), so an interrupted command
+resumes where it stopped, and several processes running the same command on one folder split the work: a run's
+`.lock` file says which process is on it.
 """
 
 from __future__ import annotations
@@ -15,16 +16,21 @@ import tempfile
 import time
 from dataclasses import asdict
 
+import torch
+
 from .experiment import RunSettings, run_method, start_evaluation, start_key
+from .shipped import model_key
 
 
 # The per-step metrics a run file keeps (what the tables and plots read).
 KEEP_KEYS = ("step", "reward", "reward_std", "entropy", "disco/kl", "kl", "disco/hinge_active", "disco/objective",
-             "disco/kl_penalty", "disco/neg_weight_ess", "disco/neg_weight_max", "disco/score_pos", "disco/score_neg",
-             "demo/kl_exact", "demo/kl_log_ratio", "demo/kl_k3",
+             "disco/kl_penalty", "disco/neg_weight_ess", "disco/neg_weight_max", "disco/neg_weight_groups",
+             "disco/score_pos", "disco/score_neg", "demo/kl_exact", "demo/kl_log_ratio", "demo/kl_k3",
              "disco/frac_mixed_questions", "disco/neg_per_pos_mixed", "disco/frac_more_neg_than_pos",
              "frac_reward_zero_std", "completions/mean_length", "clip_ratio/region_mean", "clip_ratio/high_mean",
-             "clip_ratio/low_mean", "loss", "grad_norm")
+             "clip_ratio/low_mean", "loss", "grad_norm", "step_time", "disco/skipped_update", "disco/fill/rounds",
+             "disco/fill/out_of_rounds", "disco/fill/informative_fraction", "disco/fill/completions_per_kept_question",
+             "disco/fill/data_passes")
 
 
 def run_file(runs_dir: str, tag: str, settings: RunSettings) -> str:
@@ -74,7 +80,7 @@ def load_finished(path: str, wanted: dict, model_path: str) -> dict | None:
     if os.path.isfile(path):
         with open(path) as f:
             cached = json.load(f)
-        same_model = cached.get("model_path_key") == os.path.basename(model_path)
+        same_model = cached.get("model_path_key") == model_key(model_path)
         if same_model and same_settings(cached.get("settings"), wanted):
             return cached
     return None
@@ -105,14 +111,29 @@ def claim(lock: str) -> bool:
     return False
 
 
+def start_file(settings: RunSettings, model_path: str, runs_dir: str, split: str) -> str:
+    """Where `cached_start` keeps the start's evaluation for `settings` (named by what it depends on)."""
+    key = start_key(model_path, settings, split)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return os.path.join(runs_dir, "starts", f"start-{split}-seed{settings.seed}-{digest}.json")
+
+
+def start_record(settings: RunSettings, model_path: str, runs_dir: str, split: str = "test") -> dict | None:
+    """The finished start evaluation `cached_start` wrote for `settings` (with its CPU seconds), or None."""
+    path = start_file(settings, model_path, runs_dir, split)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        record = json.load(f)
+    return record if record.get("key") == start_key(model_path, settings, split) else None
+
+
 def cached_start(settings: RunSettings, model_path: str, runs_dir: str, split: str) -> dict:
     """The warm start's held-out evaluation for `settings` (its questions, samples and sampling seed), kept in
     `runs_dir/starts/` as one `start-*.json` file, so that every run, process and command on the folder computes it
     once. The file records what it depends on (`experiment.start_key`) and the CPU seconds it took."""
-    key = start_key(model_path, settings, split)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    key, path = start_key(model_path, settings, split), start_file(settings, model_path, runs_dir, split)
     os.makedirs(os.path.join(runs_dir, "starts"), exist_ok=True)
-    path = os.path.join(runs_dir, "starts", f"start-{split}-seed{settings.seed}-{digest}.json")
     while True:
         if os.path.isfile(path):
             with open(path) as f:
@@ -136,11 +157,15 @@ def cached_start(settings: RunSettings, model_path: str, runs_dir: str, split: s
 
 def _train_and_save(settings: RunSettings, model_path: str, path: str) -> dict:
     start = functools.partial(cached_start, settings, model_path, os.path.dirname(path))
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="disco-compare-") as trainer_dir:  # the trainer's output_dir (unused)
         result = slim(run_method(settings, model_path, trainer_dir, log=lambda *a: None, save_model=False,
                                  start_eval=start))
+    # when and how it ran: wall-clock span (its start evaluation included), process, torch threads, machine load
+    result.update(started_at=round(started, 1), finished_at=round(time.time(), 1), process=os.getpid(),
+                  torch_threads=torch.get_num_threads(), load_average=round(os.getloadavg()[0], 2))
     result["settings"] = settings_dict(settings)
-    result["model_path_key"] = os.path.basename(model_path)
+    result["model_path_key"] = model_key(model_path)  # the start's fingerprint: the same model on any path
     with open(path + f".tmp{os.getpid()}", "w") as f:
         json.dump(result, f)
     os.replace(path + f".tmp{os.getpid()}", path)

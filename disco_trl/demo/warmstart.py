@@ -7,39 +7,32 @@ task's text (digits are kept as single tokens, so arithmetic is learnable), a ~1
 the model learns the procedure, and also learns to slip now and then, so easy questions are mostly solved and hard
 ones mostly not -- the kind of starting point RL with verifiable rewards improves by sharpening.
 
-The result is cached on disk (`save_pretrained` of model and tokenizer, plus `warmstart.json`), keyed by every
-setting that affects it, so a second run skips the warm start. The cache lives in `--cache-dir`, else
-`$DISCO_TRL_CACHE`, else `~/.cache/disco-trl`.
+This code built the start the package ships (`shipped.py`, `disco_trl/demo/shipped_start/`), which every demo,
+comparison and study run starts from; `disco-trl demo --rebuild-start` runs it again and compares. The SFT is not
+bit-reproducible across machines, which is why the start is shipped rather than rebuilt on each machine.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from .. import toy
 from . import task
 
 
-CACHE_FORMAT_VERSION = 2
 NUM_EVAL_PROBLEMS_RESERVED = 200  # expressions kept out of every training set (the held-out pool, see eval_problems)
 
 
 @dataclass(frozen=True)
 class WarmStartConfig:
-    """Everything that determines the warm-started model (the cache key)."""
+    """Everything that determines the warm-started model (recorded beside the shipped start, `shipped.py`)."""
 
     hidden_size: int = 128
     num_hidden_layers: int = 4
@@ -70,14 +63,6 @@ class WarmStartConfig:
             raise ValueError(f"WarmStartConfig.slip_rate must be in [0, 1), got {self.slip_rate}.")
         if not self.sft_learning_rate > 0:
             raise ValueError(f"WarmStartConfig.sft_learning_rate must be > 0, got {self.sft_learning_rate}.")
-
-    def key(self) -> str:
-        payload = json.dumps({"v": CACHE_FORMAT_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DISCO_TRL_CACHE") or Path.home() / ".cache" / "disco-trl")
 
 
 # ----------------------------------------------------------------------------------------------- data splits
@@ -227,9 +212,9 @@ def supervised_warm_start(model, tokenizer, problems: list[task.Problem], cfg: W
     return losses
 
 
-# ----------------------------------------------------------------------------------------------- build + cache
+# ----------------------------------------------------------------------------------------------- build
 def build_warm_started(cfg: WarmStartConfig, log=print):
-    """Tokenizer + model + SFT from scratch (no cache). Returns (model, tokenizer, info)."""
+    """Tokenizer + model + SFT from scratch. Returns (model, tokenizer, info); `shipped.write_start` saves them."""
     cfg.validate()
     start = time.time()
     torch.manual_seed(cfg.seed)
@@ -260,41 +245,4 @@ def build_warm_started(cfg: WarmStartConfig, log=print):
         "sft_final_loss": sum(losses[-10:]) / max(1, len(losses[-10:])),
         "seconds": round(time.time() - start, 1),
     }
-    return model, tokenizer, info
-
-
-def load_or_build(cfg: WarmStartConfig, cache_dir: str | os.PathLike | None = None, log=print):
-    """The warm-started (model, tokenizer, info) from the cache, building and caching it on a miss.
-
-    `info["cached"]` says which happened. Writes go to a temporary folder renamed into place, so concurrent runs
-    never see a half-written model."""
-    cfg.validate()
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = root / f"warmstart-{cfg.key()}"
-    if (path / "warmstart.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model.eval()
-        info = json.loads((path / "warmstart.json").read_text())
-        info.update(cached=True, path=str(path))
-        if log:
-            log(f"[warm-start] loaded the cached warm-started model from {path}")
-        return model, tokenizer, info
-    model, tokenizer, info = build_warm_started(cfg, log=log)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".warmstart-", dir=root))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "warmstart.json").write_text(json.dumps(info, indent=2))
-        try:
-            tmp.rename(path)
-        except OSError:  # another run cached the same model first: keep theirs
-            pass
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    info.update(cached=False, path=str(path))
-    if log:
-        log(f"[warm-start] done in {info['seconds']:.0f}s; cached at {path}")
     return model, tokenizer, info

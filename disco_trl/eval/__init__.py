@@ -38,6 +38,8 @@ runs. Damaged lines of ``samples.jsonl`` are dropped once, with one warning, and
 from .benchmarks import DEFAULT_BENCHMARKS
 from .metrics import BENCHMARK_TITLES, format_markdown, pass_at_k, summarize
 from .run import evaluate
+from .scoring import metric_path, score_completions
 
 
-__all__ = ["BENCHMARK_TITLES", "DEFAULT_BENCHMARKS", "evaluate", "format_markdown", "pass_at_k", "summarize"]
+__all__ = ["BENCHMARK_TITLES", "DEFAULT_BENCHMARKS", "evaluate", "format_markdown", "metric_path", "pass_at_k",
+           "score_completions", "summarize"]

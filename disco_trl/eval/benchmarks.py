@@ -52,7 +52,43 @@ def _named_entries(benchmarks: Any) -> list[tuple[str, Any]]:
             raise TypeError(
                 f"evaluate: a benchmark must be a name, a file path, (name, Dataset) or a dict of them; got {entry!r}."
             )
-    return items
+    return _distinct_names(items)
+
+
+def _is_file_entry(spec: Any) -> bool:
+    return isinstance(spec, str) and (os.sep in spec or "." in spec)
+
+
+def _distinct_names(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Benchmarks keyed by distinct names (results.json has one entry per name): files that share a name
+    (v1/test.jsonl, v2/test.jsonl: Hub files are often all test.jsonl) are named by their path, as many folders up as
+    tells them apart (v1/test, v2/test); the same benchmark given twice, or two datasets under one name, is refused."""
+    names = [name for name, _ in items]
+    for name in dict.fromkeys(names):
+        clash = [i for i, n in enumerate(names) if n == name]
+        files = [i for i in clash if _is_file_entry(items[i][1])]
+        paths = {str(Path(items[i][1]).expanduser().resolve()) for i in files}
+        if len(clash) > 1 and (len(clash) - len(files) > 1 or len(paths) < len(files)):
+            raise ValueError(
+                f"evaluate: the benchmark {name!r} is given more than once ({[items[i][1] for i in clash]}); results "
+                "keep one entry per name. Drop the repeat, or name them apart with (name, Dataset) pairs."
+            )
+        if len(clash) > 1:
+            for i, label in zip(files, _path_labels([items[i][1] for i in files])):
+                names[i] = label
+    if len(set(names)) < len(names):
+        raise ValueError(f"evaluate: benchmark names {names} are not distinct; name them with (name, Dataset) pairs.")
+    return [(name, spec) for name, (_, spec) in zip(names, items)]
+
+
+def _path_labels(paths: list[str]) -> list[str]:
+    """The shortest path endings, with at least one folder, that tell `paths` apart (without the file suffix)."""
+    parts = [Path(p).expanduser().resolve().with_suffix("").parts for p in paths]
+    for depth in range(2, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return ["/".join(p) for p in parts]
 
 
 def _checked_dataset(name: str, dataset: Any, limit: int | None) -> Any:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
-from ..preflight import FolderLock
+from ..preflight import FolderLock, check_tokenizer
 from ..rewards import boxed_math_reward, extract_boxed_answer
 from .benchmarks import DEFAULT_BENCHMARKS, plan_problems, problem_rows, render_prompts, resolve_benchmarks
 from .generation import check_device, check_dtype, check_model_source, make_generator, sample_seed
@@ -63,6 +64,7 @@ def evaluate(
     )
     datasets_by_name = resolve_benchmarks(benchmarks, conversational=conversational, system_prompt=system_prompt,
                                           prompt_template=prompt_template, limit=limit)
+    _check_tokenizer(model, tokenizer)
     config = _run_config(
         model, tokenizer, datasets_by_name, output_dir, num_samples=num_samples, temperature=temperature,
         top_p=top_p, max_new_tokens=max_new_tokens, conversational=conversational, system_prompt=system_prompt,
@@ -127,6 +129,23 @@ def _check_arguments(model: Any, tokenizer: Any, output_dir: Any, *, num_samples
         _check_output_dir(model, output_dir)
     if isinstance(tokenizer, str | os.PathLike):
         check_model_source(tokenizer, role="tokenizer")
+
+
+def _check_tokenizer(model: Any, tokenizer: Any) -> None:
+    """A local model folder without tokenizer files gives an empty tokenizer (transformers 5), and generation fails
+    with "cannot reshape tensor of 0 elements": refused here, before any weights load. A Hub id is not fetched for
+    this."""
+    if tokenizer is not None and not isinstance(tokenizer, str | os.PathLike):
+        check_tokenizer(tokenizer, "evaluate: the tokenizer given")
+        return
+    source, role = (tokenizer, "tokenizer") if tokenizer is not None else (model, "model")
+    if not isinstance(source, str | os.PathLike) or not Path(source).expanduser().is_dir():
+        return
+    try:
+        loaded = AutoTokenizer.from_pretrained(Path(source).expanduser())
+    except (OSError, ValueError):
+        return  # not a model folder at all: loading the model says what is wrong
+    check_tokenizer(loaded, f"evaluate: {role} folder {os.fspath(source)!r}")
 
 
 def _is_int(value: Any) -> bool:

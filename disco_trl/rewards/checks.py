@@ -20,9 +20,12 @@ from trl.trainer.utils import get_callable_name, is_async_callable
 
 logger = logging.getLogger(__name__)
 
-# Keyword arguments TRL passes to every reward function besides the dataset's columns.
+# Keyword arguments TRL passes to reward functions besides the dataset's columns (`environments` only with an
+# environment_factory); the dataset columns it does not pass on (it passes `prompts` and `completions` instead).
 _TRL_REWARD_KWARGS = {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
                       "environments"}
+_ALWAYS_PASSED = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+_COLUMNS_NOT_PASSED = {"prompt", "completion", "completion_ids"}
 
 
 def _as_list(reward_funcs) -> list:
@@ -36,35 +39,67 @@ def _is_python_reward(func) -> bool:
 
 
 def check_reward_columns(reward_funcs, dataset) -> None:
-    """Fail before any model is loaded when a reward function needs a column the dataset does not have.
+    """Fail before any model is loaded when a reward function cannot take what TRL passes it: every keyword TRL
+    passes (`prompts`, `completions`, `completion_ids`, `trainer_state`, `log_extra`, `log_metric` and each dataset
+    column but `prompt`) must be accepted, by name or by **kwargs, and every parameter it needs must be among them.
 
-    TRL passes every dataset column to reward functions as a keyword argument; a missing one would otherwise surface
-    as a TypeError after the first generation batch has been sampled.
+    Either mistake would otherwise surface as a TypeError after the first generation batch has been sampled.
     """
     columns = getattr(dataset, "column_names", None)
-    if columns is None or isinstance(columns, dict):  # iterable datasets without features, or a DatasetDict
+    if isinstance(columns, dict):  # a DatasetDict: TRL refuses it itself
         return
+    passed_columns = None if columns is None else [c for c in columns if c not in _COLUMNS_NOT_PASSED]
     for func in _as_list(reward_funcs):
         if not _is_python_reward(func):
             continue  # reward models: TRL checks their inputs itself
         try:
-            parameters = inspect.signature(func).parameters.values()
+            parameters = list(inspect.signature(func).parameters.values())
         except (TypeError, ValueError):
             continue
-        required = [
-            p.name for p in parameters
-            if p.default is inspect.Parameter.empty
-            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            and p.name not in _TRL_REWARD_KWARGS
-        ]
-        missing = [name for name in required if name not in columns]
-        if missing:
-            raise ValueError(
-                f"Reward function `{get_callable_name(func)}` needs the dataset column(s) {missing}, but the training "
-                f"dataset has only {list(columns)}. Add the column (for math rewards, the reference answer as "
-                "`solution`; see disco_trl.data.load_math_dataset) or rename it with `dataset.rename_column(old, "
-                "new)`."
-            )
+        _check_accepts_trls_keywords(func, parameters, passed_columns or [])
+        if passed_columns is not None:  # an iterable dataset without features: its columns are unknown
+            _check_needed_columns(func, parameters, columns, passed_columns)
+
+
+class RewardSignatureError(ValueError):
+    """A reward function whose parameters cannot take the keywords TRL calls it with."""
+
+
+def _check_accepts_trls_keywords(func, parameters, passed_columns: list[str]) -> None:
+    name = get_callable_name(func)
+    positional_only = [p.name for p in parameters
+                       if p.kind is inspect.Parameter.POSITIONAL_ONLY and p.default is inspect.Parameter.empty]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters) and not positional_only:
+        return
+    named = {p.name for p in parameters
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)}
+    unaccepted = [k for k in (*_ALWAYS_PASSED, *passed_columns) if k not in named]
+    if positional_only or unaccepted:
+        problem = (f"takes positional-only parameter(s) {positional_only}" if positional_only else
+                   f"does not accept the keyword argument(s) {unaccepted}")
+        raise RewardSignatureError(
+            f"Reward function `{name}` {problem}, but TRL calls every reward function with keywords: prompts, "
+            "completions, completion_ids, trainer_state, log_extra, log_metric and each dataset column. Give it a "
+            f"**kwargs parameter, e.g. `def {name}(completions, **kwargs)`."
+        )
+
+
+def _check_needed_columns(func, parameters, columns, passed_columns: list[str]) -> None:
+    required = [
+        p.name for p in parameters
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        and p.name not in _TRL_REWARD_KWARGS
+    ]
+    missing = [name for name in required if name not in passed_columns]
+    if missing:
+        passed_instead = " (TRL passes the prompts as `prompts`)" if "prompt" in missing else ""
+        raise ValueError(
+            f"Reward function `{get_callable_name(func)}` needs the dataset column(s) {missing}, but the training "
+            f"dataset has only {list(columns)}{passed_instead}. Add the column (for math rewards, the reference "
+            "answer as `solution`; see disco_trl.data.load_math_dataset) or rename it with "
+            "`dataset.rename_column(old, new)`."
+        )
 
 
 class RewardOutputError(TypeError, ValueError):

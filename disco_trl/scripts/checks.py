@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+from transformers import AutoTokenizer, PretrainedConfig
 from trl import ModelConfig, get_peft_config
 
 from disco_trl import DiscoConfig, preflight
@@ -22,7 +22,7 @@ from disco_trl.checkpoints import CheckpointError, resolve_resume
 from disco_trl.data import load_math_dataset
 from disco_trl.geometry import BatchGeometry, check_expected_questions
 from disco_trl.rewards import boxed_math_reward
-from disco_trl.rewards.checks import check_reward_columns
+from disco_trl.rewards.checks import RewardSignatureError, check_reward_columns
 from disco_trl.vllm_support import VLLMUnavailable, check_vllm_can_run
 
 
@@ -104,8 +104,7 @@ def check_model(model_args: ModelConfig, args: DiscoConfig) -> PretrainedConfig:
 
 def _model_config(name: str, model_args: ModelConfig, args: DiscoConfig) -> PretrainedConfig:
     try:
-        return AutoConfig.from_pretrained(name, revision=model_args.model_revision,
-                                          trust_remote_code=args.trust_remote_code)
+        return preflight.model_config(name, args, revision=model_args.model_revision)
     except (OSError, ValueError) as err:
         where = "from its config.json" if os.path.isdir(os.path.expanduser(name)) else "on the Hugging Face Hub"
         raise ScriptError(
@@ -178,6 +177,8 @@ def load_train_dataset(script_args, reward_funcs: list[Any]):
     # other columns, which must be carried over from the source.
     try:
         check_reward_columns(reward_funcs, dataset)
+    except RewardSignatureError as err:
+        raise ScriptError(str(err)) from err
     except ValueError as err:
         raise ScriptError(
             f"{err} With this script, carry a field of dataset_name={source!r} over with --keep_columns NAME."
@@ -196,7 +197,8 @@ def check_script_arguments(script_args) -> None:
 
 def check_inputs_against_model(config: PretrainedConfig, dataset, model_args: ModelConfig, args: DiscoConfig) -> None:
     """The training set against the run and the model, on the model's config and tokenizer (no weights): at least one
-    generation batch of questions, LoRA targets that exist, prompts that fit the model's positions."""
+    generation batch of questions, LoRA targets that exist, a tokenizer that is not empty, prompts that fit the model's
+    positions."""
     peft_config = get_peft_config(model_args)
     try:
         preflight.check_dataset_size(dataset, args)
@@ -204,6 +206,7 @@ def check_inputs_against_model(config: PretrainedConfig, dataset, model_args: Mo
             preflight.check_lora_targets(config, peft_config)
         tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision,
                                                   trust_remote_code=args.trust_remote_code)
+        preflight.check_tokenizer(tokenizer, f"model_name_or_path={model_args.model_name_or_path!r}")
         preflight.check_prompt_lengths(dataset["prompt"], tokenizer, getattr(config, "max_position_embeddings", None),
                                        args.max_completion_length, args.chat_template_kwargs)
     except ValueError as err:

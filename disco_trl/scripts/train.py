@@ -20,7 +20,10 @@ Before loading any weights the script checks, and stops with a message naming th
 geometry (whole groups of `num_generations` completions per process, the recipe's questions per generation and per
 update), that a checkpoint to resume from exists, is complete and has this run's batch settings, that a new run
 would not overwrite an earlier run's checkpoints, that vLLM is installed when `use_vllm` is set, that the model
-exists, and that the dataset has the columns the rewards need. docs/training.md has the launch command of every setup.
+exists, its tokenizer is not empty, the reward functions accept what TRL passes them, and the dataset has the columns
+they need. A run that already reached its end (`--resume_from_checkpoint last` in a requeued job of a finished run)
+exits 0 with one line, "already finished at step N", touching nothing. docs/training.md has the launch command of
+every setup.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import yaml
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from disco_trl import DiscoConfig, DiscoTrainer
-from disco_trl.checkpoints import DiskFullError
+from disco_trl.checkpoints import DiskFullError, NonFiniteError, RunFinished
 from disco_trl.distributed import lost_peer_message
 from disco_trl.preflight import FolderInUse, FolderLock, hold_folder
 from disco_trl.rewards.checks import RewardOutputError
@@ -191,11 +194,15 @@ def main(argv: list[str] | None = None, prog: str | None = "disco-trl train") ->
         geometry, reward_funcs, dataset = prepare(script_args, training_args, model_args)
     except (ScriptError, FolderInUse) as err:
         return _error(parser, err)
+    except RunFinished as done:  # a requeued job of a finished run: nothing to do, nothing touched
+        if training_args.process_index == 0:
+            print(f"{parser.prog}: {done}", flush=True)
+        return 0
     try:
         train(script_args, training_args, model_args, geometry, reward_funcs, dataset)
     except FolderInUse as err:  # another run took the folder between the check above and the start
         return _error(parser, err)
-    except (RewardOutputError, DiskFullError) as err:  # found during training
+    except (RewardOutputError, DiskFullError, NonFiniteError) as err:  # found during training
         return _error(parser, err, during_training=True)
     except RuntimeError as err:  # torch.distributed's errors are RuntimeErrors
         message = lost_peer_message(err, training_args.ddp_timeout)

@@ -1,9 +1,11 @@
-"""`disco-trl study`: the four pre-registered experiments of docs/study.md, on the demo task.
+"""`disco-trl study`: the pre-registered experiments of docs/study.md, on the demo task.
 
     disco-trl study --experiment dro --output-dir docs/study            # A. DRO: tau 10 ... 0.03 vs DisCO-b
     disco-trl study --experiment trust-region --output-dir docs/study   # B. hinge / none / fixed KL at 3e-5, 1e-4
     disco-trl study --experiment long --output-dir docs/study           # C. long runs on a repeating pool
-    disco-trl study --experiment all --output-dir docs/study            # all three (D, the statistics, is in each)
+    disco-trl study --experiment dro-powered --output-dir docs/study    # E (v3). tau 0.03 vs DisCO-b, 32 seeds
+    disco-trl study --experiment all --output-dir docs/study            # all four (D, the statistics, is in each)
+    disco-trl study --experiment dro-powered --measure-groups           # E's groups at the start, before any run
     disco-trl study --experiment all --plan                             # the runs and their estimated cost
     disco-trl study --experiment all --probe-cost --output-dir /tmp/p   # time short runs of each kind, extrapolate
     disco-trl study --check-run dro:tau0.1:0 --output-dir /tmp/p         # time one full-length run of the design
@@ -28,28 +30,30 @@ from dataclasses import asdict
 
 from .. import options
 from ..experiment import quiet_libraries
-from ..runs import load_finished, run_cached, run_file, settings_dict
-from ..warmstart import load_or_build
+from ..runs import load_finished, run_cached, run_file, settings_dict, start_record
 from . import plan
 from .cost import check_runs, estimate_cost, probe_cost
-from .markdown import render, render_index
+from .groups import describe, measure_groups
+from .markdown import render, write_index
 from .plots import plot_experiment
 from .report import summarize
 
 
 QUICK_SCALE = plan.Scale(steps=8, long_steps=16, long_eval_every=8, calibration_steps=8, seeds=(0, 1),
                          long_seeds=(0, 1), eval_questions=8, eval_samples=2, questions_per_generation=8,
-                         updates_per_generation=8, train_pool=16, calibration_eval_questions=2)
+                         updates_per_generation=8, train_pool=16, calibration_eval_questions=2, powered_steps=8,
+                         powered_seeds=(0, 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="disco-trl study",
         description="The pre-registered study of docs/study.md: A. DRO (tau), B. the trust region (hinge, none, "
-                    "fixed KL), C. long runs on a repeating pool; each with paired statistics over seeds.")
+                    "fixed KL), C. long runs on a repeating pool (study v2); E. DRO powered to detect half a point "
+                    "under heavy imbalance (study v3); each with paired statistics over seeds.")
     add = parser.add_argument
     add("--experiment", type=experiments_arg, default=list(plan.EXPERIMENTS),
-        help="dro, trust-region, long, a comma list of them, or all (default all)")
+        help="dro, trust-region, long, dro-powered, a comma list of them, or all (default all)")
     add("--output-dir", default="disco-study-output", help="where each experiment's folder and runs/ go")
     add("--runs-dir", default=None, help="where the per-run files are kept (default OUTPUT_DIR/runs)")
     add("--partial", action="store_true", help="run nothing: report the finished runs only")
@@ -60,9 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run one full-length run of the design in OUTPUT_DIR/probe-runs and print its CPU time against the "
              "estimate and what it saw (repeatable; e.g. dro:tau0.1:0; EXPERIMENT:ARM:SEED:RATE:STEPS probes the arm "
              "at another rate and length)")
-    add("--cache-dir", default=None, help="where the warm start is cached (default $DISCO_TRL_CACHE or "
-                                          "~/.cache/disco-trl)")
-    add("--quick", action="store_true", help="a tiny model and a tiny scale (tests, smoke runs)")
+    options.add_start_model_argument(parser)
+    add("--quick", action="store_true", help="a tiny scale (tests, smoke runs)")
     scale = plan.Scale()
     positive = options.positive_int
     add("--steps", type=positive("--steps"), help=f"A and B: steps per run (default {scale.steps})")
@@ -77,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eval-questions", type=positive("--eval-questions"), help=f"default {scale.eval_questions}, at most 100")
     add("--eval-samples", type=positive("--eval-samples"), help=f"default {scale.eval_samples}")
     add("--train-pool", type=positive("--train-pool"), help=f"C: training questions (default {scale.train_pool})")
+    add("--powered-steps", type=positive("--powered-steps"), help=f"E: steps per run (default {scale.powered_steps})")
+    add("--powered-seeds", type=seeds("--powered-seeds"),
+        help=f"E (default 0-{max(scale.powered_seeds)}: {len(scale.powered_seeds)} seeds)")
+    add("--measure-groups", action="store_true",
+        help="sample 4 generation batches' worth of the selected experiments' training questions for each of seeds "
+             "0-7 from the start, as the trainers sample, and print how their groups fall (mixed, negatives per "
+             "positive, mixed groups with >= 2 negatives); nothing is trained")
     return parser
 
 
@@ -115,7 +125,8 @@ def scale_from_args(args) -> plan.Scale:
     flags = {"steps": args.steps, "long_steps": args.long_steps, "long_eval_every": args.long_eval_every,
              "calibration_steps": args.calibration_steps, "seeds": args.seeds and tuple(args.seeds),
              "long_seeds": args.long_seeds and tuple(args.long_seeds), "eval_questions": args.eval_questions,
-             "eval_samples": args.eval_samples, "train_pool": args.train_pool}
+             "eval_samples": args.eval_samples, "train_pool": args.train_pool, "powered_steps": args.powered_steps,
+             "powered_seeds": args.powered_seeds and tuple(args.powered_seeds)}
     scale = plan.scaled(scale, **{k: v for k, v in flags.items() if v is not None})
     if scale.eval_questions > 100:
         raise ValueError(f"--eval-questions={scale.eval_questions}: at most 100 held-out questions are reserved")
@@ -123,7 +134,7 @@ def scale_from_args(args) -> plan.Scale:
         raise ValueError(f"--long-eval-every={scale.long_eval_every} must divide --long-steps={scale.long_steps}")
     for name in plan.EXPERIMENTS:  # every run's settings validate (pool size, geometry) before any work
         plan.jobs(plan.experiment(name, scale), scale, delta=1e-5)
-    plan.calibration_settings(scale)
+        plan.calibration_job(plan.experiment(name, scale), scale)
     return scale
 
 
@@ -137,25 +148,36 @@ def run_all(jobs: list, model_path: str, runs_dir: str, partial: bool) -> list:
 
 
 def run_study(names: list[str], scale: plan.Scale, model_path: str, runs_dir: str, partial: bool) -> dict:
-    """The calibration run and the runs that do not depend on delta first (a second process works on those while
-    the first calibrates), then the rest. Returns {"calibration", "delta", experiment name: [run or None per job]}."""
+    """The calibration runs (one per mix of questions) and the runs that do not depend on delta first (a second
+    process works on those while the first calibrates), then the rest. Returns, per experiment, {"calibration": its
+    delta record or None, "runs": {arm: [run or None per seed]}, "starts": its seeds' start evaluation records}."""
     exps = [plan.experiment(n, scale) for n in names]
-    calibration_job = (plan.calibration_settings(scale), "calibration")
+    calibrations = list({tag: (s, tag) for s, tag in (plan.calibration_job(e, scale) for e in exps)}.values())
     free = [j for e in exps for j in plan.jobs(e, scale, None, with_delta=False)]
-    done = run_all([calibration_job] + free, model_path, runs_dir, partial)
-    calibration, free_runs = done[0], dict(zip((run_file(runs_dir, t, s) for s, t in free), done[1:]))
-    delta = plan.delta_from_run(calibration) if calibration is not None else None
-    out = {"calibration": delta}
-    if delta is None:
-        print("[study] the calibration run has not finished: runs that need delta are left out", flush=True)
-    dependent = [j for e in exps for j in plan.jobs(e, scale, delta["delta"], with_delta=True)] if delta else []
-    runs = dict(free_runs)
+    runs = {run_file(runs_dir, t, s): r
+            for (s, t), r in zip(calibrations + free, run_all(calibrations + free, model_path, runs_dir, partial))}
+    deltas = {}
+    for settings, tag in calibrations:
+        run = runs[run_file(runs_dir, tag, settings)]
+        deltas[tag] = plan.delta_from_run(run) if run is not None else None
+        if run is None:
+            print(f"[study] the calibration run {tag} has not finished: runs that need its delta are left out",
+                  flush=True)
+    delta_of = {e.name: deltas[plan.calibration_job(e, scale)[1]] for e in exps}
+    dependent = [j for e in exps if delta_of[e.name]
+                 for j in plan.jobs(e, scale, delta_of[e.name]["delta"], with_delta=True)]
     runs.update(zip((run_file(runs_dir, t, s) for s, t in dependent),
                     run_all(dependent, model_path, runs_dir, partial)))
-    for exp in exps:
-        out[exp.name] = {arm.name: [runs.get(run_file(runs_dir, f"{exp.name}-{arm.name}", s))
-                                    for s in _arm_settings(exp, arm, scale, delta)] for arm in exp.arms}
-    return out
+    return {e.name: _experiment_runs(e, scale, delta_of[e.name], runs, model_path, runs_dir) for e in exps}
+
+
+def _experiment_runs(exp, scale, delta, runs: dict, model_path: str, runs_dir: str) -> dict:
+    settings = {arm.name: _arm_settings(exp, arm, scale, delta) for arm in exp.arms}
+    by_arm = {name: [runs.get(run_file(runs_dir, f"{exp.name}-{name}", s)) for s in arm_runs]
+              for name, arm_runs in settings.items()}
+    per_seed = {s.seed: s for arm_runs in settings.values() for s in arm_runs}  # every arm of a seed shares its start
+    starts = [start_record(s, model_path, runs_dir, s.eval_split) for s in per_seed.values()]
+    return {"calibration": delta, "runs": by_arm, "starts": [r for r in starts if r is not None]}
 
 
 def _arm_settings(exp, arm, scale, delta) -> list:
@@ -171,23 +193,16 @@ def write_reports(names: list[str], scale: plan.Scale, done: dict, output_dir: s
     summaries = []
     for name in names:
         exp = plan.experiment(name, scale)
-        summary = summarize(exp, done[name], done["calibration"], meta)
+        summary = summarize(exp, done[name]["runs"], done[name]["calibration"], meta, done[name]["starts"])
         folder = os.path.join(output_dir, name)
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "results.json"), "w") as f:
             json.dump(summary, f, indent=1)
         with open(os.path.join(folder, "results.md"), "w") as f:
             f.write(render(summary))
-        plot_experiment(exp, summary, done[name], folder)
+        plot_experiment(exp, summary, done[name]["runs"], folder)
         summaries.append(summary)
-    reported = []
-    for name in plan.EXPERIMENTS:
-        path = os.path.join(output_dir, name, "results.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                reported.append(json.load(f))
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(render_index(reported))
+    write_index(output_dir)
     return summaries
 
 
@@ -201,23 +216,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan:
         print(estimate_cost(args.experiment, scale))
         return 0
+    model_path, start = options.start_model(parser, args)
+    if args.measure_groups:  # nothing is written
+        quiet_libraries()
+        for name in args.experiment:
+            print(describe(name, measure_groups(plan.experiment(name, scale), scale, model_path)), flush=True)
+        return 0
     options.make_output_dir(parser, args.output_dir)
     runs_dir = args.runs_dir or os.path.join(args.output_dir, "runs")
     options.make_output_dir(parser, runs_dir, "--runs-dir")
     quiet_libraries()
-    _, _, info = load_or_build(options.warmstart_config(args.quick), cache_dir=args.cache_dir)
     probes = os.path.join(args.output_dir, "probe-runs")
     if args.probe_cost or args.check_run:
         if args.probe_cost:
-            print(probe_cost(args.experiment, scale, info["path"], probes))
+            print(probe_cost(args.experiment, scale, model_path, probes))
         if args.check_run:
-            print(check_runs(args.check_run, scale, info["path"], probes))
+            print(check_runs(args.check_run, scale, model_path, probes))
         return 0
     t0, cpu0 = time.time(), time.process_time()
-    done = run_study(args.experiment, scale, info["path"], runs_dir, args.partial)
+    done = run_study(args.experiment, scale, model_path, runs_dir, args.partial)
     command = "disco-trl study " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {"command": command.strip(), "partial": args.partial, "scale": json.loads(json.dumps(asdict(scale))),
-            "warmstart": {k: info[k] for k in ("config", "num_parameters", "sft_final_loss") if k in info},
+            "start": start,
             "this_invocation": {"wall_seconds": round(time.time() - t0, 1),
                                 "cpu_seconds": round(time.process_time() - cpu0, 1)}}
     for summary in write_reports(args.experiment, scale, done, args.output_dir, meta):

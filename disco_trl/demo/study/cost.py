@@ -25,6 +25,7 @@ from ..methods import DISCO_METHODS, METHODS
 from ..runs import run_cached
 from ..warmstart import eval_problems
 from . import plan
+from .report import negative_weights
 
 
 # Measured by `disco-trl study --experiment all --probe-cost` (docs/study.md, "Cost"): CPU seconds per optimizer
@@ -48,24 +49,28 @@ def run_cost(settings, constants: dict) -> float:
 
 def estimate_cost(names: list[str], scale: plan.Scale, constants: dict | None = None) -> str:
     """A table of each experiment's runs and estimated CPU minutes (and / 2 for an idle 2-core machine with two
-    workers); the calibration run and the starts' evaluations are listed once."""
+    workers); the calibration runs (one per mix of questions) and the starts' evaluations (one per seed and mix) are
+    listed once."""
     constants = constants or MEASURED
     lines = [f"{'experiment':<14} {'runs':>5} {'steps/run':>10} {'CPU min':>8} {'2 workers':>10}"]
     start_eval = scale.eval_questions * scale.eval_samples * constants["per_eval_sample"]
-    seeds: set[int] = set()
+    starts, calibrations = set(), {}
     total = 0.0
     for name in names:
         exp = plan.experiment(name, scale)
         jobs = plan.jobs(exp, scale, delta=1e-5)
         seconds = sum(run_cost(s, constants) for s, _ in jobs)
-        seeds |= set(exp.seeds)
+        starts |= {(seed, exp.difficulties) for seed in exp.seeds}
+        settings, tag = plan.calibration_job(exp, scale)
+        calibrations[tag] = run_cost(settings, constants)
         total += seconds
         lines.append(f"{name:<14} {len(jobs):>5} {exp.steps:>10} {seconds / 60:>8.1f} {seconds / 120:>10.1f}")
-    calibration = run_cost(plan.calibration_settings(scale), constants)
-    starts = len(seeds) * start_eval
-    lines.append(f"{'calibration':<14} {1:>5} {scale.calibration_steps:>10} {calibration / 60:>8.1f}")
-    lines.append(f"{'starts':<14} {len(seeds):>5} {'':>10} {starts / 60:>8.1f}   (one evaluation per seed, shared)")
-    total += calibration + starts
+    calibration = sum(calibrations.values())
+    lines.append(f"{'calibration':<14} {len(calibrations):>5} {scale.calibration_steps:>10} {calibration / 60:>8.1f}"
+                 "   (one per mix of questions)")
+    lines.append(f"{'starts':<14} {len(starts):>5} {'':>10} {len(starts) * start_eval / 60:>8.1f}   "
+                 "(one evaluation per seed and mix, shared)")
+    total += calibration + len(starts) * start_eval
     lines.append(f"{'total':<14} {'':>5} {'':>10} {total / 60:>8.1f} {total / 120:>10.1f}")
     lines.append(f"constants: {json.dumps(constants)}")
     return "\n".join(lines)
@@ -84,10 +89,11 @@ def check_runs(specs: list[str], scale: plan.Scale, model_path: str, folder: str
         arm = exp.arm(arm_name)
         delta = None
         if plan.needs_delta(arm):
-            calibration = run_cached(plan.calibration_settings(scale), model_path, folder, "calibration")
+            cal_settings, tag = plan.calibration_job(exp, scale)
+            calibration = run_cached(cal_settings, model_path, folder, tag)
             delta = plan.delta_from_run(calibration)["delta"]
-            lines.append(f"{'calibration':<28} {calibration['cpu_seconds']:>8.1f} "
-                         f"{run_cost(plan.calibration_settings(scale), MEASURED):>9.1f}   (delta {delta:.2g})")
+            lines.append(f"{tag:<28} {calibration['cpu_seconds']:>8.1f} "
+                         f"{run_cost(cal_settings, MEASURED):>9.1f}   (delta {delta:.2g})")
         settings = plan.arm_settings(exp, arm, int(seed), scale, delta)
         if override:
             settings.learning_rate = float(override[0])
@@ -108,14 +114,17 @@ def _observed(result: dict) -> str:
     def values(key):
         return [e[key] for e in log if key in e]
 
-    ess, clip, reward, neg = (values(k) for k in ("disco/neg_weight_ess", "clip_ratio/region_mean", "reward",
-                                                  "disco/score_neg"))
+    clip, reward, neg = (values(k) for k in ("clip_ratio/region_mean", "reward", "disco/score_neg"))
+    weights = negative_weights(result)
     upg = result["settings"]["updates_per_generation"]
     exact = [e["demo/kl_exact"] for e in log if "demo/kl_exact" in e and plan.update_index(e["step"], upg) > 0]
     k = max(1, len(reward) // 10)
     parts = [f"Pass@1 {result['pass@1_before']:.3f} -> {result['pass@1_after']:.3f}",
              f"training reward {sum(reward[:k]) / k:.3f} -> {sum(reward[-k:]) / k:.3f} (first, last 10% of batches)"]
-    parts += [f"mean ESS fraction {sum(ess) / len(ess):.3f}"] if ess else []
+    if weights["neg_weight_ess"] is not None:
+        over = (f"{weights['neg_weight_groups']:.0f} groups with >= 2 negatives" if weights["neg_weight_groups"]
+                else "every mixed group")
+        parts.append(f"mean ESS fraction {weights['neg_weight_ess']:.3f} (over {over})")
     parts += [f"mean score of the negatives {sum(neg) / len(neg):.3f}"] if neg else []
     parts += [f"median exact KL after first updates {statistics.median(exact):.2e}"] if exact else []
     if len(clip) >= 4:

@@ -8,10 +8,13 @@ settings, the primary comparisons, and the calibration of delta.
   640 steps.
 * Statistics (D) are `stats.py`; every experiment reports gains against each seed's own start, paired differences over
   seeds, 95% t intervals and Holm-adjusted p-values over its primary comparisons.
+* `dro-powered` (E, study v3): DisCO log-L at tau 0.03 against DisCO-b under heavy imbalance (trained and evaluated on
+  the 4-operation questions only), 320 steps, 32 seeds: powered to detect half a point.
 
-Every run shares one geometry (`base_settings`): the 2-4 operation mix, 16 questions x 8 completions per generation
-batch, 8 updates per batch, held-out Pass@1 on 100 test questions x 32 samples, the exact-KL diagnostic on.
-`Scale` shrinks a design for tests and cost probes without changing what it is.
+Every run shares one geometry (`base_settings`): 16 questions x 8 completions per generation batch, 8 updates per
+batch, held-out Pass@1 on 100 test questions x 32 samples, the exact-KL diagnostic on; A-C train and evaluate on the
+2-4 operation mix, E on the 4-operation questions, each experiment's delta calibrated on its own mix
+(`calibration_job`). `Scale` shrinks a design for tests and cost probes without changing what it is.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ SHARED_LR = 1e-5  # A and the delta calibration: one rate for every arm (docs/st
 LONG_LR = 3e-5  # C: one rate for every method, where clipping binds (docs/study.md, "The learning rates")
 DIFFICULTIES = (2, 3, 4)
 KL_BETA = 1e3  # the paper's squared-hinge weight
+HARD_DIFFICULTIES = (4,)  # E: the 4-operation questions, where mixed groups hold >= 4 negatives per positive
 CALIBRATION_SEED = 100  # not one of the evaluation seeds
-EXPERIMENTS = ("dro", "trust-region", "long")
+EXPERIMENTS = ("dro", "trust-region", "long", "dro-powered")
+DRO_EXPERIMENTS = ("dro", "dro-powered")  # the experiments that compare DRO's tau with the basic form
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class Scale:
     updates_per_generation: int = 8
     train_pool: int = 256  # C: the fixed pool of training questions
     calibration_eval_questions: int = 10  # the calibration run is scored on little (its numbers are not used)
+    powered_steps: int = 320  # E
+    powered_seeds: tuple[int, ...] = tuple(range(32))  # E: 0.5 points detectable at v2's paired SD (docs/study.md)
 
 
 @dataclass(frozen=True)
@@ -81,17 +88,20 @@ class Experiment:
     comparisons: tuple[Comparison, ...] = ()
     margin: float = 0.015  # "not shown": every primary 95% interval inside [-margin, +margin] (Pass@1 points / 100)
     learning_rate: float = SHARED_LR  # every arm's, unless the arm sets its own
+    difficulties: tuple[int, ...] = DIFFICULTIES  # the training and held-out mix (numbers of operations)
+    design: str = "study v2"  # the pre-registration it belongs to (docs/study.md)
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
 
 
-def base_settings(scale: Scale, method: str, seed: int, lr: float) -> RunSettings:
-    """The geometry, task and evaluation every run of the study shares."""
+def base_settings(scale: Scale, method: str, seed: int, lr: float,
+                  difficulties: tuple[int, ...] = DIFFICULTIES) -> RunSettings:
+    """The geometry, task and evaluation every run of the study shares (on one mix of questions)."""
     return RunSettings(method=method, seed=seed, learning_rate=lr, max_steps=scale.steps,
                        questions_per_generation=scale.questions_per_generation,
-                       updates_per_generation=scale.updates_per_generation, train_difficulties=DIFFICULTIES,
-                       eval_difficulties=DIFFICULTIES, eval_questions=scale.eval_questions,
+                       updates_per_generation=scale.updates_per_generation, train_difficulties=difficulties,
+                       eval_difficulties=difficulties, eval_questions=scale.eval_questions,
                        eval_samples=scale.eval_samples, eval_split="test", kl_beta=KL_BETA, exact_kl=True,
                        disable_tqdm=True)
 
@@ -129,7 +139,19 @@ def long_experiment(scale: Scale) -> Experiment:
                       margin=0.02, learning_rate=LONG_LR)
 
 
-BUILDERS = {"dro": dro_experiment, "trust-region": trust_region_experiment, "long": long_experiment}
+def dro_powered_experiment(scale: Scale) -> Experiment:
+    """E (study v3): the one comparison tau 0.03 - DisCO-b, on the 4-operation questions, 320 steps, 32 seeds; its
+    margin for "not shown" (0.6 points) is what the planned seeds reach with 80% probability when there is no effect
+    (docs/study.md, "Study v3")."""
+    arms = (Arm("tau0.03", "DisCO log-L, tau 0.03", "disco", {"tau": 0.03}), Arm("basic", "DisCO-b log-L", "disco-b"))
+    return Experiment("dro-powered", "E. DRO, powered: tau 0.03 against the basic form on 4-operation questions", arms,
+                      scale.powered_seeds, scale.powered_steps,
+                      comparisons=(Comparison("tau 0.03 - DisCO-b", "tau0.03", "basic"),), margin=0.006,
+                      difficulties=HARD_DIFFICULTIES, design="study v3")
+
+
+BUILDERS = {"dro": dro_experiment, "trust-region": trust_region_experiment, "long": long_experiment,
+            "dro-powered": dro_powered_experiment}
 
 
 def experiment(name: str, scale: Scale) -> Experiment:
@@ -147,7 +169,7 @@ def arm_settings(exp: Experiment, arm: Arm, seed: int, scale: Scale, delta: floa
     """One run's settings: the shared base, the experiment's length and pool, the arm's overrides, and delta where
     the arm has a KL penalty (0 for DisCO without one, whose loss does not depend on it; the fixed penalty's weight is
     the squared hinge's weight at KL = 2 delta: 2 * beta * delta)."""
-    settings = base_settings(scale, arm.method, seed, exp.learning_rate)
+    settings = base_settings(scale, arm.method, seed, exp.learning_rate, exp.difficulties)
     settings.max_steps, settings.eval_every, settings.train_pool = exp.steps, exp.eval_every, exp.train_pool
     for key, value in arm.overrides.items():
         setattr(settings, key, value)
@@ -168,13 +190,21 @@ def jobs(exp: Experiment, scale: Scale, delta: float | None, *, with_delta: bool
             for seed in exp.seeds for arm in exp.arms if with_delta is None or needs_delta(arm) == with_delta]
 
 
-def calibration_settings(scale: Scale) -> RunSettings:
-    """The delta calibration run: DisCO log-L at the shared rate, KL penalty off (beta 0), seed 100."""
-    settings = base_settings(scale, "disco", CALIBRATION_SEED, SHARED_LR)
+def calibration_settings(scale: Scale, difficulties: tuple[int, ...] = DIFFICULTIES) -> RunSettings:
+    """The delta calibration run: DisCO log-L at the shared rate, KL penalty off (beta 0), seed 100, on a mix."""
+    settings = base_settings(scale, "disco", CALIBRATION_SEED, SHARED_LR, difficulties)
     settings.max_steps, settings.kl_beta = scale.calibration_steps, 0.0
     settings.eval_questions, settings.eval_samples = min(scale.calibration_eval_questions, scale.eval_questions), 1
     settings.validate()
     return settings
+
+
+def calibration_job(exp: Experiment, scale: Scale) -> tuple[RunSettings, str]:
+    """(settings, tag) of the calibration run that sets `exp`'s delta: on its own mix of questions (the paper's rule:
+    the KL per update of the setting that is trained), one per mix, shared by the experiments on that mix."""
+    mix = tuple(exp.difficulties)
+    return calibration_settings(scale, mix), "calibration" + ("" if mix == DIFFICULTIES else
+                                                             "-ops" + "".join(map(str, mix)))
 
 
 def update_index(step: int, updates_per_generation: int) -> int:
@@ -194,10 +224,13 @@ def delta_from_run(run: dict) -> dict:
     if not exact > 0:
         raise ValueError(f"the calibration run made no update (median exact KL {exact}): no delta can be set")
     estimate = statistics.median(e["disco/kl"] for e in rows if "disco/kl" in e)
+    mix = tuple(run["settings"].get("train_difficulties", DIFFICULTIES))
     return {"delta": float(f"{exact:.2g}"), "median_exact_kl": exact, "median_estimate": estimate,
             "updates": len(rows),
             "rule": "median exact KL(pi_old || pi_theta) over updates 2..8 of each generation batch, hinge off, "
-                    f"lr {run['settings']['learning_rate']:g}, seed {run['settings']['seed']}"}
+                    f"lr {run['settings']['learning_rate']:g}, seed {run['settings']['seed']}"
+                    + ("" if mix == DIFFICULTIES else f", on {'-'.join(map(str, mix))}-operation questions"),
+            **{k: run[k] for k in ("cpu_seconds", "started_at", "finished_at") if run.get(k) is not None}}
 
 
 def scaled(scale: Scale, **changes) -> Scale:

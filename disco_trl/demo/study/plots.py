@@ -1,8 +1,8 @@
 """Figures of `disco-trl study`, one set per experiment (written into its folder):
 
 * `gains.png` (every experiment): each arm's gain against its seeds' own starts, per seed and mean with 95% CI.
-* `weights.png` (A): the DRO weights' ESS fraction and largest weight over the steps, per tau (mean over seeds).
-* `kl.png` (A, B): the exact KL(pi_old || pi_theta) per update against the token estimate, and delta.
+* `weights.png` (A, E): the DRO weights' ESS fraction and largest weight over the steps, per tau (mean over seeds).
+* `kl.png` (A, B, E): the exact KL(pi_old || pi_theta) per update against the token estimate, and delta.
 * `dynamics.png` (C): held-out Pass@1 at each evaluation, generation entropy and training reward over the steps.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from ..plots import moving_average, series, use_agg
+from .plan import DRO_EXPERIMENTS
 
 
 def _colors(plt, names):
@@ -19,10 +20,15 @@ def _colors(plt, names):
 
 
 def _mean_series(runs: list[dict], key: str) -> tuple[list[int], list[float]]:
-    """The per-step mean over runs of one metric (steps every run logged)."""
+    """The per-step mean of one metric over the runs that logged it at that step (a metric such as the DRO weights'
+    is logged only at steps that hold a group with at least 2 negatives)."""
     curves = [dict(zip(*series(r["log_history"], key))) for r in runs]
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    return steps, [sum(c[s] for c in curves) / len(curves) for s in steps]
+    steps = sorted(set().union(*curves))
+    means = []
+    for step in steps:
+        values = [c[step] for c in curves if step in c]
+        means.append(sum(values) / len(values))
+    return steps, means
 
 
 def plot_gains(summary: dict, path: str) -> None:
@@ -128,10 +134,10 @@ def plot_experiment(exp, summary: dict, runs_by_arm: dict[str, list], folder: st
         return []
     paths = [os.path.join(folder, "gains.png")]
     plot_gains(summary, paths[0])
-    if exp.name == "dro":
+    if exp.name in DRO_EXPERIMENTS:
         paths.append(os.path.join(folder, "weights.png"))
         plot_weights({n: rs for n, rs in runs.items() if n != "basic"} or runs, labels, paths[-1])
-    if exp.name in ("dro", "trust-region"):
+    if exp.name in (*DRO_EXPERIMENTS, "trust-region"):
         paths.append(os.path.join(folder, "kl.png"))
         delta = (summary.get("calibration") or {}).get("delta")
         plot_kl(runs, labels, delta, paths[-1])

@@ -1,5 +1,6 @@
-"""The study's statistics: paired differences over seeds with Student-t intervals and p-values, Holm's correction over
-the declared comparisons, and the one-standard-error rule for choosing among settings.
+"""The study's statistics: paired differences over seeds with Student-t intervals and p-values, the smallest difference
+a number of seeds detects (and the seeds a difference needs), Holm's correction over the declared comparisons, and the
+one-standard-error rule for choosing among settings.
 
 No SciPy: the t distribution's CDF is computed from the regularized incomplete beta function (a continued fraction,
 evaluated by the modified Lentz method), and its quantiles by bisection on the CDF; both are checked against
@@ -75,14 +76,29 @@ def paired(a: dict, b: dict) -> dict | None:
     sd = statistics.stdev(diffs)
     se = sd / math.sqrt(n)
     half = t_quantile(0.975, n - 1) * se
-    out.update(sd=sd, se=se, ci95=[mean - half, mean + half],
-               detectable=(t_quantile(0.975, n - 1) + t_quantile(0.80, n - 1)) * se)
+    out.update(sd=sd, se=se, ci95=[mean - half, mean + half], detectable=detectable(sd, n))
     if se > 0:
         out["t"] = mean / se
         out["p"] = 2.0 * (1.0 - t_cdf(abs(mean / se), n - 1))
     elif mean != 0:
         out["t"], out["p"] = math.copysign(math.inf, mean), 0.0
     return out
+
+
+def detectable(sd: float, n: int, power: float = 0.80, alpha: float = 0.05) -> float:
+    """The smallest mean paired difference that n pairs with this SD detect with `power` at two-sided level `alpha`:
+    (t_{1 - alpha/2} + t_power) * sd / sqrt(n), on n - 1 degrees of freedom."""
+    return (t_quantile(1.0 - alpha / 2.0, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def seeds_for(difference: float, sd: float, power: float = 0.80, alpha: float = 0.05) -> int:
+    """The fewest pairs (seeds) whose detectable difference (`detectable`) is at most `difference`."""
+    if not difference > 0 or not sd >= 0:
+        raise ValueError(f"need a difference > 0 and an sd >= 0, got {difference} and {sd}")
+    n = 2
+    while detectable(sd, n, power, alpha) > difference:
+        n += 1
+    return n
 
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:
