@@ -35,7 +35,7 @@ from .real_run import RUN_ENV, START_EVALUATION, RealSettings
 DEFAULT_OUTPUT_DIR = "disco-demo-smollm2"
 # The real demo's training settings (docs/demo.md, "A real model"): 8 questions x 8 completions per generation batch,
 # 2 optimizer steps of 4 questions each.
-DEFAULTS = RunSettings(max_steps=8, learning_rate=1e-4, num_generations=8, questions_per_generation=8,
+DEFAULTS = RunSettings(max_steps=6, learning_rate=1e-4, num_generations=8, questions_per_generation=8,
                        updates_per_generation=2, temperature=0.6, max_completion_length=8)
 
 
