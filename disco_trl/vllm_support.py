@@ -34,10 +34,19 @@ step is needed for tied embeddings (the toy models, Qwen2.5-0.5B/1.5B): the CPU 
 weight into its matmul kernel, and a reload that loads no tensor for the LM head leaves that kernel on the initial
 embeddings (measured: vLLM's log-probabilities 0.35 away from the trainer's after two updates with every weight
 equal); `repack_lm_heads` packs it again from the reloaded weight.
+
+* `vllm_cpu_dtype(dtype)`: a context in which a vLLM engine built on vLLM's CPU backend serves in `dtype` where it
+  would pick bfloat16, for CPUs without bfloat16 matrix hardware (`cpu_bf16_matmul_is_native()` is False: no
+  AVX512-BF16 or AMX). vLLM's CPU platform resolves `dtype="auto"` to bfloat16 for a float32 checkpoint, and TRL's
+  colocate mode passes no dtype; on such a CPU oneDNN has no bf16 matmul and vLLM falls back to torch's reference
+  bf16 GEMM, measured 40x slower than float32 (0.3 against 12 GFLOPS, one core of an AVX2 AMD EPYC): a 135M model
+  then generates a few tokens per second. The real-model demo and its test build their trainers in
+  `vllm_cpu_dtype(float32_where_bf16_is_slow())`. Nothing changes on a GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import warnings
@@ -166,6 +175,45 @@ def repack_lm_heads(model) -> None:
         packed = hasattr(module, "cpu_linear")  # set by vLLM's CPU GEMM dispatch
         if packed and isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
             module.quant_method.process_weights_after_loading(module)
+
+
+def cpu_bf16_matmul_is_native() -> bool:
+    """Whether oneDNN multiplies bfloat16 matrices in hardware on this CPU (AVX512-BF16 or AMX), as vLLM's CPU
+    backend needs for bfloat16 to be fast."""
+    import torch  # noqa: PLC0415
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def float32_where_bf16_is_slow():
+    """torch.float32 on a CPU without bfloat16 matrix hardware (for `vllm_cpu_dtype`), else None (vLLM's choice)."""
+    import torch  # noqa: PLC0415
+
+    return None if cpu_bf16_matmul_is_native() else torch.float32
+
+
+@contextlib.contextmanager
+def vllm_cpu_dtype(dtype):
+    """Within this context, vLLM engines built on vLLM's CPU backend resolve `dtype="auto"` to `dtype` (e.g.
+    torch.float32) instead of bfloat16; `dtype=None`, or another platform: no change. vLLM reads the preference from
+    its platform's `supported_dtypes` (bfloat16 first on CPU) when the engine is built; the list is restored on
+    exit."""
+    if dtype is None or vllm_distribution() is None or not on_vllm_cpu_platform():
+        yield
+        return
+    from vllm.platforms import current_platform  # noqa: PLC0415 - optional: installed only where vLLM runs
+
+    platform = type(current_platform)
+    original = platform.__dict__.get("supported_dtypes")
+    order = [dtype] + [d for d in current_platform.supported_dtypes if d != dtype]
+    platform.supported_dtypes = property(lambda self: list(order))
+    try:
+        yield
+    finally:
+        if original is None:
+            del platform.supported_dtypes
+        else:
+            platform.supported_dtypes = original
 
 
 def adapt_to_vllm_platform(trainer) -> None:

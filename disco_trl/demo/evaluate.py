@@ -72,3 +72,31 @@ def evaluate_pass_at_1(model, tokenizer, problems: list[task.Problem], reward_fn
         "example": {"prompt": problems[0].prompt_text, "completion": samples[0][0], "answer": problems[0].answer}
         if problems else None,
     }
+
+
+def vllm_greedy_pass_at_1(llm, tokenizer, problems, reward_fn, *, max_new_tokens: int) -> dict:
+    """Greedy Pass@1 of the model a vLLM engine serves now (e.g. the one TRL's colocate mode trains with), for the
+    real-model demo's `word_problems`: the fraction of questions whose greedy reply `reward_fn` scores 1.
+
+    The prompts are `word_problems.prompt_text`, as the trainers get them. Greedy decoding needs no sampling seed
+    (vLLM's CPU build cannot take a per-request one). Returns
+    {"pass@1", "pass@1_by_kind" {kind: value}, "mean_reply_tokens", "num_questions", "examples" (three replies)}."""
+    from vllm import SamplingParams  # noqa: PLC0415 - optional: installed only where vLLM runs
+
+    from .word_problems import prompt_text  # noqa: PLC0415
+
+    prompts = [prompt_text(tokenizer, p) for p in problems]
+    outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_new_tokens), use_tqdm=False)
+    replies = [o.outputs[0] for o in outputs]
+    rewards = reward_fn(completions=[r.text for r in replies], solution=[str(p.answer) for p in problems])
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for p, r in zip(problems, rewards):
+        by_kind[p.kind].append(float(r))
+    return {
+        "pass@1": sum(map(float, rewards)) / max(1, len(problems)),
+        "pass@1_by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
+        "mean_reply_tokens": sum(len(r.token_ids) for r in replies) / max(1, len(replies)),
+        "num_questions": len(problems),
+        "examples": [{"question": p.text, "answer": p.answer, "reply": r.text} for p, r in
+                     list(zip(problems, replies))[:3]],
+    }

@@ -124,8 +124,9 @@ def reward_function():
     return boxed_math_reward
 
 
-def build_args(settings: RunSettings, output_dir: str):
-    """The trainer config for `settings.method`: same geometry, sampling and learning rate for every method."""
+def build_args(settings: RunSettings, output_dir: str, **overrides):
+    """The trainer config for `settings.method`: same geometry, sampling and learning rate for every method;
+    `overrides` are further config fields (the real-model demo's vLLM options)."""
     micro_batch = settings.num_generations * settings.questions_per_generation // settings.updates_per_generation
     common = dict(
         output_dir=output_dir,
@@ -161,7 +162,7 @@ def build_args(settings: RunSettings, output_dir: str):
                       fill_informative_questions=settings.fill_informative_questions,
                       max_generation_rounds=settings.max_generation_rounds if filling(settings) else None,
                       kl_penalty=settings.kl_penalty, kl_estimator=settings.kl_estimator)
-    return build_config(settings.method, common)
+    return build_config(settings.method, common, **overrides)
 
 
 def filling(settings: RunSettings) -> bool:

@@ -14,6 +14,7 @@
     disco-trl demo --method grpo --steps 80 --seed 1 --output-dir out/
     disco-trl demo --check-start         # verify the shipped start and measure its held-out Pass@1 (seconds)
     disco-trl demo --rebuild-start       # build the start again (minutes) and say whether it matches the shipped one
+    disco-trl demo --model smollm2       # the real-model demo (demo/real.py): DisCO vs GRPO on SmolLM2, vLLM, LoRA
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "model shipped with disco-trl, measure held-out Pass@1, train, measure again, print a table and "
                     "plot reward, entropy and KL against step.",
     )
+    parser.add_argument("--model", choices=["toy", "smollm2"], default="toy",
+                        help="toy: this demo (default); smollm2: the real-model demo, DisCO against GRPO on "
+                             "SmolLM2-135M-Instruct with vLLM and LoRA, run from .venv-vllm (its own flags: "
+                             "`disco-trl demo --model smollm2 --help`)")
     parser.add_argument("--method", default="disco", choices=list(METHODS),
                         help="training objective, a name of disco_trl.demo.methods (default: disco = DisCO with the "
                              "log-L score)")
@@ -97,7 +102,19 @@ def summary_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def requested_model(argv: list[str]) -> str:
+    """The `--model` of a command line ("toy" when not given), read before the toy demo's own flags."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default="toy")
+    return pre.parse_known_args(argv)[0].model
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if requested_model(argv) == "smollm2":
+        from .real import main as real_demo  # noqa: PLC0415 - the real-model demo's own flags and imports
+
+        return real_demo(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

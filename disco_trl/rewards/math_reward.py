@@ -32,10 +32,11 @@ from .extraction import completion_text, extract_boxed_answer
 from .grading import grade_answers
 
 
-def _solutions_for(completions: Sequence[Any], solution: Any) -> list[str]:
+def solutions_for(completions: Sequence[Any], solution: Any, reward: str = "boxed_math_reward") -> list[str]:
+    """One reference answer (a string) per completion, or a ValueError naming `reward` and the fix."""
     if solution is None:
         raise ValueError(
-            "boxed_math_reward needs the reference answers: the dataset must have a `solution` column "
+            f"{reward} needs the reference answers: the dataset must have a `solution` column "
             "(disco_trl.data.load_math_dataset makes one), passed to the reward function as `solution=`."
         )
     if isinstance(solution, str):
@@ -43,7 +44,7 @@ def _solutions_for(completions: Sequence[Any], solution: Any) -> list[str]:
     solution = list(solution)
     if len(solution) != len(completions):
         raise ValueError(
-            f"boxed_math_reward: {len(completions)} completions but {len(solution)} solutions; pass one reference "
+            f"{reward}: {len(completions)} completions but {len(solution)} solutions; pass one reference "
             "answer per completion (TRL does this when the dataset has a `solution` column)."
         )
     return ["" if s is None else str(s) for s in solution]
@@ -58,7 +59,7 @@ def boxed_math_reward(completions: Sequence[Any], solution: Sequence[str] | None
     `log_extra`, the extracted answers are logged to the completions table as column ``boxed_answer``.
     """
     texts = [completion_text(c) for c in completions]
-    golds = _solutions_for(completions, solution)
+    golds = solutions_for(completions, solution)
     answers = [extract_boxed_answer(t) for t in texts]
     scores = grade_answers(answers, golds)
     log_extra = kwargs.get("log_extra")
@@ -86,6 +87,6 @@ class BoxedMathReward:
         self, completions: Sequence[Any], solution: Sequence[str] | None = None, **kwargs: Any
     ) -> list[float]:
         texts = [completion_text(c) for c in completions]
-        golds = _solutions_for(completions, solution)
+        golds = solutions_for(completions, solution)
         answers = [extract_boxed_answer(t, after_think=self.after_think) for t in texts]
         return grade_answers(answers, golds, max_workers=self.max_workers, timeout=self.timeout)
