@@ -5,8 +5,9 @@
 * `gpu`: needs a CUDA device; skipped on CPU machines.
 * `slow`: end-to-end runs that take more than a few seconds (`-m "not slow"` leaves them out).
 
-Shared fixtures: `float64_default` (the pure loss tests, in float64), `tiny_model_dir` (a tiny Qwen2 model and its tokenizer saved with save_pretrained, as users save
-models) and `math_jsonl` (a local JSONL training set shaped like the public math sets).
+Shared fixtures: `float64_default` (the pure loss tests, in float64), `tiny_model_dir` (a tiny Qwen2 model and its
+tokenizer saved with save_pretrained, as users save models) and `math_jsonl` (a local JSONL training set shaped like
+the public math sets).
 
 DeepSpeed's CPU accelerator JIT-compiles its communication op into TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions/py311_cpu/, one folder per Python version and device, not per environment). Two virtual
