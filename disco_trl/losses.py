@@ -167,7 +167,7 @@ def discriminative_objective(
     exp(s(o')/tau) )
 
     (Eq. 10 is -E_{o+} tau log E_{o-} exp((s(o') - s(o))/tau); the s(o) term leaves the log unchanged, giving the
-    form above.) The term tau * log-mean-exp is computed stably per question, for every tau a float can hold
+    form above.) The term tau * log-mean-exp is computed stably per question, for every tau a float32 can hold
     (`_tau_log_mean_exp`): exact to float precision whether tau is tiny or huge. As tau -> infinity the DRO term tends
     to the plain mean, i.e. DisCO tends to DisCO-b.
 
@@ -186,32 +186,27 @@ def discriminative_objective(
     _check_objective_inputs(scores, labels, group_ids, variant, tau, num_questions)
     if scores.numel() == 0:
         return scores.sum() * 0.0
-    labels = labels.to(scores.device)
-    if log_weights is not None:
-        _check_same_shape("scores", scores, "log_weights", log_weights)
-        log_weights = log_weights.to(scores.device, scores.dtype).detach()
-        labels = torch.where(torch.isfinite(log_weights), labels, torch.full_like(labels, math.nan))
+    labels, log_weights = _weighted_labels(scores, labels, log_weights)
     counts = question_counts(labels, group_ids, dtype=scores.dtype)
     num_questions = num_questions or max(counts.positives.numel(), 1)
-    zero = torch.zeros((), dtype=scores.dtype, device=scores.device)
-    if log_weights is not None:
-        pos_mean, neg_term = _weighted_class_terms(scores, labels, counts, log_weights, variant, tau)
-        return torch.where(counts.mixed, pos_mean - neg_term, zero).sum() / num_questions
-
-    def question_sum(values: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(counts.positives).index_add(0, counts.index, values)
-
-    pos_mean = question_sum(torch.where(labels == 1, scores, zero)) / counts.positives.clamp(min=1.0)
-    if variant == "basic":
-        neg_term = question_sum(torch.where(labels == 0, scores, zero)) / counts.negatives.clamp(min=1.0)
-    else:
-        neg_term = _tau_log_mean_exp(scores, labels == 0, counts, tau)
-    return torch.where(counts.mixed, pos_mean - neg_term, zero).sum() / num_questions
+    pos_mean, neg_term = _class_terms(scores, labels, counts, log_weights, variant, tau)
+    return torch.where(counts.mixed, pos_mean - neg_term, torch.zeros_like(pos_mean)).sum() / num_questions
 
 
-def _weighted_class_terms(scores, labels, counts: QuestionCounts, log_weights, variant: str, tau: float):
+def _weighted_labels(scores, labels, log_weights):
+    """(labels, log-weights) on the scores' device: the paper's equal weights (log w = 0) when `log_weights` is None;
+    else the given ones, detached, with the labels of weight-0 completions (log -inf) set to NaN (in neither class)."""
+    labels = labels.to(scores.device)
+    if log_weights is None:
+        return labels, torch.zeros_like(scores).detach()
+    _check_same_shape("scores", scores, "log_weights", log_weights)
+    log_weights = log_weights.to(scores.device, scores.dtype).detach()
+    return torch.where(torch.isfinite(log_weights), labels, torch.full_like(labels, math.nan)), log_weights
+
+
+def _class_terms(scores, labels, counts: QuestionCounts, log_weights, variant: str, tau: float):
     """Per question: the weighted mean score of the positives, and the weighted mean (basic) or tau * log-mean-exp
-    (dro) of the negatives' scores, each self-normalised within its class."""
+    (dro) of the negatives' scores, each self-normalised within its class (equal weights: the plain means)."""
     num_questions = counts.positives.numel()
     positive, negative = labels == 1, labels == 0
 
@@ -222,13 +217,18 @@ def _weighted_class_terms(scores, labels, counts: QuestionCounts, log_weights, v
 
     if variant == "basic":
         return class_mean(positive), class_mean(negative)
-    return class_mean(positive), _weighted_tau_log_mean_exp(scores, negative, counts, tau, log_weights)
+    return class_mean(positive), _tau_log_mean_exp(scores, negative, counts, tau, log_weights)
 
 
-def _weighted_tau_log_mean_exp(scores, negative, counts: QuestionCounts, tau: float, log_weights):
-    """Per question, tau * log (sum_{negatives} w exp(s / tau) / sum_{negatives} w), exact for every tau > 0, as
-    `_tau_log_mean_exp`: m + tau * log sum a exp((s - m) / tau) in float64, with a = w / sum w over the negatives and
-    m = sum a s their weighted mean."""
+def _tau_log_mean_exp(scores, negative, counts: QuestionCounts, tau: float, log_weights):
+    """Per question, tau * log (sum_{negatives} w exp(s / tau) / sum_{negatives} w) (w = 1: tau * log-mean-exp),
+    exact for every tau > 0 a float32 can hold.
+
+    Computed as m + tau * log sum a exp((s - m) / tau) in float64, with a = w / sum w over the negatives and m = sum a
+    s their weighted mean: for a huge tau the correction is tiny and the result is the mean itself (the naive form
+    rounds every exp(s/tau) to 1 and returns the largest score); for a tiny tau (s - m) / tau is large but cannot
+    overflow float64 (|s| / tau <= 3.4e38 / 1.2e-38), and the log-sum-exp is shifted by its max. The gradient is
+    softmax(s / tau + log w) over the negatives."""
     s, log_w = scores.double(), log_weights.double()
     num_questions = counts.negatives.numel()
     a = _segment_softmax(log_w, negative, counts.index, num_questions)
@@ -269,43 +269,11 @@ def negative_weights(
     With importance weights (`log_weights`, as in `discriminative_objective`): softmax(s/tau + log w), or w / sum w.
     """
     check_tau(tau, "`tau`")
-    labels = labels.to(scores.device)
-    if log_weights is not None:
-        log_weights = log_weights.to(scores.device).detach()
-        labels = torch.where(torch.isfinite(log_weights), labels, torch.full_like(labels, math.nan))
+    labels, log_weights = _weighted_labels(scores, labels, log_weights)
     counts = question_counts(labels, group_ids, dtype=scores.dtype)
-    negative = labels.to(scores.device) == 0
-    if log_weights is not None:  # float64: s / tau cannot overflow
-        values = log_weights.double() + (0.0 if variant == "basic" else scores.detach().double() / tau)
-        return _segment_softmax(values, negative, counts.index, counts.negatives.numel()).to(scores.dtype)
-    if variant == "basic":
-        return negative.to(scores.dtype) / counts.negatives.clamp(min=1.0)[counts.index]
-    z = torch.where(negative, scores.detach().double() / tau, -math.inf)  # float64: s / tau cannot overflow
-    totals = counts.negatives.double()
-    question_max = torch.full_like(totals, -math.inf).scatter_reduce(0, counts.index, z, reduce="amax")
-    shift = torch.where(torch.isfinite(question_max), question_max, torch.zeros_like(question_max))
-    exp = torch.exp(z - shift[counts.index])
-    totals = torch.zeros_like(totals).index_add(0, counts.index, exp)
-    return (exp / totals[counts.index].clamp(min=torch.finfo(totals.dtype).tiny)).to(scores.dtype)
-
-
-def _tau_log_mean_exp(scores: torch.Tensor, negative: torch.Tensor, counts: QuestionCounts, tau: float):
-    """Per question, tau * log mean_{negatives} exp(s / tau), exact for every tau > 0 a float32 can hold.
-
-    Computed as m + tau * log mean exp(d), with m the negatives' mean score and d = (s - m) / tau, in float64: for a
-    huge tau the correction is tiny and the result is the mean itself (the naive form rounds every exp(s/tau) to 1 and
-    returns the largest score), for a tiny tau d is large but cannot overflow float64 (|s| / tau <= 3.4e38 / 1.2e-38),
-    and log mean exp(d) is shifted by its max. The gradient is the same softmax(s / tau) over the negatives.
-    """
-    s = scores.double()
-    n = counts.negatives.double()
-    mean = torch.zeros_like(n).index_add(0, counts.index, torch.where(negative, s, 0.0)) / n.clamp(min=1.0)
-    d = torch.where(negative, (s - mean[counts.index]) / tau, -math.inf)
-    question_max = torch.full_like(n, -math.inf).scatter_reduce(0, counts.index, d, reduce="amax")
-    shift = torch.where(torch.isfinite(question_max), question_max, torch.zeros_like(question_max)).detach()
-    sum_exp = torch.zeros_like(n).index_add(0, counts.index, torch.exp(d - shift[counts.index]))  # 0 off negatives
-    log_mean = shift + torch.log(sum_exp.clamp(min=torch.finfo(s.dtype).tiny)) - torch.log(n.clamp(min=1.0))
-    return (mean + tau * log_mean).to(scores.dtype)
+    # float64: s / tau cannot overflow
+    values = log_weights.double() + (0.0 if variant == "basic" else scores.detach().double() / tau)
+    return _segment_softmax(values, labels == 0, counts.index, counts.negatives.numel()).to(scores.dtype)
 
 
 # ---------------------------------------------------------------------------- samples drawn by another engine (vLLM)

@@ -5,8 +5,9 @@
 * `gpu`: needs a CUDA device; skipped on CPU machines.
 * `slow`: end-to-end runs that take more than a few seconds (`-m "not slow"` leaves them out).
 
-Shared fixtures: `tiny_model_dir` (a tiny Qwen2 model and its tokenizer saved with save_pretrained, as users save
-models) and `math_jsonl` (a local JSONL training set shaped like the public math sets).
+Shared fixtures: `float64_default` (the pure loss tests, in float64), `tiny_model_dir` (a tiny Qwen2 model and its
+tokenizer saved with save_pretrained, as users save models) and `math_jsonl` (a local JSONL training set shaped like
+the public math sets).
 
 DeepSpeed's CPU accelerator JIT-compiles its communication op into TORCH_EXTENSIONS_DIR (default
 ~/.cache/torch_extensions/py311_cpu/, one folder per Python version and device, not per environment). Two virtual
@@ -41,6 +42,15 @@ def pytest_collection_modifyitems(config, items):
         for marker, (skip, reason) in skips.items():
             if skip and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def float64_default():
+    """Tensors made in the test default to float64 (the pure loss tests compare against loops in float64)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="session")

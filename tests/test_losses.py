@@ -19,12 +19,7 @@ from disco_trl.losses import (
 )
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def random_batch(seed, n_groups=6, group_size=5, T=7, p_pos=0.4):

@@ -33,12 +33,7 @@ from disco_trl.losses import (
 from disco_trl.metrics import log_sampling_mismatch, sampling_mismatch_stats
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def mismatched_batch(seed, n_groups=5, group_size=4, T=6, spread=0.4):

@@ -25,9 +25,9 @@ require_vllm()
 import test_split_invariance  # noqa: E402
 from test_split_invariance import assert_grads_close, reference_gradient  # noqa: E402
 from vllm_testing import (  # noqa: E402
+    cached_runs,
     load_model,
     parity_reward,
-    run_vllm,
     sampling_settings,
     session_model_dir,
     vllm_and_expected,
@@ -63,16 +63,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(model_dir, tmp_path_factory):
-    cache = {}
-
-    def get(name):
-        if name not in cache:
-            per_device, accumulation, spg, max_steps, config = RUNS[name]
-            cache[name] = run_vllm(tmp_path_factory.mktemp(name), model_dir, per_device, accumulation, spg,
-                                   max_steps=max_steps, **config)
-        return cache[name]
-
-    return get
+    return cached_runs(RUNS, model_dir, tmp_path_factory)
 
 
 @pytest.fixture

@@ -16,8 +16,14 @@ require_vllm()
 import test_split_invariance  # noqa: E402
 from disco_testing import half_informative_reward  # noqa: E402
 from test_split_invariance import assert_grads_close, reference_gradient  # noqa: E402
-from test_vllm_skip import _kept_rows, _mixed_questions  # noqa: E402
-from vllm_testing import load_model, run_vllm, sampling_settings, session_model_dir  # noqa: E402
+from vllm_testing import (  # noqa: E402
+    kept_rows,
+    load_model,
+    mixed_questions,
+    run_vllm,
+    sampling_settings,
+    session_model_dir,
+)
 
 
 pytestmark = pytest.mark.vllm
@@ -43,6 +49,10 @@ def _logged(run, key):
 
 def test_vllm_fill_trains_on_a_batch_of_questions_with_signal(fill_run, model_dir):
     _, tokenizer = load_model(model_dir)
+
+    def mixed(generation):
+        return mixed_questions(generation, tokenizer, half_informative_reward)
+
     updates_per_generation = SPG // ACCUMULATION
     assert len(fill_run["generations"]) == STEPS // updates_per_generation
     rounds = _logged(fill_run, "disco/fill/rounds")
@@ -50,10 +60,10 @@ def test_vllm_fill_trains_on_a_batch_of_questions_with_signal(fill_run, model_di
     assert _logged(fill_run, "disco/fill/out_of_rounds") == [0.0] * len(rounds)
     for g, generation in enumerate(fill_run["generations"]):
         questions = len(generation["prompt_ids"]) // GROUP
-        assert len(_mixed_questions(generation, tokenizer)) == questions == PER_DEVICE * SPG // GROUP  # all of them
+        assert len(mixed(generation)) == questions == PER_DEVICE * SPG // GROUP  # all of them
         steps = range(g * updates_per_generation, (g + 1) * updates_per_generation)
-        kept = _kept_rows(fill_run, steps)
-        assert set(kept) == _mixed_questions(generation, tokenizer) and set(kept.values()) == {GROUP}
+        kept = kept_rows(fill_run, steps)
+        assert set(kept) == mixed(generation) and set(kept.values()) == {GROUP}
 
 
 def test_vllm_fill_gradient_matches_the_reference(fill_run, model_dir, monkeypatch):

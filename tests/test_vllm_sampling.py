@@ -18,7 +18,12 @@ require_vllm()
 import test_split_invariance  # noqa: E402
 from test_split_invariance import assert_grads_close, completion_logps, reference_gradient  # noqa: E402
 from test_vllm_colocate import hinge_rtol, step_kl  # noqa: E402
-from vllm_testing import load_model, run_vllm, sampling_settings, session_model_dir  # noqa: E402
+from vllm_testing import (  # noqa: E402
+    cached_runs,
+    load_model,
+    sampling_settings,
+    session_model_dir,
+)
 
 
 pytestmark = pytest.mark.vllm
@@ -44,16 +49,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(model_dir, tmp_path_factory):
-    cache = {}
-
-    def get(mode):
-        if mode not in cache:
-            per_device, accumulation, spg, max_steps, config = RUNS[mode]
-            cache[mode] = run_vllm(tmp_path_factory.mktemp(mode), model_dir, per_device, accumulation, spg,
-                                   max_steps=max_steps, **config, **correction(mode))
-        return cache[mode]
-
-    return get
+    return cached_runs(RUNS, model_dir, tmp_path_factory, extra=correction)
 
 
 @pytest.fixture

@@ -17,7 +17,14 @@ require_vllm()
 import test_split_invariance  # noqa: E402
 from disco_testing import half_informative_reward  # noqa: E402
 from test_split_invariance import assert_grads_close, reference_gradient  # noqa: E402
-from vllm_testing import load_model, run_vllm, sampling_settings, session_model_dir  # noqa: E402
+from vllm_testing import (  # noqa: E402
+    kept_rows,
+    load_model,
+    mixed_questions,
+    run_vllm,
+    sampling_settings,
+    session_model_dir,
+)
 
 
 pytestmark = pytest.mark.vllm
@@ -36,31 +43,6 @@ def skip_run(model_dir, tmp_path_factory):
                     reward=half_informative_reward, skip_uninformative_questions=True, kl_delta=0.0, seed=11)
 
 
-def _decoded(tokenizer, ids, mask):
-    return [tokenizer.decode(i[m.bool()], skip_special_tokens=True) for i, m in zip(ids, mask)]
-
-
-def _mixed_questions(generation, tokenizer) -> set:
-    """Questions (prompt tokens) of a generation batch with a right and a wrong completion, rewards recomputed."""
-    prompts = _decoded(tokenizer, generation["prompt_ids"], generation["prompt_mask"])
-    texts = _decoded(tokenizer, generation["completion_ids"], generation["completion_mask"])
-    seen = {}
-    for ids, mask, reward in zip(generation["prompt_ids"], generation["prompt_mask"],
-                                 half_informative_reward(texts, prompts=prompts)):
-        seen.setdefault(tuple(ids[mask.bool()].tolist()), set()).add(reward > 0.5)
-    return {q for q, kinds in seen.items() if kinds == {True, False}}
-
-
-def _kept_rows(result, steps) -> dict:
-    counts = {}
-    for rec in (m for m in result["micro_inputs"] if m["step"] in steps):
-        for ids, mask, cmask in zip(rec["prompt_ids"], rec["prompt_mask"], rec["completion_mask"]):
-            if cmask.sum() > 0:  # not a placeholder
-                key = tuple(ids[mask.bool()].tolist())
-                counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
 def test_vllm_skip_keeps_exactly_the_mixed_questions(skip_run, model_dir):
     _, tokenizer = load_model(model_dir)
     updates_per_generation = SPG // ACCUMULATION
@@ -68,8 +50,8 @@ def test_vllm_skip_keeps_exactly_the_mixed_questions(skip_run, model_dir):
     dropped = 0
     for g, generation in enumerate(skip_run["generations"]):
         steps = range(g * updates_per_generation, (g + 1) * updates_per_generation)
-        kept = _kept_rows(skip_run, steps)
-        assert set(kept) == _mixed_questions(generation, tokenizer)
+        kept = kept_rows(skip_run, steps)
+        assert set(kept) == mixed_questions(generation, tokenizer, half_informative_reward)
         assert all(n == GROUP for n in kept.values())  # whole questions
         dropped += len(generation["prompt_ids"]) // GROUP - len(kept)
     assert dropped > 0  # the odd-numbered questions carried nothing and were not trained on

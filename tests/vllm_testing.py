@@ -346,3 +346,46 @@ class VLLMServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def cached_runs(runs: dict, model_dir: Path, tmp_path_factory, extra=None):
+    """A function name -> the result of `run_vllm` for `runs[name]` = (per_device, accumulation, steps_per_generation,
+    max_steps, config), each run made once (on first use), with the settings `extra(name)` added when given."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            per_device, accumulation, spg, max_steps, config = runs[name]
+            more = extra(name) if extra is not None else {}
+            cache[name] = run_vllm(tmp_path_factory.mktemp(name), model_dir, per_device, accumulation, spg,
+                                   max_steps=max_steps, **config, **more)
+        return cache[name]
+
+    return get
+
+
+def decoded(tokenizer, ids, mask) -> list[str]:
+    return [tokenizer.decode(i[m.bool()], skip_special_tokens=True) for i, m in zip(ids, mask)]
+
+
+def mixed_questions(generation, tokenizer, reward) -> set:
+    """Questions (prompt tokens) of a generation batch with a right and a wrong completion, rewards recomputed."""
+    prompts = decoded(tokenizer, generation["prompt_ids"], generation["prompt_mask"])
+    texts = decoded(tokenizer, generation["completion_ids"], generation["completion_mask"])
+    seen = {}
+    for ids, mask, value in zip(generation["prompt_ids"], generation["prompt_mask"], reward(texts, prompts=prompts)):
+        seen.setdefault(tuple(ids[mask.bool()].tolist()), set()).add(value > 0.5)
+    return {q for q, kinds in seen.items() if kinds == {True, False}}
+
+
+def kept_rows(result, steps) -> dict:
+    """Per question (prompt tokens): how many of its completions the optimizer saw in `steps` (placeholders left
+    out)."""
+    counts = {}
+    for rec in (m for m in result["micro_inputs"] if m["step"] in steps):
+        for ids, mask, cmask in zip(rec["prompt_ids"], rec["prompt_mask"], rec["completion_mask"]):
+            if cmask.sum() > 0:  # not a placeholder
+                key = tuple(ids[mask.bool()].tolist())
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
