@@ -37,11 +37,12 @@ def test_vllm_tests_run_second_in_the_vllm_venv_and_must_not_skip(tmp_path):
     for venv, env in ((repo / ".venv-vllm", {}), (other, {"DISCO_VLLM_VENV": str(other)})):
         result = _test_sh(repo, **env)
         assert result.returncode == 0, result.stderr
-        ruff, main, vllm = result.stdout.splitlines()
+        ruff, main, vllm, last = result.stdout.splitlines()
         assert ruff == f"{repo / '.venv' / 'bin' / 'ruff'} check --no-cache ."  # the lint comes first
         # the main suite first, without DISCO_REQUIRE_VLLM (the vLLM tests skip there), then the vLLM tests
         assert main == f"{repo / '.venv' / 'bin' / 'python'} -m pytest tests -q REQUIRE="
         assert vllm == f"{venv / 'bin' / 'python'} -m pytest tests -m vllm -o python_files=test_vllm_*.py -q REQUIRE=1"
+        assert last == "[test] exit status 0 (main suite 0, vLLM tests 0)"  # the last line: the exit status
 
 
 def test_vllm_run_status_counts_and_no_selection_is_fine(tmp_path):
@@ -52,4 +53,7 @@ def test_vllm_run_status_counts_and_no_selection_is_fine(tmp_path):
         _venv(repo / ".venv-vllm", vllm_exit)
         result = _test_sh(repo)
         assert result.returncode == expected, (main_exit, vllm_exit, result.stdout, result.stderr)
-        assert len(result.stdout.splitlines()) == 3  # ruff, then the vLLM run happens even when the main suite failed
+        lines = result.stdout.splitlines()
+        assert len(lines) == 4  # ruff, the main suite, then the vLLM run happens even when the main suite failed
+        vllm_reported = 0 if vllm_exit == 5 else vllm_exit  # no vLLM test among the selection is no failure
+        assert lines[-1] == f"[test] exit status {expected} (main suite {main_exit}, vLLM tests {vllm_reported})"
