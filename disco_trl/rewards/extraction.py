@@ -79,6 +79,12 @@ def _box_content(text: str, after: int) -> tuple[str, int] | None:
     return None
 
 
+def answer_part(text: str) -> str:
+    """The text after the last ``</think>`` (a reasoning model's answer follows it), else all of it."""
+    think_end = text.rfind("</think>")
+    return text[think_end + len("</think>") :] if think_end != -1 else text
+
+
 def extract_boxed_answer(text: str, *, after_think: bool = True) -> str | None:
     r"""The content of the last ``\boxed{...}`` (or ``\fbox{...}``) in `text`, or None when there is none.
 
@@ -89,11 +95,7 @@ def extract_boxed_answer(text: str, *, after_think: bool = True) -> str | None:
     """
     if not isinstance(text, str) or not text:
         return None
-    if after_think:
-        think_end = text.rfind("</think>")
-        if think_end != -1:
-            text = text[think_end + len("</think>") :]
-    found = _find_last_box(text)
+    found = _find_last_box(answer_part(text) if after_think else text)
     if found is None:
         return None
     start, command = found

@@ -58,14 +58,22 @@ def boxed_math_reward(completions: Sequence[Any], solution: Sequence[str] | None
     arguments from the trainer (prompts, completion_ids, trainer_state, ...) are accepted; when TRL passes
     `log_extra`, the extracted answers are logged to the completions table as column ``boxed_answer``.
     """
+    return grade_extracted(completions, solution, extract_boxed_answer, reward="boxed_math_reward",
+                           column="boxed_answer", missing="[no boxed answer]", log_extra=kwargs.get("log_extra"))
+
+
+def grade_extracted(completions: Sequence[Any], solution: Any, extract, *, reward: str, column: str, missing: str,
+                    log_extra=None) -> list[float]:
+    """What a reward function of this package does: each completion's text, its answer by `extract` (None: no
+    answer, 0.0), graded against its `solution` (`grading.grade_answers`); when TRL passes `log_extra`, the answers
+    go to the completions table as `column` (`missing` where none was found)."""
     texts = [completion_text(c) for c in completions]
-    golds = solutions_for(completions, solution)
-    answers = [extract_boxed_answer(t) for t in texts]
+    golds = solutions_for(completions, solution, reward)
+    answers = [extract(t) for t in texts]
     scores = grade_answers(answers, golds)
-    log_extra = kwargs.get("log_extra")
     if callable(log_extra):
         try:
-            log_extra("boxed_answer", [a if a is not None else "[no boxed answer]" for a in answers])
+            log_extra(column, [a if a is not None else missing for a in answers])
         except Exception:  # noqa: BLE001 - logging must not cost a training step
             pass
     return scores

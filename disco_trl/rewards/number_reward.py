@@ -24,9 +24,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .extraction import completion_text
-from .grading import grade_answers
-from .math_reward import solutions_for
+from .extraction import answer_part
+from .math_reward import grade_extracted
 
 
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
@@ -36,11 +35,7 @@ def extract_last_number(text: str, *, after_think: bool = True) -> str | None:
     """The last number in `text` (thousands commas removed, a trailing period not included), or None."""
     if not isinstance(text, str) or not text:
         return None
-    if after_think:
-        think_end = text.rfind("</think>")
-        if think_end != -1:
-            text = text[think_end + len("</think>") :]
-    numbers = _NUMBER.findall(text)
+    numbers = _NUMBER.findall(answer_part(text) if after_think else text)
     return numbers[-1].replace(",", "").lstrip("+") if numbers else None
 
 
@@ -50,14 +45,5 @@ def last_number_reward(completions: Sequence[Any], solution: Sequence[str] | Non
 
     Plain-text or conversational completions; extra keyword arguments from the trainer are accepted. When TRL passes
     `log_extra`, the extracted numbers are logged to the completions table as column ``last_number``."""
-    texts = [completion_text(c) for c in completions]
-    golds = solutions_for(completions, solution, "last_number_reward")
-    answers = [extract_last_number(t) for t in texts]
-    scores = grade_answers(answers, golds)
-    log_extra = kwargs.get("log_extra")
-    if callable(log_extra):
-        try:
-            log_extra("last_number", [a if a is not None else "[no number]" for a in answers])
-        except Exception:  # noqa: BLE001 - logging must not cost a training step
-            pass
-    return scores
+    return grade_extracted(completions, solution, extract_last_number, reward="last_number_reward",
+                           column="last_number", missing="[no number]", log_extra=kwargs.get("log_extra"))
