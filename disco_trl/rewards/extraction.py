@@ -95,7 +95,9 @@ def extract_boxed_answer(text: str, *, after_think: bool = True) -> str | None:
     """
     if not isinstance(text, str) or not text:
         return None
-    found = _find_last_box(answer_part(text) if after_think else text)
+    if after_think:
+        text = answer_part(text)
+    found = _find_last_box(text)
     if found is None:
         return None
     start, command = found
