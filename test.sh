@@ -10,8 +10,21 @@
 # .venv-vllm).
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/setup_env.sh
-bash scripts/setup_vllm.sh
+# The two environments are independent, so they are set up side by side (their downloads and installs overlap; a fresh
+# clone saves minutes): .venv's lines print as they come, .venv-vllm's after it (its log, then its status).
+vllm_setup_log=$(mktemp)
+bash scripts/setup_vllm.sh >"$vllm_setup_log" 2>&1 &
+vllm_setup_pid=$!
+trap 'kill "$vllm_setup_pid" 2>/dev/null; exit 130' INT TERM  # an interrupted set-up stops both
+env_setup_status=0
+bash scripts/setup_env.sh || env_setup_status=$?
+vllm_setup_status=0
+wait "$vllm_setup_pid" || vllm_setup_status=$?
+trap - INT TERM
+cat "$vllm_setup_log"
+rm -f "$vllm_setup_log"
+if [ "$env_setup_status" -ne 0 ]; then exit "$env_setup_status"; fi
+if [ "$vllm_setup_status" -ne 0 ]; then exit "$vllm_setup_status"; fi
 VENV=${DISCO_VENV:-.venv}
 VLLM_VENV=${DISCO_VLLM_VENV:-.venv-vllm}
 [[ "$VENV" = /* ]] || VENV="$PWD/$VENV"

