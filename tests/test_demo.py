@@ -323,8 +323,8 @@ def test_compare_rejects_bad_values(argv, message, capsys):
 def test_compare_quick_writes_table_json_plot_and_resumes(tmp_path, capsys):
     from disco_trl.demo.compare import main
 
-    argv = ["--quick", "--methods", "disco,dapo", "--seeds", "0", "--lr-sweep", "1e-4,1e-3", "--steps", "4",
-            "--output-dir", str(tmp_path / "cmp")]
+    argv = ["--quick", "--methods", "disco,dapo", "--seeds", "0", "--lr-sweep", "1e-4,1e-3", "--steps", "2",
+            "--eval-questions", "8", "--eval-samples", "1", "--output-dir", str(tmp_path / "cmp")]
     assert main(argv) == 0
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert set(results["summary"]) == {"disco", "dapo"}
