@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up the virtual environments if needed, checks the tree with ruff (a lint error fails here, as in CI), then
+# Sets up the virtual environments if needed (.venv-vllm in the background, beside .venv and the main suite), checks the tree with ruff (a lint error fails here, as in CI), then
 # runs the whole test suite (CPU only; GPU tests skip themselves):
 #   1. the main suite in $DISCO_VENV (default .venv, scripts/setup_env.sh), where the vLLM tests skip;
 #   2. the vLLM tests (tests/test_vllm_*.py, marker `vllm`) in $DISCO_VLLM_VENV (default .venv-vllm,
@@ -10,21 +10,25 @@
 # .venv-vllm).
 set -euo pipefail
 cd "$(dirname "$0")"
-# The two environments are independent, so they are set up side by side (their downloads and installs overlap; a fresh
-# clone saves minutes): .venv's lines print as they come, .venv-vllm's after it (its log, then its status).
+# .venv-vllm is set up in the background while .venv is set up and the main suite runs (the two are independent; on a
+# fresh clone this hides most of vLLM's set-up, minutes): its lines print when the vLLM tests are about to start.
 vllm_setup_log=$(mktemp)
 bash scripts/setup_vllm.sh >"$vllm_setup_log" 2>&1 &
 vllm_setup_pid=$!
-trap 'kill "$vllm_setup_pid" 2>/dev/null; exit 130' INT TERM  # an interrupted set-up stops both
+trap 'kill "$vllm_setup_pid" 2>/dev/null; exit 130' INT TERM  # an interrupted run stops the set-up too
+finish_vllm_setup() {
+  vllm_setup_status=0
+  wait "$vllm_setup_pid" || vllm_setup_status=$?
+  trap - INT TERM
+  cat "$vllm_setup_log"
+  rm -f "$vllm_setup_log"
+}
 env_setup_status=0
 bash scripts/setup_env.sh || env_setup_status=$?
-vllm_setup_status=0
-wait "$vllm_setup_pid" || vllm_setup_status=$?
-trap - INT TERM
-cat "$vllm_setup_log"
-rm -f "$vllm_setup_log"
-if [ "$env_setup_status" -ne 0 ]; then exit "$env_setup_status"; fi
-if [ "$vllm_setup_status" -ne 0 ]; then exit "$vllm_setup_status"; fi
+if [ "$env_setup_status" -ne 0 ]; then
+  finish_vllm_setup
+  exit "$env_setup_status"
+fi
 VENV=${DISCO_VENV:-.venv}
 VLLM_VENV=${DISCO_VLLM_VENV:-.venv-vllm}
 [[ "$VENV" = /* ]] || VENV="$PWD/$VENV"
@@ -32,6 +36,11 @@ VLLM_VENV=${DISCO_VLLM_VENV:-.venv-vllm}
 "$VENV/bin/ruff" check --no-cache .
 status=0
 "$VENV/bin/python" -m pytest tests "$@" || status=$?
+finish_vllm_setup
+if [ "$vllm_setup_status" -ne 0 ]; then
+  echo "[test] exit status $vllm_setup_status (main suite $status, vLLM set-up failed: see above)"
+  exit "$vllm_setup_status"
+fi
 vllm_status=0
 DISCO_REQUIRE_VLLM=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} \
   "$VLLM_VENV/bin/python" -m pytest tests -m vllm -o "python_files=test_vllm_*.py" "$@" || vllm_status=$?

@@ -57,3 +57,23 @@ def test_vllm_run_status_counts_and_no_selection_is_fine(tmp_path):
         assert len(lines) == 4  # ruff, the main suite, then the vLLM run happens even when the main suite failed
         vllm_reported = 0 if vllm_exit == 5 else vllm_exit  # no vLLM test among the selection is no failure
         assert lines[-1] == f"[test] exit status {expected} (main suite {main_exit}, vLLM tests {vllm_reported})"
+
+
+def test_vllm_setup_runs_beside_the_main_suite_and_its_failure_is_the_exit_status(tmp_path):
+    """.venv-vllm's set-up runs in the background while the main suite runs; its lines print after the main suite,
+    and a failed set-up ends test.sh with its status, naming it, before any vLLM test."""
+    repo = _scratch_repo(tmp_path, "test.sh", ".venv")
+    _venv(repo / ".venv")
+    _venv(repo / ".venv-vllm")
+    marker = tmp_path / "main-suite-started"
+    python = repo / ".venv" / "bin" / "python"  # the main suite: records that it started, then waits a little
+    python.write_text(f'#!/usr/bin/env bash\necho "$0 $*"\ntouch {marker}\nsleep 1\n')
+    # the vLLM set-up waits until the main suite has started: both run at once (else the run would hang: timeout)
+    (repo / "scripts" / "setup_vllm.sh").write_text(
+        f"#!/usr/bin/env bash\nuntil [ -f {marker} ]; do sleep 0.1; done\necho '[setup-vllm] failed here' >&2\nexit 3\n")
+    result = _test_sh(repo)
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].endswith("-m pytest tests -q") and lines[2] == "[setup-vllm] failed here"
+    assert lines[-1] == "[test] exit status 3 (main suite 0, vLLM set-up failed: see above)"
+    assert not any("-m vllm" in line for line in lines)  # no vLLM test ran
