@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up the virtual environments if needed (.venv-vllm in the background, beside .venv and the main suite), checks the tree with ruff (a lint error fails here, as in CI), then
-# runs the whole test suite (CPU only; GPU tests skip themselves):
+# Sets up the virtual environments if needed (.venv-vllm in the background, beside .venv and the main suite), checks
+# the tree with ruff (a lint error fails here, as in CI), then runs the whole test suite (CPU only; GPU tests skip
+# themselves):
 #   1. the main suite in $DISCO_VENV (default .venv, scripts/setup_env.sh), where the vLLM tests skip;
 #   2. the vLLM tests (tests/test_vllm_*.py, marker `vllm`) in $DISCO_VLLM_VENV (default .venv-vllm,
 #      scripts/setup_vllm.sh: vLLM's CPU build), with DISCO_REQUIRE_VLLM=1 so that a missing vLLM fails them, and
