@@ -14,9 +14,10 @@ cd "$(dirname "$0")"
 # .venv-vllm is set up in the background while .venv is set up and the main suite runs (the two are independent; on a
 # fresh clone this hides most of vLLM's set-up, minutes): its lines print when the vLLM tests are about to start.
 vllm_setup_log=$(mktemp)
-bash scripts/setup_vllm.sh >"$vllm_setup_log" 2>&1 &
+setsid bash scripts/setup_vllm.sh >"$vllm_setup_log" 2>&1 &  # its own process group: stopped with its pip
 vllm_setup_pid=$!
-trap 'kill "$vllm_setup_pid" 2>/dev/null; exit 130' INT TERM  # an interrupted run stops the set-up too
+stop_vllm_setup() { kill -- "-$vllm_setup_pid" 2>/dev/null || true; rm -f "$vllm_setup_log"; }
+trap 'stop_vllm_setup; exit 130' INT TERM  # an interrupted run stops the set-up too
 finish_vllm_setup() {
   vllm_setup_status=0
   wait "$vllm_setup_pid" || vllm_setup_status=$?
@@ -34,7 +35,12 @@ VENV=${DISCO_VENV:-.venv}
 VLLM_VENV=${DISCO_VLLM_VENV:-.venv-vllm}
 [[ "$VENV" = /* ]] || VENV="$PWD/$VENV"
 [[ "$VLLM_VENV" = /* ]] || VLLM_VENV="$PWD/$VLLM_VENV"
-"$VENV/bin/ruff" check --no-cache .
+ruff_status=0
+"$VENV/bin/ruff" check --no-cache . || ruff_status=$?
+if [ "$ruff_status" -ne 0 ]; then  # a lint error ends the run at once (the set-up is run again next time)
+  stop_vllm_setup
+  exit "$ruff_status"
+fi
 status=0
 "$VENV/bin/python" -m pytest tests "$@" || status=$?
 finish_vllm_setup

@@ -70,7 +70,8 @@ def test_vllm_setup_runs_beside_the_main_suite_and_its_failure_is_the_exit_statu
     python.write_text(f'#!/usr/bin/env bash\necho "$0 $*"\ntouch {marker}\nsleep 1\n')
     # the vLLM set-up waits until the main suite has started: both run at once (else the run would hang: timeout)
     (repo / "scripts" / "setup_vllm.sh").write_text(
-        f"#!/usr/bin/env bash\nuntil [ -f {marker} ]; do sleep 0.1; done\necho '[setup-vllm] failed here' >&2\nexit 3\n")
+        f"#!/usr/bin/env bash\nuntil [ -f {marker} ]; do sleep 0.1; done\n"
+        "echo '[setup-vllm] failed here' >&2\nexit 3\n")
     result = _test_sh(repo)
     assert result.returncode == 3, result.stdout + result.stderr
     lines = result.stdout.splitlines()
