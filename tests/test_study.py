@@ -89,10 +89,10 @@ def test_the_audit_recomputes_what_the_docs_say_about_study_v2(tmp_path):
                    "= 0.076", "= 5.29: 70x", "CPU s per run: 335.6-369.4", "+72%", "10 seeds would detect 1.48-2.59",
                    "low at step 160, step 160 -> 640: +0.57", "low at step 160, step 160 -> 640: +1.49"):
         assert quoted in text, quoted
-    for name in ("dro", "long"):
+    for name in ("dro", "long", "dro-powered"):  # v2's A and C, v3's E
         shutil.copytree(os.path.join(study, name), tmp_path / name)
     assert markdown.main([str(tmp_path)]) == 0
-    for name in ("dro", "long"):
+    for name in ("dro", "long", "dro-powered"):
         with open(os.path.join(study, name, "results.md")) as committed:
             assert (tmp_path / name / "results.md").read_text() == committed.read()
     assert "another machine" in (tmp_path / "results.md").read_text()  # C's own warm start, disclosed in the index
@@ -496,3 +496,19 @@ def test_run_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path):
     assert claim(lock)
     with open(lock) as f:
         assert f.read() == str(os.getpid())
+
+
+def test_study_md_quotes_experiment_e_from_its_committed_results():
+    """docs/study.md's results of E are the numbers of docs/study/dro-powered/results.json (the verdict included)."""
+    docs = os.path.join(os.path.dirname(__file__), os.pardir, "docs")
+    with open(os.path.join(docs, "study", "dro-powered", "results.json")) as f:
+        results = json.load(f)
+    with open(os.path.join(docs, "study.md")) as f:
+        text = " ".join(f.read().split())
+    e1 = results["comparisons"]["tau 0.03 - DisCO-b"]
+    assert results["meta"]["finished_runs"] == results["meta"]["planned_runs"] == 64 and e1["n"] == 32
+    low, high = (100 * x for x in e1["ci95"])
+    quoted = f"{100 * e1['mean']:+.2f} points, 95% CI [{low:+.2f}, {high:+.2f}], p = {e1['p']:.3f}"
+    assert quoted in text and f"(n = 32 seeds): {e1['verdict']}." in text, quoted
+    ess = results["arms"]["tau0.03"]["neg_weight_ess"]
+    assert f"mean ESS fraction over the groups with at least 2 negatives was {ess:.3f}" in text
