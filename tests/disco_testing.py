@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import zlib
@@ -268,20 +269,42 @@ def leave_together() -> None:
         torch.distributed.destroy_process_group()
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (the system picks it): launches of pytest-xdist's workers
+    and of other runs on the machine do not meet at a fixed port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(script: str, *args: str) -> None:
+    """Run tests/`script` under torchrun on 2 CPU processes (gloo) at a free port, with the tests' and this checkout's
+    folders first on PYTHONPATH (a worktree checkout must import its own disco_trl); fail with its output's tail."""
+    pythonpath = os.pathsep.join(p for p in (str(TESTS_DIR), str(TESTS_DIR.parent), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
+    launcher = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    cmd = [launcher, "--nproc_per_node", "2", "--master_port", str(free_port()), str(TESTS_DIR / script), *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
 def torchrun_layout(tmp_path, per_device, accumulation, spg, max_steps, **config):
     """`run_layout` on 2 CPU processes (torchrun, gloo); returns both ranks' records."""
     out = Path(tmp_path) / f"dist_{per_device}_{accumulation}_{spg}_{max_steps}_{zlib.crc32(repr(config).encode())}"
     out.mkdir()
-    # keep the caller's PYTHONPATH (a worktree checkout must import its own disco_trl)
-    pythonpath = os.pathsep.join(p for p in (str(TESTS_DIR), str(TESTS_DIR.parent), os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000),
-           str(TESTS_DIR / "dist_worker.py"), str(out), str(per_device), str(accumulation), str(spg),
-           str(max_steps), json.dumps(config)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    torchrun("dist_worker.py", str(out), str(per_device), str(accumulation), str(spg), str(max_steps),
+             json.dumps(config))
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+
+def torchrun_many(tmp_path, runs):
+    """Several layouts in one launch of 2 CPU processes (tests/dist_many_worker.py): `runs` is a list of
+    [name, per_device, accumulation, steps_per_generation, max_steps, config]; returns {name: both ranks' records}."""
+    out = Path(tmp_path) / "dist"
+    out.mkdir()
+    torchrun("dist_many_worker.py", str(out), json.dumps(runs))
+    return {name: [torch.load(out / name / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+            for name, *_ in runs}
 
 
 # --------------------------------------------------------------------------------------------------- demo starts

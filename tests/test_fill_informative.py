@@ -9,12 +9,7 @@ fills within K rounds or stops at K and says so, and several processes agree on 
 run resumed from a checkpoint taken mid-generation ends bit-for-bit where the uninterrupted run ends.
 """
 
-import json
 import logging
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,6 +24,7 @@ from disco_testing import (
     short_run_config,
     tenth_informative_reward,
     tiny_model_and_tokenizer,
+    torchrun_many,
 )
 from test_resume import StopAt
 from test_split_invariance import assert_grads_close, reference_gradient
@@ -301,21 +297,6 @@ def test_turning_fill_on_or_off_on_resume_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------ 2 processes (gloo), one launch
-def _torchrun_many(tmp_path, runs):
-    out = tmp_path / "dist"
-    out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(TESTS_DIR), str(TESTS_DIR.parent),
-                                                      os.environ.get("PYTHONPATH")) if p))
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + (os.getpid() + 700) % 1000),
-           str(TESTS_DIR / "dist_many_worker.py"), str(out), json.dumps(runs)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return {name: [torch.load(out / name / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
-            for name, *_ in runs}
-
-
 @pytest.mark.slow
 def test_two_processes_fill_their_own_shares_and_agree_on_the_rounds(tmp_path):
     """Each process fills its 2 questions from its share of every round; both run the same rounds; the step is the
@@ -325,7 +306,7 @@ def test_two_processes_fill_their_own_shares_and_agree_on_the_rounds(tmp_path):
         ["split", 2, 4, 4, 1, dict(FILL, reward="half_informative")],
         ["short", 8, 1, 1, 1, dict(FILL, max_generation_rounds=4, skip_uninformative_questions=True, **TENTH)],
     ]
-    dist = _torchrun_many(tmp_path, runs)
+    dist = torchrun_many(tmp_path, runs)
     stream = PromptStream(200, 4, seed=7)
     assert len(_rounds_of(dist["half"][0], 0)) > 1
     for step in (0, 1):

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ pytest.importorskip(
     "deepspeed", reason="DeepSpeed is not installed: `pip install -e '.[deepspeed]'` (scripts/setup_env.sh does)"
 )
 import psutil  # noqa: E402  (a DeepSpeed dependency)
+from disco_testing import free_port  # noqa: E402
 from test_deepspeed import (  # noqa: E402
     ROOT,
     TESTS_DIR,
@@ -51,12 +51,6 @@ FAKE_SLURM = TESTS_DIR / "fake_slurm"
 CASES = [c for c in ZERO3_CASES if c["name"] in ("split_groups_off_policy", "resume")]
 SECONDS: dict[str, float] = {}
 LOST = "lost contact with another process of this run ("
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Launched:

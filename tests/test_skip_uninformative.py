@@ -6,17 +6,20 @@ kept questions are exactly the default run's mixed ones, and a step with nothing
 reference is test_split_invariance.reference_gradient (a fresh model, a plain loop over questions).
 """
 
-import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from disco_testing import GROUP, REWARDS, half_informative_reward, layout_config, run_layout, tiny_model_and_tokenizer
+from disco_testing import (
+    GROUP,
+    REWARDS,
+    half_informative_reward,
+    layout_config,
+    run_layout,
+    tiny_model_and_tokenizer,
+    torchrun_many,
+)
 from test_split_invariance import assert_grads_close, reference_gradient
 
 from disco_trl.losses import completion_labels, discriminative_objective, mixed_questions
@@ -171,19 +174,6 @@ def test_no_update_when_nothing_to_learn(tmp_path):
 
 
 # ------------------------------------------------------------------------------ 2 processes (gloo), one launch
-def _torchrun_many(tmp_path, runs):
-    out = tmp_path / "dist"
-    out.mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)]))
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + (os.getpid() + 500) % 1000),
-           str(TESTS_DIR / "dist_many_worker.py"), str(out), json.dumps(runs)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return {name: [torch.load(out / name / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
-            for name, *_ in runs}
-
-
 @pytest.mark.slow
 def test_two_processes(tmp_path, default_whole):
     """Processes with different numbers of kept questions, micro-steps with nothing left on one process, groups
@@ -197,7 +187,7 @@ def test_two_processes(tmp_path, default_whole):
         ["split", 2, 4, 4, 1, dict(skip_uninformative_questions=True, reward="half_informative")],
         ["empty", 4, 2, 2, 3, dict(skip_uninformative_questions=True, reward="first_step", learning_rate=1e-2)],
     ]
-    dist = _torchrun_many(tmp_path, runs)
+    dist = torchrun_many(tmp_path, runs)
     for name in ("whole", "split"):
         for rank in (0, 1):
             assert_grads_close(dist[name][rank]["grads"][0], default_whole["grads"][0])

@@ -15,6 +15,7 @@ from vllm_testing import require_vllm
 
 require_vllm()
 
+from disco_testing import free_port  # noqa: E402
 from vllm_testing import (  # noqa: E402
     parity_reward,
     prompt_dataset,
@@ -67,6 +68,7 @@ def test_vllm_script_trains_end_to_end_with_colocated_vllm(tmp_path_factory, mat
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                               "MASTER_PORT")}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")])
+    env["MASTER_PORT"] = str(free_port())  # not TRL's first choice, 29500, which another test process may hold
     env["VLLM_LOGGING_LEVEL"] = "INFO"  # TRL lowers vLLM's logging to errors unless this is set
     result = subprocess.run([sys.executable, str(TESTS_DIR.parent / "examples" / "train_disco.py"), *args],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)

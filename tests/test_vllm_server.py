@@ -28,12 +28,12 @@ from vllm_testing import require_vllm
 require_vllm()
 
 import requests  # noqa: E402  (installed with vLLM)
+from disco_testing import free_port  # noqa: E402
 from trl.generation.vllm_client import VLLMClient  # noqa: E402
 from vllm_testing import (  # noqa: E402
     PROBE_TEXT,
     VLLMRecordingTrainer,
     VLLMServer,
-    free_port,
     load_model,
     parity_reward,
     prompt_dataset,

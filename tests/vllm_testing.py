@@ -12,12 +12,12 @@ on a GPU, while the trainer keeps float64 (exactness runs) or float32.
 from __future__ import annotations
 
 import os
-import socket
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from disco_testing import free_port
 
 from disco_trl import DiscoConfig, DiscoTrainer
 
@@ -25,6 +25,9 @@ from disco_trl import DiscoConfig, DiscoTrainer
 REQUIRE = os.environ.get("DISCO_REQUIRE_VLLM") == "1"
 # vLLM's CPU backend sizes its KV cache from this (GiB); its default (a fraction of all memory) fails next to a trainer
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# TRL's colocate mode meets at MASTER_PORT, else at the first free one of 29500, 23456, ... (trl.trainer.utils): two
+# test processes (pytest-xdist workers) starting engines at once could both take 29500. Each process takes its own.
+os.environ["MASTER_PORT"] = str(free_port())
 
 
 def require_vllm():
@@ -91,12 +94,6 @@ def chat_parity_reward(completions, **kwargs):
     """parity_reward on the chat completions the training script builds (a random tiny model never writes a correct
     answer, so the math reward alone would give DisCO nothing to learn from)."""
     return parity_reward([c if isinstance(c, str) else c[-1]["content"] for c in completions])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------ vLLM's weights, read back
