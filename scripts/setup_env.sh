@@ -40,9 +40,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 echo "[setup] installing $TORCH_REQ and disco-trl[dev,deepspeed] into $VENV (first run takes a few minutes)"
+# pip byte-compiles what it installs one file at a time; compileall does it on every core afterwards (measured on 2
+# cores: 82 s for the installs and the compilation instead of 125 s). The .pyc files are needed: without them every
+# import compiles again (PYTHONDONTWRITEBYTECODE, set on some machines, keeps Python from writing them), and importing
+# torch, TRL and disco_trl takes 16 s instead of 7 s in each process.
 "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -m pip install -q "$TORCH_REQ" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -m pip install -q -e ".[dev,deepspeed]" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -m pip install -q --no-compile "$TORCH_REQ" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" -m pip install -q --no-compile -e ".[dev,deepspeed]" 2>&1 | grep -v "^WARNING: Location" || true
+# Its messages are not shown: a file that does not compile (a template, a Python 2 example) is skipped, as pip does.
+site_packages=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+"$VENV/bin/python" -m compileall -q -j 0 "$site_packages" >/dev/null 2>&1 || true
 "$VENV/bin/python" -c "import torch, trl, disco_trl; print('[setup] torch', torch.__version__, '| trl', trl.__version__, '| disco_trl', disco_trl.__version__)"
 deepspeed_cpu_prerequisites
 echo "$want" > "$stamp"
