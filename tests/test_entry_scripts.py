@@ -34,14 +34,14 @@ def _scratch_repo(tmp_path: Path, script: str, venv: str) -> Path:
 
 
 def _run(repo: Path, script: str, env_venv: str | None, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "DISCO_VENV"}
+    env = {k: v for k, v in os.environ.items() if k not in ("DISCO_VENV", "DISCO_TEST_WORKERS")}
     if env_venv is not None:
         env["DISCO_VENV"] = env_venv
     return subprocess.run(["bash", str(repo / script), *args], env=env, capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.parametrize(("script", "program", "expected_args"), [("run.sh", "disco-trl", "demo --quick"),
-                                                                  ("test.sh", "python", "-m pytest tests --quick")])
+@pytest.mark.parametrize(("script", "program", "expected_args"), [
+    ("run.sh", "disco-trl", "demo --quick"), ("test.sh", "python", "-m pytest tests -n 2 --dist loadfile --quick")])
 @pytest.mark.parametrize("venv", ["my-venv", "ABSOLUTE", None])
 def test_entry_scripts_use_the_venv_from_disco_venv(tmp_path, script, program, expected_args, venv):
     if venv == "ABSOLUTE":
