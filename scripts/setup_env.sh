@@ -50,6 +50,8 @@ echo "[setup] installing $TORCH_REQ and disco-trl[dev,deepspeed] into $VENV (fir
 # Its messages are not shown: a file that does not compile (a template, a Python 2 example) is skipped, as pip does.
 site_packages=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
 "$VENV/bin/python" -m compileall -q -j 0 "$site_packages" >/dev/null 2>&1 || true
-"$VENV/bin/python" -c "import torch, trl, disco_trl; print('[setup] torch', torch.__version__, '| trl', trl.__version__, '| disco_trl', disco_trl.__version__)"
+"$VENV/bin/python" -c "import torch, trl, disco_trl; print('[setup] torch', torch.__version__, '| trl', trl.__version__, \
+'| disco_trl', disco_trl.__version__)"
 deepspeed_cpu_prerequisites
 echo "$want" > "$stamp"
+echo "[setup] $VENV ready in $SECONDS s"

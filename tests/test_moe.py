@@ -10,7 +10,7 @@ from disco_testing import (
     run_layout,
     short_run_config,
     tiny_model_and_tokenizer,
-    torchrun_layout,
+    torchrun_many,
 )
 
 from disco_trl import DiscoTrainer
@@ -79,8 +79,9 @@ def test_aux_loss_gradient_scale_with_accumulation(tmp_path, arch):
 def test_aux_loss_gradient_scale_two_processes(tmp_path):
     """Under DDP the aux term is averaged over processes, like GRPOTrainer's; DisCO's own term is summed."""
     coef = 0.5
-    records = {c: torchrun_layout(tmp_path, GROUP, 1, 1, 1, arch="qwen3_moe", router_aux_loss_coef=c)
-               for c in (coef, 0.0)}
+    runs = torchrun_many(tmp_path, [[f"coef {c}", GROUP, 1, 1, 1, dict(arch="qwen3_moe", router_aux_loss_coef=c)]
+                                    for c in (coef, 0.0)])  # one launch
+    records = {c: runs[f"coef {c}"] for c in (coef, 0.0)}
     expected = _aux_gradient(records[coef], coef, 1, "qwen3_moe", num_processes=2)
     for rank in (0, 1):  # DDP leaves the same all-reduced gradient on both ranks
         _assert_aux_part(records[coef][rank]["grads"][0], records[0.0][rank]["grads"][0], expected)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from disco_testing import GROUP, parity_reward, run_layout, tiny_model_and_tokenizer
-from disco_testing import torchrun_layout as _torchrun
+from disco_testing import GROUP, parity_reward, run_layout, tiny_model_and_tokenizer, torchrun_many
 from reference import ref_objective, ref_question_normalised, ref_sampling_weights, ref_weighted_scores
 
 
@@ -168,19 +167,30 @@ def test_steps_per_generation_larger_than_accumulation(tmp_path):
     assert logs[1]["disco/kl"] > 0.0 and logs[1]["disco/hinge_active"] == 1.0  # off-policy: the hinge is live
 
 
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """The module's layouts on 2 processes, all in one torchrun launch (a launch's start-up, imports included, is most
+    of its cost): {name: both ranks' records}."""
+    # hinge, seed 1: both steps have a mixed question and the second a live hinge
+    return torchrun_many(tmp_path_factory.mktemp("two-processes"), [
+        ["whole", 8, 1, 1, 1, dict(score_type="log_l", disco_variant="dro")],
+        ["hinge", 4, 1, 2, 2, dict(score_type="l_ratio", disco_variant="basic", kl_delta=0.0, learning_rate=3e-2,
+                                   seed=1, **corrected("sequence_truncate"))],
+        ["split", 2, 4, 4, 1, dict(score_type="log_l", disco_variant="dro")],
+    ])
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
+def test_two_processes_match_one_process(tmp_path, two_processes):
     """gloo, 2 CPU processes: the same 16 completions per step split 8 + 8 across processes (then 4 + 4 with
     accumulation) give the single-process gradient; a second step with a live hinge matches the reference where
     the KL estimate spans both processes' tokens, with the sampling correction's completion weights in it."""
     single = run_layout(tmp_path / "single", 16, 1, 1, score_type="log_l", disco_variant="dro")
-    dist = _torchrun(tmp_path, 8, 1, 1, 1, score_type="log_l", disco_variant="dro")
+    dist = two_processes["whole"]
     assert_grads_close(dist[0]["grads"][0], single["grads"][0])
     assert_grads_close(dist[1]["grads"][0], single["grads"][0])
 
-    # seed 1: both steps have a mixed question and the second a live hinge
-    dist2 = _torchrun(tmp_path, 4, 1, 2, 2, score_type="l_ratio", disco_variant="basic", kl_delta=0.0,
-                      learning_rate=3e-2, seed=1, **corrected("sequence_truncate"))
+    dist2 = two_processes["hinge"]
     for step in range(2):
         expected, n_questions = reference_gradient(dist2, step, accumulation=1, score_type="l_ratio",
                                                    variant="basic", delta=0.0,
@@ -225,9 +235,9 @@ def test_split_groups_off_policy_step_with_live_hinge(tmp_path, score_type):
 
 
 @pytest.mark.slow
-def test_split_groups_on_two_processes(tmp_path):
+def test_split_groups_on_two_processes(tmp_path, two_processes):
     single = run_layout(tmp_path / "single", 16, 1, 1, score_type="log_l", disco_variant="dro")
-    dist = _torchrun(tmp_path, 2, 4, 4, 1, score_type="log_l", disco_variant="dro")
+    dist = two_processes["split"]
     for rank in (0, 1):
         assert_grads_close(dist[rank]["grads"][0], single["grads"][0])
 
