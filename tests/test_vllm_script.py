@@ -65,8 +65,9 @@ def test_vllm_script_trains_end_to_end_with_colocated_vllm(tmp_path_factory, mat
     out = tmp_path / "run"
     args = script_args(session_model_dir(tmp_path_factory), math_jsonl, out, *CPU_VLLM_FLAGS)
     # a fresh process, as a user's: without the rendezvous variables TRL's colocate mode set in this one
+    # and with vLLM's default, torch.compile (the other tests run vLLM eagerly: vllm_testing.require_vllm)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                              "MASTER_PORT")}
+                                                              "MASTER_PORT", "TORCH_COMPILE_DISABLE")}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")])
     env["MASTER_PORT"] = str(free_port())  # not TRL's first choice, 29500, which another test process may hold
     env["VLLM_LOGGING_LEVEL"] = "INFO"  # TRL lowers vLLM's logging to errors unless this is set

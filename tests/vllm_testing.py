@@ -44,6 +44,12 @@ def require_vllm():
 
     if not current_platform.is_cpu() and not torch.cuda.is_available():
         pytest.fail("vLLM is installed but finds no device: install the CPU build with scripts/setup_vllm.sh")
+    if current_platform.is_cpu():
+        # vLLM compiles its model with torch.compile at each engine start (TRL's colocate mode has no enforce_eager):
+        # 20-40 s an engine on 2 cores with an empty compile cache, as on a fresh machine. With TORCH_COMPILE_DISABLE=1
+        # vLLM runs it eagerly (its config reads it: "equivalent to -cc.mode=none"), as the real-model demo does; the
+        # training script's end-to-end test (test_vllm_script.py) keeps vLLM's compiled default.
+        os.environ["TORCH_COMPILE_DISABLE"] = "1"
 
 
 VLLM_OPTIONS = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.1,
