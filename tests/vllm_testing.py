@@ -25,9 +25,6 @@ from disco_trl import DiscoConfig, DiscoTrainer
 REQUIRE = os.environ.get("DISCO_REQUIRE_VLLM") == "1"
 # vLLM's CPU backend sizes its KV cache from this (GiB); its default (a fraction of all memory) fails next to a trainer
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-# TRL's colocate mode meets at MASTER_PORT, else at the first free one of 29500, 23456, ... (trl.trainer.utils): two
-# test processes (pytest-xdist workers) starting engines at once could both take 29500. Each process takes its own.
-os.environ["MASTER_PORT"] = str(free_port())
 
 
 def require_vllm():
@@ -44,6 +41,9 @@ def require_vllm():
 
     if not current_platform.is_cpu() and not torch.cuda.is_available():
         pytest.fail("vLLM is installed but finds no device: install the CPU build with scripts/setup_vllm.sh")
+    # TRL's colocate mode meets at MASTER_PORT, else at the first free one of 29500, 23456, ... (trl.trainer.utils):
+    # two test processes (pytest-xdist workers) starting engines at once could both take 29500. Each takes its own.
+    os.environ["MASTER_PORT"] = str(free_port())
     if current_platform.is_cpu():
         # vLLM compiles its model with torch.compile at each engine start (TRL's colocate mode has no enforce_eager):
         # 20-40 s an engine on 2 cores with an empty compile cache, as on a fresh machine. With TORCH_COMPILE_DISABLE=1
