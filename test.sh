@@ -11,7 +11,7 @@
 # Both runs use OMP_NUM_THREADS=1 unless it is set: with two workers, or a trainer beside a vLLM engine, on 2 cores,
 # torch's default threads thrash (measured: the vLLM tests took 111 s instead of 178 s with 2 threads).
 # .venv is set up first; .venv-vllm, layered on it, is set up in the background while the main suite runs (measured on
-# a fresh clone: 72 s alone; beside the main suite it took 134-164 s and slowed the suite by about 40 s, a net saving of
+# a fresh clone: 72 s alone; beside the main suite it took 134-164 s and slowed the suite by about 40 s, a net gain of
 # about 30 s), and its lines print when the vLLM tests are about to start. A failed vLLM set-up still lets the main
 # suite run, and is reported after it.
 # Arguments go to both pytest runs, after the defaults (`-n 0` runs a suite in one process). The exit status is
